@@ -1,0 +1,99 @@
+"""ONNX Runtime backend: the CPU path everywhere, CUDA/TensorRT providers when onnxruntime-gpu has them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from app.backends.base import Backend, BackendError, TensorSpec
+
+log = logging.getLogger(__name__)
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, threads: int = 0, allow_gpu: bool = True) -> None:
+        self.path = Path(path)
+        self.threads = threads
+        self.allow_gpu = allow_gpu
+        self._session = None
+        self._inputs: list[TensorSpec] = []
+        self._outputs: list[TensorSpec] = []
+        self._meta: dict[str, str] = {}
+        self._input_name = ""
+        self._output_names: list[str] = []
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        if not self.path.is_file():
+            raise BackendError(f"model file {self.path} does not exist (run `vigil assets fetch`?)")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = self.threads  # 0 lets ORT use one thread per physical core
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        available = ort.get_available_providers()
+        providers = [p for p in GPU_PROVIDERS if self.allow_gpu and p in available]
+        providers.append("CPUExecutionProvider")
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types; all mean "cannot load"
+            raise BackendError(f"ONNX Runtime could not load {self.path}: {exc}") from exc
+        s = self._session
+        self._inputs = [TensorSpec(i.name, tuple(i.shape), _dtype(i.type)) for i in s.get_inputs()]
+        self._outputs = [TensorSpec(o.name, tuple(o.shape), _dtype(o.type)) for o in s.get_outputs()]
+        self._meta = dict(s.get_modelmeta().custom_metadata_map)
+        if len(self._inputs) != 1:
+            names = [i.name for i in self._inputs]
+            raise BackendError(f"{self.path}: expected one image input, the model has {names}")
+        self._input_name = self._inputs[0].name
+        self._output_names = [o.name for o in self._outputs]
+        log.info("onnxruntime %s loaded %s with %s", ort.__version__, self.path, s.get_providers())
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self._meta
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers()) if self._session is not None else []
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        if self._session is None:
+            raise BackendError("backend used before load()")
+        return self._session.run(self._output_names, {self._input_name: batch})
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _dtype(ort_type: str) -> np.dtype:
+    try:
+        return np.dtype(_ORT_DTYPES[ort_type])
+    except KeyError:
+        raise BackendError(f"unsupported tensor type {ort_type}") from None

@@ -1,0 +1,1 @@
+"""`vigil bench`: side-by-side throughput and latency measurements."""

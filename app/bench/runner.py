@@ -1,0 +1,282 @@
+"""`vigil bench`: the modes of the core issue, side by side in one process tree on the same frames.
+
+  backend      the bare backend loop on pre-made input tensors (the limit)
+  ultralytics  Ultralytics `YOLO(onnx).predict(stream=True)` on the same file (when installed)
+  detect       `vigil detect`'s loop (decode + preprocess overlapped with inference) on the same file
+  live         `vigil run`: a source paced faster than the detector; frame age, drops, flatness
+  soak         `vigil run` until N results, RSS of main process and worker sampled (memory flatness)
+
+Medians and ratios come from one run; the machine is noisy, so compare only numbers from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from app.bench.report import machine_info, write_markdown
+from app.config import DEFAULT_MODEL_PATH, DEFAULT_SAMPLE_VIDEO, ModelConfig, VigilConfig
+
+log = logging.getLogger(__name__)
+
+MODES = ("backend", "ultralytics", "detect", "live", "soak")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL_PATH)
+    p.add_argument("--source", default=DEFAULT_SAMPLE_VIDEO)
+    p.add_argument("--frames", type=int, default=60, help="frames for the backend/ultralytics/detect modes")
+    p.add_argument(
+        "--modes", default="backend,ultralytics,detect,live", help=f"comma list of {', '.join(MODES)}"
+    )
+    p.add_argument("--live-seconds", type=float, default=60.0)
+    p.add_argument("--soak-frames", type=int, default=1000, help="results to collect in the soak mode")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one machine-readable JSON object")
+    p.add_argument(
+        "--markdown", default=None, metavar="FILE", help="write/replace the results section in FILE"
+    )
+
+
+def _summary(lat_ms: list[float], wall_s: float, n: int) -> dict:
+    a = np.asarray(lat_ms, float)
+    return {
+        "frames": n,
+        "fps": round(n / wall_s, 3) if wall_s > 0 else None,
+        "latency_ms": {
+            "p50": round(float(np.percentile(a, 50)), 2),
+            "p95": round(float(np.percentile(a, 95)), 2),
+            "p99": round(float(np.percentile(a, 99)), 2),
+        },
+    }
+
+
+def _read_frames(source: str, n: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(source)
+    frames: list[np.ndarray] = []
+    while len(frames) < n:
+        ok, frame = cap.read()
+        if not ok:
+            if not frames:
+                raise SystemExit(f"error: cannot read frames from {source}")
+            cap.release()
+            cap = cv2.VideoCapture(source)  # loop short files
+            continue
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def bench_backend(model: ModelConfig, source: str, n: int) -> dict:
+    from app.inference.detector import Detector
+
+    det = Detector.from_config(model)
+    tensors = [det.prepare(f)[0] for f in _read_frames(source, n)]
+    det.warmup(2)
+    lat = []
+    t0 = time.perf_counter()
+    for t in tensors:
+        t1 = time.perf_counter()
+        det.backend.infer(t)
+        lat.append((time.perf_counter() - t1) * 1000)
+    wall = time.perf_counter() - t0
+    det.close()
+    return _summary(lat, wall, n)
+
+
+def bench_ultralytics(model: ModelConfig, source: str, n: int) -> dict | None:
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        log.warning("ultralytics is not installed (pip install '.[export]'); skipping its mode")
+        return None
+    yolo = YOLO(model.path, task="detect")
+    warm = _read_frames(source, 1)[0]
+    yolo.predict(warm, conf=model.conf, iou=model.iou, verbose=False)
+    lat = []
+    count = 0
+    t0 = time.perf_counter()
+    last = t0
+    for _ in yolo.predict(source, stream=True, conf=model.conf, iou=model.iou, verbose=False):
+        now = time.perf_counter()
+        lat.append((now - last) * 1000)
+        last = now
+        count += 1
+        if count >= n:
+            break
+    wall = time.perf_counter() - t0
+    return _summary(lat, wall, count)
+
+
+def bench_detect(model: ModelConfig, source: str, n: int) -> dict:
+    from app.capture.sources import open_source
+    from app.inference.detector import Detector
+    from app.pipeline.offline import detect_frames
+
+    det = Detector.from_config(model)
+    det.warmup(2)
+    src = open_source(source)
+    src.open()
+    lat, count = [], 0
+    t0 = time.perf_counter()
+    last = t0
+    for _ in detect_frames(det, src, n):
+        now = time.perf_counter()
+        lat.append((now - last) * 1000)
+        last = now
+        count += 1
+    wall = time.perf_counter() - t0
+    src.close()
+    det.close()
+    return _summary(lat, wall, count)
+
+
+def _live_config(model: ModelConfig, source: str) -> VigilConfig:
+    return VigilConfig.model_validate(
+        {
+            "device_id": "bench",
+            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+            "model": model.model_dump(),
+            "output": {"json_lines": False, "status_interval_s": 0},
+        }
+    )
+
+
+def bench_live(model: ModelConfig, source: str, seconds: float) -> dict:
+    from app.pipeline.runner import LivePipeline
+
+    cfg = _live_config(model, source)
+    pipe = LivePipeline(cfg, [], duration_s=seconds, record_samples=True)
+    summary = asyncio.run(pipe.run())
+    cam = summary.cameras["bench"]
+    ages, inf = summary.frame_ages_ms[2:], summary.inference_ms[2:]  # skip the first, pre-steady frames
+    cap = cv2.VideoCapture(source)
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    cap.release()
+    med_inf = statistics.median(inf)
+    bound = 1.5 * med_inf + 1000.0 / fps
+    half = len(ages) // 2
+    p99 = float(np.percentile(ages, 99))
+    return {
+        "seconds": round(summary.duration_s, 1),
+        "camera_fps": round(fps, 2),
+        "frames_captured": cam["frames_captured"],
+        "frames_processed": cam["frames_processed"],
+        "frames_dropped": cam["frames_dropped"],
+        "processed_fps": round(cam["frames_processed"] / summary.duration_s, 2),
+        "inference_ms_p50": round(med_inf, 2),
+        "frame_age_ms": {
+            "p50": round(float(np.percentile(ages, 50)), 2),
+            "p95": round(float(np.percentile(ages, 95)), 2),
+            "p99": round(p99, 2),
+            "p99_first_half": round(float(np.percentile(ages[:half], 99)), 2),
+            "p99_second_half": round(float(np.percentile(ages[half:], 99)), 2),
+        },
+        "bound_ms": round(bound, 2),
+        "within_bound": p99 <= bound,
+    }
+
+
+def bench_soak(model: ModelConfig, source: str, frames: int) -> dict:
+    from app.pipeline.runner import LivePipeline
+
+    cfg = _live_config(model, source)
+    pipe = LivePipeline(cfg, [], max_results=frames, rss_sample_s=1.0)
+    summary = asyncio.run(pipe.run())
+    out: dict = {
+        "frames_processed": summary.cameras["bench"]["frames_processed"],
+        "seconds": round(summary.duration_s, 1),
+    }
+    for proc, samples in summary.rss_mb.items():
+        steady = samples[len(samples) // 10 :]  # after warm-up
+        if len(steady) < 2:
+            continue
+        base = statistics.median(steady[: max(1, len(steady) // 10)])
+        end = statistics.median(steady[-max(1, len(steady) // 10) :])
+        out[proc] = {
+            "rss_mb_start": round(base, 1),
+            "rss_mb_end": round(end, 1),
+            "rss_mb_max": round(max(steady), 1),
+            "growth_pct": round((end - base) / base * 100, 2),
+        }
+    return out
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        print(f"error: unknown mode(s) {sorted(unknown)}; choose from {MODES}", file=sys.stderr)
+        return 2
+    for p in (args.model, args.source):
+        if not Path(p).is_file():
+            print(f"error: {p} does not exist (run `vigil assets fetch`)", file=sys.stderr)
+            return 2
+    model = ModelConfig(path=args.model, threads=args.threads)
+    results: dict = {"machine": machine_info(), "model": args.model, "source": args.source, "modes": {}}
+    runners = {
+        "backend": lambda: bench_backend(model, args.source, args.frames),
+        "ultralytics": lambda: bench_ultralytics(model, args.source, args.frames),
+        "detect": lambda: bench_detect(model, args.source, args.frames),
+        "live": lambda: bench_live(model, args.source, args.live_seconds),
+        "soak": lambda: bench_soak(model, args.source, args.soak_frames),
+    }
+    for m in modes:
+        print(f"bench: {m} ...", file=sys.stderr)
+        res = runners[m]()
+        if res is not None:
+            results["modes"][m] = res
+            print(f"bench: {m}: {json.dumps(res)}", file=sys.stderr)
+    results["ratios"] = _ratios(results["modes"])
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        _print_table(results)
+    if args.markdown:
+        write_markdown(Path(args.markdown), results)
+        print(f"bench: wrote {args.markdown}", file=sys.stderr)
+    return 0
+
+
+def _ratios(modes: dict) -> dict:
+    def fps(m: str) -> float | None:
+        return modes.get(m, {}).get("fps")
+
+    out = {}
+    if fps("detect") and fps("backend"):
+        out["detect_vs_backend"] = round(fps("detect") / fps("backend"), 3)
+    if fps("detect") and fps("ultralytics"):
+        out["detect_vs_ultralytics"] = round(fps("detect") / fps("ultralytics"), 3)
+    if fps("ultralytics") and fps("backend"):
+        out["ultralytics_vs_backend"] = round(fps("ultralytics") / fps("backend"), 3)
+    return out
+
+
+def _print_table(results: dict) -> None:
+    print(f"{'mode':<12} {'fps':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for m, r in results["modes"].items():
+        if "latency_ms" in r:
+            lat = r["latency_ms"]
+            print(f"{m:<12} {r['fps']:>8.2f} {lat['p50']:>8.1f} {lat['p95']:>8.1f} {lat['p99']:>8.1f}")
+    live = results["modes"].get("live")
+    if live:
+        age = live["frame_age_ms"]
+        print(
+            f"live: {live['processed_fps']} fps processed of {live['camera_fps']} fps, "
+            f"dropped {live['frames_dropped']}, "
+            f"frame age p50 {age['p50']} / p99 {age['p99']} ms (bound {live['bound_ms']} ms)"
+        )
+    soak = results["modes"].get("soak")
+    if soak:
+        print(f"soak: {json.dumps(soak)}")
+    for k, v in results["ratios"].items():
+        print(f"{k}: {v}x")

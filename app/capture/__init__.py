@@ -1,0 +1,1 @@
+"""Frame sources and the capture loop that feeds the frame ring."""

@@ -1,0 +1,144 @@
+"""The capture thread of one camera: source -> pacing -> timestamps -> frame ring.
+
+It never gives up and never raises: a source that fails to open, vanishes or ends (when live) is
+reopened with exponential backoff, and every problem is counted where stats can see it. OpenCV
+releases the GIL while decoding, so a thread per camera costs the main process little.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import cv2
+
+from app.capture.backoff import Backoff
+from app.capture.sources import FrameSource, SourceError, open_source
+from app.config import CameraConfig
+from app.messages import CaptureCounters
+from app.ring import FrameRing
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FILE_FPS = 25.0
+
+
+class CaptureLoop(threading.Thread):
+    def __init__(
+        self,
+        camera: CameraConfig,
+        ring: FrameRing,
+        counters: CaptureCounters | None = None,
+        source_factory: Callable[[str | int], FrameSource] = open_source,
+    ) -> None:
+        super().__init__(name=f"capture-{camera.name}", daemon=True)
+        self.camera = camera
+        self.ring = ring
+        self.counters = counters if counters is not None else CaptureCounters()
+        self.source_factory = source_factory
+        self.finished = False  # a non-looping file reached its end
+        self._stop_event = threading.Event()
+        r = camera.reconnect
+        self._backoff = Backoff(r.initial_s, r.max_s, r.factor)
+        self._last_error = ""
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_event.is_set()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.is_set():
+                source = self.source_factory(self.camera.source)
+                try:
+                    outcome = self._run_source(source)
+                except Exception as exc:  # never let the thread die: count it and reconnect
+                    log.exception("camera %s: unexpected capture error", self.camera.name)
+                    self._note_error(f"{type(exc).__name__}: {exc}")
+                    outcome = "reconnect"
+                finally:
+                    self.counters.corrupt += source.corrupt
+                    source.corrupt = 0
+                    source.close()
+                    self.counters.connected = False
+                if outcome == "finished":
+                    self.finished = True
+                    return
+                if outcome == "reconnect" and not self._stop_event.is_set():
+                    self._stop_event.wait(self._backoff.next_delay())
+        finally:
+            self.counters.connected = False
+
+    # ---- one source lifetime --------------------------------------------------------------------
+
+    def _run_source(self, source: FrameSource) -> str:
+        """Returns 'finished', 'reopen' (file loops) or 'reconnect' (failure / live end)."""
+        try:
+            source.open()
+        except SourceError as exc:
+            self.counters.open_failures += 1
+            self._note_error(str(exc))
+            return "reconnect"
+        self.counters.connected = True
+        if self._last_error:
+            log.info("camera %s: %s opened", self.camera.name, source.description)
+            self._last_error = ""
+        fps = self._pacing_fps(source)
+        interval = 1.0 / fps if fps else 0.0
+        t0 = time.monotonic()
+        n = 0
+        while not self._stop_event.is_set():
+            frame = source.read()
+            if frame is None:
+                break
+            mono_ns, wall = time.monotonic_ns(), time.time()
+            image = self._fit(frame.image)
+            self.ring.write(
+                image, index=frame.index, pts=frame.pts, captured_mono_ns=mono_ns, captured_wall=wall
+            )
+            self.counters.frames += 1
+            self.counters.last_frame_mono_ns = mono_ns
+            self._backoff.reset()
+            self.counters.corrupt += source.corrupt
+            source.corrupt = 0
+            if interval:
+                n += 1
+                delay = t0 + n * interval - time.monotonic()
+                if delay > 0:
+                    self._stop_event.wait(delay)
+                elif delay < -interval:  # fell behind (slow decode): resync instead of bursting
+                    t0, n = time.monotonic(), 0
+        if self._stop_event.is_set():
+            return "stopped"
+        if source.is_live:
+            self.counters.reconnects += 1
+            self._note_error(f"{source.description} ended; reconnecting")
+            return "reconnect"
+        if self.camera.loop:
+            return "reopen"
+        return "finished"
+
+    def _pacing_fps(self, source: FrameSource) -> float | None:
+        if source.is_live or not self.camera.realtime:
+            return None
+        return self.camera.fps or source.fps or DEFAULT_FILE_FPS
+
+    def _fit(self, image):
+        h, w = image.shape[:2]
+        mh, mw = self.camera.max_height, self.camera.max_width
+        if h <= mh and w <= mw:
+            return image
+        r = min(mh / h, mw / w)
+        size = (max(1, min(mw, int(w * r))), max(1, min(mh, int(h * r))))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    def _note_error(self, msg: str) -> None:
+        self.counters.last_error = msg
+        if msg != self._last_error:
+            log.warning("camera %s: %s", self.camera.name, msg)
+            self._last_error = msg

@@ -1,0 +1,187 @@
+"""Configuration: YAML validated by pydantic. Every error names the dotted key and the problem."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_MODEL_PATH = "engines/fall-detection-yolov8s.onnx"
+DEFAULT_SAMPLE_VIDEO = "calibration/samples/bikes.mp4"
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased for a person: `key: problem`."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ReconnectConfig(_Strict):
+    initial_s: float = Field(0.5, gt=0, description="first retry delay")
+    max_s: float = Field(30.0, gt=0, description="cap of the exponential backoff")
+    factor: float = Field(2.0, ge=1.0)
+
+
+class CameraConfig(_Strict):
+    name: str = Field(..., description="unique camera name, used in topics and stats")
+    source: str | int = Field(
+        ...,
+        description="V4L2 index or /dev/videoN, rtsp:// or http(s):// URL, video file, image file or "
+        "folder, or a GStreamer pipeline (anything containing '!')",
+    )
+    loop: bool = Field(False, description="restart a video file at its end")
+    realtime: bool = Field(True, description="pace a video file at its native fps")
+    fps: float | None = Field(None, gt=0, description="pace at this fps instead of the file's own")
+    max_width: int = Field(1920, gt=0, description="frame ring slot width; larger frames are downscaled")
+    max_height: int = Field(1080, gt=0)
+    ring_slots: int = Field(4, ge=2, le=64)
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_topic_safe(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v):
+            raise ValueError("must be 1-64 characters of letters, digits, '_' or '-'")
+        return v
+
+
+class ModelConfig(_Strict):
+    path: str = Field(DEFAULT_MODEL_PATH, description="ONNX model (or engine, with the TensorRT backend)")
+    backend: Literal["auto", "onnxruntime"] = "auto"
+    conf: float = Field(0.25, ge=0.0, le=1.0, description="confidence threshold")
+    iou: float = Field(0.7, ge=0.0, le=1.0, description="NMS IoU threshold")
+    imgsz: int | None = Field(None, gt=0, description="input size; default: from the model")
+    max_det: int = Field(300, gt=0)
+    classes: list[int] | None = Field(None, description="keep only these class ids")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
+    warmup_runs: int = Field(2, ge=0)
+
+
+class OutputConfig(_Strict):
+    json_lines: bool = Field(True, description="print one JSON object per result")
+    json_path: str | None = Field(None, description="write JSON lines here instead of stdout")
+    status_interval_s: float = Field(5.0, ge=0, description="one-line status on stderr; 0 = off")
+
+
+class WorkerConfig(_Strict):
+    ready_timeout_s: float = Field(120.0, gt=0, description="model load + warm-up limit")
+    stop_timeout_s: float = Field(5.0, gt=0, description="grace before a stopping worker is killed")
+    restart_backoff_s: float = Field(1.0, gt=0)
+    restart_backoff_max_s: float = Field(30.0, gt=0)
+
+
+class VigilConfig(_Strict):
+    device_id: str = Field("vigil", description="appliance id, used in topics")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cameras: list[CameraConfig] = Field(..., min_length=1)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id_is_topic_safe(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v):
+            raise ValueError("must be 1-64 characters of letters, digits, '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_camera_names(self) -> VigilConfig:
+        seen: set[str] = set()
+        for cam in self.cameras:
+            if cam.name in seen:
+                raise ValueError(f"camera name {cam.name!r} is used twice")
+            seen.add(cam.name)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{key}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.0.c=value` -> (['a','b','0','c'], yaml-parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value is not valid YAML ({exc})") from exc
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        where = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise ConfigError(f"--set {where}: {'.'.join(path[:i])} is a list; use an index")
+            idx = int(part)
+            if idx > len(node):
+                raise ConfigError(f"--set {where}: index out of range (list has {len(node)} items)")
+            if idx == len(node):  # append, so `--set cameras.1.name=x` can add a camera
+                node.append(value if last else {})
+            if last:
+                node[idx] = value
+            else:
+                if node[idx] is None:
+                    node[idx] = {}
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = [] if path[i + 1].isdigit() else {}
+                node = node[part]
+        else:
+            raise ConfigError(f"--set {where}: {'.'.join(path[:i])} is a scalar, not a mapping")
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> VigilConfig:
+    data: Any = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        apply_override(data, keys, value)
+    try:
+        return VigilConfig.model_validate(data)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{format_validation_error(exc)}") from None
+
+
+def dump_config(cfg: VigilConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,81 @@
+"""`vigil export`: Ultralytics .pt -> ONNX with the metadata the runtime reads.
+
+Only this module touches ultralytics/torch, and only when called: the appliance runtime never imports
+them (they come with the optional `export` extra).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REQUIRED_METADATA = ("names", "stride", "imgsz", "task")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def export_onnx(
+    model: str | Path,
+    *,
+    imgsz: int = 640,
+    half: bool = False,
+    dynamic: bool = False,
+    nms: bool = False,
+    output: str | Path | None = None,
+) -> Path:
+    src = Path(model)
+    if not src.is_file():
+        raise ExportError(f"model {src} does not exist")
+    try:
+        from ultralytics import YOLO
+    except ImportError as exc:
+        raise ExportError(
+            "exporting needs the `export` extra (ultralytics, onnx, onnxslim): pip install '.[export]'"
+        ) from exc
+    yolo = YOLO(str(src))
+    try:
+        produced = Path(
+            yolo.export(
+                format="onnx", imgsz=imgsz, half=half, dynamic=dynamic, nms=nms, simplify=True, device="cpu"
+            )
+        )
+    except Exception as exc:
+        raise ExportError(f"Ultralytics export of {src} failed: {exc}") from exc
+    dest = Path(output) if output else produced
+    if dest != produced:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(produced), dest)
+    ensure_metadata(dest, names=getattr(yolo, "names", None), imgsz=imgsz, end2end=nms)
+    log.info("exported %s -> %s", src, dest)
+    return dest
+
+
+def ensure_metadata(path: Path, *, names: dict | None, imgsz: int, end2end: bool) -> None:
+    """Make sure names/stride/imgsz/task are present (older exports miss some), and record end2end."""
+    import onnx
+
+    m = onnx.load(str(path))
+    meta = {p.key: p.value for p in m.metadata_props}
+    wanted = {
+        "names": str(dict(names)) if names else meta.get("names"),
+        "stride": meta.get("stride", "32"),
+        "imgsz": meta.get("imgsz", str([imgsz, imgsz])),
+        "task": meta.get("task", "detect"),
+        "end2end": str(bool(end2end)),
+        "exported_by": "vigil",
+    }
+    changed = False
+    for key, value in wanted.items():
+        if value is not None and meta.get(key) != value:
+            meta[key] = value
+            changed = True
+    if changed:
+        del m.metadata_props[:]
+        for k, v in meta.items():
+            m.metadata_props.add(key=k, value=v)
+        onnx.save(m, str(path))

@@ -1,0 +1,1 @@
+"""Preprocessing, YOLO decode, the detector and the inference worker process."""

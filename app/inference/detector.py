@@ -1,0 +1,98 @@
+"""Detector = backend + preprocessing + decode. Stages are separate methods so callers can overlap them
+(`vigil detect` prepares frame n+1 while frame n is in the backend)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from app.backends import Backend, create_backend
+from app.config import ModelConfig
+from app.inference.decode import DecodeParams, YoloDecoder
+from app.inference.model_info import ModelInfo
+from app.inference.preprocess import LetterboxGeometry, Preprocessor
+from app.messages import Detections, StageTimings
+
+log = logging.getLogger(__name__)
+
+
+def _ms_since(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+class Detector:
+    def __init__(self, backend: Backend, info: ModelInfo, params: DecodeParams, reason: str = "") -> None:
+        self.backend = backend
+        self.info = info
+        self.backend_reason = reason
+        self.preprocess = Preprocessor(info.input_hw, info.input_dtype)
+        self.decoder = YoloDecoder(info.layout, info.num_classes, params)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> Detector:
+        backend, reason = create_backend(cfg.backend, cfg.path, threads=cfg.threads)
+        backend.load()
+        info = ModelInfo.from_backend(backend, cfg.imgsz)
+        classes = tuple(cfg.classes) if cfg.classes is not None else None
+        params = DecodeParams(conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, classes=classes)
+        log.info(
+            "model %s: input %s %s, %s head, %d classes, backend %s (%s)",
+            cfg.path,
+            info.input_hw,
+            info.input_dtype,
+            info.layout.value,
+            info.num_classes,
+            backend.name,
+            reason,
+        )
+        return cls(backend, info, params, reason)
+
+    @property
+    def names(self) -> dict[int, str]:
+        return self.info.names
+
+    @property
+    def params(self) -> DecodeParams:
+        return self.decoder.params
+
+    def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
+        p = self.decoder.params
+        self.decoder.params = replace(
+            p, conf=p.conf if conf is None else conf, iou=p.iou if iou is None else iou
+        )
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxGeometry, float]:
+        t0 = time.perf_counter()
+        tensor, geometry = self.preprocess(image)
+        return tensor, geometry, _ms_since(t0)
+
+    def infer(self, tensor: np.ndarray) -> tuple[list[np.ndarray], float]:
+        t0 = time.perf_counter()
+        outputs = self.backend.infer(tensor)
+        return outputs, _ms_since(t0)
+
+    def decode(self, outputs: list[np.ndarray], geometry: LetterboxGeometry) -> tuple[Detections, float]:
+        t0 = time.perf_counter()
+        det = self.decoder(outputs[0], geometry)
+        return det, _ms_since(t0)
+
+    def detect(self, image: np.ndarray) -> tuple[Detections, StageTimings]:
+        tensor, geometry, pre = self.prepare(image)
+        outputs, inf = self.infer(tensor)
+        det, post = self.decode(outputs, geometry)
+        return det, StageTimings(pre, inf, post)
+
+    def warmup(self, runs: int) -> float:
+        """Run the backend on a blank frame so the first real frame does not pay for lazy init."""
+        t0 = time.perf_counter()
+        h, w = self.info.input_hw
+        blank = np.full((h, w, 3), 114, np.uint8)
+        for _ in range(runs):
+            self.detect(blank)
+        return _ms_since(t0)
+
+    def close(self) -> None:
+        self.backend.close()

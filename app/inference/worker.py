@@ -1,0 +1,224 @@
+"""The inference worker: a `spawn`ed process that owns the backend (one runtime/CUDA context per process),
+takes the newest frame of each camera's ring zero-copy, and answers over its own pipe.
+
+Per-worker pipes, never a shared queue: a worker killed mid-read cannot leave a lock held that starves
+its replacement (Frigate's long-lived detector bug). Two workers can run at once (blue-green recycling):
+each has its own pipe and reads the rings without taking anything from the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from app.config import ModelConfig
+from app.messages import (
+    FrameResult,
+    SetThresholds,
+    StageTimings,
+    StopWorker,
+    WorkerFailed,
+    WorkerFrameError,
+    WorkerReady,
+)
+from app.ring import FrameRing, RingSpec
+
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_ERRORS = 50  # then the worker gives up so the supervisor can replace it
+
+
+class WorkerStartError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    worker_id: int
+    model: ModelConfig
+    rings: tuple[tuple[str, RingSpec], ...]  # (camera name, ring)
+    log_level: str = "info"
+    idle_sleep_s: float = 0.001  # poll period when no new frame; << any inference time
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """Entry point of the worker process."""
+    logging.basicConfig(
+        level=spec.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s worker{spec.worker_id} %(name)s: %(message)s",
+    )
+    # Ctrl-C reaches the whole process group; the parent decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    os.environ.update(spec.env)
+    try:
+        _serve(spec, conn, stop)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # parent went away: nothing left to answer to
+    finally:
+        with contextlib.suppress(OSError):
+            conn.close()
+
+
+def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event) -> None:
+    from app.inference.detector import Detector  # heavy imports after spawn, inside the child
+
+    try:
+        detector = Detector.from_config(spec.model)
+        warm_ms = detector.warmup(spec.model.warmup_runs)
+        rings = [(cam, FrameRing.attach(rs)) for cam, rs in spec.rings]
+    except Exception as exc:
+        log.error("worker failed to start: %s", exc)
+        conn.send(WorkerFailed(spec.worker_id, f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(
+        WorkerReady(
+            worker_id=spec.worker_id,
+            backend=detector.backend.name,
+            providers=detector.backend.providers,
+            names=detector.names,
+            imgsz=detector.info.input_hw,
+            warmup_ms=warm_ms,
+            pid=os.getpid(),
+        )
+    )
+    last_seq = {cam: 0 for cam, _ in rings}
+    start = 0
+    errors = 0
+    try:
+        while not stop.is_set():
+            if conn.poll():
+                msg = conn.recv()
+                if isinstance(msg, StopWorker):
+                    log.info("stopping: %s", msg.reason)
+                    return
+                if isinstance(msg, SetThresholds):
+                    detector.set_thresholds(msg.conf, msg.iou)
+                continue
+            picked = None
+            for k in range(len(rings)):  # round-robin so one busy camera cannot starve the others
+                i = (start + k) % len(rings)
+                cam, ring = rings[i]
+                view = ring.read_latest(last_seq[cam])
+                if view is not None:
+                    picked = (cam, view)
+                    start = i + 1
+                    break
+            if picked is None:
+                time.sleep(spec.idle_sleep_s)
+                continue
+            cam, view = picked
+            picked_ns = time.monotonic_ns()
+            meta = view.meta
+            try:
+                tensor, geometry, pre_ms = detector.prepare(view.image)
+                if not view.is_valid():
+                    continue  # overwritten while we read it: take the newer frame instead
+                outputs, inf_ms = detector.infer(tensor)
+                det, post_ms = detector.decode(outputs, geometry)
+            except Exception as exc:
+                errors += 1
+                last_seq[cam] = meta.seq
+                conn.send(WorkerFrameError(spec.worker_id, cam, meta.seq, f"{type(exc).__name__}: {exc}"))
+                if errors >= MAX_CONSECUTIVE_ERRORS:
+                    log.error("%d consecutive inference errors; exiting for a restart", errors)
+                    raise SystemExit(3) from exc
+                continue
+            errors = 0
+            dropped = meta.seq - last_seq[cam] - 1 if last_seq[cam] else 0
+            last_seq[cam] = meta.seq
+            conn.send(
+                FrameResult(
+                    camera=cam,
+                    frame=meta,
+                    detections=det,
+                    timings=StageTimings(pre_ms, inf_ms, post_ms),
+                    picked_mono_ns=picked_ns,
+                    done_mono_ns=time.monotonic_ns(),
+                    dropped_before=dropped,
+                    worker_id=spec.worker_id,
+                )
+            )
+    finally:
+        for _, ring in rings:
+            ring.close()
+        detector.close()
+
+
+class WorkerHandle:
+    """The parent's side of one worker: start, wait for ready, stop politely, then firmly."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        ctx = mp.get_context("spawn")  # never fork: a forked CUDA/ORT runtime is undefined behaviour
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(
+            target=worker_main, args=(spec, child_conn), name=f"vigil-worker-{spec.worker_id}", daemon=True
+        )
+        self._child_conn = child_conn
+        self.ready: WorkerReady | None = None
+
+    @property
+    def worker_id(self) -> int:
+        return self.spec.worker_id
+
+    def start(self) -> None:
+        self.process.start()
+        self._child_conn.close()  # keep only the child's copy, so its death shows up as EOF here
+
+    def wait_ready(self, timeout: float) -> WorkerReady:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.conn.poll(0.1):
+                try:
+                    msg = self.conn.recv()
+                except EOFError:
+                    break
+                if isinstance(msg, WorkerReady):
+                    self.ready = msg
+                    return msg
+                if isinstance(msg, WorkerFailed):
+                    self.process.join(5)
+                    raise WorkerStartError(msg.error)
+            elif not self.process.is_alive():
+                break
+        if self.process.is_alive():
+            raise WorkerStartError(f"worker {self.worker_id} not ready after {timeout:.0f} s")
+        raise WorkerStartError(
+            f"worker {self.worker_id} exited with code {self.process.exitcode} during start"
+        )
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def send(self, msg: object) -> bool:
+        try:
+            self.conn.send(msg)
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def stop(self, timeout: float = 5.0, reason: str = "shutdown") -> int | None:
+        """Ask, wait, then terminate, then kill. Returns the exit code."""
+        if self.process.is_alive():
+            self.send(StopWorker(reason))
+            self.process.join(timeout)
+        if self.process.is_alive():
+            log.warning("worker %d did not stop in %.1f s; terminating", self.worker_id, timeout)
+            self.process.terminate()
+            self.process.join(2.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(2.0)
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        return self.process.exitcode

@@ -1,0 +1,1 @@
+"""The live pipeline in the main process: capture threads, worker supervision, sinks, stats."""

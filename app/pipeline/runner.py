@@ -1,0 +1,315 @@
+"""The live pipeline in the main process.
+
+    capture thread per camera -> FrameRing (shared memory) -> inference worker process (spawn)
+        -> per-worker pipe -> asyncio loop here -> stats + sinks
+
+The asyncio loop is the main process's spine so later parts (MQTT, HTTP/WebRTC) live in the same loop.
+Latency stays bounded by construction: the ring holds a few slots and the worker always takes the newest
+frame, so a slow detector drops (and counts) frames instead of queueing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from app.capture.loop import CaptureLoop
+from app.config import VigilConfig
+from app.inference.worker import WorkerHandle, WorkerSpec, WorkerStartError
+from app.messages import (
+    CaptureCounters,
+    FrameResult,
+    SetThresholds,
+    WorkerFailed,
+    WorkerFrameError,
+    WorkerReady,
+)
+from app.pipeline.sinks import Sink, result_record
+from app.pipeline.stats import CameraStats
+from app.ring import FrameRing
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+@dataclass
+class PipelineSummary:
+    """What a finished run reports (used by `vigil bench` and tests)."""
+
+    cameras: dict[str, dict]
+    worker_restarts: int
+    duration_s: float
+    rss_mb: dict[str, list[float]] = field(default_factory=dict)
+    frame_ages_ms: list[float] = field(default_factory=list)
+    inference_ms: list[float] = field(default_factory=list)
+
+
+class LivePipeline:
+    def __init__(
+        self,
+        cfg: VigilConfig,
+        sinks: list[Sink] | None = None,
+        *,
+        duration_s: float | None = None,
+        max_results: int | None = None,
+        record_samples: bool = False,
+        rss_sample_s: float = 0.0,
+    ) -> None:
+        self.cfg = cfg
+        self.sinks = list(sinks or [])
+        self.duration_s = duration_s
+        self.max_results = max_results
+        self._results = 0
+        self.record_samples = record_samples
+        self.rss_sample_s = rss_sample_s
+        self.rings: dict[str, FrameRing] = {}
+        self.captures: dict[str, CaptureLoop] = {}
+        self.stats: dict[str, CameraStats] = {}
+        self.worker: WorkerHandle | None = None
+        self.worker_info: WorkerReady | None = None
+        self.worker_restarts = 0
+        self.names: dict[int, str] = {}
+        self._next_worker_id = 1
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._samples_age: list[float] = []
+        self._samples_inf: list[float] = []
+        self._rss: dict[str, list[float]] = {"main": [], "worker": []}
+        self._started = 0.0
+
+    # ---- public -------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            log.info("stopping: %s", reason)
+            self._stop.set()
+
+    def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
+        if self.worker is not None:
+            self.worker.send(SetThresholds(conf, iou))
+
+    def snapshot(self) -> dict:
+        return {
+            "device_id": self.cfg.device_id,
+            "uptime_s": round(time.monotonic() - self._started, 1) if self._started else 0.0,
+            "worker": {
+                "pid": self.worker_info.pid if self.worker_info else None,
+                "backend": self.worker_info.backend if self.worker_info else None,
+                "providers": self.worker_info.providers if self.worker_info else [],
+                "restarts": self.worker_restarts,
+                "rss_mb": _rss_mb(self.worker_info.pid) if self.worker_info else None,
+            },
+            "main_rss_mb": _rss_mb(None),
+            "cameras": [s.snapshot() for s in self.stats.values()],
+        }
+
+    async def run(self) -> PipelineSummary:
+        self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
+        self._install_signal_handlers()
+        try:
+            self._open_rings_and_captures()
+            await self._start_worker()
+            tasks = [
+                asyncio.create_task(self._supervise(), name="supervise"),
+                asyncio.create_task(self._status(), name="status"),
+            ]
+            if self.rss_sample_s > 0:
+                tasks.append(asyncio.create_task(self._sample_rss(), name="rss"))
+            if self.duration_s is not None:
+                self._loop.call_later(
+                    self.duration_s, self.request_stop, f"duration {self.duration_s} s reached"
+                )
+            await self._stop.wait()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await self._shutdown()
+        return self._summary()
+
+    # ---- setup --------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        assert self._loop is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
+
+    def _open_rings_and_captures(self) -> None:
+        for cam in self.cfg.cameras:
+            ring = FrameRing.create(cam.ring_slots, cam.max_height, cam.max_width)
+            self.rings[cam.name] = ring
+            counters = CaptureCounters()
+            self.stats[cam.name] = CameraStats(cam.name, counters)
+            loop = CaptureLoop(cam, ring, counters)
+            self.captures[cam.name] = loop
+            loop.start()
+
+    def _worker_spec(self) -> WorkerSpec:
+        spec = WorkerSpec(
+            worker_id=self._next_worker_id,
+            model=self.cfg.model,
+            rings=tuple((name, ring.spec) for name, ring in self.rings.items()),
+            log_level=self.cfg.log_level,
+        )
+        self._next_worker_id += 1
+        return spec
+
+    async def _start_worker(self) -> None:
+        assert self._loop is not None
+        handle = WorkerHandle(self._worker_spec())
+        handle.start()
+        try:
+            ready = await self._loop.run_in_executor(None, handle.wait_ready, self.cfg.worker.ready_timeout_s)
+        except WorkerStartError as exc:
+            handle.stop(1.0, "failed start")
+            raise PipelineError(f"inference worker failed to start: {exc}") from exc
+        self.worker, self.worker_info, self.names = handle, ready, ready.names
+        log.info(
+            "worker %d ready (pid %d, %s %s, warm-up %.0f ms)",
+            ready.worker_id,
+            ready.pid,
+            ready.backend,
+            ready.providers,
+            ready.warmup_ms,
+        )
+        self._loop.add_reader(handle.conn.fileno(), self._on_worker_readable, handle)
+
+    # ---- steady state -------------------------------------------------------------------------
+
+    def _on_worker_readable(self, handle: WorkerHandle) -> None:
+        try:
+            while handle.conn.poll():
+                msg = handle.conn.recv()
+                if isinstance(msg, FrameResult):
+                    self._on_result(msg)
+                elif isinstance(msg, WorkerFrameError):
+                    self.stats[msg.camera].errors += 1
+                    log.warning(
+                        "worker %d: frame %d of %s failed: %s", msg.worker_id, msg.seq, msg.camera, msg.error
+                    )
+                elif isinstance(msg, WorkerFailed):
+                    log.error("worker %d failed: %s", msg.worker_id, msg.error)
+        except (EOFError, OSError):
+            # The worker is gone; the supervisor notices the dead process and replaces it.
+            assert self._loop is not None
+            self._loop.remove_reader(handle.conn.fileno())
+
+    def _on_result(self, r: FrameResult) -> None:
+        now_ns = time.monotonic_ns()
+        self._results += 1
+        if self.max_results is not None and self._results >= self.max_results:
+            self.request_stop(f"{self.max_results} results reached")
+        stats = self.stats[r.camera]
+        age = stats.record(r, now_ns)
+        if self.record_samples:
+            self._samples_age.append(age)
+            self._samples_inf.append(r.timings.inference_ms)
+        if self.sinks:
+            record = result_record(r, self.names, now_ns)
+            for sink in self.sinks:
+                try:
+                    sink.handle(record, r)
+                except Exception:  # one broken sink must not stop the pipeline
+                    log.exception("sink %s failed", type(sink).__name__)
+
+    async def _supervise(self) -> None:
+        """Replace a dead worker (with backoff) and end the run when every finite source is done."""
+        backoff = self.cfg.worker.restart_backoff_s
+        while True:
+            await asyncio.sleep(0.25)
+            for s in self.stats.values():
+                s.tick()
+            if self.worker is not None and not self.worker.alive():
+                code = self.worker.process.exitcode
+                log.error(
+                    "worker %d died (exit code %s); restarting in %.1f s",
+                    self.worker.worker_id,
+                    code,
+                    backoff,
+                )
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self.worker.conn.fileno())  # type: ignore[union-attr]
+                self.worker.stop(0.5, "dead")
+                self.worker = None
+                self.worker_restarts += 1
+                await asyncio.sleep(backoff)
+                try:
+                    await self._start_worker()
+                    backoff = self.cfg.worker.restart_backoff_s
+                except PipelineError as exc:
+                    log.error("%s", exc)
+                    backoff = min(backoff * 2, self.cfg.worker.restart_backoff_max_s)
+            if self.captures and all(c.finished for c in self.captures.values()):
+                # Finite sources (files without loop): stop once the newest frame has been answered.
+                done = all(self.stats[n].last_seq >= self.rings[n].latest_seq for n in self.rings)
+                idle = all(time.monotonic() - s.last_result_mono > 2.0 for s in self.stats.values())
+                if done or idle:
+                    self.request_stop("all sources finished")
+
+    async def _status(self) -> None:
+        interval = self.cfg.output.status_interval_s
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            for s in self.stats.values():
+                log.info("%s", s.status_line())
+
+    async def _sample_rss(self) -> None:
+        while True:
+            await asyncio.sleep(self.rss_sample_s)
+            self._rss["main"].append(_rss_mb(None) or 0.0)
+            if self.worker_info is not None:
+                self._rss["worker"].append(_rss_mb(self.worker_info.pid) or 0.0)
+
+    # ---- teardown -----------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        for cap in self.captures.values():
+            cap.stop()
+        if self.worker is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(self.worker.conn.fileno())
+            await loop.run_in_executor(None, self.worker.stop, self.cfg.worker.stop_timeout_s, "shutdown")
+        for cap in self.captures.values():
+            cap.join(timeout=2.0)
+        for ring in self.rings.values():
+            ring.close()
+            ring.unlink()
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):
+                sink.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    def _summary(self) -> PipelineSummary:
+        return PipelineSummary(
+            cameras={n: s.snapshot() for n, s in self.stats.items()},
+            worker_restarts=self.worker_restarts,
+            duration_s=time.monotonic() - self._started,
+            rss_mb=self._rss,
+            frame_ages_ms=self._samples_age,
+            inference_ms=self._samples_inf,
+        )
+
+
+def _rss_mb(pid: int | None) -> float | None:
+    try:
+        return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    except (psutil.Error, ValueError):
+        return None

@@ -1,0 +1,139 @@
+"""Rolling latency percentiles and rates; the numbers behind the status line, stats messages and bench."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.messages import CaptureCounters, FrameResult
+
+
+class Rolling:
+    """The last `size` samples of one measurement (ms), with percentiles."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+
+    def add(self, v: float) -> None:
+        self._values.append(v)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def percentile(self, q: float) -> float | None:
+        if not self._values:
+            return None
+        return float(np.percentile(np.fromiter(self._values, float, len(self._values)), q))
+
+    def summary(self) -> dict[str, float | None]:
+        if not self._values:
+            return {"p50": None, "p95": None, "p99": None}
+        a = np.fromiter(self._values, float, len(self._values))
+        p50, p95, p99 = np.percentile(a, [50, 95, 99])
+        return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
+
+
+class RateMeter:
+    """Events per second over a sliding window, from monotonic timestamps."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self._events: deque[tuple[float, int]] = deque()
+
+    def add(self, n: int = 1, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._events.append((now, n))
+        self._trim(now)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        if not self._events:
+            return 0.0
+        return sum(n for _, n in self._events) / self.window_s
+
+    def _trim(self, now: float) -> None:
+        while self._events and now - self._events[0][0] > self.window_s:
+            self._events.popleft()
+
+
+@dataclass
+class CameraStats:
+    name: str
+    capture: CaptureCounters
+    processed: int = 0
+    dropped: int = 0
+    errors: int = 0
+    last_result_mono: float = 0.0
+    last_seq: int = 0
+    preprocess_ms: Rolling = field(default_factory=Rolling)
+    inference_ms: Rolling = field(default_factory=Rolling)
+    postprocess_ms: Rolling = field(default_factory=Rolling)
+    frame_age_ms: Rolling = field(default_factory=Rolling)
+    processed_rate: RateMeter = field(default_factory=RateMeter)
+    dropped_rate: RateMeter = field(default_factory=RateMeter)
+    _captured_seen: int = 0
+    captured_rate: RateMeter = field(default_factory=RateMeter)
+
+    def record(self, r: FrameResult, received_mono_ns: int) -> float:
+        """Returns the frame age at result (ms): result received minus capture time."""
+        self.processed += 1
+        self.dropped += r.dropped_before
+        self.last_seq = r.frame.seq
+        now = time.monotonic()
+        self.last_result_mono = now
+        self.processed_rate.add(1, now)
+        if r.dropped_before:
+            self.dropped_rate.add(r.dropped_before, now)
+        self.preprocess_ms.add(r.timings.preprocess_ms)
+        self.inference_ms.add(r.timings.inference_ms)
+        self.postprocess_ms.add(r.timings.postprocess_ms)
+        age = (received_mono_ns - r.frame.captured_mono_ns) / 1e6
+        self.frame_age_ms.add(age)
+        return age
+
+    def tick(self) -> None:
+        """Sample the capture counter (single writer elsewhere; we only read it)."""
+        frames = self.capture.frames
+        if frames > self._captured_seen:
+            self.captured_rate.add(frames - self._captured_seen)
+        self._captured_seen = frames
+
+    def snapshot(self) -> dict:
+        c = self.capture
+        return {
+            "camera": self.name,
+            "capture_fps": round(self.captured_rate.rate(), 2),
+            "processed_fps": round(self.processed_rate.rate(), 2),
+            "dropped_fps": round(self.dropped_rate.rate(), 2),
+            "frames_captured": c.frames,
+            "frames_processed": self.processed,
+            "frames_dropped": self.dropped,
+            "frames_corrupt": c.corrupt,
+            "inference_errors": self.errors,
+            "reconnects": c.reconnects,
+            "open_failures": c.open_failures,
+            "connected": c.connected,
+            "preprocess_ms": self.preprocess_ms.summary(),
+            "inference_ms": self.inference_ms.summary(),
+            "postprocess_ms": self.postprocess_ms.summary(),
+            "frame_age_ms": self.frame_age_ms.summary(),
+        }
+
+    def status_line(self) -> str:
+        s = self.snapshot()
+        inf, age = s["inference_ms"], s["frame_age_ms"]
+
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:.0f}"
+
+        return (
+            f"{self.name}: in {s['capture_fps']:.1f} fps | out {s['processed_fps']:.1f} fps | "
+            f"dropped {s['dropped_fps']:.1f} fps ({s['frames_dropped']} total) | "
+            f"infer p50 {ms(inf['p50'])} ms p99 {ms(inf['p99'])} ms | age p99 {ms(age['p99'])} ms"
+            + (f" | corrupt {s['frames_corrupt']}" if s["frames_corrupt"] else "")
+            + ("" if s["connected"] else " | source DISCONNECTED")
+        )

@@ -1,0 +1,59 @@
+"""Shared fixtures: real models (the fetched default one, and small generated ONNX graphs) and paths."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from onnx_models import dense_constant_model, slow_dense_model  # noqa: E402
+
+DEFAULT_MODEL = REPO / "engines" / "fall-detection-yolov8s.onnx"
+SAMPLE_VIDEO = REPO / "calibration" / "samples" / "bikes.mp4"
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        pytest.fail(
+            f"{path} is missing: run `make test` (it fetches the pinned assets) or `vigil assets fetch`"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    return _require(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def sample_video() -> Path:
+    return _require(SAMPLE_VIDEO)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(models_dir: Path) -> Path:
+    """64x64 input, always one 'person' box at the centre with score 0.9: ~0.2 ms a frame."""
+    return dense_constant_model(models_dir / "tiny.onnx", np.array([[32, 32, 16, 16, 0.9, 0.05]]))
+
+
+@pytest.fixture(scope="session")
+def slow_model(models_dir: Path) -> Path:
+    """320x320 input with real convolutions: tens of ms a frame, slower than a 25 fps camera needs."""
+    return slow_dense_model(models_dir / "slow.onnx")
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
