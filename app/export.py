@@ -40,9 +40,7 @@ def export_onnx(
     yolo = YOLO(str(src))
     try:
         produced = Path(
-            yolo.export(
-                format="onnx", imgsz=imgsz, half=half, dynamic=dynamic, nms=nms, simplify=True, device="cpu"
-            )
+            yolo.export(format="onnx", imgsz=imgsz, half=half, dynamic=dynamic, nms=nms, simplify=True, device="cpu")
         )
     except Exception as exc:
         raise ExportError(f"Ultralytics export of {src} failed: {exc}") from exc

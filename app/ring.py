@@ -80,9 +80,7 @@ class FrameView:
 
     __slots__ = ("_generation", "_ring", "_slot", "image", "meta")
 
-    def __init__(
-        self, ring: FrameRing, slot: int, generation: int, meta: FrameMeta, image: np.ndarray
-    ) -> None:
+    def __init__(self, ring: FrameRing, slot: int, generation: int, meta: FrameMeta, image: np.ndarray) -> None:
         self._ring = ring
         self._slot = slot
         self._generation = generation
@@ -114,17 +112,13 @@ class FrameRing:
             self._slot_floats.append(
                 np.ndarray((SLOT_FLOAT_FIELDS,), np.float64, buffer=buf, offset=base + 8 * SLOT_INT_FIELDS)
             )
-            self._slot_pixels.append(
-                np.ndarray((spec.slot_pixels,), np.uint8, buffer=buf, offset=base + SLOT_HEADER)
-            )
+            self._slot_pixels.append(np.ndarray((spec.slot_pixels,), np.uint8, buffer=buf, offset=base + SLOT_HEADER))
         self._seq = int(self._header[_LATEST])
 
     # ---- construction -------------------------------------------------------------------------
 
     @classmethod
-    def create(
-        cls, slots: int, max_height: int, max_width: int, channels: int = 3, prefix: str = "vigil"
-    ) -> FrameRing:
+    def create(cls, slots: int, max_height: int, max_width: int, channels: int = 3, prefix: str = "vigil") -> FrameRing:
         if slots < 2:
             raise ValueError("a frame ring needs at least 2 slots")
         name = f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -184,8 +178,7 @@ class FrameRing:
         h, w, c = image.shape
         if c != s.channels or h > s.max_height or w > s.max_width:
             raise ValueError(
-                f"frame of shape {image.shape} does not fit ring slots of "
-                f"{s.max_height}x{s.max_width}x{s.channels}"
+                f"frame of shape {image.shape} does not fit ring slots of {s.max_height}x{s.max_width}x{s.channels}"
             )
         seq = self._seq + 1
         slot = seq % s.slots

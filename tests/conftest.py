@@ -20,9 +20,7 @@ ARTIFACTS = REPO / "test-artifacts"
 
 def _require(path: Path) -> Path:
     if not path.is_file():
-        pytest.fail(
-            f"{path} is missing: run `make test` (it fetches the pinned assets) or `vigil assets fetch`"
-        )
+        pytest.fail(f"{path} is missing: run `make test` (it fetches the pinned assets) or `vigil assets fetch`")
     return path
 
 
@@ -57,3 +55,29 @@ def slow_model(models_dir: Path) -> Path:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def make_video(path: Path, frames: int = 50, size: tuple[int, int] = (160, 120), fps: float = 25.0) -> Path:
+    """A real MP4 (mp4v) with a moving bright square, so frames differ."""
+    import cv2
+
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened(), "OpenCV cannot write mp4v here"
+    for i in range(frames):
+        img = np.full((h, w, 3), 40, np.uint8)
+        x = (i * 3) % max(1, w - 20)
+        img[h // 3 : h // 3 + 20, x : x + 20] = 230
+        writer.write(img)
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_video(tmp_path_factory.mktemp("video") / "small.mp4")
+
+
+def vigil_shm_segments(pid: int | None = None) -> set[str]:
+    prefix = f"vigil-{pid}-" if pid is not None else "vigil-"
+    return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(prefix)}

@@ -15,9 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 NAMES = {0: "person", 1: "fall"}
 
 
-def _meta(
-    model: onnx.ModelProto, imgsz: int, names: dict[int, str] | None, extra: dict | None = None
-) -> None:
+def _meta(model: onnx.ModelProto, imgsz: int, names: dict[int, str] | None, extra: dict | None = None) -> None:
     props = {"names": str(names or NAMES), "stride": "32", "imgsz": str([imgsz, imgsz]), "task": "detect"}
     props.update(extra or {})
     for k, v in props.items():
@@ -105,9 +103,7 @@ def slow_dense_model(path: Path, imgsz: int = 320, channels: int = 48, layers: i
     nodes = []
     prev, cin = "images", 3
     for i in range(layers):
-        w = numpy_helper.from_array(
-            (rng.standard_normal((channels, cin, 3, 3)) * 0.05).astype(np.float32), f"w{i}"
-        )
+        w = numpy_helper.from_array((rng.standard_normal((channels, cin, 3, 3)) * 0.05).astype(np.float32), f"w{i}")
         inits.append(w)
         nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]))
         prev, cin = f"c{i}", channels

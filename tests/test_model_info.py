@@ -35,9 +35,7 @@ def test_missing_and_garbage_model(tmp_path: Path) -> None:
 
 
 def test_end2end_model_runs(tmp_path: Path) -> None:
-    path = end2end_constant_model(
-        tmp_path / "e2e.onnx", np.array([[16, 16, 48, 48, 0.8, 1], [0, 0, 4, 4, 0.1, 0]])
-    )
+    path = end2end_constant_model(tmp_path / "e2e.onnx", np.array([[16, 16, 48, 48, 0.8, 1], [0, 0, 4, 4, 0.1, 0]]))
     d = Detector.from_config(ModelConfig(path=str(path)))
     assert d.info.layout is OutputLayout.END2END
     det, timings = d.detect(np.zeros((64, 128, 3), np.uint8))

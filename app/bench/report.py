@@ -52,9 +52,7 @@ def render(results: dict) -> str:
     for mode, r in results["modes"].items():
         if "latency_ms" in r:
             lat = r["latency_ms"]
-            lines.append(
-                f"| {mode} | {r['frames']} | {r['fps']:.2f} | {lat['p50']} | {lat['p95']} | {lat['p99']} |"
-            )
+            lines.append(f"| {mode} | {r['frames']} | {r['fps']:.2f} | {lat['p50']} | {lat['p95']} | {lat['p99']} |")
     if results.get("ratios"):
         lines += [
             "",
@@ -104,8 +102,6 @@ def write_markdown(path: Path, results: dict) -> None:
     block = render(results)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    text = (
-        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    )
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

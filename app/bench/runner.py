@@ -35,16 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL_PATH)
     p.add_argument("--source", default=DEFAULT_SAMPLE_VIDEO)
     p.add_argument("--frames", type=int, default=60, help="frames for the backend/ultralytics/detect modes")
-    p.add_argument(
-        "--modes", default="backend,ultralytics,detect,live", help=f"comma list of {', '.join(MODES)}"
-    )
+    p.add_argument("--modes", default="backend,ultralytics,detect,live", help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--live-seconds", type=float, default=60.0)
     p.add_argument("--soak-frames", type=int, default=1000, help="results to collect in the soak mode")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON object")
-    p.add_argument(
-        "--markdown", default=None, metavar="FILE", help="write/replace the results section in FILE"
-    )
+    p.add_argument("--markdown", default=None, metavar="FILE", help="write/replace the results section in FILE")
 
 
 def _summary(lat_ms: list[float], wall_s: float, n: int) -> dict:

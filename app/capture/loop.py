@@ -98,9 +98,7 @@ class CaptureLoop(threading.Thread):
                 break
             mono_ns, wall = time.monotonic_ns(), time.time()
             image = self._fit(frame.image)
-            self.ring.write(
-                image, index=frame.index, pts=frame.pts, captured_mono_ns=mono_ns, captured_wall=wall
-            )
+            self.ring.write(image, index=frame.index, pts=frame.pts, captured_mono_ns=mono_ns, captured_wall=wall)
             self.counters.frames += 1
             self.counters.last_frame_mono_ns = mono_ns
             self._backoff.reset()

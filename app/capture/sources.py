@@ -216,13 +216,9 @@ class ImageFolderSource(FrameSource):
     def open(self) -> None:
         if not self.path.is_dir():
             raise SourceError(f"image folder {self.path} does not exist")
-        self._files = sorted(
-            p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+        self._files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not self._files:
-            raise SourceError(
-                f"image folder {self.path} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
-            )
+            raise SourceError(f"image folder {self.path} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         self._pos = 0
         self._index = 0
 

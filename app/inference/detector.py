@@ -60,9 +60,7 @@ class Detector:
 
     def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
         p = self.decoder.params
-        self.decoder.params = replace(
-            p, conf=p.conf if conf is None else conf, iou=p.iou if iou is None else iou
-        )
+        self.decoder.params = replace(p, conf=p.conf if conf is None else conf, iou=p.iou if iou is None else iou)
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxGeometry, float]:
         t0 = time.perf_counter()

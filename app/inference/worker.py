@@ -193,9 +193,7 @@ class WorkerHandle:
                 break
         if self.process.is_alive():
             raise WorkerStartError(f"worker {self.worker_id} not ready after {timeout:.0f} s")
-        raise WorkerStartError(
-            f"worker {self.worker_id} exited with code {self.process.exitcode} during start"
-        )
+        raise WorkerStartError(f"worker {self.worker_id} exited with code {self.process.exitcode} during start")
 
     def alive(self) -> bool:
         return self.process.is_alive()

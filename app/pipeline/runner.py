@@ -128,9 +128,7 @@ class LivePipeline:
             if self.rss_sample_s > 0:
                 tasks.append(asyncio.create_task(self._sample_rss(), name="rss"))
             if self.duration_s is not None:
-                self._loop.call_later(
-                    self.duration_s, self.request_stop, f"duration {self.duration_s} s reached"
-                )
+                self._loop.call_later(self.duration_s, self.request_stop, f"duration {self.duration_s} s reached")
             await self._stop.wait()
             for t in tasks:
                 t.cancel()
@@ -197,9 +195,7 @@ class LivePipeline:
                     self._on_result(msg)
                 elif isinstance(msg, WorkerFrameError):
                     self.stats[msg.camera].errors += 1
-                    log.warning(
-                        "worker %d: frame %d of %s failed: %s", msg.worker_id, msg.seq, msg.camera, msg.error
-                    )
+                    log.warning("worker %d: frame %d of %s failed: %s", msg.worker_id, msg.seq, msg.camera, msg.error)
                 elif isinstance(msg, WorkerFailed):
                     log.error("worker %d failed: %s", msg.worker_id, msg.error)
         except (EOFError, OSError):

@@ -13,9 +13,7 @@ from app.messages import FrameResult
 
 def iso_utc(ts: float) -> str:
     """Wall-clock seconds -> ISO-8601 UTC with milliseconds."""
-    return (
-        datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def result_record(r: FrameResult, names: dict[int, str], received_mono_ns: int) -> dict:

@@ -1,0 +1,107 @@
+"""The live pipeline in-process: bounded latency under overload, drop accounting, worker replacement."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from app.config import VigilConfig
+from app.pipeline.runner import LivePipeline
+
+
+def config(model: Path, video: Path, **camera) -> VigilConfig:
+    cam = {"name": "cam", "source": str(video), "loop": True, "realtime": True}
+    cam.update(camera)
+    return VigilConfig.model_validate(
+        {
+            "cameras": [cam],
+            "model": {"path": str(model), "threads": 1},
+            "output": {"json_lines": False, "status_interval_s": 0},
+            "worker": {"restart_backoff_s": 0.2},
+        }
+    )
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def handle(self, record: dict, result) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+def test_slow_detector_drops_frames_and_latency_stays_bounded(slow_model: Path, small_video: Path) -> None:
+    # A camera at 100 fps against a detector of tens of ms: most frames must be dropped, none queued.
+    sink = Collect()
+    pipe = LivePipeline(config(slow_model, small_video, fps=100), [sink], duration_s=6, record_samples=True)
+    summary = asyncio.run(pipe.run())
+    cam = summary.cameras["cam"]
+    assert cam["frames_processed"] > 20
+    assert cam["frames_dropped"] > cam["frames_processed"], "a slower detector must drop frames"
+    ages = summary.frame_ages_ms[3:]
+    inf = statistics.median(summary.inference_ms[3:])
+    bound = 1.5 * inf + 10.0  # one frame interval at 100 fps
+    # The benchmark asserts the exact bound; here allow scheduling noise of a loaded CI machine.
+    assert np.percentile(ages, 99) <= bound + 40, (np.percentile(ages, 99), inf)
+    half = len(ages) // 2
+    assert np.median(ages[half:]) <= np.median(ages[:half]) + 20, "frame age must not grow over time"
+    # Accounting: every captured frame up to the last processed one was processed or counted dropped.
+    seqs = [r["seq"] for r in sink.records]
+    assert seqs[-1] - seqs[0] + 1 == len(seqs) + sum(r["dropped_before"] for r in sink.records[1:])
+
+
+def test_killed_worker_is_replaced_and_results_resume(tiny_model: Path, small_video: Path) -> None:
+    sink = Collect()
+    pipe = LivePipeline(config(tiny_model, small_video, fps=50), [sink], duration_s=20)
+    killed: dict[str, float] = {}
+
+    def killer() -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(sink.records) < 20:
+            time.sleep(0.05)
+        pid = pipe.worker_info.pid
+        killed["pid"], killed["at"] = pid, time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        while time.monotonic() < deadline:
+            if pipe.worker_info.pid != pid and pipe.stats["cam"].last_result_mono > killed["at"]:
+                killed["recovered_s"] = pipe.stats["cam"].last_result_mono - killed["at"]
+                pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    summary = asyncio.run(pipe.run())
+    t.join(5)
+    assert summary.worker_restarts == 1
+    assert "recovered_s" in killed, "results did not resume after the worker was killed"
+    assert killed["recovered_s"] < 5.0
+
+
+def test_set_thresholds_reaches_the_worker(tiny_model: Path, small_video: Path) -> None:
+    sink = Collect()
+    pipe = LivePipeline(config(tiny_model, small_video, fps=50), [sink], duration_s=15)
+
+    def driver() -> None:
+        while len(sink.records) < 5:
+            time.sleep(0.02)
+        pipe._loop.call_soon_threadsafe(pipe.set_thresholds, 0.95, None)
+        n = len(sink.records)
+        while len(sink.records) < n + 15:
+            time.sleep(0.02)
+        pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
+
+    threading.Thread(target=driver, daemon=True).start()
+    asyncio.run(pipe.run())
+    assert sink.records[0]["detections"], "score 0.9 passes the default threshold"
+    assert sink.records[-1]["detections"] == [], "and not 0.95"
