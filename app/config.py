@@ -60,6 +60,10 @@ class ModelConfig(_Strict):
     max_det: int = Field(300, gt=0)
     classes: list[int] | None = Field(None, description="keep only these class ids")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
+    spin_wait: bool = Field(
+        False,
+        description="let ONNX Runtime threads busy-wait between ops (faster alone, slower beside capture)",
+    )
     warmup_runs: int = Field(2, ge=0)
 
 

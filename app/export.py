@@ -7,6 +7,7 @@ them (they come with the optional `export` extra).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def export_onnx(
     src = Path(model)
     if not src.is_file():
         raise ExportError(f"model {src} does not exist")
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # no hub, no DNS probes: exporting is a local job
     try:
         from ultralytics import YOLO
     except ImportError as exc:

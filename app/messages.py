@@ -84,7 +84,6 @@ class FrameResult:
     timings: StageTimings
     picked_mono_ns: int  # when the worker took the frame from the ring
     done_mono_ns: int  # when decode/NMS finished
-    dropped_before: int  # frames of this camera overwritten/skipped since the previous result
     worker_id: int
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Ultralytics (the reference in parity tests) resolves public DNS names at import unless told it is
+# offline; tests touch loopback only.
+os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import numpy as np
 import pytest

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def main() -> int:
     ap.add_argument("--out", default="tests/golden/default_model_ultralytics.json")
     args = ap.parse_args()
 
+    os.environ.setdefault("YOLO_OFFLINE", "1")
     import ultralytics
     from ultralytics import YOLO
     from ultralytics.utils import ASSETS

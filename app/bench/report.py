@@ -46,13 +46,17 @@ def render(results: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB, {m['os']}, Python {m['python']}, "
         f"ONNX Runtime {m['onnxruntime']}. Model `{results['model']}`, source `{results['source']}`.",
         "",
-        "| mode | frames | fps | p50 ms | p95 ms | p99 ms |",
-        "|---|---|---|---|---|---|",
+        "| mode | frames | fps (median of rounds) | fps per round | p50 ms | p95 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for mode, r in results["modes"].items():
         if "latency_ms" in r:
             lat = r["latency_ms"]
-            lines.append(f"| {mode} | {r['frames']} | {r['fps']:.2f} | {lat['p50']} | {lat['p95']} | {lat['p99']} |")
+            per_round = " / ".join(f"{f:.2f}" for f in r.get("fps_rounds", []))
+            lines.append(
+                f"| {mode} | {r['frames']} | {r['fps']:.2f} | {per_round} "
+                f"| {lat['p50']} | {lat['p95']} | {lat['p99']} |"
+            )
     if results.get("ratios"):
         lines += [
             "",

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
+import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -34,7 +37,8 @@ MODES = ("backend", "ultralytics", "detect", "live", "soak")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL_PATH)
     p.add_argument("--source", default=DEFAULT_SAMPLE_VIDEO)
-    p.add_argument("--frames", type=int, default=60, help="frames for the backend/ultralytics/detect modes")
+    p.add_argument("--frames", type=int, default=30, help="frames per round of the backend/ultralytics/detect modes")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of those modes (fps: median)")
     p.add_argument("--modes", default="backend,ultralytics,detect,live", help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--live-seconds", type=float, default=60.0)
     p.add_argument("--soak-frames", type=int, default=1000, help="results to collect in the soak mode")
@@ -43,15 +47,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", default=None, metavar="FILE", help="write/replace the results section in FILE")
 
 
-def _summary(lat_ms: list[float], wall_s: float, n: int) -> dict:
-    a = np.asarray(lat_ms, float)
+def _summary(rounds: list[tuple[list[float], float, int]]) -> dict:
+    """Median fps over rounds (interleaved with the other modes), latency percentiles over all frames."""
+    lat = np.asarray([v for r in rounds for v in r[0]], float)
+    fps = [n / wall for _, wall, n in rounds if wall > 0]
     return {
-        "frames": n,
-        "fps": round(n / wall_s, 3) if wall_s > 0 else None,
+        "frames": sum(n for _, _, n in rounds),
+        "rounds": len(rounds),
+        "fps": round(statistics.median(fps), 3),
+        "fps_rounds": [round(f, 3) for f in fps],
         "latency_ms": {
-            "p50": round(float(np.percentile(a, 50)), 2),
-            "p95": round(float(np.percentile(a, 95)), 2),
-            "p99": round(float(np.percentile(a, 99)), 2),
+            "p50": round(float(np.percentile(lat, 50)), 2),
+            "p95": round(float(np.percentile(lat, 95)), 2),
+            "p99": round(float(np.percentile(lat, 99)), 2),
         },
     }
 
@@ -72,68 +80,61 @@ def _read_frames(source: str, n: int) -> list[np.ndarray]:
     return frames
 
 
-def bench_backend(model: ModelConfig, source: str, n: int) -> dict:
+def _timed(iterable: Iterable[object]) -> tuple[list[float], float, int]:
+    """Per-item latency (time between consecutive items) and wall time of consuming an iterator."""
+    lat: list[float] = []
+    t0 = last = time.perf_counter()
+    for _ in iterable:
+        now = time.perf_counter()
+        lat.append((now - last) * 1000)
+        last = now
+    return lat, time.perf_counter() - t0, len(lat)
+
+
+Runner = Callable[[], tuple[list[float], float, int]]
+
+
+def backend_runner(model: ModelConfig, source: str, n: int) -> Runner:
+    """The limit: the backend alone on input tensors prepared beforehand."""
     from app.inference.detector import Detector
 
     det = Detector.from_config(model)
     tensors = [det.prepare(f)[0] for f in _read_frames(source, n)]
     det.warmup(2)
-    lat = []
-    t0 = time.perf_counter()
-    for t in tensors:
-        t1 = time.perf_counter()
-        det.backend.infer(t)
-        lat.append((time.perf_counter() - t1) * 1000)
-    wall = time.perf_counter() - t0
-    det.close()
-    return _summary(lat, wall, n)
+    return lambda: _timed(det.backend.infer(t) for t in tensors)
 
 
-def bench_ultralytics(model: ModelConfig, source: str, n: int) -> dict | None:
+def ultralytics_runner(model: ModelConfig, source: str, n: int) -> Runner | None:
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # no DNS probes from the reference either
     try:
         from ultralytics import YOLO
     except ImportError:
         log.warning("ultralytics is not installed (pip install '.[export]'); skipping its mode")
         return None
     yolo = YOLO(model.path, task="detect")
-    warm = _read_frames(source, 1)[0]
-    yolo.predict(warm, conf=model.conf, iou=model.iou, verbose=False)
-    lat = []
-    count = 0
-    t0 = time.perf_counter()
-    last = t0
-    for _ in yolo.predict(source, stream=True, conf=model.conf, iou=model.iou, verbose=False):
-        now = time.perf_counter()
-        lat.append((now - last) * 1000)
-        last = now
-        count += 1
-        if count >= n:
-            break
-    wall = time.perf_counter() - t0
-    return _summary(lat, wall, count)
+    yolo.predict(_read_frames(source, 1)[0], conf=model.conf, iou=model.iou, verbose=False)
+
+    def run() -> tuple[list[float], float, int]:
+        stream = yolo.predict(source, stream=True, conf=model.conf, iou=model.iou, verbose=False)
+        return _timed(itertools.islice(stream, n))
+
+    return run
 
 
-def bench_detect(model: ModelConfig, source: str, n: int) -> dict:
+def detect_runner(model: ModelConfig, source: str, n: int) -> Runner:
+    """`vigil detect`'s loop: open the file, decode, preprocess, infer, decode boxes, every frame."""
     from app.capture.sources import open_source
     from app.inference.detector import Detector
     from app.pipeline.offline import detect_frames
 
     det = Detector.from_config(model)
     det.warmup(2)
-    src = open_source(source)
-    src.open()
-    lat, count = [], 0
-    t0 = time.perf_counter()
-    last = t0
-    for _ in detect_frames(det, src, n):
-        now = time.perf_counter()
-        lat.append((now - last) * 1000)
-        last = now
-        count += 1
-    wall = time.perf_counter() - t0
-    src.close()
-    det.close()
-    return _summary(lat, wall, count)
+
+    def run() -> tuple[list[float], float, int]:
+        with open_source(source) as src:
+            return _timed(detect_frames(det, src, n))
+
+    return run
 
 
 def _live_config(model: ModelConfig, source: str) -> VigilConfig:
@@ -219,19 +220,22 @@ def run_bench(args: argparse.Namespace) -> int:
             return 2
     model = ModelConfig(path=args.model, threads=args.threads)
     results: dict = {"machine": machine_info(), "model": args.model, "source": args.source, "modes": {}}
-    runners = {
-        "backend": lambda: bench_backend(model, args.source, args.frames),
-        "ultralytics": lambda: bench_ultralytics(model, args.source, args.frames),
-        "detect": lambda: bench_detect(model, args.source, args.frames),
-        "live": lambda: bench_live(model, args.source, args.live_seconds),
-        "soak": lambda: bench_soak(model, args.source, args.soak_frames),
-    }
-    for m in modes:
-        print(f"bench: {m} ...", file=sys.stderr)
-        res = runners[m]()
-        if res is not None:
-            results["modes"][m] = res
-            print(f"bench: {m}: {json.dumps(res)}", file=sys.stderr)
+    # The pipeline modes first, in a process that has loaded nothing else (main-process RSS is real).
+    if "live" in modes:
+        results["modes"]["live"] = _announce("live", bench_live(model, args.source, args.live_seconds))
+    if "soak" in modes:
+        results["modes"]["soak"] = _announce("soak", bench_soak(model, args.source, args.soak_frames))
+    factories = {"backend": backend_runner, "ultralytics": ultralytics_runner, "detect": detect_runner}
+    runners = {m: factories[m](model, args.source, args.frames) for m in factories if m in modes}
+    runners = {m: r for m, r in runners.items() if r is not None}
+    rounds: dict[str, list] = {m: [] for m in runners}
+    for i in range(args.rounds):  # interleaved, so drift of a noisy machine hits every mode alike
+        for m, run in runners.items():
+            rounds[m].append(run())
+            print(f"bench: round {i + 1}/{args.rounds} {m}: {rounds[m][-1][2] / rounds[m][-1][1]:.3f} fps",
+                  file=sys.stderr)  # fmt: skip
+    for m, r in rounds.items():
+        results["modes"][m] = _announce(m, _summary(r))
     results["ratios"] = _ratios(results["modes"])
     if args.json:
         print(json.dumps(results, indent=1))
@@ -241,6 +245,11 @@ def run_bench(args: argparse.Namespace) -> int:
         write_markdown(Path(args.markdown), results)
         print(f"bench: wrote {args.markdown}", file=sys.stderr)
     return 0
+
+
+def _announce(mode: str, res: dict) -> dict:
+    print(f"bench: {mode}: {json.dumps(res)}", file=sys.stderr)
+    return res
 
 
 def _ratios(modes: dict) -> dict:

@@ -33,7 +33,7 @@ class Detector:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> Detector:
-        backend, reason = create_backend(cfg.backend, cfg.path, threads=cfg.threads)
+        backend, reason = create_backend(cfg.backend, cfg.path, threads=cfg.threads, spin_wait=cfg.spin_wait)
         backend.load()
         info = ModelInfo.from_backend(backend, cfg.imgsz)
         classes = tuple(cfg.classes) if cfg.classes is not None else None

@@ -134,7 +134,6 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event) -> None:
                     raise SystemExit(3) from exc
                 continue
             errors = 0
-            dropped = meta.seq - last_seq[cam] - 1 if last_seq[cam] else 0
             last_seq[cam] = meta.seq
             conn.send(
                 FrameResult(
@@ -144,7 +143,6 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event) -> None:
                     timings=StageTimings(pre_ms, inf_ms, post_ms),
                     picked_mono_ns=picked_ns,
                     done_mono_ns=time.monotonic_ns(),
-                    dropped_before=dropped,
                     worker_id=spec.worker_id,
                 )
             )

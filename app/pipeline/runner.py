@@ -209,12 +209,14 @@ class LivePipeline:
         if self.max_results is not None and self._results >= self.max_results:
             self.request_stop(f"{self.max_results} results reached")
         stats = self.stats[r.camera]
-        age = stats.record(r, now_ns)
+        if r.frame.seq <= stats.last_seq:
+            return  # a stale answer (e.g. from a worker being replaced): the newer one is already out
+        dropped, age = stats.record(r, now_ns)
         if self.record_samples:
             self._samples_age.append(age)
             self._samples_inf.append(r.timings.inference_ms)
         if self.sinks:
-            record = result_record(r, self.names, now_ns)
+            record = result_record(r, self.names, now_ns, dropped)
             for sink in self.sinks:
                 try:
                     sink.handle(record, r)

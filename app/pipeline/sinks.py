@@ -16,7 +16,7 @@ def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def result_record(r: FrameResult, names: dict[int, str], received_mono_ns: int) -> dict:
+def result_record(r: FrameResult, names: dict[int, str], received_mono_ns: int, dropped_before: int) -> dict:
     """One processed frame as the JSON object `vigil run` prints (and later sinks publish)."""
     age_ms = (received_mono_ns - r.frame.captured_mono_ns) / 1e6
     latency = r.timings.as_dict()
@@ -31,7 +31,7 @@ def result_record(r: FrameResult, names: dict[int, str], received_mono_ns: int) 
         "width": r.frame.width,
         "height": r.frame.height,
         "detections": r.detections.to_list(names),
-        "dropped_before": r.dropped_before,
+        "dropped_before": dropped_before,
         "latency_ms": latency,
     }
 

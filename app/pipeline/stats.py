@@ -78,22 +78,27 @@ class CameraStats:
     _captured_seen: int = 0
     captured_rate: RateMeter = field(default_factory=RateMeter)
 
-    def record(self, r: FrameResult, received_mono_ns: int) -> float:
-        """Returns the frame age at result (ms): result received minus capture time."""
+    def record(self, r: FrameResult, received_mono_ns: int) -> tuple[int, float]:
+        """Returns (frames dropped since the previous result, frame age at result in ms).
+
+        Drops are counted here from capture sequence numbers, not by the worker, so frames captured while
+        a worker was starting or being replaced are counted too.
+        """
+        dropped = max(0, r.frame.seq - self.last_seq - 1)
         self.processed += 1
-        self.dropped += r.dropped_before
+        self.dropped += dropped
         self.last_seq = r.frame.seq
         now = time.monotonic()
         self.last_result_mono = now
         self.processed_rate.add(1, now)
-        if r.dropped_before:
-            self.dropped_rate.add(r.dropped_before, now)
+        if dropped:
+            self.dropped_rate.add(dropped, now)
         self.preprocess_ms.add(r.timings.preprocess_ms)
         self.inference_ms.add(r.timings.inference_ms)
         self.postprocess_ms.add(r.timings.postprocess_ms)
         age = (received_mono_ns - r.frame.captured_mono_ns) / 1e6
         self.frame_age_ms.add(age)
-        return age
+        return dropped, age
 
     def tick(self) -> None:
         """Sample the capture counter (single writer elsewhere; we only read it)."""
