@@ -12,7 +12,7 @@ __all__ = ["Backend", "BackendError", "TensorSpec", "create_backend"]
 log = logging.getLogger(__name__)
 
 
-def create_backend(kind: str, path: str | Path, *, threads: int = 0, spin_wait: bool = False) -> tuple[Backend, str]:
+def create_backend(kind: str, path: str | Path, *, threads: int = 0, spin_wait: bool = True) -> tuple[Backend, str]:
     """Returns the backend and the reason it was chosen (logged and shown in stats)."""
     from app.backends.onnxruntime import OnnxRuntimeBackend
 

@@ -171,6 +171,7 @@ def bench_live(model: ModelConfig, source: str, seconds: float) -> dict:
         "frames_dropped": cam["frames_dropped"],
         "processed_fps": round(cam["frames_processed"] / summary.duration_s, 2),
         "inference_ms_p50": round(med_inf, 2),
+        "inference_ms_p99": round(float(np.percentile(inf, 99)), 2),
         "frame_age_ms": {
             "p50": round(float(np.percentile(ages, 50)), 2),
             "p95": round(float(np.percentile(ages, 95)), 2),
