@@ -49,10 +49,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_config(cfg))
         return 0
     _setup_logging(args.log_level or cfg.log_level)
-    sinks = []
+    sinks: list = []
+    services: list = []
     if cfg.output.json_lines:
         sinks.append(JsonLinesSink(path=cfg.output.json_path))
-    pipeline = LivePipeline(cfg, sinks, duration_s=args.duration)
+    if cfg.mqtt.enabled:
+        from app.mqtt.link import MqttConfigError
+        from app.mqtt.service import MqttService
+
+        try:
+            mqtt = MqttService(cfg)
+        except MqttConfigError as exc:
+            return _fail(f"invalid config: {exc}")
+        sinks.append(mqtt)
+        services.append(mqtt)
+    pipeline = LivePipeline(cfg, sinks, services=services, duration_s=args.duration)
     try:
         asyncio.run(pipeline.run())
     except PipelineError as exc:

@@ -81,6 +81,61 @@ class WorkerConfig(_Strict):
     restart_backoff_max_s: float = Field(30.0, gt=0)
 
 
+class MqttTlsConfig(_Strict):
+    enabled: bool = Field(False, description="use TLS (also implied by ca_file)")
+    ca_file: str | None = Field(None, description="CA bundle that signed the broker's certificate")
+    cert_file: str | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: str | None = Field(None, description="client private key (mutual TLS)")
+    insecure: bool = Field(False, description="skip hostname verification (self-signed lab brokers only)")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> MqttTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class AlertRule(_Strict):
+    label: str = Field(..., description="class label that raises the alert, e.g. Fall")
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    min_duration_s: float = Field(1.0, ge=0.0, description="seen continuously at least this long")
+
+
+class MqttConfig(_Strict):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = Field(None, description="default: vigil-<device_id>")
+    base_topic: str | None = Field(None, description="default: vigil/<device_id>")
+    username: str | None = None
+    password_file: str | None = Field(None, description="file holding the password (never logged)")
+    password_env: str | None = Field(None, description="environment variable holding the password")
+    tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig)
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    qos_events: Literal[0, 1, 2] = 1
+    offline_queue: int = Field(10000, ge=1, description="QoS>0 events kept while the broker is away")
+    detections: bool = Field(True, description="publish <base>/<camera>/detections per processed frame")
+    detections_max_rate_hz: float = Field(10.0, gt=0, description="detections messages per camera per second")
+    detections_only_when_detected: bool = False
+    event_update_interval_s: float = Field(5.0, gt=0, description="at most one 'update' per object this often")
+    track_lost_s: float = Field(2.0, gt=0, description="an object unseen this long ends")
+    min_hits: int = Field(2, ge=1, description="detections before an object is announced ('new')")
+    alerts: list[AlertRule] = Field(default_factory=list)
+    snapshot: bool = Field(True, description="retained JPEG of the latest event frame with boxes")
+    stats_interval_s: float = Field(10.0, gt=0)
+    discovery: bool = Field(True, description="Home Assistant MQTT discovery")
+    discovery_prefix: str = "homeassistant"
+    tracker: Literal["bytetrack", "iou"] = Field("bytetrack", description="multi-object tracker")
+
+    @model_validator(mode="after")
+    def _password_one_source(self) -> MqttConfig:
+        if self.password_file and self.password_env:
+            raise ValueError("give password_file or password_env, not both")
+        return self
+
+
 class VigilConfig(_Strict):
     device_id: str = Field("vigil", description="appliance id, used in topics")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -88,6 +143,7 @@ class VigilConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
     @field_validator("device_id")
     @classmethod

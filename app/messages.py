@@ -125,6 +125,12 @@ class StopWorker:
 
 
 @dataclass(frozen=True, slots=True)
+class SetDetection:
+    camera: str
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SetThresholds:
     conf: float | None = None
     iou: float | None = None

@@ -216,6 +216,23 @@ class FrameRing:
             return FrameView(self, slot, gen, FrameMeta(sseq, index, pts, mono, wall, h, w), image)
         return None
 
+    def read_seq(self, seq: int) -> FrameView | None:
+        """Frame `seq` if the ring still holds it (it is overwritten `slots` frames later)."""
+        if seq <= 0:
+            return None
+        s = self._spec
+        slot = seq % s.slots
+        ints = self._slot_ints[slot]
+        gen = int(ints[0])
+        if gen & 1 or int(ints[1]) != seq:
+            return None
+        _, index, mono, h, w = (int(v) for v in ints[1:])
+        pts, wall = (float(v) for v in self._slot_floats[slot])
+        image = self._slot_pixels[slot][: h * w * s.channels].reshape(h, w, s.channels)
+        image.flags.writeable = False
+        view = FrameView(self, slot, gen, FrameMeta(seq, index, pts, mono, wall, h, w), image)
+        return view if view.is_valid() else None
+
     # ---- lifetime -----------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -53,8 +53,11 @@ def test_slow_detector_drops_frames_and_latency_stays_bounded(slow_model: Path, 
     bound = 1.5 * inf + 10.0  # one frame interval at 100 fps
     # The benchmark asserts the exact bound; here allow scheduling noise of a loaded CI machine.
     assert np.percentile(ages, 99) <= bound + 40, (np.percentile(ages, 99), inf)
-    half = len(ages) // 2
-    assert np.median(ages[half:]) <= np.median(ages[:half]) + 20, "frame age must not grow over time"
+    # No queue growth: the part of the frame age that is not inference (waiting) stays flat. Inference
+    # time itself varies with whatever else the machine runs, so it is taken out.
+    waits = np.asarray(ages) - np.asarray(summary.inference_ms[3:])
+    half = len(waits) // 2
+    assert np.median(waits[half:]) <= np.median(waits[:half]) + 15, "waiting must not grow over time"
     # Accounting: every captured frame up to the last processed one was processed or counted dropped.
     seqs = [r["seq"] for r in sink.records]
     assert seqs[-1] == len(seqs) + sum(r["dropped_before"] for r in sink.records)

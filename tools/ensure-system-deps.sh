@@ -12,8 +12,9 @@ fi
 need() { dpkg -s "$1" >/dev/null 2>&1 || pkgs+=("$1"); }
 if command -v dpkg >/dev/null 2>&1; then
   case "$target" in
-    run) ;;
-    test) ;;
+    # mosquitto: `make run` starts a local broker when none is reachable; the tests start their own.
+    run) need mosquitto ;;
+    test) need mosquitto; need openssl ;;
     *) echo "usage: $0 run|test" >&2; exit 2 ;;
   esac
 fi

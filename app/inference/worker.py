@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from app.config import ModelConfig
 from app.messages import (
     FrameResult,
+    SetDetection,
     SetThresholds,
     StageTimings,
     StopWorker,
@@ -46,6 +47,7 @@ class WorkerSpec:
     rings: tuple[tuple[str, RingSpec], ...]  # (camera name, ring)
     log_level: str = "info"
     idle_sleep_s: float = 0.001  # poll period when no new frame; << any inference time
+    disabled_cameras: tuple[str, ...] = ()  # detection switched off (e.g. by an MQTT command)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -92,6 +94,7 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event) -> None:
         )
     )
     last_seq = {cam: 0 for cam, _ in rings}
+    disabled: set[str] = set(spec.disabled_cameras)
     start = 0
     errors = 0
     try:
@@ -103,11 +106,15 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event) -> None:
                     return
                 if isinstance(msg, SetThresholds):
                     detector.set_thresholds(msg.conf, msg.iou)
+                elif isinstance(msg, SetDetection):
+                    (disabled.discard if msg.enabled else disabled.add)(msg.camera)
                 continue
             picked = None
             for k in range(len(rings)):  # round-robin so one busy camera cannot starve the others
                 i = (start + k) % len(rings)
                 cam, ring = rings[i]
+                if cam in disabled:
+                    continue
                 view = ring.read_latest(last_seq[cam])
                 if view is not None:
                     picked = (cam, view)

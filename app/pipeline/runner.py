@@ -16,6 +16,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import psutil
 
@@ -25,6 +26,7 @@ from app.inference.worker import WorkerHandle, WorkerSpec, WorkerStartError
 from app.messages import (
     CaptureCounters,
     FrameResult,
+    SetDetection,
     SetThresholds,
     WorkerFailed,
     WorkerFrameError,
@@ -39,6 +41,16 @@ log = logging.getLogger(__name__)
 
 class PipelineError(RuntimeError):
     pass
+
+
+class Service(Protocol):
+    """Something living in the main loop beside the pipeline (MQTT, later HTTP/WebRTC)."""
+
+    async def start(self, pipeline: LivePipeline) -> None: ...
+
+    def on_model_ready(self, names: dict[int, str]) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -59,6 +71,7 @@ class LivePipeline:
         cfg: VigilConfig,
         sinks: list[Sink] | None = None,
         *,
+        services: list[Service] | None = None,
         duration_s: float | None = None,
         max_results: int | None = None,
         record_samples: bool = False,
@@ -66,6 +79,8 @@ class LivePipeline:
     ) -> None:
         self.cfg = cfg
         self.sinks = list(sinks or [])
+        self.services = list(services or [])
+        self._disabled: set[str] = set()
         self.duration_s = duration_s
         self.max_results = max_results
         self._results = 0
@@ -96,8 +111,17 @@ class LivePipeline:
             self._stop.set()
 
     def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
+        if conf is not None:
+            self.cfg.model.conf = conf  # so a replacement worker starts with it too
+        if iou is not None:
+            self.cfg.model.iou = iou
         if self.worker is not None:
             self.worker.send(SetThresholds(conf, iou))
+
+    def set_detection(self, camera: str, enabled: bool) -> None:
+        (self._disabled.discard if enabled else self._disabled.add)(camera)
+        if self.worker is not None:
+            self.worker.send(SetDetection(camera, enabled))
 
     def snapshot(self) -> dict:
         return {
@@ -120,6 +144,8 @@ class LivePipeline:
         self._install_signal_handlers()
         try:
             self._open_rings_and_captures()
+            for service in self.services:
+                await service.start(self)
             await self._start_worker()
             tasks = [
                 asyncio.create_task(self._supervise(), name="supervise"),
@@ -161,6 +187,7 @@ class LivePipeline:
             model=self.cfg.model,
             rings=tuple((name, ring.spec) for name, ring in self.rings.items()),
             log_level=self.cfg.log_level,
+            disabled_cameras=tuple(sorted(self._disabled)),
         )
         self._next_worker_id += 1
         return spec
@@ -184,6 +211,8 @@ class LivePipeline:
             ready.warmup_ms,
         )
         self._loop.add_reader(handle.conn.fileno(), self._on_worker_readable, handle)
+        for service in self.services:
+            service.on_model_ready(ready.names)
 
     # ---- steady state -------------------------------------------------------------------------
 
@@ -283,6 +312,11 @@ class LivePipeline:
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.worker.conn.fileno())
             await loop.run_in_executor(None, self.worker.stop, self.cfg.worker.stop_timeout_s, "shutdown")
+        for service in self.services:
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(service).__name__)
         for cap in self.captures.values():
             cap.join(timeout=2.0)
         for ring in self.rings.values():

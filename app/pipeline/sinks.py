@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Protocol
 
+from app.clock import iso_utc
 from app.messages import FrameResult
-
-
-def iso_utc(ts: float) -> str:
-    """Wall-clock seconds -> ISO-8601 UTC with milliseconds."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def result_record(r: FrameResult, names: dict[int, str], received_mono_ns: int, dropped_before: int) -> dict:

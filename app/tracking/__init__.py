@@ -1,0 +1,1 @@
+"""Multi-object tracking and the object lifecycle (new / update / end / alert events)."""

@@ -1,0 +1,134 @@
+"""Tracked-object lifecycle of one camera: `new`, `update` (only on meaningful change), `end`, `alert`.
+
+Subscribers must never be flooded: an object is announced once it was seen `min_hits` times, `update`
+goes out on a label change or at most every `update_interval_s`, `end` once it was unseen for `lost_s`.
+Alerts fire once per object when a configured label was seen continuously for its minimum duration at
+its minimum confidence.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.clock import iso_utc
+from app.config import AlertRule
+from app.messages import Detections
+
+
+@dataclass(slots=True)
+class TrackedObject:
+    track_id: int
+    label: str
+    class_id: int
+    confidence: float
+    best_confidence: float
+    box: list[float]
+    first_seen_mono: float
+    last_seen_mono: float
+    first_seen_wall: float
+    last_seen_wall: float
+    hits: int = 1
+    announced: bool = False
+    last_update_mono: float = 0.0
+    label_since_mono: float = 0.0
+    alerted: set[str] = field(default_factory=set)
+
+    def as_dict(self, frame_wh: tuple[int, int]) -> dict:
+        w, h = frame_wh
+        x1, y1, x2, y2 = self.box
+        return {
+            "id": self.track_id,
+            "label": self.label,
+            "class_id": self.class_id,
+            "confidence": round(self.confidence, 4),
+            "best_confidence": round(self.best_confidence, 4),
+            "box": [round(v, 1) for v in self.box],
+            "box_normalized": [round(x1 / w, 4), round(y1 / h, 4), round(x2 / w, 4), round(y2 / h, 4)],
+            "first_seen": iso_utc(self.first_seen_wall),
+            "last_seen": iso_utc(self.last_seen_wall),
+            "duration_s": round(self.last_seen_mono - self.first_seen_mono, 2),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectEvent:
+    type: str  # new | update | end | alert
+    obj: dict
+    reason: str = ""
+    rule: AlertRule | None = None
+
+
+class ObjectLifecycle:
+    def __init__(
+        self,
+        names: dict[int, str],
+        *,
+        min_hits: int = 2,
+        update_interval_s: float = 5.0,
+        lost_s: float = 2.0,
+        alerts: list[AlertRule] | None = None,
+    ) -> None:
+        self.names = names
+        self.min_hits = min_hits
+        self.update_interval_s = update_interval_s
+        self.lost_s = lost_s
+        self.alerts = list(alerts or [])
+        self.objects: dict[int, TrackedObject] = {}
+
+    def update(
+        self, det: Detections, track_ids: np.ndarray, frame_wh: tuple[int, int], mono: float, wall: float
+    ) -> list[ObjectEvent]:
+        events: list[ObjectEvent] = []
+        for box, conf, cid, tid in zip(det.xyxy.tolist(), det.confidence.tolist(), det.class_id.tolist(),
+                                       track_ids.tolist()):  # fmt: skip
+            label = self.names.get(cid, str(cid))
+            obj = self.objects.get(tid)
+            if obj is None:
+                obj = TrackedObject(tid, label, cid, conf, conf, box, mono, mono, wall, wall, label_since_mono=mono)
+                self.objects[tid] = obj
+            else:
+                obj.hits += 1
+                obj.box, obj.confidence = box, conf
+                obj.best_confidence = max(obj.best_confidence, conf)
+                obj.last_seen_mono, obj.last_seen_wall = mono, wall
+                if label != obj.label:
+                    obj.label, obj.class_id, obj.label_since_mono = label, cid, mono
+                    if obj.announced:
+                        obj.last_update_mono = mono
+                        events.append(ObjectEvent("update", obj.as_dict(frame_wh), "label changed"))
+            if not obj.announced and obj.hits >= self.min_hits:
+                obj.announced = True
+                obj.last_update_mono = mono
+                events.append(ObjectEvent("new", obj.as_dict(frame_wh)))
+            elif obj.announced and mono - obj.last_update_mono >= self.update_interval_s:
+                obj.last_update_mono = mono
+                events.append(ObjectEvent("update", obj.as_dict(frame_wh), "periodic"))
+            events.extend(self._alerts(obj, conf, mono, frame_wh))
+        for tid in [t for t, o in self.objects.items() if mono - o.last_seen_mono > self.lost_s]:
+            obj = self.objects.pop(tid)
+            if obj.announced:
+                events.append(ObjectEvent("end", obj.as_dict(frame_wh)))
+        return events
+
+    def _alerts(self, obj: TrackedObject, conf: float, mono: float, frame_wh: tuple[int, int]) -> list[ObjectEvent]:
+        out = []
+        for rule in self.alerts:
+            if rule.label != obj.label or rule.label in obj.alerted:
+                continue
+            if conf < rule.min_confidence:
+                obj.label_since_mono = mono  # the continuous, confident stretch starts again
+                continue
+            if mono - obj.label_since_mono >= rule.min_duration_s:
+                obj.alerted.add(rule.label)
+                out.append(ObjectEvent("alert", obj.as_dict(frame_wh), f"{rule.label} for {rule.min_duration_s} s",
+                                       rule))  # fmt: skip
+        return out
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(o.label for o in self.objects.values() if o.announced)
+        out = {label: c.get(label, 0) for label in self.names.values()}
+        out["all"] = sum(c.values())
+        return out
