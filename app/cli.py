@@ -34,17 +34,24 @@ def _fail(msg: str) -> int:
 # ---- run ------------------------------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from app.pipeline.runner import LivePipeline, PipelineError
-    from app.pipeline.sinks import JsonLinesSink
-
+def _load(args: argparse.Namespace):
+    """The config of --config/--set, or an exit code after printing the error."""
     config_path = args.config
     if config_path is None and Path(DEFAULT_CONFIG).is_file():
         config_path = DEFAULT_CONFIG
     try:
-        cfg = load_config(config_path, args.set)
+        return load_config(config_path, args.set)
     except ConfigError as exc:
         return _fail(f"invalid config: {exc}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from app.pipeline.runner import LivePipeline, PipelineError
+    from app.pipeline.sinks import JsonLinesSink
+
+    cfg = _load(args)
+    if isinstance(cfg, int):
+        return cfg
     if args.print_config:
         sys.stdout.write(dump_config(cfg))
         return 0
@@ -209,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     from app.assets import add_cli as add_assets_cli
+    from app.mqtt.tail import add_cli as add_mqtt_cli
 
     add_assets_cli(sub)
+    add_mqtt_cli(sub, _load)
     return p
 
 

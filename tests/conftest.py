@@ -56,6 +56,16 @@ def slow_model(models_dir: Path) -> Path:
     return slow_dense_model(models_dir / "slow.onnx")
 
 
+@pytest.fixture
+def broker(tmp_path: Path):
+    """A real mosquitto on a free loopback port, stopped after the test."""
+    from broker import Broker
+
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from broker import Broker, Subscriber, broker, make_tls  # noqa: F401  (fixture)
+from broker import Broker, Subscriber, make_tls
 
 from app.config import MqttConfig
 from app.mqtt.link import MqttConfigError, MqttLink

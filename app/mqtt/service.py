@@ -235,6 +235,10 @@ class MqttService:
             if text.upper() not in ("ON", "OFF"):
                 return self._reject(topic, text, "expected ON or OFF")
             on = text.upper() == "ON"
+            if not on and self.enabled[cam] and cam in self._objects:
+                for ev in self._objects[cam].end_all("detection switched off"):
+                    self._publish_event(cam, ev, {"captured_at": None, "latency_ms": {}})
+                self._publish_counts(cam)
             self.enabled[cam] = on
             if self._pipeline is not None:
                 self._pipeline.set_detection(cam, on)

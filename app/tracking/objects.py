@@ -77,11 +77,13 @@ class ObjectLifecycle:
         self.lost_s = lost_s
         self.alerts = list(alerts or [])
         self.objects: dict[int, TrackedObject] = {}
+        self._frame_wh = (1, 1)
 
     def update(
         self, det: Detections, track_ids: np.ndarray, frame_wh: tuple[int, int], mono: float, wall: float
     ) -> list[ObjectEvent]:
         events: list[ObjectEvent] = []
+        self._frame_wh = frame_wh
         for box, conf, cid, tid in zip(det.xyxy.tolist(), det.confidence.tolist(), det.class_id.tolist(),
                                        track_ids.tolist()):  # fmt: skip
             label = self.names.get(cid, str(cid))
@@ -126,6 +128,12 @@ class ObjectLifecycle:
                 out.append(ObjectEvent("alert", obj.as_dict(frame_wh), f"{rule.label} for {rule.min_duration_s} s",
                                        rule))  # fmt: skip
         return out
+
+    def end_all(self, reason: str) -> list[ObjectEvent]:
+        """Everything ends now (detection switched off: what we can no longer see is not 'present')."""
+        events = [ObjectEvent("end", o.as_dict(self._frame_wh), reason) for o in self.objects.values() if o.announced]
+        self.objects.clear()
+        return events
 
     def counts(self) -> dict[str, int]:
         c = Counter(o.label for o in self.objects.values() if o.announced)
