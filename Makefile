@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: run test lint bench assets venv clean distclean
 
 run: $(VENV)/.runtime assets
-	$(VENV)/bin/vigil run --config $(CONFIG)
+	tools/run-with-broker.sh $(CONFIG)
 
 test: $(VENV)/.test assets
 	$(PY) -m pytest -ra $(PYTEST_ARGS)

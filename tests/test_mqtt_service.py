@@ -109,7 +109,7 @@ def test_topic_contract_commands_and_discovery(tiny_model: Path, small_video: Pa
     assert events[0]["object"]["label"] == "person" and events[0]["schema"] == 1
     assert {"first_seen", "last_seen", "best_confidence", "box", "box_normalized"} <= events[0]["object"].keys()
     assert kinds.count("update") <= 30 / 2 + 1, "updates are throttled"
-    assert [e for e in events if e["type"] == "alert"][0]["alert"]["label"] == "person"
+    assert next(e for e in events if e["type"] == "alert")["alert"]["label"] == "person"
 
     counts = sub.on(f"{BASE}/cam/person/count")
     assert counts[-1].payload == b"1"

@@ -87,6 +87,23 @@ def render(results: dict) -> str:
             f"Memory over {soak['frames_processed']} processed frames ({soak['seconds']} s), "
             "RSS after warm-up: " + "; ".join(parts) + ".",
         ]
+    rate = results["modes"].get("mqtt-rate")
+    if rate:
+        lines += [
+            "",
+            f"MQTT publishing, one subscriber on a local mosquitto: {rate['offered_per_s']} results/s offered "
+            f"(3 detections each, no rate limit), {rate['received_per_s']} detections messages/s received "
+            f"({rate['received_of_offered'] * 100:.2f}%); main-loop cost per result p50 {rate['handle_ms_p50']} ms, "
+            f"p99 {rate['handle_ms_p99']} ms.",
+        ]
+    cost = results["modes"].get("mqtt-cost")
+    if cost:
+        lines += [
+            "",
+            f"MQTT cost on the live pipeline ({cost['rounds']} interleaved rounds of {cost['seconds_per_round']} s): "
+            f"processed fps off {cost['processed_fps_off']} vs on {cost['processed_fps_on']} "
+            f"(on/off **{cost['on_vs_off']}x**; rounds off {cost['fps_rounds_off']}, on {cost['fps_rounds_on']}).",
+        ]
     lines += [
         "",
         "<details><summary>raw JSON</summary>",

@@ -31,7 +31,7 @@ from app.config import DEFAULT_MODEL_PATH, DEFAULT_SAMPLE_VIDEO, ModelConfig, Vi
 
 log = logging.getLogger(__name__)
 
-MODES = ("backend", "ultralytics", "detect", "live", "soak")
+MODES = ("backend", "ultralytics", "detect", "live", "soak", "mqtt-rate", "mqtt-cost")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", default="backend,ultralytics,detect,live", help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--live-seconds", type=float, default=60.0)
     p.add_argument("--soak-frames", type=int, default=1000, help="results to collect in the soak mode")
+    p.add_argument("--mqtt-seconds", type=float, default=20.0, help="seconds per MQTT run")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON object")
     p.add_argument("--markdown", default=None, metavar="FILE", help="write/replace the results section in FILE")
@@ -226,6 +227,16 @@ def run_bench(args: argparse.Namespace) -> int:
         results["modes"]["live"] = _announce("live", bench_live(model, args.source, args.live_seconds))
     if "soak" in modes:
         results["modes"]["soak"] = _announce("soak", bench_soak(model, args.source, args.soak_frames))
+    if "mqtt-rate" in modes:
+        from app.bench.mqtt_bench import bench_mqtt_rate
+
+        results["modes"]["mqtt-rate"] = _announce("mqtt-rate", bench_mqtt_rate(args.mqtt_seconds))
+    if "mqtt-cost" in modes:
+        from app.bench.mqtt_bench import bench_mqtt_cost
+
+        results["modes"]["mqtt-cost"] = _announce(
+            "mqtt-cost", bench_mqtt_cost(model, args.source, args.mqtt_seconds, args.rounds)
+        )
     factories = {"backend": backend_runner, "ultralytics": ultralytics_runner, "detect": detect_runner}
     runners = {m: factories[m](model, args.source, args.frames) for m in factories if m in modes}
     runners = {m: r for m, r in runners.items() if r is not None}

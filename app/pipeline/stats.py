@@ -75,7 +75,7 @@ class CameraStats:
     frame_age_ms: Rolling = field(default_factory=Rolling)
     processed_rate: RateMeter = field(default_factory=RateMeter)
     dropped_rate: RateMeter = field(default_factory=RateMeter)
-    _captured_seen: int = 0
+    _captured_seen: int | None = None
     captured_rate: RateMeter = field(default_factory=RateMeter)
 
     def record(self, r: FrameResult, received_mono_ns: int) -> tuple[int, float]:
@@ -103,7 +103,9 @@ class CameraStats:
     def tick(self) -> None:
         """Sample the capture counter (single writer elsewhere; we only read it)."""
         frames = self.capture.frames
-        if frames > self._captured_seen:
+        if self._captured_seen is None:
+            self._captured_seen = frames  # baseline: frames before the first tick are not a rate
+        elif frames > self._captured_seen:
             self.captured_rate.add(frames - self._captured_seen)
         self._captured_seen = frames
 

@@ -33,8 +33,8 @@ class TrackedObject:
     hits: int = 1
     announced: bool = False
     last_update_mono: float = 0.0
-    label_since_mono: float = 0.0
     alerted: set[str] = field(default_factory=set)
+    alert_since: dict[str, float] = field(default_factory=dict)  # rule label -> start of confident stretch
 
     def as_dict(self, frame_wh: tuple[int, int]) -> dict:
         w, h = frame_wh
@@ -89,7 +89,7 @@ class ObjectLifecycle:
             label = self.names.get(cid, str(cid))
             obj = self.objects.get(tid)
             if obj is None:
-                obj = TrackedObject(tid, label, cid, conf, conf, box, mono, mono, wall, wall, label_since_mono=mono)
+                obj = TrackedObject(tid, label, cid, conf, conf, box, mono, mono, wall, wall)
                 self.objects[tid] = obj
             else:
                 obj.hits += 1
@@ -97,7 +97,7 @@ class ObjectLifecycle:
                 obj.best_confidence = max(obj.best_confidence, conf)
                 obj.last_seen_mono, obj.last_seen_wall = mono, wall
                 if label != obj.label:
-                    obj.label, obj.class_id, obj.label_since_mono = label, cid, mono
+                    obj.label, obj.class_id = label, cid
                     if obj.announced:
                         obj.last_update_mono = mono
                         events.append(ObjectEvent("update", obj.as_dict(frame_wh), "label changed"))
@@ -118,12 +118,13 @@ class ObjectLifecycle:
     def _alerts(self, obj: TrackedObject, conf: float, mono: float, frame_wh: tuple[int, int]) -> list[ObjectEvent]:
         out = []
         for rule in self.alerts:
-            if rule.label != obj.label or rule.label in obj.alerted:
+            if rule.label in obj.alerted:
                 continue
-            if conf < rule.min_confidence:
-                obj.label_since_mono = mono  # the continuous, confident stretch starts again
+            if rule.label != obj.label or conf < rule.min_confidence:
+                obj.alert_since.pop(rule.label, None)  # the continuous, confident stretch is broken
                 continue
-            if mono - obj.label_since_mono >= rule.min_duration_s:
+            since = obj.alert_since.setdefault(rule.label, mono)
+            if mono - since >= rule.min_duration_s:
                 obj.alerted.add(rule.label)
                 out.append(ObjectEvent("alert", obj.as_dict(frame_wh), f"{rule.label} for {rule.min_duration_s} s",
                                        rule))  # fmt: skip

@@ -1,0 +1,171 @@
+"""MQTT benchmarks: sustained detections publishing with a subscriber, and the processed-fps cost of
+MQTT on vs off (interleaved rounds). Starts its own mosquitto on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from app.config import ModelConfig, VigilConfig
+
+
+class LocalBroker:
+    def __init__(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(exe).exists():
+            raise SystemExit("error: the MQTT benchmark needs mosquitto (apt-get install mosquitto)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._dir = tempfile.TemporaryDirectory()
+        conf = Path(self._dir.name) / "m.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc = subprocess.Popen([exe, "-c", str(conf)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise SystemExit("error: mosquitto did not start")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+        self._dir.cleanup()
+
+
+class Counter:
+    def __init__(self, port: int, topic: str) -> None:
+        self.n = 0
+        self.ready = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=0)
+        self.client.on_subscribe = lambda *a: self.ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.ready.wait(10)
+
+    def _on_message(self, *a) -> None:
+        self.n += 1
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _config(model: ModelConfig, source: str, fps: float, port: int | None, max_rate: float) -> VigilConfig:
+    mqtt = {"enabled": port is not None, "port": port or 1883, "detections_max_rate_hz": max_rate,
+            "stats_interval_s": 5}  # fmt: skip
+    return VigilConfig.model_validate(
+        {
+            "device_id": "bench",
+            "cameras": [{"name": "cam", "source": source, "loop": True, "realtime": True, "fps": fps}],
+            "model": model.model_dump(),
+            "output": {"json_lines": False, "status_interval_s": 0},
+            "mqtt": mqtt,
+        }
+    )
+
+
+def _run(cfg: VigilConfig, seconds: float) -> dict:
+    """One live run; with MQTT enabled the service is both a sink and a service, as in `vigil run`."""
+    from app.mqtt.service import MqttService
+    from app.pipeline.runner import LivePipeline
+
+    services = [MqttService(cfg)] if cfg.mqtt.enabled else []
+    pipe = LivePipeline(cfg, list(services), services=list(services), duration_s=seconds)
+    summary = asyncio.run(pipe.run())
+    cam = summary.cameras["cam"]
+    out = {"processed": cam["frames_processed"], "seconds": summary.duration_s}
+    if services:
+        out["published"] = services[0].link.stats.published
+    return out
+
+
+def bench_mqtt_rate(seconds: float, fps: float = 30.0) -> dict:
+    """The MQTT service alone, fed 30 results/s (3 people each) with no rate limit, one subscriber:
+    does every detections message arrive, and what does one result cost the main loop?"""
+    import numpy as np
+
+    from app.messages import Detections, FrameMeta, FrameResult, StageTimings
+    from app.mqtt.service import MqttService
+    from app.pipeline.sinks import result_record
+
+    broker = LocalBroker()
+    try:
+        counter = Counter(broker.port, "vigil/bench/cam/detections")
+        cfg = _config(ModelConfig(), "unused.mp4", fps, broker.port, max_rate=1000.0)
+        svc = MqttService(cfg)
+        svc.link.start()
+        svc.on_model_ready({0: "Normal", 1: "Fall"})
+        deadline = time.monotonic() + 10
+        while not svc.link.stats.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        det = Detections(
+            np.array([[10, 20, 60, 200], [200, 30, 260, 220], [400, 10, 470, 230]], np.float32),
+            np.array([0.9, 0.8, 0.7], np.float32),
+            np.array([0, 0, 1], np.int32),
+        )
+        n = int(seconds * fps)
+        cost = []
+        t0 = time.monotonic()
+        for i in range(n):
+            now = time.monotonic_ns()
+            r = FrameResult("cam", FrameMeta(i + 1, i, i / fps, now, time.time(), 272, 640), det,
+                            StageTimings(1, 5, 1), now, now, 1)  # fmt: skip
+            c0 = time.perf_counter()
+            svc.handle(result_record(r, svc.names, now, 0), r)
+            cost.append((time.perf_counter() - c0) * 1000)
+            time.sleep(max(0.0, t0 + (i + 1) / fps - time.monotonic()))
+        wall = time.monotonic() - t0
+        time.sleep(1.0)
+        received = counter.n
+        svc.link.stop()
+        counter.close()
+    finally:
+        broker.close()
+    return {
+        "results": n,
+        "offered_per_s": round(n / wall, 2),
+        "detections_received": received,
+        "received_per_s": round(received / wall, 2),
+        "received_of_offered": round(received / n, 4),
+        "handle_ms_p50": round(float(np.percentile(cost, 50)), 3),
+        "handle_ms_p99": round(float(np.percentile(cost, 99)), 3),
+    }
+
+
+def bench_mqtt_cost(model: ModelConfig, source: str, seconds: float, rounds: int) -> dict:
+    """Processed fps of the live pipeline with MQTT on vs off, interleaved rounds, default rate limit."""
+    broker = LocalBroker()
+    on, off = [], []
+    try:
+        for _ in range(rounds):
+            r = _run(_config(model, source, 25.0, None, 10.0), seconds)
+            off.append(r["processed"] / r["seconds"])
+            r = _run(_config(model, source, 25.0, broker.port, 10.0), seconds)
+            on.append(r["processed"] / r["seconds"])
+    finally:
+        broker.close()
+    m_on, m_off = statistics.median(on), statistics.median(off)
+    return {
+        "rounds": rounds,
+        "seconds_per_round": seconds,
+        "processed_fps_off": round(m_off, 3),
+        "processed_fps_on": round(m_on, 3),
+        "fps_rounds_off": [round(v, 3) for v in off],
+        "fps_rounds_on": [round(v, 3) for v in on],
+        "on_vs_off": round(m_on / m_off, 4),
+    }

@@ -1,0 +1,57 @@
+"""Pure parts of the MQTT contract: topic names, command parsing, envelope, discovery payloads."""
+
+from __future__ import annotations
+
+import json
+
+from app.mqtt.discovery import discovery_messages
+from app.mqtt.tail import render
+from app.mqtt.topics import Topics, envelope, topic_safe
+
+
+def test_topics_and_command_parsing() -> None:
+    t = Topics("vigil/dev")
+    assert t.status == "vigil/dev/status" and t.stats == "vigil/dev/stats"
+    assert t.detections("door") == "vigil/dev/door/detections"
+    assert t.count("door", "Fall") == "vigil/dev/door/fall/count"
+    assert t.count("door", "all") == "vigil/dev/door/all/count"
+    assert t.parse_command("vigil/dev/door/detect/set") == ("door", "detect")
+    assert t.parse_command("vigil/dev/door/confidence/set") == ("door", "confidence")
+    for bad in (
+        "vigil/dev/door/detect/state",
+        "other/dev/door/detect/set",
+        "vigil/dev/detect/set",
+        "vigil/dev/a/b/c/set",
+    ):
+        assert t.parse_command(bad) is None
+    assert t.command_subscriptions() == ["vigil/dev/+/detect/set", "vigil/dev/+/confidence/set"]
+    assert topic_safe("person #1/+") == "person_1"
+
+
+def test_envelope_fields() -> None:
+    e = envelope("dev", "door", type="new")
+    assert e["schema"] == 1 and e["device_id"] == "dev" and e["camera"] == "door" and e["type"] == "new"
+    assert e["published_at"].endswith("Z") and len(e["published_at"]) == 24
+
+
+def test_discovery_payloads() -> None:
+    msgs = dict(discovery_messages("homeassistant", "dev", Topics("vigil/dev"), ["door"], ["Normal", "Fall"], "m.onnx"))
+    keys = set(msgs)
+    assert "homeassistant/binary_sensor/dev/door_fall_detected/config" in keys
+    assert "homeassistant/sensor/dev/door_normal_count/config" in keys
+    assert "homeassistant/switch/dev/door_detection/config" in keys
+    assert "homeassistant/sensor/dev/door_processed_fps/config" in keys
+    uids = [m["unique_id"] for m in msgs.values()]
+    assert len(uids) == len(set(uids)), "unique ids"
+    for m in msgs.values():
+        assert m["availability_topic"] == "vigil/dev/status" and m["device"]["model"] == "m.onnx"
+    sw = msgs["homeassistant/switch/dev/door_detection/config"]
+    assert sw["command_topic"] == "vigil/dev/door/detect/set" and sw["state_topic"] == "vigil/dev/door/detect/state"
+    json.dumps(msgs)  # serialisable
+
+
+def test_tail_rendering() -> None:
+    ev = json.dumps({"type": "new", "object": {"id": 3, "label": "Fall", "confidence": 0.9, "box": [1, 2, 3, 4]}})
+    assert "NEW    #3 Fall conf 0.9" in render("vigil/dev/door/events", ev.encode(), False)
+    assert "<JPEG 5 bytes>" in render("x/snapshot", b"\xff\xd8\xff\x00\x01", True)
+    assert "(retained)" in render("x/status", b"online", True)
