@@ -6,9 +6,11 @@ them (they come with the optional `export` extra).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,19 @@ def export_onnx(
         raise ExportError(
             "exporting needs the `export` extra (ultralytics, onnx, onnxslim): pip install '.[export]'"
         ) from exc
+    from ultralytics.utils import LOGGER
+
+    # `vigil export` prints only the resulting path on stdout; Ultralytics' chatter goes to stderr.
+    for handler in LOGGER.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
     yolo = YOLO(str(src))
+    options = {"imgsz": imgsz, "dynamic": dynamic, "nms": nms, "simplify": True, "device": "cpu"}
+    if half:
+        options["half"] = True  # only when asked: newer Ultralytics warns that the flag is deprecated
     try:
-        produced = Path(
-            yolo.export(format="onnx", imgsz=imgsz, half=half, dynamic=dynamic, nms=nms, simplify=True, device="cpu")
-        )
+        with contextlib.redirect_stdout(sys.stderr):
+            produced = Path(yolo.export(format="onnx", **options))
     except Exception as exc:
         raise ExportError(f"Ultralytics export of {src} failed: {exc}") from exc
     dest = Path(output) if output else produced

@@ -196,3 +196,44 @@ def test_vigil_run_with_mqtt_and_tail(tiny_model: Path, small_video: Path, broke
     assert len(lines) == 8
     assert "vigil/vigil-dev/status online" in res.stdout
     assert run.returncode == 0
+
+
+def test_broker_restarts_mid_run_restore_online_discovery_and_commands(
+    tiny_model: Path, small_video: Path, tmp_path: Path
+) -> None:
+    b = Broker(tmp_path).start()
+    cfg = vigil_config(tiny_model, small_video, b.port)
+    mqtt = MqttService(cfg)
+    pipe = LivePipeline(cfg, [mqtt], services=[mqtt], duration_s=60)
+    seen: dict[str, object] = {"rounds": 0}
+
+    def driver() -> None:
+        try:
+            for _ in range(2):  # killed and restarted twice
+                sub = Subscriber(b, "#")
+                sub.wait_for(lambda m: m.topic == f"{BASE}/cam/detections")
+                b.kill()
+                sub.close()
+                time.sleep(2.0)
+                b.start()
+                sub = Subscriber(b, "#")
+                sub.wait_for(lambda m: m.topic == f"{BASE}/status" and m.payload == b"online")
+                sub.wait_for(lambda m: m.topic.startswith("homeassistant/switch/dev/cam_detection"))
+                # the command subscription is back: a command gets its retained echo
+                sub.client.publish(f"{BASE}/cam/confidence/set", f"0.{5 + seen['rounds']}", qos=1)
+                sub.wait_for(lambda m: m.topic == f"{BASE}/cam/confidence/state"
+                             and m.payload == f"0.{5 + seen['rounds']}".encode())  # fmt: skip
+                sub.close()
+                seen["rounds"] += 1
+        finally:
+            pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
+
+    t = threading.Thread(target=driver, daemon=True)
+    t.start()
+    try:
+        asyncio.run(pipe.run())
+    finally:
+        b.stop()
+    t.join(5)
+    assert seen["rounds"] == 2
+    assert mqtt.link.stats.connects >= 3

@@ -148,24 +148,27 @@ def bench_mqtt_rate(seconds: float, fps: float = 30.0) -> dict:
 
 
 def bench_mqtt_cost(model: ModelConfig, source: str, seconds: float, rounds: int) -> dict:
-    """Processed fps of the live pipeline with MQTT on vs off, interleaved rounds, default rate limit."""
+    """Processed fps of the live pipeline with MQTT off, on (live broker) and on with a dead broker
+    (nothing listening: every reconnect fails), interleaved rounds, default rate limit."""
     broker = LocalBroker()
-    on, off = [], []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]  # closed again: connections are refused
+    arms: dict[str, list[float]] = {"off": [], "on": [], "dead": []}
+    ports = {"off": None, "on": broker.port, "dead": dead_port}
     try:
         for _ in range(rounds):
-            r = _run(_config(model, source, 25.0, None, 10.0), seconds)
-            off.append(r["processed"] / r["seconds"])
-            r = _run(_config(model, source, 25.0, broker.port, 10.0), seconds)
-            on.append(r["processed"] / r["seconds"])
+            for arm, port in ports.items():
+                r = _run(_config(model, source, 25.0, port, 10.0), seconds)
+                arms[arm].append(r["processed"] / r["seconds"])
     finally:
         broker.close()
-    m_on, m_off = statistics.median(on), statistics.median(off)
+    med = {arm: statistics.median(v) for arm, v in arms.items()}
     return {
         "rounds": rounds,
         "seconds_per_round": seconds,
-        "processed_fps_off": round(m_off, 3),
-        "processed_fps_on": round(m_on, 3),
-        "fps_rounds_off": [round(v, 3) for v in off],
-        "fps_rounds_on": [round(v, 3) for v in on],
-        "on_vs_off": round(m_on / m_off, 4),
+        **{f"processed_fps_{arm}": round(m, 3) for arm, m in med.items()},
+        **{f"fps_rounds_{arm}": [round(v, 3) for v in vals] for arm, vals in arms.items()},
+        "on_vs_off": round(med["on"] / med["off"], 4),
+        "dead_vs_off": round(med["dead"] / med["off"], 4),
     }

@@ -101,8 +101,9 @@ def render(results: dict) -> str:
         lines += [
             "",
             f"MQTT cost on the live pipeline ({cost['rounds']} interleaved rounds of {cost['seconds_per_round']} s): "
-            f"processed fps off {cost['processed_fps_off']} vs on {cost['processed_fps_on']} "
-            f"(on/off **{cost['on_vs_off']}x**; rounds off {cost['fps_rounds_off']}, on {cost['fps_rounds_on']}).",
+            f"processed fps off {cost['processed_fps_off']}, on {cost['processed_fps_on']}, with a dead broker "
+            f"{cost['processed_fps_dead']} (on/off **{cost['on_vs_off']}x**, dead/off **{cost['dead_vs_off']}x**; "
+            f"rounds off {cost['fps_rounds_off']}, on {cost['fps_rounds_on']}, dead {cost['fps_rounds_dead']}).",
         ]
     lines += [
         "",

@@ -9,11 +9,7 @@ import sys
 import threading
 from datetime import datetime
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
 from app.config import VigilConfig
-from app.mqtt.link import read_password
 
 
 def render(topic: str, payload: bytes, retained: bool) -> str:
@@ -40,6 +36,11 @@ def render(topic: str, payload: bytes, retained: bool) -> str:
 
 
 def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float | None, out=sys.stdout) -> int:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from app.mqtt.link import read_password
+
     m = cfg.mqtt
     base = m.base_topic or f"vigil/{cfg.device_id}"
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="", clean_session=True)
