@@ -127,7 +127,9 @@ class MqttConfig(_Strict):
     stats_interval_s: float = Field(10.0, gt=0)
     discovery: bool = Field(True, description="Home Assistant MQTT discovery")
     discovery_prefix: str = "homeassistant"
-    tracker: Literal["bytetrack", "iou"] = Field("bytetrack", description="multi-object tracker")
+    tracker: Literal["iou", "bytetrack"] = Field(
+        "iou", description="iou (built in) or bytetrack (needs the `tracking` extra); see README for the measurement"
+    )
 
     @model_validator(mode="after")
     def _password_one_source(self) -> MqttConfig:

@@ -78,3 +78,27 @@ def test_unannounced_objects_end_silently() -> None:
     lc = ObjectLifecycle(NAMES, min_hits=3, lost_s=1.0)
     events = run(lc, [(0.0, dets((0, 0, 10, 10, 0.9, 0))), (5.0, dets())])
     assert events == []
+
+
+def test_bytetrack_adapter_when_installed() -> None:
+    import pytest
+
+    pytest.importorskip("trackers", reason="the optional `tracking` extra is not installed")
+    from app.tracking.bytetrack import ByteTrack
+
+    bt = ByteTrack(fps=5.0)
+    ids = [bt.update(dets((100 + 10 * k, 50, 160 + 10 * k, 200, 0.8, 0)), k * 0.2).tolist() for k in range(6)]
+    assert ids[-1][0] > 0 and len({i[0] for i in ids[1:]}) == 1
+
+
+def test_tracker_choice_from_config() -> None:
+    import pytest
+
+    from app.mqtt.service import make_tracker
+
+    assert isinstance(make_tracker("iou", 2.0), IouTracker)
+    try:
+        import trackers  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="tracking"):
+            make_tracker("bytetrack", 2.0)

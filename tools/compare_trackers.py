@@ -60,7 +60,15 @@ def run_bytetrack(frames: list[Detections], step: int, fps: float) -> tuple[dict
     import supervision as sv
     from trackers import ByteTrackTracker
 
-    tr = ByteTrackTracker(frame_rate=fps / step)
+    rate = fps / step
+    # Tuned to this model's confidences (0.25-0.75): the defaults (activation 0.7) would ignore most people.
+    tr = ByteTrackTracker(
+        frame_rate=rate,
+        lost_track_buffer=int(2.0 * rate),
+        track_activation_threshold=0.3,
+        high_conf_det_threshold=0.5,
+        minimum_consecutive_frames=1,
+    )
     ids: dict = {}
     t0 = time.perf_counter()
     for i in range(0, len(frames), step):

@@ -16,7 +16,7 @@ import numpy as np
 
 from app.clock import iso_utc
 from app.config import VigilConfig
-from app.messages import FrameResult
+from app.messages import Detections, FrameResult
 from app.mqtt.discovery import discovery_messages
 from app.mqtt.link import MqttLink
 from app.mqtt.topics import Topics, dumps, envelope
@@ -27,6 +27,14 @@ if TYPE_CHECKING:
     from app.pipeline.runner import LivePipeline
 
 log = logging.getLogger(__name__)
+
+
+def make_tracker(kind: str, max_age_s: float):
+    if kind == "bytetrack":
+        from app.tracking.bytetrack import ByteTrack
+
+        return ByteTrack(max_age_s=max_age_s)
+    return IouTracker(max_age_s=max_age_s)
 
 
 class MqttService:
@@ -41,7 +49,7 @@ class MqttService:
         self.conf = cfg.model.conf
         self.rejected_commands = 0
         self.events_published = 0
-        self._trackers = {c: IouTracker(max_age_s=self.mcfg.track_lost_s) for c in self.cameras}
+        self._trackers = {c: make_tracker(self.mcfg.tracker, self.mcfg.track_lost_s) for c in self.cameras}
         self._objects: dict[str, ObjectLifecycle] = {}
         self._last_counts: dict[str, dict[str, int]] = {}
         self._last_detections = dict.fromkeys(self.cameras, 0.0)
@@ -100,7 +108,10 @@ class MqttService:
         det = result.detections
         ids = self._trackers[cam].update(det, mono)
         for d, tid in zip(record["detections"], ids.tolist()):
-            d["track_id"] = tid
+            d["track_id"] = tid or None
+        if not ids.all():  # ByteTrack leaves some detections out of every track: they are no object
+            keep = ids > 0
+            det, ids = Detections(det.xyxy[keep], det.confidence[keep], det.class_id[keep]), ids[keep]
         self._publish_detections(record, result, mono)
         wh = (result.frame.width, result.frame.height)
         events = self._objects[cam].update(det, ids, wh, mono, wall)

@@ -1,0 +1,43 @@
+"""ByteTrack from Roboflow's maintained `trackers` package, behind the same `update(det, t) -> ids` interface
+as the IoU tracker. Optional (`pip install '.[tracking]'`): `trackers` pulls the GUI build of OpenCV."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.messages import Detections
+
+
+class ByteTrack:
+    def __init__(self, fps: float = 5.0, max_age_s: float = 2.0) -> None:
+        try:
+            import supervision as sv
+            from trackers import ByteTrackTracker
+        except ImportError as exc:
+            raise ImportError("mqtt.tracker: bytetrack needs the `tracking` extra: pip install '.[tracking]'") from exc
+        self._sv = sv
+        # Thresholds follow this model's confidences (0.25-0.75); the package's 0.7 activation would
+        # ignore most people.
+        self._tracker = ByteTrackTracker(
+            frame_rate=fps,
+            lost_track_buffer=max(1, int(max_age_s * fps)),
+            track_activation_threshold=0.3,
+            high_conf_det_threshold=0.5,
+            minimum_consecutive_frames=1,
+        )
+
+    def update(self, det: Detections, t: float) -> np.ndarray:
+        """Track id per detection; 0 where ByteTrack keeps a detection out of every track."""
+        ids = np.zeros(len(det), np.int64)
+        if not len(det):
+            self._tracker.update(self._sv.Detections.empty())
+            return ids
+        d = self._sv.Detections(
+            xyxy=det.xyxy, confidence=det.confidence, class_id=det.class_id, data={"idx": np.arange(len(det))}
+        )
+        out = self._tracker.update(d)
+        if out.tracker_id is not None:
+            for idx, tid in zip(out.data["idx"], out.tracker_id):
+                if tid is not None and tid >= 0:
+                    ids[int(idx)] = int(tid) + 1  # 0 means "untracked" here
+        return ids
