@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_MODEL_PATH = "engines/fall-detection-yolov8s.onnx"
 DEFAULT_SAMPLE_VIDEO = "calibration/samples/bikes.mp4"
@@ -16,6 +16,16 @@ DEFAULT_SAMPLE_VIDEO = "calibration/samples/bikes.mp4"
 
 class ConfigError(ValueError):
     """A config problem, already phrased for a person: `key: problem`."""
+
+
+def _topic_safe_name(v: str) -> str:
+    """Names that become MQTT topic levels and metric labels."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v):
+        raise ValueError("must be 1-64 characters of letters, digits, '_' or '-'")
+    return v
+
+
+TopicName = Annotated[str, AfterValidator(_topic_safe_name)]
 
 
 class _Strict(BaseModel):
@@ -29,7 +39,7 @@ class ReconnectConfig(_Strict):
 
 
 class CameraConfig(_Strict):
-    name: str = Field(..., description="unique camera name, used in topics and stats")
+    name: TopicName = Field(..., description="unique camera name, used in topics and stats")
     source: str | int = Field(
         ...,
         description="V4L2 index or /dev/videoN, rtsp:// or http(s):// URL, video file, image file or "
@@ -43,12 +53,6 @@ class CameraConfig(_Strict):
     ring_slots: int = Field(4, ge=2, le=64)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
 
-    @field_validator("name")
-    @classmethod
-    def _name_is_topic_safe(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v):
-            raise ValueError("must be 1-64 characters of letters, digits, '_' or '-'")
-        return v
 
 
 class ModelConfig(_Strict):
@@ -139,7 +143,7 @@ class MqttConfig(_Strict):
 
 
 class VigilConfig(_Strict):
-    device_id: str = Field("vigil", description="appliance id, used in topics")
+    device_id: TopicName = Field("vigil", description="appliance id, used in topics")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     cameras: list[CameraConfig] = Field(..., min_length=1)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -147,12 +151,6 @@ class VigilConfig(_Strict):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
-    @field_validator("device_id")
-    @classmethod
-    def _device_id_is_topic_safe(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v):
-            raise ValueError("must be 1-64 characters of letters, digits, '_' or '-'")
-        return v
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> VigilConfig:

@@ -93,6 +93,18 @@ def small_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_video(tmp_path_factory.mktemp("video") / "small.mp4")
 
 
+def wait_until(cond, timeout: float = 10.0, period: float = 0.02) -> bool:
+    """Poll `cond` until it holds or `timeout` passes (tests wait on real threads and processes)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(period)
+    return False
+
+
 def vigil_shm_segments(pid: int | None = None) -> set[str]:
     prefix = f"vigil-{pid}-" if pid is not None else "vigil-"
     return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(prefix)}

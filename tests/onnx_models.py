@@ -31,15 +31,8 @@ def _save(graph: onnx.GraphProto, path: Path, imgsz: int, names=None, extra=None
     return path
 
 
-def dense_constant_model(path: Path, boxes: np.ndarray, imgsz: int = 64, anchors: int = 16) -> Path:
-    """Dense head [1, 4+2, anchors] that always returns `boxes` rows (cx, cy, w, h, s0, s1) in input pixels.
-
-    The input is still consumed (x * 0 added) so the graph depends on the frame like a real one.
-    """
-    out = np.zeros((1, 6, anchors), np.float32)
-    out[0, :, : len(boxes)] = np.asarray(boxes, np.float32).T
-    const = numpy_helper.from_array(out, "const_out")
-    zero = numpy_helper.from_array(np.zeros((1,), np.float32), "zero")
+def _constant_model(path: Path, out: np.ndarray, name: str, imgsz: int, extra: dict | None = None) -> Path:
+    """A model whose output is `out`; the input is still consumed (x * 0 added), like a real graph."""
     nodes = [
         helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),
         helper.make_node("Mul", ["m", "zero"], ["z"]),
@@ -47,33 +40,29 @@ def dense_constant_model(path: Path, boxes: np.ndarray, imgsz: int = 64, anchors
     ]
     graph = helper.make_graph(
         nodes,
-        "dense_const",
+        name,
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, imgsz, imgsz])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 6, anchors])],
-        initializer=[const, zero],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(out.shape))],
+        initializer=[
+            numpy_helper.from_array(out, "const_out"),
+            numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+        ],
     )
-    return _save(graph, path, imgsz)
+    return _save(graph, path, imgsz, extra=extra)
+
+
+def dense_constant_model(path: Path, boxes: np.ndarray, imgsz: int = 64, anchors: int = 16) -> Path:
+    """Dense head [1, 4+2, anchors] that always returns `boxes` rows (cx, cy, w, h, s0, s1) in input pixels."""
+    out = np.zeros((1, 6, anchors), np.float32)
+    out[0, :, : len(boxes)] = np.asarray(boxes, np.float32).T
+    return _constant_model(path, out, "dense_const", imgsz)
 
 
 def end2end_constant_model(path: Path, rows: np.ndarray, imgsz: int = 64, max_det: int = 300) -> Path:
     """NMS-free head [1, max_det, 6]: (x1, y1, x2, y2, score, class) rows, zero-padded."""
     out = np.zeros((1, max_det, 6), np.float32)
     out[0, : len(rows)] = np.asarray(rows, np.float32)
-    const = numpy_helper.from_array(out, "const_out")
-    zero = numpy_helper.from_array(np.zeros((1,), np.float32), "zero")
-    nodes = [
-        helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),
-        helper.make_node("Mul", ["m", "zero"], ["z"]),
-        helper.make_node("Add", ["const_out", "z"], ["output0"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "end2end_const",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, imgsz, imgsz])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, max_det, 6])],
-        initializer=[const, zero],
-    )
-    return _save(graph, path, imgsz, extra={"end2end": "True"})
+    return _constant_model(path, out, "end2end_const", imgsz, extra={"end2end": "True"})
 
 
 def wrong_shape_model(path: Path, imgsz: int = 64) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import make_video
+from conftest import make_video, wait_until
 
 from app.capture.backoff import Backoff
 from app.capture.loop import CaptureLoop
@@ -21,15 +21,6 @@ from app.capture.sources import (
 )
 from app.config import CameraConfig
 from app.ring import FrameRing
-
-
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_classification(tmp_path: Path) -> None:
@@ -133,7 +124,7 @@ def test_loop_keeps_going_and_seq_keeps_increasing(small_video: Path) -> None:
     with FrameRing.create(4, 120, 160) as ring:
         loop = CaptureLoop(camera(small_video, realtime=False, loop=True), ring)
         loop.start()
-        assert wait_for(lambda: ring.latest_seq > 120)
+        assert wait_until(lambda: ring.latest_seq > 120)
         loop.stop()
         loop.join(2)
         assert not loop.is_alive() and not loop.finished
@@ -144,13 +135,13 @@ def test_file_that_disappears_and_reappears(tmp_path: Path) -> None:
     with FrameRing.create(4, 120, 160) as ring:
         loop = CaptureLoop(camera(video, realtime=True, fps=100, loop=True), ring)
         loop.start()
-        assert wait_for(lambda: ring.latest_seq >= 15)
+        assert wait_until(lambda: ring.latest_seq >= 15)
         video.rename(tmp_path / "away.mp4")
-        assert wait_for(lambda: loop.counters.open_failures >= 2)
+        assert wait_until(lambda: loop.counters.open_failures >= 2)
         assert "does not exist" in loop.counters.last_error
         stalled = ring.latest_seq
         (tmp_path / "away.mp4").rename(video)
-        assert wait_for(lambda: ring.latest_seq >= stalled + 10)
+        assert wait_until(lambda: ring.latest_seq >= stalled + 10)
         assert loop.counters.connected
         loop.stop()
         loop.join(2)
@@ -162,7 +153,7 @@ def test_stop_is_prompt_during_backoff(tmp_path: Path) -> None:
         cam = camera(tmp_path / "never.mp4", reconnect={"initial_s": 30, "max_s": 30})
         loop = CaptureLoop(cam, ring)
         loop.start()
-        assert wait_for(lambda: loop.counters.open_failures == 1)
+        assert wait_until(lambda: loop.counters.open_failures == 1)
         t0 = time.monotonic()
         loop.stop()
         loop.join(2)

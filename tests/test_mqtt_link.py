@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from broker import Broker, Subscriber, make_tls
+from conftest import wait_until
 
 from app.config import MqttConfig
 from app.mqtt.link import MqttConfigError, MqttLink
@@ -21,12 +22,7 @@ def cfg(b: Broker, **kw) -> MqttConfig:
 
 
 def wait(cond, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_until(cond, timeout, 0.05)
 
 
 def test_online_retained_and_offline_on_clean_stop(broker: Broker) -> None:
