@@ -54,7 +54,6 @@ class CameraConfig(_Strict):
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
 
 
-
 class ModelConfig(_Strict):
     path: str = Field(DEFAULT_MODEL_PATH, description="ONNX model (or engine, with the TensorRT backend)")
     backend: Literal["auto", "onnxruntime"] = "auto"
@@ -150,7 +149,6 @@ class VigilConfig(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
-
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> VigilConfig:

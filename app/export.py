@@ -41,12 +41,7 @@ def export_onnx(
         raise ExportError(
             "exporting needs the `export` extra (ultralytics, onnx, onnxslim): pip install '.[export]'"
         ) from exc
-    from ultralytics.utils import LOGGER
-
-    # `vigil export` prints only the resulting path on stdout; Ultralytics' chatter goes to stderr.
-    for handler in LOGGER.handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(sys.stderr)
+    ultralytics_logs_to_stderr()
     yolo = YOLO(str(src))
     options = {"imgsz": imgsz, "dynamic": dynamic, "nms": nms, "simplify": True, "device": "cpu"}
     if half:
@@ -63,6 +58,15 @@ def export_onnx(
     ensure_metadata(dest, names=getattr(yolo, "names", None), imgsz=imgsz, end2end=nms)
     log.info("exported %s -> %s", src, dest)
     return dest
+
+
+def ultralytics_logs_to_stderr() -> None:
+    """Our stdout carries results (a path, JSON); Ultralytics' own log lines go to stderr."""
+    from ultralytics.utils import LOGGER
+
+    for handler in LOGGER.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
 
 
 def ensure_metadata(path: Path, *, names: dict | None, imgsz: int, end2end: bool) -> None:

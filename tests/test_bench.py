@@ -3,6 +3,7 @@ numbers come from the benchmark itself, on purpose, never from unit tests."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from conftest import REPO
 def test_bench_json_and_markdown(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
     md = tmp_path / "BENCH.md"
     md.write_text("# Benchmarks\n\nhand-written notes stay.\n")
+    modes = "backend,detect,live,soak" + (",ultralytics" if importlib.util.find_spec("ultralytics") else "")
     args = [sys.executable, "-m", "app", "bench", "--model", str(tiny_model), "--source", str(small_video),
-            "--frames", "10", "--rounds", "2", "--modes", "backend,detect,live,soak", "--live-seconds", "3",
+            "--frames", "10", "--rounds", "2", "--modes", modes, "--live-seconds", "3",
             "--soak-frames", "30", "--json", "--markdown", str(md)]  # fmt: skip
     res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -112,6 +112,9 @@ def ultralytics_runner(model: ModelConfig, source: str, n: int) -> Runner | None
     except ImportError:
         log.warning("ultralytics is not installed (pip install '.[export]'); skipping its mode")
         return None
+    from app.export import ultralytics_logs_to_stderr
+
+    ultralytics_logs_to_stderr()
     yolo = YOLO(model.path, task="detect")
     yolo.predict(_read_frames(source, 1)[0], conf=model.conf, iou=model.iou, verbose=False)
 
