@@ -72,10 +72,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         services.append(mqtt)
     pipeline = LivePipeline(cfg, sinks, services=services, duration_s=args.duration)
     try:
-        asyncio.run(pipeline.run())
+        summary = asyncio.run(pipeline.run())
     except PipelineError as exc:
         return _fail(str(exc))
-    return 0
+    return summary.exit_code
 
 
 # ---- detect ---------------------------------------------------------------------------------------

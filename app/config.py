@@ -141,6 +141,28 @@ class MqttConfig(_Strict):
         return self
 
 
+class WatchdogConfig(_Strict):
+    stall_timeout_s: float = Field(30.0, gt=0, description="no result while frames wait -> restart the worker")
+    max_restarts: int = Field(5, ge=0, description="worker restarts allowed within restart_window_s")
+    restart_window_s: float = Field(600.0, gt=0, description="beyond max_restarts in this window: exit 3")
+    notify_max_result_age_s: float = Field(
+        10.0, gt=0, description="systemd WATCHDOG=1 pings only while the last result is this recent"
+    )
+
+
+class FaultsConfig(_Strict):
+    """Fault injection to exercise the watchdog. Never turn on in production."""
+
+    leak_mb_per_frame: float = Field(0.0, ge=0, description="the worker keeps this much more memory per frame")
+    stall_after_frames: int = Field(0, ge=0, description="the worker hangs after this many frames (0 = never)")
+    stall_s: float = Field(0.0, ge=0, description="for this long")
+    crash_after_frames: int = Field(0, ge=0, description="the worker dies after this many frames (0 = never)")
+
+
+class DebugConfig(_Strict):
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+
+
 class VigilConfig(_Strict):
     device_id: TopicName = Field("vigil", description="appliance id, used in topics")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -149,6 +171,8 @@ class VigilConfig(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    debug: DebugConfig = Field(default_factory=DebugConfig)
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> VigilConfig:

@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from app.config import ModelConfig
+import numpy as np
+
+from app.config import FaultsConfig, ModelConfig
 from app.messages import (
     FrameResult,
     SetDetection,
@@ -48,6 +50,7 @@ class WorkerSpec:
     log_level: str = "info"
     idle_sleep_s: float = 0.001  # poll period when no new frame; << any inference time
     disabled_cameras: tuple[str, ...] = ()  # detection switched off (e.g. by an MQTT command)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -97,6 +100,7 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event) -> None:
     disabled: set[str] = set(spec.disabled_cameras)
     start = 0
     errors = 0
+    faults = _FaultInjector(spec.faults)
     try:
         while not stop.is_set():
             if conn.poll():
@@ -153,10 +157,32 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event) -> None:
                     worker_id=spec.worker_id,
                 )
             )
+            faults.after_frame()
     finally:
         for _, ring in rings:
             ring.close()
         detector.close()
+
+
+class _FaultInjector:
+    """debug.faults: leak, hang or die on purpose, so the watchdog can be tested for real."""
+
+    def __init__(self, cfg: FaultsConfig) -> None:
+        self.cfg = cfg
+        self.frames = 0
+        self._leaked: list[np.ndarray] = []
+
+    def after_frame(self) -> None:
+        c = self.cfg
+        self.frames += 1
+        if c.leak_mb_per_frame:
+            self._leaked.append(np.ones(int(c.leak_mb_per_frame * 2**20), np.uint8))  # written: really resident
+        if c.stall_after_frames and self.frames == c.stall_after_frames:
+            log.warning("fault injection: stalling for %.1f s", c.stall_s)
+            time.sleep(c.stall_s)
+        if c.crash_after_frames and self.frames >= c.crash_after_frames:
+            log.warning("fault injection: crashing after %d frames", self.frames)
+            os._exit(70)
 
 
 class WorkerHandle:

@@ -35,6 +35,7 @@ from app.messages import (
 from app.pipeline.sinks import Sink, result_record
 from app.pipeline.stats import CameraStats
 from app.ring import FrameRing
+from app.supervisor.sd_notify import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class PipelineSummary:
 
     cameras: dict[str, dict]
     worker_restarts: int
+    exit_code: int
     duration_s: float
     rss_mb: dict[str, list[float]] = field(default_factory=dict)
     frame_ages_ms: list[float] = field(default_factory=list)
@@ -101,6 +103,10 @@ class LivePipeline:
         self._samples_inf: list[float] = []
         self._rss: dict[str, list[float]] = {"main": [], "worker": []}
         self._started = 0.0
+        self._progress_mono = 0.0  # last result, or the moment the current worker became ready
+        self._restarts: list[float] = []
+        self.exit_code = 0
+        self.notifier = SystemdNotifier()
 
     # ---- public -------------------------------------------------------------------------------
 
@@ -108,6 +114,7 @@ class LivePipeline:
         if not self._stop.is_set():
             self._stop_reason = reason
             log.info("stopping: %s", reason)
+            self.notifier.stopping()
             self._stop.set()
 
     def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
@@ -150,6 +157,7 @@ class LivePipeline:
             tasks = [
                 asyncio.create_task(self._supervise(), name="supervise"),
                 asyncio.create_task(self._status(), name="status"),
+                asyncio.create_task(self._notify_watchdog(), name="sd-watchdog"),
             ]
             if self.rss_sample_s > 0:
                 tasks.append(asyncio.create_task(self._sample_rss(), name="rss"))
@@ -188,6 +196,7 @@ class LivePipeline:
             rings=tuple((name, ring.spec) for name, ring in self.rings.items()),
             log_level=self.cfg.log_level,
             disabled_cameras=tuple(sorted(self._disabled)),
+            faults=self.cfg.debug.faults,
         )
         self._next_worker_id += 1
         return spec
@@ -202,6 +211,7 @@ class LivePipeline:
             handle.stop(1.0, "failed start")
             raise PipelineError(f"inference worker failed to start: {exc}") from exc
         self.worker, self.worker_info, self.names = handle, ready, ready.names
+        self._progress_mono = time.monotonic()
         log.info(
             "worker %d ready (pid %d, %s %s, warm-up %.0f ms)",
             ready.worker_id,
@@ -234,7 +244,10 @@ class LivePipeline:
 
     def _on_result(self, r: FrameResult) -> None:
         now_ns = time.monotonic_ns()
+        self._progress_mono = time.monotonic()
         self._results += 1
+        if self._results == 1:
+            self.notifier.ready(f"first result after {time.monotonic() - self._started:.1f} s")
         if self.max_results is not None and self._results >= self.max_results:
             self.request_stop(f"{self.max_results} results reached")
         stats = self.stats[r.camera]
@@ -253,32 +266,21 @@ class LivePipeline:
                     log.exception("sink %s failed", type(sink).__name__)
 
     async def _supervise(self) -> None:
-        """Replace a dead worker (with backoff) and end the run when every finite source is done."""
-        backoff = self.cfg.worker.restart_backoff_s
+        """Replace a dead or stalled worker (with backoff) and end the run when every finite source is done."""
         while True:
             await asyncio.sleep(0.25)
             for s in self.stats.values():
                 s.tick()
-            if self.worker is not None and not self.worker.alive():
-                code = self.worker.process.exitcode
-                log.error(
-                    "worker %d died (exit code %s); restarting in %.1f s",
-                    self.worker.worker_id,
-                    code,
-                    backoff,
+            if self._stop.is_set():
+                return
+            if self.worker is None:
+                await self._replace_worker("could not be started")
+            elif not self.worker.alive():
+                await self._replace_worker(f"died (exit code {self.worker.process.exitcode})")
+            elif self._stalled():
+                await self._replace_worker(
+                    f"stalled (no result for {time.monotonic() - self._progress_mono:.1f} s while frames waited)"
                 )
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(self.worker.conn.fileno())  # type: ignore[union-attr]
-                self.worker.stop(0.5, "dead")
-                self.worker = None
-                self.worker_restarts += 1
-                await asyncio.sleep(backoff)
-                try:
-                    await self._start_worker()
-                    backoff = self.cfg.worker.restart_backoff_s
-                except PipelineError as exc:
-                    log.error("%s", exc)
-                    backoff = min(backoff * 2, self.cfg.worker.restart_backoff_max_s)
             if self.captures and all(c.finished for c in self.captures.values()):
                 # Finite sources (files without loop): stop once the newest frame has been answered.
                 done = all(self.stats[n].last_seq >= self.rings[n].latest_seq for n in self.rings)
@@ -286,14 +288,67 @@ class LivePipeline:
                 if done or idle:
                     self.request_stop("all sources finished")
 
+    def _stalled(self) -> bool:
+        waiting = any(
+            ring.latest_seq > self.stats[name].last_seq
+            for name, ring in self.rings.items()
+            if name not in self._disabled
+        )
+        return waiting and time.monotonic() - self._progress_mono > self.cfg.watchdog.stall_timeout_s
+
+    async def _replace_worker(self, reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        wd = self.cfg.watchdog
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t <= wd.restart_window_s] + [now]
+        self.worker_restarts += 1
+        old, self.worker = self.worker, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(old.conn.fileno())
+            # A stalled worker never reads its pipe: this ends in terminate/kill, off the event loop.
+            await loop.run_in_executor(None, old.stop, 0.5, "replaced")
+        if len(self._restarts) > wd.max_restarts:
+            log.error(
+                "worker %s; %d restarts within %.0f s exceed watchdog.max_restarts=%d: exiting with code 3 "
+                "so the service manager restarts Vigil",
+                reason, len(self._restarts), wd.restart_window_s, wd.max_restarts,
+            )  # fmt: skip
+            self.exit_code = 3
+            self.request_stop("too many worker restarts")
+            return
+        backoff = min(
+            self.cfg.worker.restart_backoff_s * 2 ** (len(self._restarts) - 1), self.cfg.worker.restart_backoff_max_s
+        )
+        log.error("worker %s; restarting in %.1f s (restart %d)", reason, backoff, self.worker_restarts)
+        await asyncio.sleep(backoff)
+        if self._stop.is_set():
+            return
+        try:
+            await self._start_worker()
+        except PipelineError as exc:
+            log.error("%s", exc)
+
+    async def _notify_watchdog(self) -> None:
+        """systemd WATCHDOG=1 only while results flow: a hung loop or a dead pipeline stops the pings."""
+        period = (self.notifier.watchdog_s or 0) / 2
+        if period <= 0:
+            return
+        while True:
+            await asyncio.sleep(period)
+            if time.monotonic() - self._progress_mono < self.cfg.watchdog.notify_max_result_age_s and self._results:
+                self.notifier.watchdog()
+
     async def _status(self) -> None:
         interval = self.cfg.output.status_interval_s
         if interval <= 0:
             return
         while True:
             await asyncio.sleep(interval)
-            for s in self.stats.values():
-                log.info("%s", s.status_line())
+            lines = [s.status_line() for s in self.stats.values()]
+            for line in lines:
+                log.info("%s", line)
+            self.notifier.status(" || ".join(lines))
 
     async def _sample_rss(self) -> None:
         while True:
@@ -333,6 +388,7 @@ class LivePipeline:
         return PipelineSummary(
             cameras={n: s.snapshot() for n, s in self.stats.items()},
             worker_restarts=self.worker_restarts,
+            exit_code=self.exit_code,
             duration_s=time.monotonic() - self._started,
             rss_mb=self._rss,
             frame_ages_ms=self._samples_age,

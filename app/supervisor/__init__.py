@@ -1,0 +1,1 @@
+"""Keeping the service alive: systemd notification and the worker watchdog policies."""

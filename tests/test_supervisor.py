@@ -1,0 +1,164 @@
+"""Watchdog and systemd integration with real processes: sd_notify over a real datagram socket, injected
+stalls and crashes in the real worker."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from conftest import REPO, vigil_shm_segments
+
+from app.supervisor.sd_notify import SystemdNotifier
+
+
+class NotifyListener:
+    """What systemd would receive on $NOTIFY_SOCKET, with arrival times."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+
+    def times(self, field: str) -> list[float]:
+        return [t for t, m in self.messages if m == field]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def test_notifier_is_a_noop_without_systemd_and_speaks_the_protocol(tmp_path: Path) -> None:
+    assert not SystemdNotifier({}).ready()
+    listener = NotifyListener(tmp_path / "notify")
+    n = SystemdNotifier({"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "2000000"})
+    assert n.watchdog_s == 2.0
+    assert n.ready("warming up") and n.watchdog() and n.status("ok") and n.stopping()
+    time.sleep(0.3)
+    assert [m for _, m in listener.messages] == ["READY=1", "STATUS=warming up", "WATCHDOG=1", "STATUS=ok",
+                                                  "STOPPING=1"]  # fmt: skip
+    listener.close()
+    # abstract-namespace sockets ('@name') too
+    abstract = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    abstract.bind(f"\0vigil-test-{os.getpid()}")
+    abstract.settimeout(2)
+    assert SystemdNotifier({"NOTIFY_SOCKET": f"@vigil-test-{os.getpid()}"}).watchdog()
+    assert abstract.recv(100) == b"WATCHDOG=1"
+    abstract.close()
+    # WATCHDOG_PID names another process: not ours to ping
+    assert SystemdNotifier({"NOTIFY_SOCKET": "x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_s is None
+
+
+def start_vigil(tiny_model: Path, video: Path, notify: str, *sets: str, watchdog_usec: int = 400_000):
+    args = [sys.executable, "-m", "app", "run", "--config", str(REPO / "configs/default.yaml"),
+            "--set", f"model.path={tiny_model}", "--set", f"cameras.0.source={video}", "--set", "mqtt.enabled=false",
+            "--set", "output.json_lines=false", "--set", "output.status_interval_s=1",
+            "--set", "worker.restart_backoff_s=0.2", *[x for s in sets for x in ("--set", s)]]  # fmt: skip
+    env = {**os.environ, "NOTIFY_SOCKET": notify, "WATCHDOG_USEC": str(watchdog_usec)}
+    return subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_ready_watchdog_status_stopping(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
+    listener = NotifyListener(tmp_path / "notify")
+    proc = start_vigil(tiny_model, small_video, listener.path)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(listener.times("WATCHDOG=1")) < 5:
+            time.sleep(0.1)
+        assert listener.times("READY=1"), listener.messages
+        assert listener.times("READY=1")[0] < listener.times("WATCHDOG=1")[0]
+        time.sleep(1.2)
+        assert any(m.startswith("STATUS=street: in") for _, m in listener.messages)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        listener.close()
+    assert proc.returncode == 0, err
+    assert listener.times("STOPPING=1")
+
+
+def test_injected_stall_stops_watchdog_pings_and_is_recovered(
+    tiny_model: Path, small_video: Path, tmp_path: Path
+) -> None:
+    listener = NotifyListener(tmp_path / "notify")
+    proc = start_vigil(
+        tiny_model, small_video, listener.path,
+        "debug.faults.stall_after_frames=20", "debug.faults.stall_s=120",
+        "watchdog.stall_timeout_s=2", "watchdog.notify_max_result_age_s=1",
+    )  # fmt: skip
+    err = ""
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            pings = listener.times("WATCHDOG=1")
+            gaps = [b - a for a, b in itertools.pairwise(pings)]
+            if gaps and max(gaps) > 1.5 and pings[-1] - pings[gaps.index(max(gaps)) + 1] > 1.0:
+                break  # a gap in the pings, and pings again for a while after it
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        listener.close()
+    pings = listener.times("WATCHDOG=1")
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert gaps and max(gaps) > 1.5, "WATCHDOG=1 must stop while the worker is stalled"
+    m = re.search(r"worker stalled \(no result for ([\d.]+) s", err)
+    assert m, err[-2000:]
+    assert float(m.group(1)) <= 2 + 1, "detected within stall_timeout_s + 1 s"
+    assert "restarting in" in err and proc.returncode == 0
+
+
+def test_crash_loop_backs_off_then_exits_nonzero(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
+    listener = NotifyListener(tmp_path / "notify")
+    proc = start_vigil(
+        tiny_model, small_video, listener.path,
+        "debug.faults.crash_after_frames=3", "watchdog.max_restarts=2", "watchdog.restart_window_s=60",
+    )  # fmt: skip
+    try:
+        children = []
+        deadline = time.monotonic() + 10
+        while not children and time.monotonic() < deadline:
+            children = psutil.Process(proc.pid).children(recursive=True)
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        listener.close()
+    assert proc.returncode == 3, err[-2000:]
+    assert err.count("died (exit code 70)") == 3
+    delays = [float(x) for x in re.findall(r"restarting in ([\d.]+) s", err)]
+    assert delays == sorted(delays) and len(delays) == 2 and delays[1] > delays[0], "exponential backoff"
+    assert "exceed watchdog.max_restarts=2" in err
+    assert not vigil_shm_segments(proc.pid)
+    _, alive = psutil.wait_procs([c for c in children if c.is_running()], timeout=5)
+    assert not alive
