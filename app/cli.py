@@ -78,6 +78,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+# ---- check ----------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """What vigil-engine.service runs before the service: config valid, model loads, secrets readable."""
+    from app.backends import BackendError
+    from app.inference.detector import Detector
+    from app.inference.model_info import ModelShapeError
+
+    _setup_logging(args.log_level or "warning")
+    cfg = _load(args)
+    if isinstance(cfg, int):
+        return cfg
+    try:
+        det = Detector.from_config(cfg.model)
+    except (BackendError, ModelShapeError) as exc:
+        return _fail(str(exc))
+    det.warmup(1)
+    if cfg.mqtt.enabled:
+        from app.mqtt.link import MqttConfigError, read_password
+
+        try:
+            read_password(cfg.mqtt)
+        except MqttConfigError as exc:
+            return _fail(f"invalid config: {exc}")
+    print(
+        f"ok: config valid; model {cfg.model.path} loads ({det.backend.name}, input {det.info.input_hw}, "
+        f"{det.info.num_classes} classes: {', '.join(det.names.values())})"
+    )
+    return 0
+
+
 # ---- detect ---------------------------------------------------------------------------------------
 
 
@@ -187,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--print-config", action="store_true", help="print the effective config as YAML and exit")
     r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     r.set_defaults(func=cmd_run)
+
+    k = sub.add_parser("check", help="validate the config and load the model (used before the service starts)")
+    k.add_argument("--config", "-c", default=None)
+    k.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    k.set_defaults(func=cmd_check)
 
     d = sub.add_parser("detect", help="detect on every frame of an image, folder or video; JSON lines on stdout")
     d.add_argument("source")

@@ -182,10 +182,12 @@ def test_run_print_config_and_invalid_config(tmp_path: Path) -> None:
 
 def test_run_wrong_model_shape_is_a_clear_error(tmp_path: Path, small_video: Path) -> None:
     model = wrong_shape_model(tmp_path / "cls.onnx")
-    res = run_vigil(*run_args(model, small_video), timeout=60)
-    assert res.returncode == 2
-    assert "has shape [1, 10]" in res.stderr and "Traceback" not in res.stderr
-    assert not vigil_shm_segments()
+    proc = subprocess.Popen([*VIGIL, *run_args(model, small_video)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "has shape [1, 10]" in err and "Traceback" not in err
+    assert not vigil_shm_segments(proc.pid)
 
 
 def test_run_missing_source_keeps_retrying(tiny_model: Path, tmp_path: Path) -> None:
