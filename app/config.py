@@ -148,6 +148,14 @@ class WatchdogConfig(_Strict):
     notify_max_result_age_s: float = Field(
         10.0, gt=0, description="systemd WATCHDOG=1 pings only while the last result is this recent"
     )
+    max_rss_mb: float = Field(0.0, ge=0, description="recycle the worker above this RSS (0 = off)")
+    max_rss_growth_mb_per_hour: float = Field(
+        0.0, ge=0, description="recycle when the worker's RSS grows faster than this (0 = off)"
+    )
+    rss_warmup_s: float = Field(60.0, ge=0, description="growth is measured only after this warm-up")
+    rss_window_s: float = Field(600.0, gt=0, description="sliding window of the growth estimate")
+    recycle_every_h: float = Field(0.0, ge=0, description="recycle a healthy worker this often (0 = never)")
+    capture_timeout_s: float = Field(10.0, gt=0, description="no frame this long -> reopen the source")
 
 
 class FaultsConfig(_Strict):
@@ -157,6 +165,8 @@ class FaultsConfig(_Strict):
     stall_after_frames: int = Field(0, ge=0, description="the worker hangs after this many frames (0 = never)")
     stall_s: float = Field(0.0, ge=0, description="for this long")
     crash_after_frames: int = Field(0, ge=0, description="the worker dies after this many frames (0 = never)")
+    capture_hang_after_frames: int = Field(0, ge=0, description="a capture read blocks after this many frames")
+    capture_hang_s: float = Field(0.0, ge=0, description="for this long (like a stuck camera driver)")
 
 
 class DebugConfig(_Strict):

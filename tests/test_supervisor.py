@@ -3,6 +3,7 @@ stalls and crashes in the real worker."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
@@ -14,9 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 from conftest import REPO, vigil_shm_segments
 
+from app.config import VigilConfig
+from app.pipeline.runner import LivePipeline
 from app.supervisor.sd_notify import SystemdNotifier
 
 
@@ -155,10 +159,110 @@ def test_crash_loop_backs_off_then_exits_nonzero(tiny_model: Path, small_video: 
             proc.kill()
         listener.close()
     assert proc.returncode == 3, err[-2000:]
-    assert err.count("died (exit code 70)") == 3
+    assert err.count("restart: worker died (exit code 70)") == 3  # the system event, once per death
     delays = [float(x) for x in re.findall(r"restarting in ([\d.]+) s", err)]
     assert delays == sorted(delays) and len(delays) == 2 and delays[1] > delays[0], "exponential backoff"
     assert "exceed watchdog.max_restarts=2" in err
     assert not vigil_shm_segments(proc.pid)
     _, alive = psutil.wait_procs([c for c in children if c.is_running()], timeout=5)
     assert not alive
+
+
+# ---- recycling and the capture watchdog, in-process ---------------------------------------------------------
+
+
+def live_config(model: Path, video: Path, **sections) -> VigilConfig:
+    data = {
+        "cameras": [{"name": "cam", "source": str(video), "loop": True, "realtime": True, "fps": 25}],
+        "model": {"path": str(model), "threads": 1},
+        "output": {"json_lines": False, "status_interval_s": 0},
+        "worker": {"restart_backoff_s": 0.2},
+    }
+    data.update(sections)
+    return VigilConfig.model_validate(data)
+
+
+class Times:
+    def __init__(self) -> None:
+        self.t: list[float] = []
+        self.seqs: list[int] = []
+
+    def handle(self, record: dict, result) -> None:
+        self.t.append(time.monotonic())
+        self.seqs.append(record["seq"])
+
+    def close(self) -> None:
+        pass
+
+
+def test_leak_triggers_blue_green_recycle_without_a_gap(tiny_model: Path, small_video: Path) -> None:
+    sink = Times()
+    cfg = live_config(
+        tiny_model, small_video,
+        watchdog={"rss_warmup_s": 1, "rss_window_s": 4, "max_rss_growth_mb_per_hour": 3600, "max_rss_mb": 4000},
+        debug={"faults": {"leak_mb_per_frame": 0.5}},
+    )  # fmt: skip
+    pipe = LivePipeline(cfg, [sink])
+    seen: dict = {}
+
+    def stop_after_recycle() -> None:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and pipe.worker_recycles < 1:
+            time.sleep(0.05)
+        seen["event"] = pipe.last_system_event
+        time.sleep(2.0)  # results from the new worker
+        pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
+
+    threading.Thread(target=stop_after_recycle, daemon=True).start()
+    summary = asyncio.run(pipe.run())
+    assert summary.worker_recycles >= 1 and summary.worker_restarts == 0
+    assert seen["event"]["type"] == "recycle" and "RSS growing" in seen["event"]["reason"]
+    rss_now = float(re.search(r"now (\d+) MB", seen["event"]["reason"]).group(1))
+    assert rss_now < 4000, "recycled on growth, long before max_rss_mb"
+    gaps = np.diff(sink.t)
+    median = float(np.median(gaps))
+    # Loose here (a loaded CI machine); the benchmark states the exact bound (2x the median interval).
+    assert gaps.max() < max(1.0, 10 * median), (gaps.max(), median)
+    assert sink.seqs == sorted(sink.seqs), "results stay in capture order through the handover"
+
+
+def test_periodic_recycle_keeps_results_flowing_and_reaps_old_workers(tiny_model: Path, small_video: Path) -> None:
+    sink = Times()
+    cfg = live_config(tiny_model, small_video, watchdog={"recycle_every_h": 2 / 3600})
+    pipe = LivePipeline(cfg, [sink], duration_s=9)
+    summary = asyncio.run(pipe.run())
+    assert summary.worker_recycles >= 2 and summary.worker_restarts == 0
+    workers = [
+        c for c in psutil.Process().children(recursive=True)
+        if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(c.cmdline())
+    ]  # fmt: skip
+    assert workers == [], "every recycled worker has exited"
+    assert np.diff(sink.t).max() < 1.0
+
+
+def test_capture_watchdog_replaces_a_stuck_capture(tiny_model: Path, small_video: Path) -> None:
+    sink = Times()
+    cfg = live_config(
+        tiny_model, small_video,
+        watchdog={"capture_timeout_s": 1.0},
+        debug={"faults": {"capture_hang_after_frames": 20, "capture_hang_s": 30}},
+    )  # fmt: skip
+    pipe = LivePipeline(cfg, [sink])
+    seen: dict = {}
+
+    def driver() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (pipe.last_system_event or {}).get("type") != "capture_restart":
+            time.sleep(0.05)
+        seen["event"] = pipe.last_system_event
+        n = len(sink.t)
+        while time.monotonic() < deadline and len(sink.t) < n + 20:
+            time.sleep(0.05)
+        seen["resumed"] = len(sink.t) - n
+        pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
+
+    threading.Thread(target=driver, daemon=True).start()
+    summary = asyncio.run(pipe.run())
+    assert seen["event"]["type"] == "capture_restart" and seen["event"]["camera"] == "cam"
+    assert seen["resumed"] >= 20, "frames flow again from the new capture thread"
+    assert summary.cameras["cam"]["reconnects"] >= 1

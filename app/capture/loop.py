@@ -16,7 +16,7 @@ import cv2
 
 from app.capture.backoff import Backoff
 from app.capture.sources import FrameSource, SourceError, open_source
-from app.config import CameraConfig
+from app.config import CameraConfig, FaultsConfig
 from app.messages import CaptureCounters
 from app.ring import FrameRing
 
@@ -32,6 +32,8 @@ class CaptureLoop(threading.Thread):
         ring: FrameRing,
         counters: CaptureCounters | None = None,
         source_factory: Callable[[str | int], FrameSource] = open_source,
+        write_lock: threading.Lock | None = None,
+        faults: FaultsConfig | None = None,
     ) -> None:
         super().__init__(name=f"capture-{camera.name}", daemon=True)
         self.camera = camera
@@ -39,12 +41,24 @@ class CaptureLoop(threading.Thread):
         self.counters = counters if counters is not None else CaptureCounters()
         self.source_factory = source_factory
         self.finished = False  # a non-looping file reached its end
+        # Shared with a replacement loop of the same camera: an abandoned loop stuck in a driver call
+        # checks `_abandoned` under this lock before it writes, so the ring never has two writers.
+        self.write_lock = write_lock or threading.Lock()
+        self._abandoned = threading.Event()
+        self._faults = faults or FaultsConfig()
+        self._read_count = 0
         self._stop_event = threading.Event()
         r = camera.reconnect
         self._backoff = Backoff(r.initial_s, r.max_s, r.factor)
         self._last_error = ""
 
     def stop(self) -> None:
+        self._stop_event.set()
+
+    def abandon(self) -> None:
+        """Give up on this thread (a read that never returns): it will never write to the ring again."""
+        with self.write_lock:
+            self._abandoned.set()
         self._stop_event.set()
 
     @property
@@ -62,17 +76,19 @@ class CaptureLoop(threading.Thread):
                     self._note_error(f"{type(exc).__name__}: {exc}")
                     outcome = "reconnect"
                 finally:
-                    self.counters.corrupt += source.corrupt
+                    if not self._abandoned.is_set():  # counters now belong to the replacement loop
+                        self.counters.corrupt += source.corrupt
+                        self.counters.connected = False
                     source.corrupt = 0
                     source.close()
-                    self.counters.connected = False
                 if outcome == "finished":
                     self.finished = True
                     return
                 if outcome == "reconnect" and not self._stop_event.is_set():
                     self._stop_event.wait(self._backoff.next_delay())
         finally:
-            self.counters.connected = False
+            if not self._abandoned.is_set():
+                self.counters.connected = False
 
     # ---- one source lifetime --------------------------------------------------------------------
 
@@ -96,9 +112,15 @@ class CaptureLoop(threading.Thread):
             frame = source.read()
             if frame is None:
                 break
+            self._read_count += 1
+            if self._read_count == self._faults.capture_hang_after_frames:
+                time.sleep(self._faults.capture_hang_s)  # fault injection: a read stuck in the driver
             mono_ns, wall = time.monotonic_ns(), time.time()
             image = self._fit(frame.image)
-            self.ring.write(image, index=frame.index, pts=frame.pts, captured_mono_ns=mono_ns, captured_wall=wall)
+            with self.write_lock:
+                if self._abandoned.is_set():
+                    return "stopped"
+                self.ring.write(image, index=frame.index, pts=frame.pts, captured_mono_ns=mono_ns, captured_wall=wall)
             self.counters.frames += 1
             self.counters.last_frame_mono_ns = mono_ns
             self._backoff.reset()

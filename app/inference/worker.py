@@ -54,7 +54,7 @@ class WorkerSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+def worker_main(spec: WorkerSpec, conn: Connection, heartbeat=None) -> None:
     """Entry point of the worker process."""
     logging.basicConfig(
         level=spec.log_level.upper(),
@@ -66,7 +66,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     os.environ.update(spec.env)
     try:
-        _serve(spec, conn, stop)
+        _serve(spec, conn, stop, heartbeat)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # parent went away: nothing left to answer to
     finally:
@@ -74,7 +74,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
             conn.close()
 
 
-def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event) -> None:
+def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat=None) -> None:
     from app.inference.detector import Detector  # heavy imports after spawn, inside the child
 
     try:
@@ -146,6 +146,8 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event) -> None:
                 continue
             errors = 0
             last_seq[cam] = meta.seq
+            if heartbeat is not None:
+                heartbeat.value = time.monotonic()  # last successful inference, read by the supervisor
             conn.send(
                 FrameResult(
                     camera=cam,
@@ -192,9 +194,16 @@ class WorkerHandle:
         self.spec = spec
         ctx = mp.get_context("spawn")  # never fork: a forked CUDA/ORT runtime is undefined behaviour
         self.conn, child_conn = ctx.Pipe(duplex=True)
+        # A lock-free shared double: the worker writes it, the supervisor reads it; killing the worker at
+        # any moment cannot leave anything held (unlike a Value with a lock, or a shared queue).
+        self.heartbeat = ctx.RawValue("d", 0.0)
         self.process = ctx.Process(
-            target=worker_main, args=(spec, child_conn), name=f"vigil-worker-{spec.worker_id}", daemon=True
+            target=worker_main,
+            args=(spec, child_conn, self.heartbeat),
+            name=f"vigil-worker-{spec.worker_id}",
+            daemon=True,
         )
+        self.started_mono = 0.0
         self._child_conn = child_conn
         self.ready: WorkerReady | None = None
 
@@ -203,6 +212,7 @@ class WorkerHandle:
         return self.spec.worker_id
 
     def start(self) -> None:
+        self.started_mono = time.monotonic()
         self.process.start()
         self._child_conn.close()  # keep only the child's copy, so its death shows up as EOF here
 
@@ -228,6 +238,10 @@ class WorkerHandle:
 
     def alive(self) -> bool:
         return self.process.is_alive()
+
+    @property
+    def last_inference_mono(self) -> float:
+        return float(self.heartbeat.value)
 
     def send(self, msg: object) -> bool:
         try:

@@ -98,6 +98,13 @@ class MqttService:
     def close(self) -> None:  # Sink protocol; stop() does the work
         pass
 
+    def on_system_event(self, event: dict) -> None:
+        """Restarts, recycles, capture restarts: on `<base>/<camera>/system` (every camera for worker events)."""
+        cameras = [event["camera"]] if event.get("camera") else self.cameras
+        for cam in cameras:
+            payload = envelope(self.device_id, cam, type=event["type"], reason=event["reason"], at=iso_utc(event["at"]))
+            self.link.publish(self.topics.system(cam), dumps(payload), qos=1)
+
     # ---- results -> messages ------------------------------------------------------------------
 
     def handle(self, record: dict, result: FrameResult) -> None:

@@ -14,10 +14,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import psutil
 
 from app.capture.loop import CaptureLoop
@@ -28,6 +31,7 @@ from app.messages import (
     FrameResult,
     SetDetection,
     SetThresholds,
+    StopWorker,
     WorkerFailed,
     WorkerFrameError,
     WorkerReady,
@@ -51,6 +55,8 @@ class Service(Protocol):
 
     def on_model_ready(self, names: dict[int, str]) -> None: ...
 
+    def on_system_event(self, event: dict) -> None: ...
+
     async def stop(self) -> None: ...
 
 
@@ -60,6 +66,7 @@ class PipelineSummary:
 
     cameras: dict[str, dict]
     worker_restarts: int
+    worker_recycles: int
     exit_code: int
     duration_s: float
     rss_mb: dict[str, list[float]] = field(default_factory=dict)
@@ -103,7 +110,14 @@ class LivePipeline:
         self._samples_inf: list[float] = []
         self._rss: dict[str, list[float]] = {"main": [], "worker": []}
         self._started = 0.0
-        self._progress_mono = 0.0  # last result, or the moment the current worker became ready
+        self._progress_mono = 0.0  # last result of any worker (systemd watchdog pings)
+        self._worker_ready_mono = 0.0
+        self._last_health_check = 0.0
+        self._rss_samples: deque[tuple[float, float]] = deque()
+        self._worker_health: dict = {}
+        self.worker_recycles = 0
+        self.system_events = 0
+        self.last_system_event: dict | None = None
         self._restarts: list[float] = []
         self.exit_code = 0
         self.notifier = SystemdNotifier()
@@ -139,6 +153,9 @@ class LivePipeline:
                 "backend": self.worker_info.backend if self.worker_info else None,
                 "providers": self.worker_info.providers if self.worker_info else [],
                 "restarts": self.worker_restarts,
+                "recycles": self.worker_recycles,
+                "health": self._worker_health,
+                "last_system_event": self.last_system_event,
                 "rss_mb": _rss_mb(self.worker_info.pid) if self.worker_info else None,
             },
             "main_rss_mb": _rss_mb(None),
@@ -185,7 +202,7 @@ class LivePipeline:
             self.rings[cam.name] = ring
             counters = CaptureCounters()
             self.stats[cam.name] = CameraStats(cam.name, counters)
-            loop = CaptureLoop(cam, ring, counters)
+            loop = CaptureLoop(cam, ring, counters, write_lock=threading.Lock(), faults=self.cfg.debug.faults)
             self.captures[cam.name] = loop
             loop.start()
 
@@ -210,16 +227,18 @@ class LivePipeline:
         except WorkerStartError as exc:
             handle.stop(1.0, "failed start")
             raise PipelineError(f"inference worker failed to start: {exc}") from exc
+        self._adopt(handle, ready)
+
+    def _adopt(self, handle: WorkerHandle, ready: WorkerReady) -> None:
+        """Make a ready worker the one that serves (its answers are read from now on)."""
+        assert self._loop is not None
         self.worker, self.worker_info, self.names = handle, ready, ready.names
-        self._progress_mono = time.monotonic()
+        self._worker_ready_mono = time.monotonic()
+        self._rss_samples.clear()
         log.info(
             "worker %d ready (pid %d, %s %s, warm-up %.0f ms)",
-            ready.worker_id,
-            ready.pid,
-            ready.backend,
-            ready.providers,
-            ready.warmup_ms,
-        )
+            ready.worker_id, ready.pid, ready.backend, ready.providers, ready.warmup_ms,
+        )  # fmt: skip
         self._loop.add_reader(handle.conn.fileno(), self._on_worker_readable, handle)
         for service in self.services:
             service.on_model_ready(ready.names)
@@ -279,8 +298,11 @@ class LivePipeline:
                 await self._replace_worker(f"died (exit code {self.worker.process.exitcode})")
             elif self._stalled():
                 await self._replace_worker(
-                    f"stalled (no result for {time.monotonic() - self._progress_mono:.1f} s while frames waited)"
+                    f"stalled (no result for {time.monotonic() - self._worker_progress():.1f} s while frames waited)"
                 )
+            else:
+                await self._watch_worker_health()
+            self._watch_captures()
             if self.captures and all(c.finished for c in self.captures.values()):
                 # Finite sources (files without loop): stop once the newest frame has been answered.
                 done = all(self.stats[n].last_seq >= self.rings[n].latest_seq for n in self.rings)
@@ -294,7 +316,101 @@ class LivePipeline:
             for name, ring in self.rings.items()
             if name not in self._disabled
         )
-        return waiting and time.monotonic() - self._progress_mono > self.cfg.watchdog.stall_timeout_s
+        return waiting and time.monotonic() - self._worker_progress() > self.cfg.watchdog.stall_timeout_s
+
+    def _worker_progress(self) -> float:
+        """The worker's last successful inference (shared-memory heartbeat), or when it became ready."""
+        w = self.worker
+        return max(w.last_inference_mono, self._worker_ready_mono) if w is not None else self._worker_ready_mono
+
+    async def _watch_worker_health(self) -> None:
+        """Memory and age policies; a breach recycles the worker blue-green (no gap in results)."""
+        now = time.monotonic()
+        if self.worker is None or now - self._last_health_check < 1.0:
+            return
+        self._last_health_check = now
+        wd = self.cfg.watchdog
+        try:
+            p = psutil.Process(self.worker.process.pid)
+            rss = p.memory_info().rss / 2**20
+            self._worker_health = {"rss_mb": round(rss, 1), "fds": p.num_fds(), "threads": p.num_threads()}
+        except psutil.Error:
+            return
+        age = now - self._worker_ready_mono
+        if age >= wd.rss_warmup_s:
+            self._rss_samples.append((now, rss))
+            while self._rss_samples and now - self._rss_samples[0][0] > wd.rss_window_s:
+                self._rss_samples.popleft()
+        reason = ""
+        if wd.max_rss_mb and rss > wd.max_rss_mb:
+            reason = f"RSS {rss:.0f} MB above watchdog.max_rss_mb={wd.max_rss_mb:g}"
+        elif wd.max_rss_growth_mb_per_hour and len(self._rss_samples) >= 3:
+            t = np.array([s[0] for s in self._rss_samples])
+            span = t[-1] - t[0]
+            if span >= min(60.0, wd.rss_window_s / 2):  # a slope over a few seconds is noise
+                slope = float(np.polyfit(t - t[0], [s[1] for s in self._rss_samples], 1)[0]) * 3600
+                if slope > wd.max_rss_growth_mb_per_hour:
+                    reason = (
+                        f"RSS growing {slope:.0f} MB/h (> {wd.max_rss_growth_mb_per_hour:g} MB/h), now {rss:.0f} MB"
+                    )
+        if not reason and wd.recycle_every_h and age >= wd.recycle_every_h * 3600:
+            reason = f"periodic recycle after {age:.0f} s"
+        if reason:
+            await self._recycle(reason)
+
+    async def _recycle(self, reason: str) -> None:
+        """Blue-green: start and warm up the new worker while the old one serves, switch, then stop the old."""
+        loop = asyncio.get_running_loop()
+        old = self.worker
+        self._system_event("recycle", reason)
+        handle = WorkerHandle(self._worker_spec())
+        handle.start()
+        try:
+            ready = await loop.run_in_executor(None, handle.wait_ready, self.cfg.worker.ready_timeout_s)
+        except WorkerStartError as exc:
+            await loop.run_in_executor(None, handle.stop, 1.0, "failed start")
+            log.error("recycle aborted, the old worker keeps serving: replacement failed to start: %s", exc)
+            return
+        self._adopt(handle, ready)
+        self.worker_recycles += 1
+        if old is not None:
+            old.send(StopWorker("recycled"))
+            await loop.run_in_executor(None, old.process.join, self.cfg.worker.stop_timeout_s)
+            self._on_worker_readable(old)  # its last answers
+            with contextlib.suppress(Exception):
+                loop.remove_reader(old.conn.fileno())
+            await loop.run_in_executor(None, old.stop, 0.5, "recycled")
+
+    def _watch_captures(self) -> None:
+        """A camera that delivers nothing for capture_timeout_s gets a fresh capture thread; a read stuck
+        in a driver cannot be interrupted, so the old thread is abandoned (it can never write again)."""
+        timeout_ns = self.cfg.watchdog.capture_timeout_s * 1e9
+        now = time.monotonic_ns()
+        for name, cap in list(self.captures.items()):
+            c = cap.counters
+            if cap.finished or not c.connected or not c.last_frame_mono_ns:
+                continue
+            if now - c.last_frame_mono_ns > timeout_ns:
+                self._system_event(
+                    "capture_restart", f"no frame for {(now - c.last_frame_mono_ns) / 1e9:.1f} s", camera=name
+                )
+                cap.abandon()
+                c.connected = False
+                c.reconnects += 1
+                c.last_frame_mono_ns = now  # the grace period starts again
+                fresh = CaptureLoop(cap.camera, self.rings[name], c, write_lock=cap.write_lock)  # no faults again
+                self.captures[name] = fresh
+                fresh.start()
+
+    def _system_event(self, kind: str, reason: str, camera: str | None = None) -> None:
+        self.system_events += 1
+        self.last_system_event = {"type": kind, "reason": reason, "camera": camera, "at": time.time()}
+        log.warning("%s%s: %s", kind, f" ({camera})" if camera else "", reason)
+        for service in self.services:
+            try:
+                service.on_system_event(dict(self.last_system_event))
+            except Exception:
+                log.exception("%s could not handle a system event", type(service).__name__)
 
     async def _replace_worker(self, reason: str) -> None:
         loop = asyncio.get_running_loop()
@@ -302,6 +418,7 @@ class LivePipeline:
         now = time.monotonic()
         self._restarts = [t for t in self._restarts if now - t <= wd.restart_window_s] + [now]
         self.worker_restarts += 1
+        self._system_event("restart", f"worker {reason}")
         old, self.worker = self.worker, None
         if old is not None:
             with contextlib.suppress(Exception):
@@ -388,6 +505,7 @@ class LivePipeline:
         return PipelineSummary(
             cameras={n: s.snapshot() for n, s in self.stats.items()},
             worker_restarts=self.worker_restarts,
+            worker_recycles=self.worker_recycles,
             exit_code=self.exit_code,
             duration_s=time.monotonic() - self._started,
             rss_mb=self._rss,
