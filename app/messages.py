@@ -125,6 +125,11 @@ class StopWorker:
 
 
 @dataclass(frozen=True, slots=True)
+class StartServing:
+    """Blue-green: a warmed-up standby worker starts taking frames (the old one has just stopped)."""
+
+
+@dataclass(frozen=True, slots=True)
 class SetDetection:
     camera: str
     enabled: bool

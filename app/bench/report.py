@@ -87,6 +87,19 @@ def render(results: dict) -> str:
             f"Memory over {soak['frames_processed']} processed frames ({soak['seconds']} s), "
             "RSS after warm-up: " + "; ".join(parts) + ".",
         ]
+    for key in ("recycle", "leak"):
+        rc = results["modes"].get(key)
+        if rc:
+            lines += [
+                "",
+                f"Worker recycling ({key}: {rc['trigger']}, {rc['seconds']} s): {rc['recycles']} blue-green recycles, "
+                f"{rc['restarts']} restarts, {rc['results']} results; "
+                f"median result interval {rc['median_interval_ms']} ms, "
+                f"bound 2x = {rc['bound_ms']} ms; longest gap around each recycle {rc['max_gap_per_recycle_ms']} ms "
+                f"(max overall {rc['max_gap_ms']} ms, {rc['gaps_over_bound']} intervals over the bound); "
+                f"{rc['out_of_order_results']} out-of-order results; main RSS {rc['main_rss_mb_start']} -> "
+                f"{rc['main_rss_mb_end']} MB ({rc['main_rss_growth_pct']:+.2f}%).",
+            ]
     rate = results["modes"].get("mqtt-rate")
     if rate:
         lines += [

@@ -31,7 +31,7 @@ from app.config import DEFAULT_MODEL_PATH, DEFAULT_SAMPLE_VIDEO, ModelConfig, Vi
 
 log = logging.getLogger(__name__)
 
-MODES = ("backend", "ultralytics", "detect", "live", "soak", "mqtt-rate", "mqtt-cost")
+MODES = ("backend", "ultralytics", "detect", "live", "soak", "mqtt-rate", "mqtt-cost", "recycle", "leak")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live-seconds", type=float, default=60.0)
     p.add_argument("--soak-frames", type=int, default=1000, help="results to collect in the soak mode")
     p.add_argument("--mqtt-seconds", type=float, default=20.0, help="seconds per MQTT run")
+    p.add_argument("--recycle-seconds", type=float, default=600.0, help="length of the recycle soak")
+    p.add_argument("--recycle-every-s", type=float, default=60.0, help="periodic recycle interval in that soak")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON object")
     p.add_argument("--markdown", default=None, metavar="FILE", help="write/replace the results section in FILE")
@@ -230,6 +232,15 @@ def run_bench(args: argparse.Namespace) -> int:
         results["modes"]["live"] = _announce("live", bench_live(model, args.source, args.live_seconds))
     if "soak" in modes:
         results["modes"]["soak"] = _announce("soak", bench_soak(model, args.source, args.soak_frames))
+    if "recycle" in modes or "leak" in modes:
+        from app.bench.recycle_bench import bench_recycle
+
+        if "recycle" in modes:
+            results["modes"]["recycle"] = _announce(
+                "recycle", bench_recycle(model, args.source, args.recycle_seconds, args.recycle_every_s)
+            )
+        if "leak" in modes:
+            results["modes"]["leak"] = _announce("leak", bench_recycle(model, args.source, 90, 0, leak_mb=2.0))
     if "mqtt-rate" in modes:
         from app.bench.mqtt_bench import bench_mqtt_rate
 

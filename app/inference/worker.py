@@ -51,6 +51,7 @@ class WorkerSpec:
     idle_sleep_s: float = 0.001  # poll period when no new frame; << any inference time
     disabled_cameras: tuple[str, ...] = ()  # detection switched off (e.g. by an MQTT command)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    standby: bool = False  # after warm-up, wait for StartServing (blue-green replacement)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -96,6 +97,12 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat=
             pid=os.getpid(),
         )
     )
+    if spec.standby:
+        # Loaded and warm, but idle until told: two workers inferring at once would slow both and open
+        # the very gap in results that a blue-green switch exists to avoid.
+        msg = conn.recv()
+        if isinstance(msg, StopWorker):
+            return
     last_seq = {cam: 0 for cam, _ in rings}
     disabled: set[str] = set(spec.disabled_cameras)
     start = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -31,6 +32,7 @@ from app.messages import (
     FrameResult,
     SetDetection,
     SetThresholds,
+    StartServing,
     StopWorker,
     WorkerFailed,
     WorkerFrameError,
@@ -42,6 +44,10 @@ from app.ring import FrameRing
 from app.supervisor.sd_notify import SystemdNotifier
 
 log = logging.getLogger(__name__)
+
+# Niceness of a blue-green standby while it loads: low enough that the serving worker barely slows, high
+# enough to finish loading in seconds (at 19 it starved behind ONNX Runtime's spinning threads).
+STANDBY_NICE = 10
 
 
 class PipelineError(RuntimeError):
@@ -116,6 +122,8 @@ class LivePipeline:
         self._rss_samples: deque[tuple[float, float]] = deque()
         self._worker_health: dict = {}
         self.worker_recycles = 0
+        self.recycle_times: list[float] = []  # monotonic instants of each switch to a new worker
+        self._handover: tuple[WorkerHandle | None, WorkerHandle, asyncio.Event] | None = None
         self.system_events = 0
         self.last_system_event: dict | None = None
         self._restarts: list[float] = []
@@ -206,7 +214,7 @@ class LivePipeline:
             self.captures[cam.name] = loop
             loop.start()
 
-    def _worker_spec(self) -> WorkerSpec:
+    def _worker_spec(self, standby: bool = False) -> WorkerSpec:
         spec = WorkerSpec(
             worker_id=self._next_worker_id,
             model=self.cfg.model,
@@ -214,6 +222,7 @@ class LivePipeline:
             log_level=self.cfg.log_level,
             disabled_cameras=tuple(sorted(self._disabled)),
             faults=self.cfg.debug.faults,
+            standby=standby,
         )
         self._next_worker_id += 1
         return spec
@@ -246,11 +255,14 @@ class LivePipeline:
     # ---- steady state -------------------------------------------------------------------------
 
     def _on_worker_readable(self, handle: WorkerHandle) -> None:
+        handover = self._handover
         try:
             while handle.conn.poll():
                 msg = handle.conn.recv()
                 if isinstance(msg, FrameResult):
                     self._on_result(msg)
+                    if handover is not None and handle is handover[0]:
+                        handover[2].set()  # the old worker's last answer: the standby takes over now
                 elif isinstance(msg, WorkerFrameError):
                     self.stats[msg.camera].errors += 1
                     log.warning("worker %d: frame %d of %s failed: %s", msg.worker_id, msg.seq, msg.camera, msg.error)
@@ -260,6 +272,8 @@ class LivePipeline:
             # The worker is gone; the supervisor notices the dead process and replaces it.
             assert self._loop is not None
             self._loop.remove_reader(handle.conn.fileno())
+            if handover is not None and handle is handover[0]:
+                handover[2].set()
 
     def _on_result(self, r: FrameResult) -> None:
         now_ns = time.monotonic_ns()
@@ -363,20 +377,34 @@ class LivePipeline:
         loop = asyncio.get_running_loop()
         old = self.worker
         self._system_event("recycle", reason)
-        handle = WorkerHandle(self._worker_spec())
+        handle = WorkerHandle(self._worker_spec(standby=True))
         handle.start()
+        # Load and warm up at a lower CPU priority, so the serving worker keeps its pace meanwhile.
+        serving_nice = _set_nice(handle.process.pid, STANDBY_NICE)
         try:
             ready = await loop.run_in_executor(None, handle.wait_ready, self.cfg.worker.ready_timeout_s)
         except WorkerStartError as exc:
             await loop.run_in_executor(None, handle.stop, 1.0, "failed start")
             log.error("recycle aborted, the old worker keeps serving: replacement failed to start: %s", exc)
             return
+        # Switch at a result boundary: the old worker finishes the frame in hand, answers and exits; the
+        # standby starts on the newest frame the moment that last answer (or the old one's exit) arrives.
+        switched = asyncio.Event()
+        self._handover = (old, handle, switched)
+        if old is None or not old.alive() or not old.send(StopWorker("recycled")):
+            switched.set()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(switched.wait(), self.cfg.worker.stop_timeout_s)
+        self._handover = None
+        if serving_nice is not None:
+            _set_nice(handle.process.pid, serving_nice)  # needs RLIMIT_NICE (LimitNICE= in the unit)
+        handle.send(StartServing())
         self._adopt(handle, ready)
         self.worker_recycles += 1
+        self.recycle_times.append(time.monotonic())
         if old is not None:
-            old.send(StopWorker("recycled"))
             await loop.run_in_executor(None, old.process.join, self.cfg.worker.stop_timeout_s)
-            self._on_worker_readable(old)  # its last answers
+            self._on_worker_readable(old)  # anything it still had to say
             with contextlib.suppress(Exception):
                 loop.remove_reader(old.conn.fileno())
             await loop.run_in_executor(None, old.stop, 0.5, "recycled")
@@ -512,6 +540,17 @@ class LivePipeline:
             frame_ages_ms=self._samples_age,
             inference_ms=self._samples_inf,
         )
+
+
+def _set_nice(pid: int, value: int) -> int | None:
+    """Set a process's niceness; returns the previous value, or None if not permitted."""
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, pid)
+        os.setpriority(os.PRIO_PROCESS, pid, value)
+        return before
+    except OSError as exc:
+        log.debug("cannot renice %d to %d: %s", pid, value, exc)
+        return None
 
 
 def _rss_mb(pid: int | None) -> float | None:

@@ -1,0 +1,75 @@
+"""Recycling benchmark: the live pipeline with the worker replaced blue-green every N seconds (or on an
+injected leak), measuring the longest gap in results around each switch against 2x the median interval,
+lost capture sequence beyond latest-frame drops, and main-process RSS over the whole run."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import numpy as np
+
+from app.config import ModelConfig, VigilConfig
+
+
+class _Times:
+    def __init__(self) -> None:
+        self.t: list[float] = []
+        self.seqs: list[int] = []
+
+    def handle(self, record: dict, result) -> None:
+        self.t.append(time.monotonic())
+        self.seqs.append(record["seq"])
+
+    def close(self) -> None:
+        pass
+
+
+def bench_recycle(model: ModelConfig, source: str, seconds: float, every_s: float, leak_mb: float = 0.0) -> dict:
+    from app.pipeline.runner import LivePipeline
+
+    watchdog: dict = {"recycle_every_h": every_s / 3600} if not leak_mb else {
+        "rss_warmup_s": 5, "rss_window_s": 20, "max_rss_growth_mb_per_hour": 2000,
+    }  # fmt: skip
+    cfg = VigilConfig.model_validate(
+        {
+            "device_id": "bench",
+            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+            "model": model.model_dump(),
+            "output": {"json_lines": False, "status_interval_s": 0},
+            "watchdog": watchdog,
+            "debug": {"faults": {"leak_mb_per_frame": leak_mb}},
+        }
+    )
+    sink = _Times()
+    pipe = LivePipeline(cfg, [sink], duration_s=seconds, rss_sample_s=1.0)
+    summary = asyncio.run(pipe.run())
+    t = np.asarray(sink.t)
+    gaps = np.diff(t)
+    median = float(np.median(gaps))
+    bound = 2 * median
+    per_switch = []
+    for at in pipe.recycle_times:
+        window = (t[1:] > at - 5) & (t[1:] < at + 5)
+        per_switch.append(round(float(gaps[window].max()) * 1000, 1) if window.any() else None)
+    main = summary.rss_mb.get("main", [])
+    steady = main[len(main) // 10 :]
+    growth = (statistics.median(steady[-10:]) - statistics.median(steady[:10])) / statistics.median(steady[:10])
+    seqs = np.asarray(sink.seqs)
+    return {
+        "seconds": round(summary.duration_s, 1),
+        "trigger": f"leak {leak_mb} MB/frame" if leak_mb else f"every {every_s:g} s",
+        "recycles": summary.worker_recycles,
+        "restarts": summary.worker_restarts,
+        "results": len(t),
+        "median_interval_ms": round(median * 1000, 1),
+        "bound_ms": round(bound * 1000, 1),
+        "max_gap_ms": round(float(gaps.max()) * 1000, 1),
+        "max_gap_per_recycle_ms": per_switch,
+        "gaps_over_bound": int((gaps > bound).sum()),
+        "out_of_order_results": int((np.diff(seqs) <= 0).sum()),
+        "main_rss_mb_start": round(statistics.median(steady[:10]), 1),
+        "main_rss_mb_end": round(statistics.median(steady[-10:]), 1),
+        "main_rss_growth_pct": round(growth * 100, 2),
+    }
