@@ -237,3 +237,33 @@ def test_broker_restarts_mid_run_restore_online_discovery_and_commands(
     t.join(5)
     assert seen["rounds"] == 2
     assert mqtt.link.stats.connects >= 3
+
+
+def test_recycle_is_published_and_the_mqtt_session_survives_it(
+    tiny_model: Path, small_video: Path, broker: Broker
+) -> None:
+    sub = Subscriber(broker, f"{BASE}/#")
+    data = vigil_config(tiny_model, small_video, broker.port).model_dump()
+    data["watchdog"]["recycle_every_h"] = 2 / 3600
+    cfg = VigilConfig.model_validate(data)
+    mqtt = MqttService(cfg)
+    pipe = LivePipeline(cfg, [mqtt], services=[mqtt], duration_s=30)
+
+    def driver() -> None:
+        try:
+            msg = sub.wait_for(lambda m: m.topic == f"{BASE}/cam/system", timeout=25)
+            sub.wait_for(lambda m: m.topic == f"{BASE}/cam/detections", timeout=10)  # results go on
+            seen["system"] = json.loads(msg.payload)
+        finally:
+            pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
+
+    seen: dict = {}
+    t = threading.Thread(target=driver, daemon=True)
+    t.start()
+    summary = asyncio.run(pipe.run())
+    t.join(5)
+    sub.close()
+    assert seen["system"]["type"] == "recycle" and "periodic" in seen["system"]["reason"]
+    assert seen["system"]["schema"] == 1 and seen["system"]["camera"] == "cam"
+    assert summary.worker_recycles >= 1
+    assert mqtt.link.stats.connects == 1 and mqtt.link.stats.disconnects == 0, "one MQTT session throughout"

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
+from conftest import vigil_shm_segments
 
 from app.config import VigilConfig
 from app.pipeline.runner import LivePipeline
@@ -90,6 +92,9 @@ def test_killed_worker_is_replaced_and_results_resume(tiny_model: Path, small_vi
     assert summary.worker_restarts == 1
     assert "recovered_s" in killed, "results did not resume after the worker was killed"
     assert killed["recovered_s"] < 5.0
+    # the killed worker was reaped (no zombie) and the shared memory is gone with the pipeline
+    assert not psutil.pid_exists(killed["pid"]) or psutil.Process(killed["pid"]).status() != psutil.STATUS_ZOMBIE
+    assert not vigil_shm_segments(os.getpid())
 
 
 def test_set_thresholds_reaches_the_worker(tiny_model: Path, small_video: Path) -> None:

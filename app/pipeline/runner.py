@@ -348,6 +348,9 @@ class LivePipeline:
             p = psutil.Process(self.worker.process.pid)
             rss = p.memory_info().rss / 2**20
             self._worker_health = {"rss_mb": round(rss, 1), "fds": p.num_fds(), "threads": p.num_threads()}
+            gpu = gpu_memory_mb(p.pid)
+            if gpu is not None:
+                self._worker_health["gpu_mb"] = gpu
         except psutil.Error:
             return
         age = now - self._worker_ready_mono
@@ -542,13 +545,42 @@ class LivePipeline:
         )
 
 
+def gpu_memory_mb(pid: int) -> float | None:
+    """GPU memory a process holds, through NVML when `nvidia-ml-py` and a driver are present; else None."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            total = 0
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if proc.pid == pid and proc.usedGpuMemory:
+                        total += proc.usedGpuMemory
+            return round(total / 2**20, 1)
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return None
+
+
 def _set_nice(pid: int, value: int) -> int | None:
-    """Set a process's niceness; returns the previous value, or None if not permitted."""
+    """Set the niceness of every thread of a process; returns the previous value, or None if not permitted.
+
+    Linux niceness is per thread: renicing only the main thread would leave ONNX Runtime's pool threads
+    (created while the standby loaded) at the standby priority forever.
+    """
     try:
         before = os.getpriority(os.PRIO_PROCESS, pid)
-        os.setpriority(os.PRIO_PROCESS, pid, value)
+        tids = [t.id for t in psutil.Process(pid).threads()]
+        for tid in tids:
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, tid, value)
         return before
-    except OSError as exc:
+    except (OSError, psutil.Error) as exc:
         log.debug("cannot renice %d to %d: %s", pid, value, exc)
         return None
 
