@@ -209,27 +209,21 @@ class MqttService:
             self.link.publish(self.topics.confidence_state(cam), f"{self.conf:g}", qos=1, retain=True)
             self._publish_counts(cam, force=True)
 
-    def stats_payload(self) -> dict:
-        snap = self._pipeline.snapshot() if self._pipeline is not None else {"cameras": []}
-        cameras = {}
-        for c in snap["cameras"]:
-            c = dict(c)
-            cameras[c.pop("camera")] = c
+    def stats_section(self) -> tuple[str, dict]:
+        """This service's part of the stats document (MQTT `<base>/stats`, HTTP `/api/stats`)."""
         s = self.link.stats
-        return envelope(
-            self.device_id, None,
-            uptime_s=snap.get("uptime_s"),
-            cameras=cameras,
-            worker=snap.get("worker"),
-            main_rss_mb=snap.get("main_rss_mb"),
-            mqtt={
-                "connected": s.connected, "connects": s.connects, "disconnects": s.disconnects,
-                "queue_depth": self.link.queue_depth(), "published": s.published, "acked": s.acked,
-                "dropped_queue_full": s.dropped_queue_full, "dropped_offline_qos0": s.dropped_offline_qos0,
-                "events": self.events_published, "rejected_commands": self.rejected_commands,
-                "connected_since": iso_utc(s.connected_since) if s.connected_since else None,
-            },
-        )  # fmt: skip
+        return "mqtt", {
+            "connected": s.connected, "connects": s.connects, "disconnects": s.disconnects,
+            "queue_depth": self.link.queue_depth(), "published": s.published, "acked": s.acked,
+            "dropped_queue_full": s.dropped_queue_full, "dropped_offline_qos0": s.dropped_offline_qos0,
+            "events": self.events_published, "rejected_commands": self.rejected_commands,
+            "connected_since": iso_utc(s.connected_since) if s.connected_since else None,
+        }  # fmt: skip
+
+    def stats_payload(self) -> dict:
+        if self._pipeline is not None:
+            return self._pipeline.stats_document()
+        return envelope(self.device_id, None, cameras={}, mqtt=self.stats_section()[1])
 
     async def _stats_loop(self) -> None:
         while True:

@@ -38,6 +38,7 @@ from app.messages import (
     WorkerFrameError,
     WorkerReady,
 )
+from app.mqtt.topics import envelope
 from app.pipeline.sinks import Sink, result_record
 from app.pipeline.stats import CameraStats
 from app.ring import FrameRing
@@ -124,6 +125,7 @@ class LivePipeline:
         self.worker_recycles = 0
         self.recycle_times: list[float] = []  # monotonic instants of each switch to a new worker
         self._handover: tuple[WorkerHandle | None, WorkerHandle, asyncio.Event] | None = None
+        self._side_workers: set[WorkerHandle] = set()  # standby or retiring: shutdown stops them too
         self.system_events = 0
         self.last_system_event: dict | None = None
         self._restarts: list[float] = []
@@ -169,6 +171,24 @@ class LivePipeline:
             "main_rss_mb": _rss_mb(None),
             "cameras": [s.snapshot() for s in self.stats.values()],
         }
+
+    def stats_document(self) -> dict:
+        """The stats message (schema 1): pipeline figures plus every service's own section."""
+        snap = self.snapshot()
+        cameras = {}
+        for c in snap["cameras"]:
+            c = dict(c)
+            cameras[c.pop("camera")] = c
+        sections: dict[str, dict] = {}
+        for service in self.services:
+            section = getattr(service, "stats_section", None)
+            if section is not None:
+                key, value = section()
+                sections[key] = value
+        return envelope(
+            self.cfg.device_id, None, uptime_s=snap["uptime_s"], cameras=cameras, worker=snap["worker"],
+            main_rss_mb=snap["main_rss_mb"], **sections,
+        )  # fmt: skip
 
     async def run(self) -> PipelineSummary:
         self._loop = asyncio.get_running_loop()
@@ -382,11 +402,13 @@ class LivePipeline:
         self._system_event("recycle", reason)
         handle = WorkerHandle(self._worker_spec(standby=True))
         handle.start()
+        self._side_workers.add(handle)
         # Load and warm up at a lower CPU priority, so the serving worker keeps its pace meanwhile.
         serving_nice = _set_nice(handle.process.pid, STANDBY_NICE)
         try:
             ready = await loop.run_in_executor(None, handle.wait_ready, self.cfg.worker.ready_timeout_s)
         except WorkerStartError as exc:
+            self._side_workers.discard(handle)
             await loop.run_in_executor(None, handle.stop, 1.0, "failed start")
             log.error("recycle aborted, the old worker keeps serving: replacement failed to start: %s", exc)
             return
@@ -394,14 +416,19 @@ class LivePipeline:
         # standby starts on the newest frame the moment that last answer (or the old one's exit) arrives.
         switched = asyncio.Event()
         self._handover = (old, handle, switched)
-        if old is None or not old.alive() or not old.send(StopWorker("recycled")):
-            switched.set()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(switched.wait(), self.cfg.worker.stop_timeout_s)
-        self._handover = None
+        try:
+            if old is None or not old.alive() or not old.send(StopWorker("recycled")):
+                switched.set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(switched.wait(), self.cfg.worker.stop_timeout_s)
+        finally:
+            self._handover = None
         if serving_nice is not None:
             _set_nice(handle.process.pid, serving_nice)  # needs RLIMIT_NICE (LimitNICE= in the unit)
         handle.send(StartServing())
+        self._side_workers.discard(handle)
+        if old is not None:
+            self._side_workers.add(old)
         self._adopt(handle, ready)
         self.worker_recycles += 1
         self.recycle_times.append(time.monotonic())
@@ -411,6 +438,7 @@ class LivePipeline:
             with contextlib.suppress(Exception):
                 loop.remove_reader(old.conn.fileno())
             await loop.run_in_executor(None, old.stop, 0.5, "recycled")
+            self._side_workers.discard(old)
 
     def _watch_captures(self) -> None:
         """A camera that delivers nothing for capture_timeout_s gets a fresh capture thread; a read stuck
@@ -515,6 +543,11 @@ class LivePipeline:
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.worker.conn.fileno())
             await loop.run_in_executor(None, self.worker.stop, self.cfg.worker.stop_timeout_s, "shutdown")
+        for side in list(self._side_workers):  # a recycle cut short by the stop
+            with contextlib.suppress(Exception):
+                loop.remove_reader(side.conn.fileno())
+            await loop.run_in_executor(None, side.stop, 1.0, "shutdown during recycle")
+        self._side_workers.clear()
         for service in self.services:
             try:
                 await service.stop()
