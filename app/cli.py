@@ -70,6 +70,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _fail(f"invalid config: {exc}")
         sinks.append(mqtt)
         services.append(mqtt)
+    if cfg.http.enabled:
+        from app.web.server import HttpConfigError, WebService
+
+        try:
+            web = WebService(cfg)
+        except HttpConfigError as exc:
+            return _fail(f"invalid config: {exc}")
+        sinks.append(web)
+        services.append(web)
     pipeline = LivePipeline(cfg, sinks, services=services, duration_s=args.duration)
     try:
         summary = asyncio.run(pipeline.run())

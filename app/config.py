@@ -141,6 +141,45 @@ class MqttConfig(_Strict):
         return self
 
 
+class IceServer(_Strict):
+    urls: list[str] = Field(..., min_length=1, description="stun:/turn: URLs")
+    username: str | None = None
+    credential_file: str | None = Field(None, description="file holding the TURN credential (never logged)")
+
+
+class HttpConfig(_Strict):
+    enabled: bool = Field(True, description="serve the preview page, the HTTP API and /metrics")
+    host: str = Field("127.0.0.1", description="bind address; anything but loopback requires a token")
+    port: int = Field(8080, ge=0, le=65535, description="0 = any free port (tests)")
+    token_file: str | None = Field(None, description="file holding the API token (never logged)")
+    token_env: str | None = Field(None, description="environment variable holding the API token")
+    state_dir: str = Field(
+        ".vigil-state", description="where a generated token is kept (0600); the unit sets /var/lib/vigil"
+    )
+    require_token: bool | None = Field(None, description="default: only when bound to a non-loopback address")
+    health_requires_token: bool = Field(False, description="protect /health too")
+    health_max_result_age_s: float = Field(10.0, gt=0, description="/health is 503 beyond this result age")
+    max_body_bytes: int = Field(65536, ge=1024, description="request bodies above this get 413")
+    max_viewers: int = Field(4, ge=0, description="WebRTC viewers at once; more get 503")
+    preview_width: int = Field(640, ge=64, le=3840, description="preview video width (height keeps the aspect)")
+    preview_fps: float = Field(15.0, gt=0, le=60, description="preview frames per second at most")
+    preview_bitrate_kbps: int = Field(1200, ge=100, le=20000)
+    preview_keyframe_s: float = Field(2.0, gt=0, description="keyframe interval of the shared encoder")
+    server_side_boxes: bool = Field(False, description="draw boxes into the video (for clients without the page)")
+    tls_cert_file: str | None = Field(None, description="serve HTTPS with this certificate")
+    tls_key_file: str | None = None
+    ice_servers: list[IceServer] = Field(default_factory=list, description="STUN/TURN; none = host candidates")
+    ice_addresses: list[str] | None = Field(
+        None, description="local addresses offered as ICE candidates; default: loopback for a loopback bind"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
+
 class WatchdogConfig(_Strict):
     stall_timeout_s: float = Field(30.0, gt=0, description="no result while frames wait -> restart the worker")
     max_restarts: int = Field(5, ge=0, description="worker restarts allowed within restart_window_s")
@@ -181,6 +220,7 @@ class VigilConfig(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
 
@@ -276,5 +316,25 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         raise ConfigError(f"{where}{format_validation_error(exc)}") from None
 
 
-def dump_config(cfg: VigilConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+_SECRET_KEY = re.compile(r"password|token|credential|secret", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)
+
+
+def redact(data: Any) -> Any:
+    """Config as data with secret-looking values and URL credentials (rtsp://user:pass@) masked."""
+    if isinstance(data, dict):
+        return {
+            k: ("<redacted>" if _SECRET_KEY.search(k) and v not in (None, "") and not isinstance(v, (bool, dict))
+                else redact(v))
+            for k, v in data.items()
+        }  # fmt: skip
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    if isinstance(data, str):
+        return _URL_USERINFO.sub(r"\1<redacted>@", data)
+    return data
+
+
+def dump_config(cfg: VigilConfig, redacted: bool = False) -> str:
+    data = cfg.model_dump(mode="json")
+    return yaml.safe_dump(redact(data) if redacted else data, sort_keys=False)

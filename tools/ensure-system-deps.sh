@@ -14,7 +14,8 @@ if command -v dpkg >/dev/null 2>&1; then
   case "$target" in
     # mosquitto: `make run` starts a local broker when none is reachable; the tests start their own.
     run) need mosquitto ;;
-    test) need mosquitto; need openssl ;;
+    # chromium + chromium-driver: the preview page test drives the system browser (no downloads).
+    test) need mosquitto; need openssl; need chromium; need chromium-driver ;;
     *) echo "usage: $0 run|test" >&2; exit 2 ;;
   esac
 fi

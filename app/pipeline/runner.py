@@ -172,6 +172,10 @@ class LivePipeline:
             "cameras": [s.snapshot() for s in self.stats.values()],
         }
 
+    def last_result_age_s(self) -> float | None:
+        """Seconds since the newest result of any worker; None before the first."""
+        return time.monotonic() - self._progress_mono if self._progress_mono else None
+
     def stats_document(self) -> dict:
         """The stats message (schema 1): pipeline figures plus every service's own section."""
         snap = self.snapshot()

@@ -1,0 +1,95 @@
+"""Prometheus metrics: stage histograms observed per result, everything else read from the pipeline at
+scrape time (so a scrape costs nothing on the frame path)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.messages import FrameResult
+
+# Seconds. Stages on CPU run 1-400 ms; on a GPU engine 1-20 ms: both ends need resolution.
+STAGE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.016, 0.025, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 2.5)
+
+
+class _PipelineCollector(Collector):
+    def __init__(self, stats: Callable[[], dict]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        doc = self._stats()
+        counters = {
+            "frames_captured": ("vigil_frames_captured", "frames read from the camera"),
+            "frames_processed": ("vigil_frames_processed", "frames the detector processed"),
+            "frames_dropped": ("vigil_frames_dropped", "frames skipped to stay on the freshest frame"),
+            "frames_corrupt": ("vigil_frames_corrupt", "unreadable frames skipped"),
+            "reconnects": ("vigil_camera_reconnects", "camera reconnects"),
+        }
+        families = {k: CounterMetricFamily(name, doc_, labels=["camera"]) for k, (name, doc_) in counters.items()}
+        connected = GaugeMetricFamily("vigil_camera_connected", "1 while the camera delivers", labels=["camera"])
+        for cam, c in doc.get("cameras", {}).items():
+            for key, fam in families.items():
+                fam.add_metric([cam], float(c.get(key) or 0))
+            connected.add_metric([cam], 1.0 if c.get("connected") else 0.0)
+        yield from families.values()
+        yield connected
+        worker = doc.get("worker") or {}
+        yield CounterMetricFamily("vigil_worker_restarts", "worker restarts", value=worker.get("restarts", 0))
+        yield CounterMetricFamily("vigil_worker_recycles", "blue-green recycles", value=worker.get("recycles", 0))
+        rss = GaugeMetricFamily("vigil_process_rss_bytes", "resident memory", labels=["process"])
+        if worker.get("rss_mb") is not None:
+            rss.add_metric(["worker"], worker["rss_mb"] * 2**20)
+        if doc.get("main_rss_mb") is not None:
+            rss.add_metric(["main"], doc["main_rss_mb"] * 2**20)
+        yield rss
+        gpu = (worker.get("health") or {}).get("gpu_mb")
+        if gpu is not None:
+            yield GaugeMetricFamily("vigil_worker_gpu_bytes", "GPU memory of the worker", value=gpu * 2**20)
+        mqtt = doc.get("mqtt")
+        if mqtt is not None:
+            yield GaugeMetricFamily("vigil_mqtt_connected", "1 while connected", value=float(mqtt["connected"]))
+            yield GaugeMetricFamily("vigil_mqtt_queue_depth", "messages awaiting the broker", value=mqtt["queue_depth"])
+            yield CounterMetricFamily("vigil_mqtt_connects", "broker sessions", value=mqtt["connects"])
+            yield CounterMetricFamily("vigil_mqtt_events", "object events published", value=mqtt["events"])
+        webrtc = doc.get("webrtc")
+        if webrtc is not None:
+            yield GaugeMetricFamily("vigil_webrtc_viewers", "connected preview viewers", value=webrtc["viewers"])
+            yield CounterMetricFamily("vigil_webrtc_sessions", "preview sessions opened", value=webrtc["sessions"])
+            yield CounterMetricFamily(
+                "vigil_webrtc_rejected", "offers refused (viewer limit)", value=webrtc["rejected_full"]
+            )
+            yield CounterMetricFamily("vigil_preview_frames_encoded", "preview frames encoded", value=webrtc["encoded"])
+
+
+class Metrics:
+    """One registry per server (no process-global state): tests can run several side by side."""
+
+    def __init__(self, stats: Callable[[], dict]) -> None:
+        self.registry = CollectorRegistry()
+        self.stage = Histogram(
+            "vigil_stage_seconds", "per-frame stage duration", ["camera", "stage"],
+            buckets=STAGE_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.frame_age = Histogram(
+            "vigil_frame_age_seconds", "capture to result, end to end", ["camera"],
+            buckets=STAGE_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.encode = Histogram(
+            "vigil_preview_encode_seconds", "one preview frame: scale + encode (shared by all viewers)",
+            buckets=STAGE_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(_PipelineCollector(stats))
+
+    def observe(self, record: dict, result: FrameResult) -> None:
+        cam = result.camera
+        t = result.timings
+        self.stage.labels(cam, "preprocess").observe(t.preprocess_ms / 1e3)
+        self.stage.labels(cam, "inference").observe(t.inference_ms / 1e3)
+        self.stage.labels(cam, "postprocess").observe(t.postprocess_ms / 1e3)
+        self.frame_age.labels(cam).observe(record["latency_ms"]["frame_age"] / 1e3)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

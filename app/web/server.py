@@ -1,0 +1,254 @@
+"""The HTTP side as a pipeline service: aiohttp in the main process's asyncio loop.
+
+It only reads: results as they pass (a sink), the pipeline's snapshot for stats, the frame rings for
+the preview. Nothing here can block or slow the frame path; encoding runs in a thread while viewers
+watch and not at all otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from app.config import VigilConfig, redact
+from app.messages import FrameResult
+from app.pipeline.runner import PipelineError
+from app.web import ice
+from app.web.auth import TokenError, presented_token, resolve_token, token_matches
+from app.web.encoder import EncodedFrame, PreviewEncoder
+from app.web.errors import json_error, json_errors
+from app.web.metrics import Metrics
+from app.web.signalling import answer_offer, parse_offer
+from app.web.viewers import ViewerRegistry
+
+if TYPE_CHECKING:
+    from app.pipeline.runner import LivePipeline
+
+log = logging.getLogger(__name__)
+
+OPEN_PATHS = ("/static/", "/favicon.ico")
+
+
+class HttpConfigError(ValueError):
+    pass
+
+
+def _read_secret(path: str, key: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise HttpConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+
+
+class WebService:
+    def __init__(self, cfg: VigilConfig) -> None:
+        self.cfg = cfg
+        self.hcfg = cfg.http
+        try:
+            self.token = resolve_token(self.hcfg)
+        except TokenError as exc:
+            raise HttpConfigError(str(exc)) from exc
+        self.ice_credentials = {
+            i: _read_secret(s.credential_file, f"http.ice_servers.{i}.credential_file")
+            for i, s in enumerate(self.hcfg.ice_servers) if s.credential_file
+        }  # fmt: skip
+        self.ssl_context: ssl.SSLContext | None = None
+        if self.hcfg.tls_cert_file:
+            self.ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                self.ssl_context.load_cert_chain(self.hcfg.tls_cert_file, self.hcfg.tls_key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise HttpConfigError(f"http.tls_cert_file/tls_key_file: {exc}") from exc
+        self.viewers = ViewerRegistry(self.hcfg.max_viewers)
+        self.encoders: dict[str, PreviewEncoder] = {}
+        self.metrics = Metrics(self._stats)
+        self.names: dict[int, str] = {}
+        self._overlay: dict[str, list[dict]] = {}
+        self._pipeline: LivePipeline | None = None
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        ice.install()
+
+    # ---- service protocol ---------------------------------------------------------------------
+
+    async def start(self, pipeline: LivePipeline) -> None:
+        self._pipeline = pipeline
+        for name, ring in pipeline.rings.items():
+            overlay = (lambda n=name: self._overlay.get(n, [])) if self.hcfg.server_side_boxes else None
+            self.encoders[name] = PreviewEncoder(name, ring, self.hcfg, overlay, self._on_encoded)
+        app = self.build_app()
+        self._runner = web.AppRunner(app, access_log=None)  # an access log would carry ?token= query strings
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.hcfg.host, self.hcfg.port, ssl_context=self.ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise PipelineError(f"http: cannot listen on {self.hcfg.host}:{self.hcfg.port}: {exc.strerror}") from exc
+        port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else self.hcfg.port
+        self.port = port
+        scheme = "https" if self.ssl_context else "http"
+        host = f"[{self.hcfg.host}]" if ":" in self.hcfg.host else self.hcfg.host
+        self.url = f"{scheme}://{host}:{port}/"
+        self._announce()
+
+    def _announce(self) -> None:
+        tok = self.token
+        if tok.token is None:
+            log.info("preview and API on %s", self.url)
+            print(f"vigil: preview at {self.url}", file=sys.stderr, flush=True)
+        elif tok.generated:
+            # Printed once, when generated; afterwards it lives only in the 0600 file.
+            print(f"vigil: preview at {self.url}?token={tok.token}  (token {tok.origin})", file=sys.stderr, flush=True)
+        else:
+            log.info("preview and API on %s (token from %s)", self.url, tok.origin)
+            print(f"vigil: preview at {self.url}?token=<token from {tok.origin}>", file=sys.stderr, flush=True)
+
+    def on_model_ready(self, names: dict[int, str]) -> None:
+        self.names = dict(names)
+
+    def on_system_event(self, event: dict) -> None:
+        for v in self.viewers.viewers(event.get("camera")):
+            v.send({"type": "system", "event": event["type"], "reason": event["reason"]})
+
+    async def stop(self) -> None:
+        await self.viewers.close_all()
+        for enc in self.encoders.values():
+            await enc.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def stats_section(self) -> tuple[str, dict]:
+        enc_ms = [e.last_encode_ms for e in self.encoders.values() if e.last_encode_ms is not None]
+        return "webrtc", {
+            "viewers": len(self.viewers), "sessions": self.viewers.sessions,
+            "rejected_full": self.viewers.rejected_full,
+            "encoded": sum(e.frames_encoded for e in self.encoders.values()),
+            "encode_ms_last": round(max(enc_ms), 2) if enc_ms else None,
+        }  # fmt: skip
+
+    # ---- sink protocol ------------------------------------------------------------------------
+
+    def handle(self, record: dict, result: FrameResult) -> None:
+        self.metrics.observe(record, result)
+        viewers = self.viewers.viewers(result.camera)
+        if not viewers and not self.hcfg.server_side_boxes:
+            return
+        w, h = max(1, record["width"]), max(1, record["height"])
+        boxes = [
+            {"label": d["label"], "confidence": d["confidence"],
+             "box_norm": [round(d["box"][0] / w, 4), round(d["box"][1] / h, 4),
+                          round(d["box"][2] / w, 4), round(d["box"][3] / h, 4)]}
+            for d in record["detections"]
+        ]  # fmt: skip
+        self._overlay[result.camera] = boxes
+        msg = {
+            "type": "detections", "seq": record["seq"],
+            "captured_at": round(result.frame.captured_wall * 1e3, 1),
+            "frame_age_ms": record["latency_ms"]["frame_age"], "inference_ms": record["latency_ms"]["inference"],
+            "boxes": boxes,
+        }  # fmt: skip
+        for v in viewers:
+            v.send(msg)
+
+    def close(self) -> None:
+        """Sink protocol; stop() does the work."""
+
+    def _on_encoded(self, frame: EncodedFrame) -> None:
+        self.metrics.encode.observe(frame.encode_ms / 1e3)
+
+    # ---- HTTP ---------------------------------------------------------------------------------
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.hcfg.max_body_bytes, middlewares=[json_errors, self._auth])
+        app.router.add_get("/", self._index)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/stats", self._stats_handler)
+        app.router.add_get("/api/config", self._config)
+        app.router.add_get("/api/cameras", self._cameras)
+        app.router.add_post("/api/webrtc/offer", self._offer)
+        app.router.add_static("/static/", str(resources.files("app.web") / "static"), show_index=False)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        expected = self.token.token
+        if expected is None or request.path.startswith(OPEN_PATHS):
+            return await handler(request)
+        if request.path == "/health" and not self.hcfg.health_requires_token:
+            return await handler(request)
+        if not token_matches(expected, presented_token(request.headers, request.query)):
+            raise json_error(web.HTTPUnauthorized, "a valid token is required (Authorization: Bearer <token>)",
+                             headers={"WWW-Authenticate": 'Bearer realm="vigil"'})  # fmt: skip
+        return await handler(request)
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        page = resources.files("app.web") / "static" / "index.html"
+        return web.Response(text=page.read_text(encoding="utf-8"), content_type="text/html",
+                            headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})  # fmt: skip
+
+    def _stats(self) -> dict:
+        if self._pipeline is None:
+            return {"cameras": {}}
+        return self._pipeline.stats_document()
+
+    async def _stats_handler(self, request: web.Request) -> web.Response:
+        return web.json_response(self._stats())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        p = self._pipeline
+        limit = self.hcfg.health_max_result_age_s
+        age = p.last_result_age_s() if p is not None else None
+        cameras = {s["camera"]: s["connected"] for s in (p.snapshot()["cameras"] if p else [])}
+        body = {"result_age_s": None if age is None else round(age, 2), "max_result_age_s": limit,
+                "cameras_connected": cameras}  # fmt: skip
+        if age is None:
+            return web.json_response({"status": "starting", "reason": "no result yet", **body}, status=503)
+        if age > limit:
+            reason = f"no result for {age:.1f} s (limit {limit:g} s)"
+            return web.json_response({"status": "unhealthy", "reason": reason, **body}, status=503)
+        return web.json_response({"status": "ok", **body})
+
+    async def _config(self, request: web.Request) -> web.Response:
+        return web.json_response(redact(self.cfg.model_dump(mode="json")))
+
+    async def _cameras(self, request: web.Request) -> web.Response:
+        cams = [{"name": c.name, "viewers": len(self.viewers.viewers(c.name))} for c in self.cfg.cameras]
+        return web.json_response({"cameras": cams, "max_viewers": self.hcfg.max_viewers,
+                                  "preview_fps": self.hcfg.preview_fps})  # fmt: skip
+
+    async def _offer(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            raise json_error(web.HTTPUnsupportedMediaType, "send the offer as application/json")
+        try:
+            body = json.loads(await request.text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise json_error(web.HTTPBadRequest, "the body is not valid JSON") from None
+        offer = parse_offer(body, list(self.encoders))
+        if not self.viewers.reserve():
+            limit = self.hcfg.max_viewers
+            raise json_error(web.HTTPServiceUnavailable, f"viewer limit reached (http.max_viewers={limit})",
+                             headers={"Retry-After": "5"})  # fmt: skip
+        try:
+            viewer, sdp = await answer_offer(
+                offer, self.hcfg, self.ice_credentials, self.encoders[offer.camera], self.viewers,
+                request.remote or "?",
+            )  # fmt: skip
+        except BaseException:
+            self.viewers.release_reservation()
+            raise
+        self.viewers.add(viewer)
+        log.info("viewer %d watching %s from %s", viewer.id, offer.camera, request.remote)
+        return web.json_response({"type": "answer", "sdp": sdp, "viewer": viewer.id})
