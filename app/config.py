@@ -154,7 +154,8 @@ class HttpConfig(_Strict):
     token_file: str | None = Field(None, description="file holding the API token (never logged)")
     token_env: str | None = Field(None, description="environment variable holding the API token")
     state_dir: str = Field(
-        ".vigil-state", description="where a generated token is kept (0600); the unit sets /var/lib/vigil"
+        default_factory=lambda: os.environ.get("STATE_DIRECTORY", ".vigil-state"),
+        description="where a generated token is kept (0600); under systemd, the unit's StateDirectory",
     )
     require_token: bool | None = Field(None, description="default: only when bound to a non-loopback address")
     health_requires_token: bool = Field(False, description="protect /health too")
@@ -165,6 +166,7 @@ class HttpConfig(_Strict):
     preview_fps: float = Field(15.0, gt=0, le=60, description="preview frames per second at most")
     preview_bitrate_kbps: int = Field(1200, ge=100, le=20000)
     preview_keyframe_s: float = Field(2.0, gt=0, description="keyframe interval of the shared encoder")
+    preview_nice: int = Field(10, ge=0, le=19, description="encoder thread niceness above the main process")
     server_side_boxes: bool = Field(False, description="draw boxes into the video (for clients without the page)")
     tls_cert_file: str | None = Field(None, description="serve HTTPS with this certificate")
     tls_key_file: str | None = None

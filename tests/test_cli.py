@@ -124,7 +124,7 @@ def run_args(model: Path, source: Path, *extra: str) -> list[str]:
     return [
         "run", "--config", str(REPO / "configs/default.yaml"),
         "--set", f"model.path={model}", "--set", f"cameras.0.source={source}",
-        "--set", "output.status_interval_s=1", *extra,
+        "--set", "output.status_interval_s=1", "--set", "http.port=0", *extra,
     ]  # fmt: skip
 
 

@@ -223,3 +223,29 @@ def test_health_can_require_the_token(tiny_model: Path, small_video: Path, tmp_p
                      health_requires_token=True)  # fmt: skip
     with Served(cfg) as s:
         assert http(f"{s.url}/health")[0] == 401
+
+
+def test_https_with_configured_certificate(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
+    import ssl
+
+    from broker import make_tls
+
+    tls = make_tls(tmp_path)
+    cfg = web_config(tiny_model, small_video, tls_cert_file=str(tls.cert), tls_key_file=str(tls.key))
+    with Served(cfg) as s:
+        assert s.url.startswith("https://127.0.0.1:")
+        ctx = ssl.create_default_context(cafile=str(tls.ca))
+        with urllib.request.urlopen(f"{s.url}/api/cameras", context=ctx, timeout=15) as r:
+            assert r.status == 200 and json.loads(r.read())["cameras"][0]["name"] == "cam"
+
+
+def test_bad_http_config_is_named(tmp_path: Path) -> None:
+    import pydantic
+
+    from app.config import HttpConfig
+    from app.web.auth import TokenError
+
+    with pytest.raises(pydantic.ValidationError, match="tls_cert_file and tls_key_file go together"):
+        HttpConfig(tls_cert_file="/x.pem")
+    with pytest.raises(TokenError, match=r"http\.token_file"):
+        resolve_token(HttpConfig(token_file=str(tmp_path / "missing")))

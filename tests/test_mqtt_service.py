@@ -179,7 +179,8 @@ def test_pipeline_runs_with_broker_down_and_connects_later(tiny_model: Path, sma
 
 def test_vigil_run_with_mqtt_and_tail(tiny_model: Path, small_video: Path, broker: Broker) -> None:
     sets = ["--set", f"model.path={tiny_model}", "--set", f"cameras.0.source={small_video}", "--set",
-            "mqtt.enabled=true", "--set", f"mqtt.port={broker.port}", "--set", "output.json_lines=false"]  # fmt: skip
+            "mqtt.enabled=true", "--set", f"mqtt.port={broker.port}", "--set", "output.json_lines=false",
+            "--set", "http.port=0"]  # fmt: skip
     run = subprocess.Popen([sys.executable, "-m", "app", "run", "--config", str(REPO / "configs/default.yaml"),
                             "--duration", "20", *sets], cwd=REPO, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:

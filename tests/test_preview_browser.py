@@ -10,9 +10,7 @@ import pytest
 from web_harness import Served, web_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver") or (
-    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
-)
+DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and DRIVER), reason="needs the Debian packages chromium and chromium-driver (make test installs them)"

@@ -81,7 +81,7 @@ def test_notifier_is_a_noop_without_systemd_and_speaks_the_protocol(tmp_path: Pa
 def start_vigil(tiny_model: Path, video: Path, notify: str, *sets: str, watchdog_usec: int = 400_000):
     args = [sys.executable, "-m", "app", "run", "--config", str(REPO / "configs/default.yaml"),
             "--set", f"model.path={tiny_model}", "--set", f"cameras.0.source={video}", "--set", "mqtt.enabled=false",
-            "--set", "output.json_lines=false", "--set", "output.status_interval_s=1",
+            "--set", "output.json_lines=false", "--set", "output.status_interval_s=1", "--set", "http.port=0",
             "--set", "worker.restart_backoff_s=0.2", *[x for s in sets for x in ("--set", s)]]  # fmt: skip
     env = {**os.environ, "NOTIFY_SOCKET": notify, "WATCHDOG_USEC": str(watchdog_usec)}
     return subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)

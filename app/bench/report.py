@@ -100,6 +100,24 @@ def render(results: dict) -> str:
                 f"{rc['out_of_order_results']} out-of-order results; main RSS {rc['main_rss_mb_start']} -> "
                 f"{rc['main_rss_mb_end']} MB ({rc['main_rss_growth_pct']:+.2f}%).",
             ]
+    pv = results["modes"].get("preview")
+    if pv:
+        rows = [(k.split("_")[1], v) for k, v in pv.items() if k.startswith("viewers_")]
+        lines += [
+            "",
+            f"WebRTC preview ({pv['preview']}; {pv['rounds']} interleaved rounds of {pv['seconds_per_window']} s "
+            "per viewer count; viewers are aiortc peers in a nice-19 process on the same box):",
+            "",
+            "| viewers | processed fps | vs 0 viewers | main-process CPU | CPU per viewer | video latency p50 | "
+            "detections delay p50 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for n, v in rows:
+            lines.append(
+                f"| {n} | {v['processed_fps']} {v['fps_rounds']} | {v['vs_0_viewers']}x | {v['main_cpu_pct']}% | "
+                f"{v['main_cpu_pct_per_viewer'] if v['main_cpu_pct_per_viewer'] is not None else '-'}% | "
+                f"{v.get('video_latency_ms_p50', '-')} ms | {v.get('detection_delay_ms_p50', '-')} ms |"
+            )
     rate = results["modes"].get("mqtt-rate")
     if rate:
         lines += [

@@ -31,7 +31,9 @@ from app.config import DEFAULT_MODEL_PATH, DEFAULT_SAMPLE_VIDEO, ModelConfig, Vi
 
 log = logging.getLogger(__name__)
 
-MODES = ("backend", "ultralytics", "detect", "live", "soak", "mqtt-rate", "mqtt-cost", "recycle", "leak")
+MODES = (
+    "backend", "ultralytics", "detect", "live", "soak", "mqtt-rate", "mqtt-cost", "recycle", "leak", "preview",
+)  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live-seconds", type=float, default=60.0)
     p.add_argument("--soak-frames", type=int, default=1000, help="results to collect in the soak mode")
     p.add_argument("--mqtt-seconds", type=float, default=20.0, help="seconds per MQTT run")
+    p.add_argument("--preview-seconds", type=float, default=20.0, help="window per viewer count (preview mode)")
+    p.add_argument("--preview-rounds", type=int, default=2, help="interleaved rounds of 0/1/4 viewers")
     p.add_argument("--recycle-seconds", type=float, default=600.0, help="length of the recycle soak")
     p.add_argument("--recycle-every-s", type=float, default=60.0, help="periodic recycle interval in that soak")
     p.add_argument("--threads", type=int, default=0)
@@ -241,6 +245,12 @@ def run_bench(args: argparse.Namespace) -> int:
             )
         if "leak" in modes:
             results["modes"]["leak"] = _announce("leak", bench_recycle(model, args.source, 90, 0, leak_mb=2.0))
+    if "preview" in modes:
+        from app.bench.preview_bench import bench_preview
+
+        results["modes"]["preview"] = _announce(
+            "preview", bench_preview(model, args.source, args.preview_seconds, args.preview_rounds)
+        )
     if "mqtt-rate" in modes:
         from app.bench.mqtt_bench import bench_mqtt_rate
 

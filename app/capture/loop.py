@@ -69,16 +69,17 @@ class CaptureLoop(threading.Thread):
         try:
             while not self._stop_event.is_set():
                 source = self.source_factory(self.camera.source)
+                outcome = "reconnect"
                 try:
                     outcome = self._run_source(source)
                 except Exception as exc:  # never let the thread die: count it and reconnect
                     log.exception("camera %s: unexpected capture error", self.camera.name)
                     self._note_error(f"{type(exc).__name__}: {exc}")
-                    outcome = "reconnect"
                 finally:
                     if not self._abandoned.is_set():  # counters now belong to the replacement loop
                         self.counters.corrupt += source.corrupt
-                        self.counters.connected = False
+                        if outcome != "reopen":  # a looping file stays connected across its loop point
+                            self.counters.connected = False
                     source.corrupt = 0
                     source.close()
                 if outcome == "finished":
@@ -97,6 +98,7 @@ class CaptureLoop(threading.Thread):
         try:
             source.open()
         except SourceError as exc:
+            self.counters.connected = False
             self.counters.open_failures += 1
             self._note_error(str(exc))
             return "reconnect"

@@ -13,8 +13,11 @@ import asyncio
 import contextlib
 import fractions
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import av
@@ -41,6 +44,12 @@ class EncodedFrame:
     width: int
     height: int
     encode_ms: float
+
+
+def _lower_priority(nice: int) -> None:
+    """Niceness is per thread on Linux: this lowers only the encoder thread."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
 
 
 class PacketQueue:
@@ -98,10 +107,11 @@ def draw_boxes(image: np.ndarray, boxes: list[dict]) -> None:
 class Vp8Encoder:
     """libvpx in real-time mode; rebuilt when the frame size changes."""
 
-    def __init__(self, bitrate_kbps: int, keyframe_frames: int, threads: int = 2) -> None:
+    def __init__(self, bitrate_kbps: int, keyframe_frames: int, threads: int = 1, cpu_used: int = 16) -> None:
         self.bitrate = bitrate_kbps * 1000
         self.keyframe_frames = max(1, keyframe_frames)
         self.threads = threads
+        self.cpu_used = cpu_used
         self._ctx: av.CodecContext | None = None
         self._size = (0, 0)
 
@@ -115,7 +125,7 @@ class Vp8Encoder:
         ctx.thread_count = self.threads
         ctx.options = {
             "deadline": "realtime",
-            "cpu-used": "8",  # fastest: the preview is a monitor, not an archive
+            "cpu-used": str(self.cpu_used),  # fastest: the preview is a monitor, not an archive
             "lag-in-frames": "0",  # no look-ahead: every frame leaves the encoder at once
             "error-resilient": "1",
             "static-thresh": "1",
@@ -164,6 +174,11 @@ class PreviewEncoder:
         self._force_keyframe = True
         self._last_seq = 0
         self._codec = Vp8Encoder(cfg.preview_bitrate_kbps, int(cfg.preview_keyframe_s * cfg.preview_fps))
+        # Its own thread, at a lower priority: on a box the detector saturates, the preview takes what is
+        # left instead of preempting ONNX Runtime's threads (which stall as a group when one is preempted).
+        self._executor = ThreadPoolExecutor(
+            1, f"preview-{camera}", initializer=_lower_priority, initargs=(cfg.preview_nice,)
+        )
         self.frames_encoded = 0
         self.last_encode_ms: float | None = None
 
@@ -196,6 +211,7 @@ class PreviewEncoder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _encode_newest(self) -> EncodedFrame | None:
         view = self.ring.read_latest(after_seq=self._last_seq)
@@ -227,7 +243,7 @@ class PreviewEncoder:
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             try:
-                frame = await loop.run_in_executor(None, self._encode_newest)
+                frame = await loop.run_in_executor(self._executor, self._encode_newest)
             except Exception:
                 log.exception("preview encoder for %s failed; starting a fresh one", self.camera)
                 self._codec = Vp8Encoder(self.cfg.preview_bitrate_kbps, self._codec.keyframe_frames)
