@@ -262,9 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     from app.assets import add_cli as add_assets_cli
+    from app.engine.cli import add_cli as add_engine_cli
     from app.mqtt.tail import add_cli as add_mqtt_cli
 
     add_assets_cli(sub)
+    add_engine_cli(sub)
     add_mqtt_cli(sub, _load)
     return p
 

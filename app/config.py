@@ -56,7 +56,11 @@ class CameraConfig(_Strict):
 
 class ModelConfig(_Strict):
     path: str = Field(DEFAULT_MODEL_PATH, description="ONNX model (or engine, with the TensorRT backend)")
-    backend: Literal["auto", "onnxruntime"] = "auto"
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+        "auto", description="auto: a validated cached TensorRT engine when TensorRT and a GPU are present, else ORT"
+    )
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp16", description="TensorRT engine precision")
+    engine_dir: str = Field("engines", description="TensorRT engine cache (engines + manifests)")
     conf: float = Field(0.25, ge=0.0, le=1.0, description="confidence threshold")
     iou: float = Field(0.7, ge=0.0, le=1.0, description="NMS IoU threshold")
     imgsz: int | None = Field(None, gt=0, description="input size; default: from the model")

@@ -64,7 +64,13 @@ def test_events_during_repeated_outages_are_all_delivered_in_order(tmp_path: Pat
     b = Broker(tmp_path, persistence=True).start()
     # A persistent-session subscriber, so it misses nothing while it reconnects after each restart.
     sub = Subscriber(b, "vigil/o/events", client_id="vigil-test-sub", clean=False)
-    time.sleep(0.3)
+    # Make the subscriber's session durable before any SIGKILL: a clean stop saves the broker's database
+    # (autosave alone may not have run yet, and a lost session would drop what arrives before it
+    # resubscribes: a test artefact, not the link's loss).
+    sub.subscribed.clear()
+    b.terminate()
+    b.start()
+    assert sub.subscribed.wait(10), "the subscriber is back"
     link = MqttLink(cfg(b, offline_queue=100000), "t3", "vigil/o/status")
     link.start()
     assert wait(lambda: link.stats.connected)

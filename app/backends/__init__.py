@@ -1,4 +1,4 @@
-"""Inference runtimes behind one small interface (`Backend`)."""
+"""Inference runtimes behind one small interface (`Backend`), and the choice between them."""
 
 from __future__ import annotations
 
@@ -6,20 +6,84 @@ import logging
 from pathlib import Path
 
 from app.backends.base import Backend, BackendError, TensorSpec
+from app.config import ModelConfig
 
-__all__ = ["Backend", "BackendError", "TensorSpec", "create_backend"]
+__all__ = ["Backend", "BackendError", "TensorSpec", "load_backend"]
 
 log = logging.getLogger(__name__)
 
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
-def create_backend(kind: str, path: str | Path, *, threads: int = 0, spin_wait: bool = True) -> tuple[Backend, str]:
-    """Returns the backend and the reason it was chosen (logged and shown in stats)."""
+
+def _onnxruntime(cfg: ModelConfig) -> Backend:
     from app.backends.onnxruntime import OnnxRuntimeBackend
 
-    if kind == "onnxruntime":
-        return OnnxRuntimeBackend(path, threads=threads, spin_wait=spin_wait), "configured"
-    if kind == "auto":
-        return OnnxRuntimeBackend(
-            path, threads=threads, spin_wait=spin_wait
-        ), "auto: ONNX Runtime (TensorRT backend not built in)"
-    raise BackendError(f"model.backend: unknown backend {kind!r}")
+    backend = OnnxRuntimeBackend(cfg.path, threads=cfg.threads, spin_wait=cfg.spin_wait)
+    backend.load()
+    return backend
+
+
+def _tensorrt(path: str | Path) -> Backend:
+    from app.backends.tensorrt import TensorRTBackend
+
+    backend = TensorRTBackend(path)
+    backend.load()
+    return backend
+
+
+def cached_engine(cfg: ModelConfig) -> Path:
+    """The validated engine for this ONNX on this GPU and TensorRT; raises CacheMiss saying why not."""
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    from app.engine.cache import EngineKey, file_sha256, lookup
+
+    cuda.init()
+    major, minor = cuda.Device(0).compute_capability()
+    size = cfg.imgsz or 640
+    key = EngineKey(file_sha256(cfg.path), cfg.precision, (1, 3, size, size), f"{major}.{minor}", trt.__version__)
+    return lookup(cfg.engine_dir, Path(cfg.path).stem, key)
+
+
+def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
+    """A loaded backend and the reason it was chosen (logged and shown in stats). `auto` falls back to ONNX
+    Runtime on the same model whenever the TensorRT path is unavailable or fails to load."""
+    path = Path(cfg.path)
+    is_engine = path.suffix in ENGINE_SUFFIXES
+    if cfg.backend == "onnxruntime":
+        if is_engine:
+            raise BackendError(f"model.backend onnxruntime cannot run the TensorRT engine {path.name}")
+        return _onnxruntime(cfg), "configured"
+    if cfg.backend == "tensorrt":
+        if is_engine:
+            return _tensorrt(path), "configured"
+        from app.engine.cache import CacheMiss
+
+        try:
+            return _tensorrt(cached_engine(cfg)), "configured (cached engine)"
+        except ImportError as exc:
+            raise BackendError(f"model.backend tensorrt: {exc.name} is not installed (the `gpu` extra)") from exc
+        except CacheMiss as exc:
+            raise BackendError(f"model.backend tensorrt: {exc}; build one with `vigil engine build`") from exc
+    from app.backends.tensorrt import tensorrt_available
+
+    ok, why = tensorrt_available()
+    if is_engine:
+        if not ok:
+            raise BackendError(f"{path.name} is a TensorRT engine, but {why}")
+        return _tensorrt(path), "auto: TensorRT engine file"
+    if not ok:
+        return _onnxruntime(cfg), f"auto: ONNX Runtime ({why})"
+    from app.engine.cache import CacheMiss
+
+    try:
+        engine = cached_engine(cfg)
+    except CacheMiss as miss:
+        return _onnxruntime(cfg), f"auto: ONNX Runtime (no usable TensorRT engine: {miss})"
+    except Exception as exc:  # a CUDA or file error while looking: the CPU path still works
+        return _onnxruntime(cfg), f"auto: ONNX Runtime (engine lookup failed: {type(exc).__name__}: {exc})"
+    try:
+        return _tensorrt(engine), f"auto: TensorRT engine {engine.name}"
+    except BackendError as exc:
+        log.error("TensorRT engine %s failed to load, falling back to ONNX Runtime: %s", engine.name, exc)
+        return _onnxruntime(cfg), f"auto: ONNX Runtime (TensorRT failed to load: {exc})"

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from app.backends import Backend, create_backend
+from app.backends import Backend, load_backend
 from app.config import ModelConfig
 from app.inference.decode import DecodeParams, YoloDecoder
 from app.inference.model_info import ModelInfo
@@ -33,8 +33,7 @@ class Detector:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> Detector:
-        backend, reason = create_backend(cfg.backend, cfg.path, threads=cfg.threads, spin_wait=cfg.spin_wait)
-        backend.load()
+        backend, reason = load_backend(cfg)
         info = ModelInfo.from_backend(backend, cfg.imgsz)
         classes = tuple(cfg.classes) if cfg.classes is not None else None
         params = DecodeParams(conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, classes=classes)

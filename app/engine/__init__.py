@@ -1,0 +1,1 @@
+"""TensorRT engines: cache keys and manifests, plan files, the builder (needs TensorRT)."""

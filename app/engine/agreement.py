@@ -1,0 +1,50 @@
+"""Detection agreement between two runs of a model (engine vs ONNX Runtime, INT8 vs FP32): F1 at an IoU
+threshold with the reference's boxes as ground truth, plus the mean confidence shift of matched boxes.
+This is the gate an engine must pass before it is used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.inference.decode import box_iou_one_to_many
+from app.messages import Detections
+
+
+@dataclass(frozen=True)
+class Agreement:
+    f1: float
+    precision: float
+    recall: float
+    matched: int
+    reference_boxes: int
+    candidate_boxes: int
+    mean_confidence_shift: float  # |candidate - reference| over matched boxes
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+def agreement(reference: list[Detections], candidate: list[Detections], iou: float = 0.5) -> Agreement:
+    """Greedy class-aware matching per frame, highest candidate confidence first (as mAP matching)."""
+    tp = n_ref = n_cand = 0
+    shifts: list[float] = []
+    for ref, cand in zip(reference, candidate, strict=True):
+        n_ref += len(ref)
+        n_cand += len(cand)
+        used = np.zeros(len(ref), bool)
+        for j in np.argsort(-cand.confidence):
+            same = (ref.class_id == cand.class_id[j]) & ~used
+            if not same.any():
+                continue
+            ious = np.where(same, box_iou_one_to_many(cand.xyxy[j], ref.xyxy) if len(ref) else 0.0, -1.0)
+            best = int(np.argmax(ious))
+            if ious[best] >= iou:
+                used[best] = True
+                tp += 1
+                shifts.append(abs(float(cand.confidence[j]) - float(ref.confidence[best])))
+    precision = tp / n_cand if n_cand else 1.0
+    recall = tp / n_ref if n_ref else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return Agreement(f1, precision, recall, tp, n_ref, n_cand, float(np.mean(shifts)) if shifts else 0.0)

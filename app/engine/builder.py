@@ -1,0 +1,139 @@
+"""ONNX -> TensorRT engine with the TensorRT 10 Python API, validated against ONNX Runtime before use.
+
+TensorRT 10: explicit batch (`create_network(0)`), builder flags FP16/INT8, an optimization profile when
+the ONNX input is dynamic, a timing cache kept next to the engines. TensorRT 11 networks are strongly
+typed (no precision flags): FP16 comes from an FP16 ONNX and INT8 from a Q/DQ ONNX, so for those the
+caller passes the converted model and the flags are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.engine.agreement import agreement
+from app.engine.cache import EngineKey, Manifest, Validation, file_sha256, now_iso, write_manifest
+
+log = logging.getLogger(__name__)
+
+F1_GATE = {"fp32": 0.99, "fp16": 0.98, "int8": 0.95}
+
+
+class EngineBuildError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "fp16"
+    imgsz: int = 640
+    workspace_mb: int = 2048
+    dla_core: int | None = None
+
+
+def _say(msg: str) -> None:
+    print(f"vigil engine: {msg}", file=sys.stderr, flush=True)
+
+
+def build_engine(onnx: Path, engine_dir: Path, opts: BuildOptions, validation_frames: list[np.ndarray]) -> Path:
+    try:
+        import pycuda.driver as cuda
+        import tensorrt as trt
+    except ImportError as exc:
+        raise EngineBuildError(f"{exc.name} is not installed: install the `gpu` extra or use JetPack's") from exc
+    cuda.init()
+    major, minor = cuda.Device(0).compute_capability()
+    trt_major = int(trt.__version__.split(".")[0])
+    key = EngineKey(file_sha256(onnx), opts.precision, (1, 3, opts.imgsz, opts.imgsz), f"{major}.{minor}",
+                    trt.__version__, opts.dla_core)  # type: ignore[arg-type]  # fmt: skip
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    engine_path = engine_dir / key.filename(onnx.stem)
+    t0 = time.monotonic()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    _say(f"parsing {onnx.name}")
+    if not parser.parse(onnx.read_bytes()):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError("the ONNX parser rejected the model:\n  " + "\n  ".join(errors))
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
+    if trt_major < 11:  # strongly typed from 11 on: precision comes from the ONNX itself
+        if opts.precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
+        elif opts.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)  # with a Q/DQ ONNX: explicit quantization, no calibrator
+            config.set_flag(trt.BuilderFlag.FP16)
+    if opts.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = opts.dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    inp = network.get_input(0)
+    if any(d < 0 for d in inp.shape):
+        profile = builder.create_optimization_profile()
+        shape = (1, 3, opts.imgsz, opts.imgsz)
+        profile.set_shape(inp.name, shape, shape, shape)
+        config.add_optimization_profile(profile)
+    cache_file = engine_dir / f"timing-sm{major}{minor}-trt{trt.__version__}.cache"
+    timing = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
+    config.set_timing_cache(timing, ignore_mismatch=False)
+    if hasattr(trt, "IProgressMonitor"):
+        config.progress_monitor = _progress_monitor(trt, _say)
+    _say(f"building {opts.precision} engine (minutes on a Jetson)")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineBuildError("TensorRT could not build the engine (see the messages above; out of workspace "
+                               f"memory? raise --workspace-mb from {opts.workspace_mb})")  # fmt: skip
+    cache_file.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    tmp = engine_path.with_suffix(".tmp")
+    tmp.write_bytes(memoryview(plan))
+    tmp.replace(engine_path)
+    seconds = time.monotonic() - t0
+    _say(f"built {engine_path.name} in {seconds:.0f} s; validating against ONNX Runtime")
+    validation = validate(onnx, engine_path, opts, validation_frames)
+    builder_info = {"workspace_mb": opts.workspace_mb, "imgsz": opts.imgsz, "tensorrt_major": trt_major}
+    write_manifest(Manifest(key, engine_path.name, str(onnx), now_iso(), round(seconds, 1), builder_info, validation),
+                   engine_path)  # fmt: skip
+    verdict = "passed" if validation.passed else "FAILED (the engine will not be used)"
+    _say(f"validation {verdict}: {validation.metric} {validation.value:.4f} (gate {validation.threshold})")
+    return engine_path
+
+
+def validate(onnx: Path, engine: Path, opts: BuildOptions, frames: list[np.ndarray]) -> Validation:
+    from app.config import ModelConfig
+    from app.inference.detector import Detector
+
+    ref = Detector.from_config(ModelConfig(path=str(onnx), backend="onnxruntime"))
+    cand = Detector.from_config(ModelConfig(path=str(engine), backend="tensorrt"))
+    a = agreement([ref.detect(f)[0] for f in frames], [cand.detect(f)[0] for f in frames])
+    gate = F1_GATE[opts.precision]
+    return Validation(a.f1 >= gate, "F1@IoU0.5 vs ONNX Runtime", a.f1, gate, len(frames), a.as_dict())
+
+
+def _progress_monitor(trt, say: Callable[[str], None]):
+    class Progress(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._last = 0.0
+
+        def phase_start(self, parent_phase, phase_name, num_steps):
+            say(f"  {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            now = time.monotonic()
+            if now - self._last > 5:
+                self._last = now
+                say(f"  {phase_name}: step {step}")
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            pass
+
+    return Progress()

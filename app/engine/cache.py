@@ -1,0 +1,123 @@
+"""Versioned engine cache: an engine is only ever loaded for the exact model, precision, input shape,
+GPU and TensorRT it was built for. A manifest beside each engine records how it was built and whether
+it passed validation against ONNX Runtime; an engine that has not passed is never used."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Precision = Literal["fp32", "fp16", "int8"]
+MANIFEST_VERSION = 1
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    onnx_sha256: str
+    precision: Precision
+    input_shape: tuple[int, ...]
+    compute_capability: str  # "8.6", "8.7" (Orin), ...
+    tensorrt_version: str
+    dla_core: int | None = None
+
+    def digest(self) -> str:
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def filename(self, model_stem: str) -> str:
+        dla = f".dla{self.dla_core}" if self.dla_core is not None else ""
+        sm = self.compute_capability.replace(".", "")
+        return f"{model_stem}.{self.precision}.sm{sm}{dla}.{self.digest()[:12]}.engine"
+
+
+@dataclass
+class Validation:
+    passed: bool
+    metric: str  # e.g. "F1@IoU0.5 vs ONNX Runtime"
+    value: float
+    threshold: float
+    frames: int
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    key: EngineKey
+    engine_file: str
+    onnx_path: str
+    built_at: str
+    build_seconds: float
+    builder: dict  # workspace, flags, profile, calibration source ...
+    validation: Validation | None = None
+    version: int = MANIFEST_VERSION
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["key"]["input_shape"] = list(self.key.input_shape)
+        data["key_digest"] = self.key.digest()
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        data.pop("key_digest", None)
+        key = data.pop("key")
+        key["input_shape"] = tuple(key["input_shape"])
+        validation = data.pop("validation", None)
+        return cls(key=EngineKey(**key), validation=Validation(**validation) if validation else None, **data)
+
+
+def manifest_path(engine: str | Path) -> Path:
+    return Path(str(engine) + ".json")
+
+
+def write_manifest(manifest: Manifest, engine: str | Path) -> Path:
+    path = manifest_path(engine)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(manifest.to_json())
+    tmp.replace(path)  # never a half-written manifest next to an engine
+    return path
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class CacheMiss(LookupError):
+    """Why no usable engine is cached (the builder then builds one)."""
+
+
+def lookup(cache_dir: str | Path, model_stem: str, key: EngineKey) -> Path:
+    """The cached engine for exactly this key, validated; raises CacheMiss saying why not."""
+    engine = Path(cache_dir) / key.filename(model_stem)
+    mpath = manifest_path(engine)
+    if not engine.is_file():
+        raise CacheMiss(f"no engine {engine.name} yet")
+    if not mpath.is_file():
+        raise CacheMiss(f"{engine.name} has no manifest; rebuilding rather than trusting it")
+    try:
+        manifest = Manifest.from_json(mpath.read_text())
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CacheMiss(f"{mpath.name} is unreadable ({exc}); rebuilding") from None
+    if manifest.key != key:
+        raise CacheMiss(f"{engine.name} was built for another key ({_diff(manifest.key, key)}); rebuilding")
+    if manifest.validation is None or not manifest.validation.passed:
+        raise CacheMiss(f"{engine.name} did not pass validation; rebuilding")
+    return engine
+
+
+def _diff(a: EngineKey, b: EngineKey) -> str:
+    da, db = asdict(a), asdict(b)
+    return ", ".join(f"{k}: {da[k]} != {db[k]}" for k in da if da[k] != db[k]) or "digest"

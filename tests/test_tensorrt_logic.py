@@ -1,0 +1,241 @@
+"""The TensorRT path's own logic on CPU: engine cache keys and manifests, Ultralytics plan headers, I/O
+planning against a stand-in of the TensorRT 10 engine API (our logic, not TensorRT's results), and
+backend selection/fallback on a machine without TensorRT."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.backends import BackendError, load_backend
+from app.backends.tensorrt_io import IoTensor, bind, plan_io, set_addresses
+from app.config import ModelConfig
+from app.engine.cache import CacheMiss, EngineKey, Manifest, Validation, lookup, now_iso, write_manifest
+from app.engine.plan_file import read_plan, split_plan, with_header
+
+KEY = EngineKey("ab" * 32, "fp16", (1, 3, 640, 640), "8.7", "10.3.0")
+
+
+def test_key_digest_changes_with_every_field() -> None:
+    seen = {KEY.digest()}
+    for change in ({"onnx_sha256": "cd" * 32}, {"precision": "int8"}, {"input_shape": (1, 3, 320, 320)},
+                   {"compute_capability": "8.6"}, {"tensorrt_version": "10.4.0"}, {"dla_core": 0}):  # fmt: skip
+        seen.add(dataclasses.replace(KEY, **change).digest())
+    assert len(seen) == 7
+    assert KEY.digest() == EngineKey("ab" * 32, "fp16", (1, 3, 640, 640), "8.7", "10.3.0").digest(), "stable"
+    assert KEY.filename("yolo").startswith("yolo.fp16.sm87.") and KEY.filename("yolo").endswith(".engine")
+
+
+def _cached(tmp_path: Path, key: EngineKey = KEY, passed: bool = True) -> Path:
+    engine = tmp_path / key.filename("yolo")
+    engine.write_bytes(b"plan")
+    validation = Validation(passed, "F1@IoU0.5 vs ONNX Runtime", 0.99 if passed else 0.5, 0.98, 200)
+    write_manifest(Manifest(key, engine.name, "yolo.onnx", now_iso(), 12.5, {"workspace_mb": 1024}, validation), engine)
+    return engine
+
+
+def test_manifest_round_trip_and_cache_hit(tmp_path: Path) -> None:
+    engine = _cached(tmp_path)
+    manifest = Manifest.from_json((tmp_path / (engine.name + ".json")).read_text())
+    assert manifest.key == KEY and manifest.validation is not None and manifest.validation.passed
+    assert json.loads((tmp_path / (engine.name + ".json")).read_text())["key_digest"] == KEY.digest()
+    assert lookup(tmp_path, "yolo", KEY) == engine
+
+
+def test_cache_misses_say_why(tmp_path: Path) -> None:
+    with pytest.raises(CacheMiss, match="no engine"):
+        lookup(tmp_path, "yolo", KEY)
+    engine = tmp_path / KEY.filename("yolo")
+    engine.write_bytes(b"plan")
+    with pytest.raises(CacheMiss, match="no manifest"):
+        lookup(tmp_path, "yolo", KEY)
+    (tmp_path / (engine.name + ".json")).write_text("{broken")
+    with pytest.raises(CacheMiss, match="unreadable"):
+        lookup(tmp_path, "yolo", KEY)
+    _cached(tmp_path, passed=False)
+    with pytest.raises(CacheMiss, match="did not pass validation"):
+        lookup(tmp_path, "yolo", KEY)
+    # A manifest whose key differs from the file name's (copied or tampered with) is not trusted.
+    other = dataclasses.replace(KEY, tensorrt_version="10.0.1")
+    write_manifest(Manifest(other, engine.name, "yolo.onnx", now_iso(), 1.0, {}, Validation(True, "f1", 1, 0.98, 1)),
+                   engine)  # fmt: skip
+    with pytest.raises(CacheMiss, match=r"tensorrt_version: 10\.0\.1 != 10\.3\.0"):
+        lookup(tmp_path, "yolo", KEY)
+
+
+def test_ultralytics_header_is_split_off(tmp_path: Path) -> None:
+    plan = b"\x00\x01ftrt" + bytes(range(256))
+    meta = {"stride": 32, "names": {"0": "Normal", "1": "Fall"}, "imgsz": [640, 640]}
+    (tmp_path / "u.engine").write_bytes(with_header(plan, meta))
+    got = read_plan(tmp_path / "u.engine")
+    assert got.plan == plan and got.metadata == meta
+    assert split_plan(plan).plan == plan and split_plan(plan).metadata is None, "plain plans pass through"
+    fake = (7).to_bytes(4, "little") + b"{notjs}" + b"rest"
+    assert split_plan(fake).metadata is None and split_plan(fake).plan == fake
+
+
+# ---- a stand-in for the TensorRT 10 engine/context API (names and semantics of the real one) --------
+
+
+class _Trt:
+    class TensorIOMode:
+        INPUT, OUTPUT = "INPUT", "OUTPUT"
+
+    @staticmethod
+    def nptype(dtype):
+        return {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32}[dtype]
+
+
+class _Engine:
+    def __init__(self, tensors, profile=None) -> None:
+        self._t = tensors  # name -> (mode, dtype, shape)
+        self._profile = profile or {}
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self._t)
+
+    def get_tensor_name(self, i):
+        return list(self._t)[i]
+
+    def get_tensor_mode(self, name):
+        return self._t[name][0]
+
+    def get_tensor_dtype(self, name):
+        return self._t[name][1]
+
+    def get_tensor_shape(self, name):
+        return self._t[name][2]
+
+    def get_tensor_profile_shape(self, name, profile):
+        return self._profile[name]
+
+
+class _Context:
+    def __init__(self, out_shapes) -> None:
+        self.calls: list[tuple] = []
+        self.inputs_set: set[str] = set()
+        self._out = out_shapes
+
+    def set_input_shape(self, name, shape):
+        self.calls.append(("shape", name, tuple(shape)))
+        self.inputs_set.add(name)
+        return True
+
+    def get_tensor_shape(self, name):
+        assert self.inputs_set, "TensorRT knows output shapes only after every input shape is set"
+        return self._out[name]
+
+    def set_tensor_address(self, name, addr):
+        self.calls.append(("addr", name, addr))
+        return True
+
+
+def _yolo_engine(dynamic: bool = False) -> _Engine:
+    shape = (-1, 3, -1, -1) if dynamic else (1, 3, 640, 640)
+    tensors = {
+        "images": ("INPUT", "FLOAT", shape),
+        "output0": ("OUTPUT", "FLOAT", (1, 6, -1) if dynamic else (1, 6, 8400)),
+    }
+    profile = {"images": ((1, 3, 320, 320), (1, 3, 640, 640), (1, 3, 1280, 1280))}
+    return _Engine(tensors, profile)
+
+
+def test_io_plan_static_engine() -> None:
+    inputs, outputs = plan_io(_yolo_engine(), _Trt)
+    assert inputs == [IoTensor("images", True, np.dtype(np.float32), (1, 3, 640, 640))]
+    assert outputs[0].name == "output0" and outputs[0].shape == (1, 6, 8400)
+    assert inputs[0].nbytes == 640 * 640 * 3 * 4
+
+
+def test_io_plan_dynamic_engine_resolves_within_the_profile() -> None:
+    inputs, outputs = plan_io(_yolo_engine(dynamic=True), _Trt, input_hw=(480, 640))
+    assert inputs[0].shape == (1, 3, 480, 640)
+    ctx = _Context({"output0": (1, 6, 6300)})
+    resolved = bind(ctx, inputs, outputs)
+    assert resolved[0].shape == (1, 6, 6300)
+    set_addresses(ctx, [*inputs, *resolved], {"images": 0x1000, "output0": 0x2000})
+    assert ctx.calls == [("shape", "images", (1, 3, 480, 640)), ("addr", "images", 0x1000), ("addr", "output0", 0x2000)]
+    with pytest.raises(BackendError, match="outside its profile"):
+        plan_io(_yolo_engine(dynamic=True), _Trt, input_hw=(2000, 2000))
+
+
+def test_io_plan_rejects_engines_that_are_not_single_image_detectors() -> None:
+    two = _Engine({"a": ("INPUT", "FLOAT", (1, 3, 64, 64)), "b": ("INPUT", "FLOAT", (1, 3, 64, 64)),
+                   "o": ("OUTPUT", "FLOAT", (1, 6, 84))})  # fmt: skip
+    with pytest.raises(BackendError, match="one image input"):
+        plan_io(two, _Trt)
+    ints = _Engine({"a": ("INPUT", "INT32", (1, 3, 64, 64)), "o": ("OUTPUT", "FLOAT", (1, 6, 84))})
+    with pytest.raises(BackendError, match="expected float32"):
+        plan_io(ints, _Trt)
+    with pytest.raises(BackendError, match="no device buffer"):
+        set_addresses(_Context({}), [IoTensor("x", True, np.dtype(np.float32), (1,))], {})
+
+
+# ---- selection on a machine without TensorRT (CI) -------------------------------------------------
+
+
+def test_auto_falls_back_to_onnxruntime_and_says_why(tiny_model: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here: the GPU suite covers selection")
+    except ImportError:
+        pass
+    backend, reason = load_backend(ModelConfig(path=str(tiny_model)))
+    assert backend.name == "onnxruntime" and "tensorrt is not installed" in reason
+
+
+def test_explicit_backends_fail_clearly(tiny_model: Path, tmp_path: Path) -> None:
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"x")
+    with pytest.raises(BackendError, match="cannot run the TensorRT engine"):
+        load_backend(ModelConfig(path=str(engine), backend="onnxruntime"))
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendError, match="is a TensorRT engine, but tensorrt is not installed"):
+            load_backend(ModelConfig(path=str(engine)))
+        with pytest.raises(BackendError, match="not installed"):
+            load_backend(ModelConfig(path=str(tiny_model), backend="tensorrt"))
+
+
+def test_agreement_f1_and_confidence_shift() -> None:
+    from app.engine.agreement import agreement
+    from app.messages import Detections
+
+    def dets(rows):
+        a = np.asarray(rows, np.float32).reshape(-1, 6)
+        return Detections(a[:, :4], a[:, 4], a[:, 5].astype(np.int32))
+
+    ref = [dets([[0, 0, 10, 10, 0.9, 0], [20, 20, 40, 40, 0.8, 1]]), dets([])]
+    same = agreement(ref, ref)
+    assert same.f1 == 1.0 and same.mean_confidence_shift == 0.0
+    shifted = [dets([[1, 1, 10, 10, 0.8, 0], [20, 20, 40, 40, 0.7, 0]]), dets([[5, 5, 9, 9, 0.5, 0]])]
+    a = agreement(ref, shifted)
+    # one match (class 0, IoU 0.81); the second box has the wrong class; one extra box in frame 2
+    assert a.matched == 1 and a.reference_boxes == 2 and a.candidate_boxes == 3
+    assert a.recall == 0.5 and abs(a.precision - 1 / 3) < 1e-9 and abs(a.mean_confidence_shift - 0.1) < 1e-6
+    assert agreement([dets([])], [dets([])]).f1 == 1.0
+
+
+def test_engine_build_without_tensorrt_is_a_clear_error() -> None:
+    import subprocess
+    import sys
+
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    from conftest import REPO
+
+    res = subprocess.run([sys.executable, "-m", "app", "engine", "build", "--frames", "2"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "is not installed" in res.stderr and "Traceback" not in res.stderr
