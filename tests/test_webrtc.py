@@ -107,3 +107,30 @@ def test_fifty_connect_disconnect_cycles_release_everything(tiny_model: Path, sm
 
 async def _count_tasks() -> int:
     return len(asyncio.all_tasks())
+
+
+def test_viewer_stays_connected_through_a_worker_recycle(tiny_model: Path, small_video: Path) -> None:
+    cfg = web_config(tiny_model, small_video, preview_width=128)
+    cfg.watchdog.recycle_every_h = 2 / 3600
+    with Served(cfg) as s:
+
+        async def scenario():
+            v = Viewer()
+            assert await v.connect(s.url) == 200
+            await v.frames(5)
+            for _ in range(200):  # until the blue-green switch has happened
+                if s.pipe.worker_recycles >= 1:
+                    break
+                await asyncio.sleep(0.05)
+            before = len(v.of_type("detections"))
+            frames = await v.frames(20)  # video keeps flowing on the same connection
+            await asyncio.sleep(0.5)
+            state = v.pc.connectionState
+            await v.close()
+            return v, frames, before, state
+
+        v, frames, before, state = run(scenario())
+        assert s.pipe.worker_recycles >= 1 and s.pipe.worker_restarts == 0
+    assert state == "connected" and len(frames) == 20
+    assert len(v.of_type("detections")) > before, "results from the new worker reach the same viewer"
+    assert any(m.get("event") == "recycle" for m in v.of_type("system")), "the viewer is told about it"
