@@ -32,7 +32,7 @@ from app.config import DEFAULT_MODEL_PATH, DEFAULT_SAMPLE_VIDEO, ModelConfig, Vi
 log = logging.getLogger(__name__)
 
 MODES = (
-    "backend", "ultralytics", "detect", "live", "soak", "mqtt-rate", "mqtt-cost", "recycle", "leak", "preview",
+    "backend", "ultralytics", "detect", "live", "soak", "mqtt-rate", "mqtt-cost", "recycle", "leak", "preview", "int8",
 )  # fmt: skip
 
 
@@ -245,6 +245,10 @@ def run_bench(args: argparse.Namespace) -> int:
             )
         if "leak" in modes:
             results["modes"]["leak"] = _announce("leak", bench_recycle(model, args.source, 90, 0, leak_mb=2.0))
+    if "int8" in modes:
+        from app.bench.int8_bench import bench_int8
+
+        results["modes"]["int8"] = _announce("int8", bench_int8(model, args.source))
     if "preview" in modes:
         from app.bench.preview_bench import bench_preview
 

@@ -48,3 +48,40 @@ def agreement(reference: list[Detections], candidate: list[Detections], iou: flo
     recall = tp / n_ref if n_ref else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return Agreement(f1, precision, recall, tp, n_ref, n_cand, float(np.mean(shifts)) if shifts else 0.0)
+
+
+def map50(reference: list[Detections], candidate: list[Detections], iou: float = 0.5) -> float:
+    """mAP at IoU 0.5 of `candidate` against `reference` as pseudo-labels (all-point interpolated AP,
+    averaged over the classes the reference contains)."""
+    classes = sorted({int(c) for r in reference for c in r.class_id})
+    aps = []
+    for cls in classes:
+        scores, hits, n_gt = [], [], 0
+        for ref, cand in zip(reference, candidate, strict=True):
+            gt = ref.xyxy[ref.class_id == cls]
+            n_gt += len(gt)
+            used = np.zeros(len(gt), bool)
+            sel = np.where(cand.class_id == cls)[0]
+            for j in sel[np.argsort(-cand.confidence[sel])]:
+                scores.append(float(cand.confidence[j]))
+                if len(gt):
+                    ious = np.where(used, -1.0, box_iou_one_to_many(cand.xyxy[j], gt))
+                    k = int(np.argmax(ious))
+                    if ious[k] >= iou:
+                        used[k] = True
+                        hits.append(1)
+                        continue
+                hits.append(0)
+        if n_gt == 0:
+            continue
+        order = np.argsort(-np.asarray(scores)) if scores else np.array([], int)
+        tp = np.cumsum(np.asarray(hits)[order]) if len(order) else np.array([0])
+        fp = np.cumsum(1 - np.asarray(hits)[order]) if len(order) else np.array([0])
+        recall = tp / n_gt
+        precision = tp / np.maximum(tp + fp, 1)
+        mrec = np.concatenate([[0.0], recall, [1.0]])
+        mpre = np.concatenate([[1.0], precision, [0.0]])
+        mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+        idx = np.where(mrec[1:] != mrec[:-1])[0]
+        aps.append(float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1])))
+    return float(np.mean(aps)) if aps else 1.0

@@ -46,6 +46,48 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Frames -> Q/DQ INT8 ONNX -> accuracy gate on frames that were not used for calibration."""
+    import json
+
+    from app.config import ModelConfig
+    from app.engine.agreement import agreement, map50
+    from app.engine.calibrate import extract_frames, load_frames, quantize
+    from app.inference.detector import Detector
+
+    out_dir = Path("calibration") / args.name
+    if args.from_video:
+        fs = extract_frames(args.from_video, args.frames, out_dir)
+        print(f"vigil engine: {len(fs.files)} frames from {args.from_video} -> {out_dir}", file=sys.stderr)
+    frames = load_frames(out_dir)
+    if len(frames) < 10:
+        print(f"error: {out_dir} has {len(frames)} frames; extract some with --from-video", file=sys.stderr)
+        return 2
+    every = max(2, args.holdout_every)
+    held = frames[every - 1 :: every]
+    calib = [f for i, f in enumerate(frames) if i % every != every - 1]
+    output = Path(args.output or Path(args.model).with_suffix("").as_posix() + f".int8-{args.name}.onnx")
+    settings = quantize(args.model, output, calib, method=args.method, exclude=args.exclude,
+                        conv_only=not args.all_ops, keep_first_convs=args.keep_first_convs)  # fmt: skip
+    ref = Detector.from_config(ModelConfig(path=args.model, backend="onnxruntime"))
+    q = Detector.from_config(ModelConfig(path=str(output), backend="onnxruntime"))
+    ref_dets = [ref.detect(f)[0] for f in held]
+    q_dets = [q.detect(f)[0] for f in held]
+    a = agreement(ref_dets, q_dets)
+    passed = a.f1 >= args.min_f1 and a.mean_confidence_shift <= args.max_shift
+    gate = {"min_f1": args.min_f1, "max_confidence_shift": args.max_shift, "passed": passed}
+    report = {**settings, "holdout_frames": len(held), **a.as_dict(),
+              "map50_vs_fp32": round(map50(ref_dets, q_dets), 4), "gate": gate}  # fmt: skip
+    Path(str(output) + ".json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report))
+    if not passed:
+        print(f"error: INT8 model failed the accuracy gate (F1 {a.f1:.3f}, confidence shift "
+              f"{a.mean_confidence_shift:.3f}); do not deploy it: try --method percentile, more in-domain "
+              "frames, or --exclude head", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
 def add_cli(sub) -> None:
     e = sub.add_parser("engine", help="TensorRT engines (needs the `gpu` extra or JetPack)")
     esub = e.add_subparsers(dest="engine_cmd", required=True)
@@ -60,3 +102,17 @@ def add_cli(sub) -> None:
     b.add_argument("--source", default=DEFAULT_SAMPLE_VIDEO, help="video for the validation frames")
     b.add_argument("--frames", type=int, default=100, help="validation frames")
     b.set_defaults(func=cmd_build)
+    c = esub.add_parser("calibrate", help="INT8 Q/DQ ONNX from in-domain frames, with an accuracy gate")
+    c.add_argument("--model", default=DEFAULT_MODEL_PATH, help="FP32 ONNX model")
+    c.add_argument("--from-video", default=None, help="extract frames from this video into calibration/<name>/")
+    c.add_argument("--frames", type=int, default=500)
+    c.add_argument("--name", default="default", help="calibration set name (calibration/<name>/)")
+    c.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    c.add_argument("--exclude", choices=("head", "head-post", "none"), default="head", help="what stays float")
+    c.add_argument("--keep-first-convs", type=int, default=3, help="stem convolutions kept float (measured)")
+    c.add_argument("--all-ops", action="store_true", help="quantize activations too, not only Conv (faster, worse)")
+    c.add_argument("--holdout-every", type=int, default=5, help="every Nth frame is kept out for the gate")
+    c.add_argument("--min-f1", type=float, default=0.95)
+    c.add_argument("--max-shift", type=float, default=0.03, help="mean confidence shift allowed")
+    c.add_argument("--output", default=None, help="Q/DQ ONNX (default: next to the model)")
+    c.set_defaults(func=cmd_calibrate)

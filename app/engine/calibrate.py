@@ -1,0 +1,146 @@
+"""INT8 by explicit quantization: a Q/DQ ONNX made with ONNX Runtime's static quantization from
+in-domain frames preprocessed exactly like inference. The same Q/DQ model runs on ONNX Runtime's CPU
+INT8 kernels and is what TensorRT builds as INT8 (TensorRT 11 has no other INT8 path).
+
+Quantizing the whole YOLO graph collapses its confidences: the detect head (box/DFL decode, the final
+concat and sigmoid) needs float range. `exclude` picks what stays float:
+- "head": every node of the detect head (the last `/model.N/` module of an Ultralytics export);
+- "head-post": only the head's non-Conv nodes and the DFL (faster, less accurate);
+- "none": everything quantized (for comparison).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from app.inference.preprocess import Preprocessor
+
+EXCLUDE_POLICIES = ("head", "head-post", "none")
+# minmax keeps only per-tensor min/max per frame; ORT's entropy/percentile calibrators keep every
+# frame's full activations until the end (~GBs per 10 frames for a YOLOv8s at 640): use few frames.
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass
+class FrameSet:
+    """Frames extracted from a video for calibration, and how (kept as calibration/<name>/frames.json)."""
+
+    source: str
+    source_sha256: str
+    indices: list[int]
+    files: list[str]
+    created: str
+
+
+def extract_frames(video: str | Path, n: int, out_dir: str | Path) -> FrameSet:
+    """Evenly spaced frames of `video` as PNG into `out_dir`, with a record of which and from what."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cap = cv2.VideoCapture(str(video))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    if total <= 0:
+        raise ValueError(f"{video}: cannot read a frame count (not a video file?)")
+    wanted = np.unique(np.linspace(0, total - 1, num=min(n, total)).round().astype(int)).tolist()
+    files, got, i = [], [], 0
+    want = set(wanted)
+    while len(got) < len(wanted):
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if i in want:
+            name = f"frame_{i:06d}.png"
+            cv2.imwrite(str(out / name), frame)
+            files.append(name)
+            got.append(i)
+        i += 1
+    cap.release()
+    digest = hashlib.sha256(Path(video).read_bytes()).hexdigest()
+    fs = FrameSet(str(video), digest, got, files, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    (out / "frames.json").write_text(json.dumps(asdict(fs), indent=1))
+    return fs
+
+
+def load_frames(directory: str | Path) -> list[np.ndarray]:
+    d = Path(directory)
+    record = d / "frames.json"
+    names = json.loads(record.read_text())["files"] if record.is_file() else sorted(p.name for p in d.glob("*.png"))
+    return [img for img in (cv2.imread(str(d / n)) for n in names) if img is not None]
+
+
+def head_nodes(model, policy: str) -> list[str]:
+    """Names of the nodes that stay float under `policy`."""
+    if policy == "none":
+        return []
+    modules = [int(m.group(1)) for n in model.graph.node if (m := re.match(r"^/model\.(\d+)/", n.name))]
+    if not modules:
+        raise ValueError("cannot find the detect head: not an Ultralytics-style export (no /model.N/ node names)")
+    head = f"/model.{max(modules)}/"
+    nodes = [n for n in model.graph.node if n.name.startswith(head)]
+    if policy == "head":
+        return [n.name for n in nodes]
+    return [n.name for n in nodes if n.op_type != "Conv" or "/dfl/" in n.name]
+
+
+class _Reader:
+    """Feeds calibration frames to ONNX Runtime, preprocessed exactly like the live pipeline."""
+
+    def __init__(self, input_name: str, input_hw: tuple[int, int], frames: list[np.ndarray]) -> None:
+        self._pre = Preprocessor(input_hw)
+        self._name = input_name
+        self._it = iter(frames)
+
+    def get_next(self):
+        frame = next(self._it, None)
+        if frame is None:
+            return None
+        blob, _ = self._pre(frame)
+        return {self._name: blob.copy()}
+
+    def rewind(self) -> None:  # the interface has it; one pass is all we need
+        pass
+
+
+def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray], *, method: str = "minmax",
+             exclude: str = "head", per_channel: bool = True, conv_only: bool = False,
+             keep_first_convs: int = 0) -> dict:  # fmt: skip
+    """Writes the Q/DQ model; returns the settings (recorded beside it)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+    if method not in CALIBRATION_METHODS or exclude not in EXCLUDE_POLICIES:
+        raise ValueError(f"method one of {CALIBRATION_METHODS}, exclude one of {EXCLUDE_POLICIES}")
+    model = onnx.load(str(onnx_in))
+    inp = model.graph.input[0]
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    excluded = head_nodes(model, exclude)
+    # The stem sees raw pixels (a range unlike any later layer): quantizing it costs the most accuracy.
+    excluded += [n.name for n in model.graph.node if n.op_type == "Conv"][:keep_first_convs]
+
+    class Reader(_Reader, CalibrationDataReader):
+        pass
+
+    t0 = time.monotonic()
+    quantize_static(
+        str(onnx_in), str(onnx_out), Reader(inp.name, (dims[2], dims[3]), frames),
+        quant_format=QuantFormat.QDQ, per_channel=per_channel,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                          "percentile": CalibrationMethod.Percentile}[method],
+        nodes_to_exclude=excluded,
+        op_types_to_quantize=["Conv"] if conv_only else None,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )  # fmt: skip
+    settings = {"method": method, "exclude": exclude, "excluded_nodes": len(excluded), "per_channel": per_channel,
+                "conv_only": conv_only, "keep_first_convs": keep_first_convs,
+                "calibration_frames": len(frames), "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
+    Path(str(onnx_out) + ".json").write_text(json.dumps(settings, indent=1))
+    return settings
