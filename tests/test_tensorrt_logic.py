@@ -239,3 +239,48 @@ def test_engine_build_without_tensorrt_is_a_clear_error() -> None:
     res = subprocess.run([sys.executable, "-m", "app", "engine", "build", "--frames", "2"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 2 and "is not installed" in res.stderr and "Traceback" not in res.stderr
+
+
+class _Flaky:
+    """A backend that raises like a CUDA error after `ok` calls (the GPU path's failure, on CPU)."""
+
+    name = "flaky-gpu"
+
+    def __init__(self, ok: int, value: float = 1.0) -> None:
+        self.ok, self.calls, self.value, self.closed = ok, 0, value, False
+        self.inputs, self.outputs, self.metadata, self.providers = [], [], {}, [self.name]
+
+    def load(self) -> None: ...
+
+    def infer(self, batch):
+        self.calls += 1
+        if self.calls > self.ok:
+            raise RuntimeError("cuMemcpyHtoDAsync failed: an illegal memory access was encountered")
+        return [np.full((1, 6, 4), self.value, np.float32)]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_failover_to_the_fallback_after_repeated_failures_and_retry_later(monkeypatch) -> None:
+    from app.backends.failover import FailoverBackend
+
+    primary = _Flaky(ok=2)
+    fallback = _Flaky(ok=10**9, value=2.0)
+    fallback.name = "onnxruntime"
+    clock = [1000.0]
+    monkeypatch.setattr("app.backends.failover.time.monotonic", lambda: clock[0])
+    fresh = _Flaky(ok=10**9, value=3.0)
+    b = FailoverBackend(primary, lambda: fallback, max_failures=3, retry_after_s=60, reload_primary=lambda: fresh)
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    assert b.infer(x)[0][0, 0, 0] == 1.0 and b.infer(x)[0][0, 0, 0] == 1.0
+    for _ in range(2):  # two failures are passed on (the worker counts them) ...
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            b.infer(x)
+    out = b.infer(x)  # ... the third hands over, and this very frame is answered by the fallback
+    assert out[0][0, 0, 0] == 2.0 and b.name == "onnxruntime" and b.failovers == 1
+    assert "failover to onnxruntime after 3 failures" in b.reason and "illegal memory access" in b.reason
+    assert b.infer(x)[0][0, 0, 0] == 2.0, "stays on the fallback until the retry time"
+    clock[0] += 61
+    assert b.infer(x)[0][0, 0, 0] == 3.0 and b.name == "flaky-gpu", "a reloaded GPU backend is tried again"
+    assert primary.closed

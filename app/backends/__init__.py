@@ -83,7 +83,12 @@ def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
     except Exception as exc:  # a CUDA or file error while looking: the CPU path still works
         return _onnxruntime(cfg), f"auto: ONNX Runtime (engine lookup failed: {type(exc).__name__}: {exc})"
     try:
-        return _tensorrt(engine), f"auto: TensorRT engine {engine.name}"
+        primary = _tensorrt(engine)
     except BackendError as exc:
         log.error("TensorRT engine %s failed to load, falling back to ONNX Runtime: %s", engine.name, exc)
         return _onnxruntime(cfg), f"auto: ONNX Runtime (TensorRT failed to load: {exc})"
+    from app.backends.failover import FailoverBackend
+
+    # At run time too: a GPU that keeps failing hands over to ONNX Runtime on the same ONNX, retried later.
+    guarded = FailoverBackend(primary, lambda: _onnxruntime(cfg), reload_primary=lambda: _tensorrt(engine))
+    return guarded, f"auto: TensorRT engine {engine.name} (ONNX Runtime on failure)"

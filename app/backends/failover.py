@@ -1,0 +1,103 @@
+"""Run-time failover: a GPU backend that keeps failing (CUDA error, out of memory) hands over to ONNX
+Runtime on the same model, with the same outputs; the GPU is tried again later."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from app.backends.base import Backend, TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+class FailoverBackend(Backend):
+    def __init__(
+        self,
+        primary: Backend,
+        fallback: Callable[[], Backend],
+        *,
+        max_failures: int = 3,
+        retry_after_s: float = 300.0,
+        reload_primary: Callable[[], Backend] | None = None,
+    ) -> None:
+        self.primary = primary
+        self._make_fallback = fallback
+        self._reload_primary = reload_primary
+        self.max_failures = max_failures
+        self.retry_after_s = retry_after_s
+        self.fallback: Backend | None = None
+        self.active: Backend = primary
+        self.failures = 0
+        self.failovers = 0
+        self.reason = ""
+        self._fell_back_at = 0.0
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.active.name
+
+    def load(self) -> None:
+        self.primary.load()
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.primary.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.primary.outputs
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.primary.metadata
+
+    @property
+    def providers(self) -> list[str]:
+        return self.active.providers
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        if self.active is not self.primary and time.monotonic() - self._fell_back_at >= self.retry_after_s:
+            self._try_primary_again()
+        if self.active is not self.primary:
+            return self.active.infer(batch)
+        try:
+            out = self.primary.infer(batch)
+        except Exception as exc:
+            self.failures += 1
+            if self.failures < self.max_failures:
+                raise
+            self._fail_over(f"{type(exc).__name__}: {exc}")
+            return self.active.infer(batch)  # this frame too, on the fallback
+        self.failures = 0
+        return out
+
+    def _fail_over(self, why: str) -> None:
+        if self.fallback is None:
+            self.fallback = self._make_fallback()
+            self.fallback.load()
+        self.active = self.fallback
+        self.failovers += 1
+        self._fell_back_at = time.monotonic()
+        self.reason = f"failover to {self.fallback.name} after {self.failures} failures ({why})"
+        log.error("%s; retrying %s in %.0f s", self.reason, self.primary.name, self.retry_after_s)
+
+    def _try_primary_again(self) -> None:
+        self._fell_back_at = time.monotonic()
+        if self._reload_primary is not None:
+            try:
+                self.primary.close()
+                self.primary = self._reload_primary()
+            except Exception as exc:  # still broken: stay on the fallback until the next retry
+                log.warning("%s still unavailable: %s", self.primary.name, exc)
+                return
+        self.active, self.failures = self.primary, self.max_failures - 1  # one failure sends it back
+        log.info("retrying %s", self.primary.name)
+
+    def close(self) -> None:
+        self.primary.close()
+        if self.fallback is not None:
+            self.fallback.close()
