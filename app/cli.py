@@ -45,6 +45,20 @@ def _load(args: argparse.Namespace):
         return _fail(f"invalid config: {exc}")
 
 
+def _services(cfg) -> list:
+    """The enabled main-loop services (MQTT, HTTP/WebRTC), imported only when configured."""
+    services: list = []
+    if cfg.mqtt.enabled:
+        from app.mqtt.service import MqttService
+
+        services.append(MqttService(cfg))
+    if cfg.http.enabled:
+        from app.web.server import WebService
+
+        services.append(WebService(cfg))
+    return services
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from app.pipeline.runner import LivePipeline, PipelineError
     from app.pipeline.sinks import JsonLinesSink
@@ -56,29 +70,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_config(cfg))
         return 0
     _setup_logging(args.log_level or cfg.log_level)
-    sinks: list = []
-    services: list = []
-    if cfg.output.json_lines:
-        sinks.append(JsonLinesSink(path=cfg.output.json_path))
-    if cfg.mqtt.enabled:
-        from app.mqtt.link import MqttConfigError
-        from app.mqtt.service import MqttService
-
-        try:
-            mqtt = MqttService(cfg)
-        except MqttConfigError as exc:
-            return _fail(f"invalid config: {exc}")
-        sinks.append(mqtt)
-        services.append(mqtt)
-    if cfg.http.enabled:
-        from app.web.server import HttpConfigError, WebService
-
-        try:
-            web = WebService(cfg)
-        except HttpConfigError as exc:
-            return _fail(f"invalid config: {exc}")
-        sinks.append(web)
-        services.append(web)
+    try:
+        services = _services(cfg)
+    except ConfigError as exc:  # a secret file, certificate or token the services could not use
+        return _fail(f"invalid config: {exc}")
+    sinks: list = [JsonLinesSink(path=cfg.output.json_path)] if cfg.output.json_lines else []
+    sinks += services  # each service also consumes results
     pipeline = LivePipeline(cfg, sinks, services=services, duration_s=args.duration)
     try:
         summary = asyncio.run(pipeline.run())

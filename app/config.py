@@ -323,7 +323,11 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 
 _SECRET_KEY = re.compile(r"password|token|credential|secret", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """Hide `user:password@` in URLs (camera sources in logs, errors and /api/config)."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
 
 
 def redact(data: Any) -> Any:
@@ -337,10 +341,9 @@ def redact(data: Any) -> Any:
     if isinstance(data, list):
         return [redact(v) for v in data]
     if isinstance(data, str):
-        return _URL_USERINFO.sub(r"\1<redacted>@", data)
+        return redact_url(data)
     return data
 
 
-def dump_config(cfg: VigilConfig, redacted: bool = False) -> str:
-    data = cfg.model_dump(mode="json")
-    return yaml.safe_dump(redact(data) if redacted else data, sort_keys=False)
+def dump_config(cfg: VigilConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

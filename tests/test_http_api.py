@@ -98,7 +98,7 @@ def test_config_is_redacted(served: Served) -> None:
     }
     red = redact(data)
     assert red["mqtt"] == {"password_file": "<redacted>", "username": "u"}
-    assert red["cameras"][0]["source"] == "rtsp://<redacted>@10.0.0.5/stream"
+    assert red["cameras"][0]["source"] == "rtsp://***@10.0.0.5/stream"
     assert red["http"]["token_env"] == "<redacted>"
 
 

@@ -36,12 +36,13 @@ def cached_engine(cfg: ModelConfig) -> Path:
     import pycuda.driver as cuda
     import tensorrt as trt
 
-    from app.engine.cache import EngineKey, file_sha256, lookup
+    from app.assets import sha256_file
+    from app.engine.cache import EngineKey, lookup
 
     cuda.init()
     major, minor = cuda.Device(0).compute_capability()
     size = cfg.imgsz or 640
-    key = EngineKey(file_sha256(cfg.path), cfg.precision, (1, 3, size, size), f"{major}.{minor}", trt.__version__)
+    key = EngineKey(sha256_file(cfg.path), cfg.precision, (1, 3, size, size), f"{major}.{minor}", trt.__version__)
     return lookup(cfg.engine_dir, Path(cfg.path).stem, key)
 
 

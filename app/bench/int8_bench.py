@@ -9,23 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from app.config import ModelConfig
-
-
-def _all_frames(source: str) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(source)
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
-    return frames
-
 
 # name -> quantize() options; the first is the default of `vigil engine calibrate`
 VARIANTS: dict[str, dict] = {
@@ -40,10 +24,10 @@ VARIANTS: dict[str, dict] = {
 def bench_int8(model: ModelConfig, source: str, calib: int = 64, holdout: int = 100, rounds: int = 3,
                variants: dict[str, dict] | None = None) -> dict:  # fmt: skip
     from app.engine.agreement import agreement, map50
-    from app.engine.calibrate import quantize
+    from app.engine.calibrate import evenly_spaced_frames, quantize
     from app.inference.detector import Detector
 
-    frames = _all_frames(source)
+    frames = [f for _, f in evenly_spaced_frames(source, 10**9)]  # every frame
     calib_frames, held = frames[0::2][:calib], frames[1::2][:holdout]  # disjoint: calibration never scores itself
     ref = Detector.from_config(model.model_copy(update={"backend": "onnxruntime"}))
     ref_dets = [ref.detect(f)[0] for f in held]

@@ -16,6 +16,7 @@ import sys
 import time
 
 import aiohttp
+import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from app.web import ice
@@ -27,8 +28,6 @@ class _CountingDecoder:
     """Stands in for VP8 decoding in the bench viewer: one placeholder frame per complete frame."""
 
     def decode(self, encoded_frame) -> list:
-        import av
-
         frame = av.VideoFrame(16, 16, "yuv420p")
         frame.pts = encoded_frame.timestamp
         return [frame]

@@ -7,7 +7,6 @@ use the same sources to read every frame of a file as fast as possible.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from app.config import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,6 @@ class Frame:
     image: np.ndarray  # HxWx3 uint8 BGR
     index: int  # frame index within the source
     pts: float  # seconds within the source
-
-
-def redact(text: str) -> str:
-    """Hide `user:password@` in URLs."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
 
 
 def as_bgr(image: np.ndarray | None) -> np.ndarray | None:
@@ -94,7 +90,7 @@ class VideoCaptureSource(FrameSource):
         self.target = target
         self.kind = kind
         self.is_live = is_live
-        self.description = f"{kind} {redact(str(target))}"
+        self.description = f"{kind} {redact_url(str(target))}"
         self._cap: cv2.VideoCapture | None = None
         self._pending: Frame | None = None
         self._index = 0

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from app.assets import sha256_file
 from app.engine.agreement import agreement
-from app.engine.cache import EngineKey, Manifest, Validation, file_sha256, now_iso, write_manifest
+from app.engine.cache import EngineKey, Manifest, Validation, now_iso, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def build_engine(onnx: Path, engine_dir: Path, opts: BuildOptions, validation_fr
     cuda.init()
     major, minor = cuda.Device(0).compute_capability()
     trt_major = int(trt.__version__.split(".")[0])
-    key = EngineKey(file_sha256(onnx), opts.precision, (1, 3, opts.imgsz, opts.imgsz), f"{major}.{minor}",
+    key = EngineKey(sha256_file(onnx), opts.precision, (1, 3, opts.imgsz, opts.imgsz), f"{major}.{minor}",
                     trt.__version__, opts.dla_core)  # type: ignore[arg-type]  # fmt: skip
     engine_dir.mkdir(parents=True, exist_ok=True)
     engine_path = engine_dir / key.filename(onnx.stem)

@@ -15,14 +15,6 @@ Precision = Literal["fp32", "fp16", "int8"]
 MANIFEST_VERSION = 1
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class EngineKey:
     onnx_sha256: str

@@ -11,7 +11,6 @@ concat and sigmoid) needs float range. `exclude` picks what stays float:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from app.assets import sha256_file
 from app.inference.preprocess import Preprocessor
 
 EXCLUDE_POLICIES = ("head", "head-post", "none")
@@ -40,30 +40,39 @@ class FrameSet:
     created: str
 
 
-def extract_frames(video: str | Path, n: int, out_dir: str | Path) -> FrameSet:
-    """Evenly spaced frames of `video` as PNG into `out_dir`, with a record of which and from what."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def evenly_spaced_frames(video: str | Path, n: int) -> list[tuple[int, np.ndarray]]:
+    """(index, frame) for `n` frames spread evenly over `video` (all of them when it has fewer)."""
     cap = cv2.VideoCapture(str(video))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     if total <= 0:
+        cap.release()
         raise ValueError(f"{video}: cannot read a frame count (not a video file?)")
-    wanted = np.unique(np.linspace(0, total - 1, num=min(n, total)).round().astype(int)).tolist()
-    files, got, i = [], [], 0
-    want = set(wanted)
-    while len(got) < len(wanted):
+    want = set(np.linspace(0, total - 1, num=min(n, total)).round().astype(int).tolist())
+    out: list[tuple[int, np.ndarray]] = []
+    i = 0
+    while len(out) < len(want):
         ok, frame = cap.read()
         if not ok:
             break
         if i in want:
-            name = f"frame_{i:06d}.png"
-            cv2.imwrite(str(out / name), frame)
-            files.append(name)
-            got.append(i)
+            out.append((i, frame))
         i += 1
     cap.release()
-    digest = hashlib.sha256(Path(video).read_bytes()).hexdigest()
-    fs = FrameSet(str(video), digest, got, files, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return out
+
+
+def extract_frames(video: str | Path, n: int, out_dir: str | Path) -> FrameSet:
+    """Evenly spaced frames of `video` as PNG into `out_dir`, with a record of which and from what."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files, got = [], []
+    for i, frame in evenly_spaced_frames(video, n):
+        name = f"frame_{i:06d}.png"
+        cv2.imwrite(str(out / name), frame)
+        files.append(name)
+        got.append(i)
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    fs = FrameSet(str(video), sha256_file(video), got, files, created)
     (out / "frames.json").write_text(json.dumps(asdict(fs), indent=1))
     return fs
 

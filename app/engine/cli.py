@@ -1,4 +1,5 @@
-"""`vigil engine build`: ONNX -> validated, cached TensorRT engine (on the device itself)."""
+"""`vigil engine build` (ONNX -> validated, cached TensorRT engine, on the device itself) and
+`vigil engine calibrate` (INT8 Q/DQ ONNX with an accuracy gate)."""
 
 from __future__ import annotations
 
@@ -6,33 +7,17 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from app.config import DEFAULT_MODEL_PATH, DEFAULT_SAMPLE_VIDEO
-
-
-def validation_frames(source: str, n: int) -> list[np.ndarray]:
-    """Evenly spaced frames of a video (the appliance's own footage is the best choice)."""
-    cap = cv2.VideoCapture(source)
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or n
-    wanted = set(np.linspace(0, max(0, total - 1), num=min(n, total), dtype=int).tolist())
-    frames, i = [], 0
-    while len(frames) < len(wanted):
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if i in wanted:
-            frames.append(frame)
-        i += 1
-    cap.release()
-    return frames
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from app.engine.builder import BuildOptions, EngineBuildError, build_engine
+    from app.engine.calibrate import evenly_spaced_frames
 
-    frames = validation_frames(args.source, args.frames)
+    try:
+        frames = [f for _, f in evenly_spaced_frames(args.source, args.frames)]
+    except ValueError:
+        frames = []
     if not frames:
         print(f"error: no frames could be read from {args.source}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from app.config import MqttConfig
+from app.config import ConfigError, MqttConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ INFLIGHT_WINDOW = 20
 REDELIVERY_TIMEOUT_S = 10.0  # after a reconnect, give paho this long to redeliver its in-flight messages
 
 
-class MqttConfigError(ValueError):
+class MqttConfigError(ConfigError):
     pass
 
 

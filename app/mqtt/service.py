@@ -220,15 +220,10 @@ class MqttService:
             "connected_since": iso_utc(s.connected_since) if s.connected_since else None,
         }  # fmt: skip
 
-    def stats_payload(self) -> dict:
-        if self._pipeline is not None:
-            return self._pipeline.stats_document()
-        return envelope(self.device_id, None, cameras={}, mqtt=self.stats_section()[1])
-
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(self.mcfg.stats_interval_s)
-            self.link.publish(self.topics.stats, dumps(self.stats_payload()), qos=0)
+            self.link.publish(self.topics.stats, dumps(self._pipeline.stats_document()), qos=0)
 
     # ---- commands -----------------------------------------------------------------------------
 

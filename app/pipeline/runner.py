@@ -439,10 +439,14 @@ class LivePipeline:
         if old is not None:
             await loop.run_in_executor(None, old.process.join, self.cfg.worker.stop_timeout_s)
             self._on_worker_readable(old)  # anything it still had to say
-            with contextlib.suppress(Exception):
-                loop.remove_reader(old.conn.fileno())
-            await loop.run_in_executor(None, old.stop, 0.5, "recycled")
-            self._side_workers.discard(old)
+            await self._stop_worker(old, 0.5, "recycled")
+
+    async def _stop_worker(self, handle: WorkerHandle, timeout: float, reason: str) -> None:
+        """Stop listening to it, then stop it (ask, terminate, kill) off the event loop."""
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(handle.conn.fileno())
+        await asyncio.get_running_loop().run_in_executor(None, handle.stop, timeout, reason)
+        self._side_workers.discard(handle)
 
     def _watch_captures(self) -> None:
         """A camera that delivers nothing for capture_timeout_s gets a fresh capture thread; a read stuck
@@ -476,7 +480,6 @@ class LivePipeline:
                 log.exception("%s could not handle a system event", type(service).__name__)
 
     async def _replace_worker(self, reason: str) -> None:
-        loop = asyncio.get_running_loop()
         wd = self.cfg.watchdog
         now = time.monotonic()
         self._restarts = [t for t in self._restarts if now - t <= wd.restart_window_s] + [now]
@@ -484,10 +487,8 @@ class LivePipeline:
         self._system_event("restart", f"worker {reason}")
         old, self.worker = self.worker, None
         if old is not None:
-            with contextlib.suppress(Exception):
-                loop.remove_reader(old.conn.fileno())
             # A stalled worker never reads its pipe: this ends in terminate/kill, off the event loop.
-            await loop.run_in_executor(None, old.stop, 0.5, "replaced")
+            await self._stop_worker(old, 0.5, "replaced")
         if len(self._restarts) > wd.max_restarts:
             log.error(
                 "worker %s; %d restarts within %.0f s exceed watchdog.max_restarts=%d: exiting with code 3 "
@@ -544,14 +545,9 @@ class LivePipeline:
         for cap in self.captures.values():
             cap.stop()
         if self.worker is not None:
-            with contextlib.suppress(Exception):
-                loop.remove_reader(self.worker.conn.fileno())
-            await loop.run_in_executor(None, self.worker.stop, self.cfg.worker.stop_timeout_s, "shutdown")
+            await self._stop_worker(self.worker, self.cfg.worker.stop_timeout_s, "shutdown")
         for side in list(self._side_workers):  # a recycle cut short by the stop
-            with contextlib.suppress(Exception):
-                loop.remove_reader(side.conn.fileno())
-            await loop.run_in_executor(None, side.stop, 1.0, "shutdown during recycle")
-        self._side_workers.clear()
+            await self._stop_worker(side, 1.0, "shutdown during recycle")
         for service in self.services:
             try:
                 await service.stop()

@@ -242,6 +242,9 @@ class PreviewEncoder:
         next_at = loop.time()
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if self.ring.latest_seq <= self._last_seq:  # nothing new: no thread hop for nothing
+                next_at = loop.time() + min(period, 0.01)
+                continue
             try:
                 frame = await loop.run_in_executor(self._executor, self._encode_newest)
             except Exception:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from app.config import VigilConfig, redact
+from app.config import ConfigError, VigilConfig, redact
 from app.messages import FrameResult
 from app.pipeline.runner import PipelineError
 from app.web import ice
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 OPEN_PATHS = ("/static/", "/favicon.ico")
 
 
-class HttpConfigError(ValueError):
+class HttpConfigError(ConfigError):
     pass
 
 
@@ -92,8 +92,7 @@ class WebService:
         except OSError as exc:
             await self._runner.cleanup()
             raise PipelineError(f"http: cannot listen on {self.hcfg.host}:{self.hcfg.port}: {exc.strerror}") from exc
-        port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else self.hcfg.port
-        self.port = port
+        port = self._runner.addresses[0][1]  # the real one when http.port is 0
         scheme = "https" if self.ssl_context else "http"
         host = f"[{self.hcfg.host}]" if ":" in self.hcfg.host else self.hcfg.host
         self.url = f"{scheme}://{host}:{port}/"
@@ -211,7 +210,7 @@ class WebService:
         p = self._pipeline
         limit = self.hcfg.health_max_result_age_s
         age = p.last_result_age_s() if p is not None else None
-        cameras = {s["camera"]: s["connected"] for s in (p.snapshot()["cameras"] if p else [])}
+        cameras = {name: s.capture.connected for name, s in (p.stats.items() if p else [])}
         body = {"result_age_s": None if age is None else round(age, 2), "max_result_age_s": limit,
                 "cameras_connected": cameras}  # fmt: skip
         if age is None:

@@ -79,7 +79,7 @@ async def answer_offer(
 ) -> tuple[Viewer, str]:  # fmt: skip
     """Negotiate one viewer. The caller has reserved a slot; any failure closes the connection."""
     pc = RTCPeerConnection(rtc_configuration(cfg, credentials))
-    viewer = Viewer(pc, offer.camera, remote)
+    viewer = Viewer(registry.next_id(), pc, offer.camera, remote)
     try:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))

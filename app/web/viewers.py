@@ -62,10 +62,8 @@ class PreviewTrack(MediaStreamTrack):
 
 
 class Viewer:
-    _ids = itertools.count(1)
-
-    def __init__(self, pc: RTCPeerConnection, camera: str, remote: str) -> None:
-        self.id = next(self._ids)
+    def __init__(self, viewer_id: int, pc: RTCPeerConnection, camera: str, remote: str) -> None:
+        self.id = viewer_id
         self.pc = pc
         self.camera = camera
         self.remote = remote
@@ -109,6 +107,7 @@ class ViewerRegistry:
         self.max_viewers = max_viewers
         self._viewers: dict[int, Viewer] = {}
         self._reserved = 0
+        self._ids = itertools.count(1)
         self.sessions = 0
         self.rejected_full = 0
 
@@ -125,6 +124,9 @@ class ViewerRegistry:
             return False
         self._reserved += 1
         return True
+
+    def next_id(self) -> int:
+        return next(self._ids)
 
     def release_reservation(self) -> None:
         self._reserved = max(0, self._reserved - 1)

@@ -14,7 +14,7 @@ from app.backends.tensorrt import tensorrt_available
 from app.config import ModelConfig
 from app.engine.builder import BuildOptions, build_engine
 from app.engine.cache import Manifest, manifest_path
-from app.engine.cli import validation_frames
+from app.engine.calibrate import evenly_spaced_frames
 from app.inference.detector import Detector
 
 _OK, _WHY = tensorrt_available()
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _OK, reason=f"GPU suite: {
 
 @pytest.fixture(scope="module")
 def fp16_engine(default_model: Path, sample_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    frames = validation_frames(str(sample_video), 50)
+    frames = [f for _, f in evenly_spaced_frames(sample_video, 50)]
     return build_engine(default_model, tmp_path_factory.mktemp("engines"), BuildOptions("fp16"), frames)
 
 
@@ -39,7 +39,7 @@ def test_fp16_engine_passes_validation_and_is_chosen_by_auto(fp16_engine: Path, 
 
 def test_engine_time_vs_end_to_end(fp16_engine: Path, sample_video: Path) -> None:
     det = Detector.from_config(ModelConfig(path=str(fp16_engine), backend="tensorrt"))
-    frames = validation_frames(str(sample_video), 60)
+    frames = [f for _, f in evenly_spaced_frames(sample_video, 60)]
     det.warmup(10)
     engine_ms, total_ms = [], []
     for f in frames:
