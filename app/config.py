@@ -212,6 +212,10 @@ class FaultsConfig(_Strict):
     crash_after_frames: int = Field(0, ge=0, description="the worker dies after this many frames (0 = never)")
     capture_hang_after_frames: int = Field(0, ge=0, description="a capture read blocks after this many frames")
     capture_hang_s: float = Field(0.0, ge=0, description="for this long (like a stuck camera driver)")
+    backend_fail_after_frames: int = Field(
+        0, ge=0, description="the backend raises after this many frames, so the failover to ONNX Runtime runs"
+    )
+    backend_retry_s: float = Field(300.0, gt=0, description="when the failover retries the failing backend")
 
 
 class DebugConfig(_Strict):

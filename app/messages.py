@@ -91,10 +91,24 @@ class FrameResult:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendState:
+    """Which runtime serves a worker's frames and why; stats, /stats and MQTT show it, so a GPU that
+    failed over to the CPU is visible from the dashboard, not only in the worker's log."""
+
+    name: str
+    providers: tuple[str, ...]
+    reason: str
+    failovers: int = 0
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "providers": list(self.providers), "reason": self.reason,
+                "failovers": self.failovers}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReady:
     worker_id: int
-    backend: str
-    providers: list[str]
+    backend: BackendState
     names: dict[int, str]
     imgsz: tuple[int, int]
     warmup_ms: float
@@ -117,6 +131,14 @@ class WorkerFrameError:
     camera: str
     seq: int
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackendChanged:
+    """The worker's backend changed while serving (failover to ONNX Runtime, or back to the GPU)."""
+
+    worker_id: int
+    backend: BackendState
 
 
 @dataclass(frozen=True, slots=True)

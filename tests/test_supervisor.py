@@ -266,3 +266,37 @@ def test_capture_watchdog_replaces_a_stuck_capture(tiny_model: Path, small_video
     assert seen["event"]["type"] == "capture_restart" and seen["event"]["camera"] == "cam"
     assert seen["resumed"] >= 20, "frames flow again from the new capture thread"
     assert summary.cameras["cam"]["reconnects"] >= 1
+
+
+def test_backend_failover_is_reported_in_stats_and_as_a_system_event(tiny_model: Path, small_video: Path) -> None:
+    """A backend that starts failing mid-stream (a GPU's sticky CUDA error, injected) hands over to ONNX
+    Runtime without stopping the results, and stats and system events say so; the retry later fails again
+    and is counted."""
+    sink = Times()
+    cfg = live_config(tiny_model, small_video, debug={"faults": {"backend_fail_after_frames": 10, "backend_retry_s": 2}})
+    pipe = LivePipeline(cfg, [sink])
+    seen: dict = {}
+
+    def watch() -> None:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            worker = pipe.stats_document()["worker"] if pipe.worker_info else {}
+            if worker.get("backend_failovers", 0) >= 1 and "first" not in seen:
+                seen["first"], seen["event"], seen["results_then"] = worker, pipe.last_system_event, len(sink.t)
+            if worker.get("backend_failovers", 0) >= 2:
+                seen["second"] = worker
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+        pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
+
+    threading.Thread(target=watch, daemon=True).start()
+    summary = asyncio.run(pipe.run())
+    first = seen["first"]
+    assert first["backend"] == "onnxruntime" and first["providers"] == ["CPUExecutionProvider"]
+    assert "failover #1 to onnxruntime (BackendError: fault injection: device lost)" == first["backend_reason"]
+    assert seen["event"]["type"] == "backend" and "failover" in seen["event"]["reason"]
+    assert seen["second"]["backend_failovers"] == 2, "the retry went back to the failing backend and failed over again"
+    assert summary.worker_restarts == 0, "failover happens inside the worker, no restart"
+    assert len(sink.t) > seen["results_then"], "results kept flowing on the fallback"
+    assert pipe.stats["cam"].errors == 2, "two frames failed before the failover; at the retry one failure is enough"

@@ -8,14 +8,14 @@ from pathlib import Path
 from app.backends.base import Backend, BackendError, TensorSpec
 from app.config import ModelConfig
 
-__all__ = ["Backend", "BackendError", "TensorSpec", "load_backend"]
+__all__ = ["Backend", "BackendError", "TensorSpec", "load_backend", "onnxruntime_backend"]
 
 log = logging.getLogger(__name__)
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
-def _onnxruntime(cfg: ModelConfig) -> Backend:
+def onnxruntime_backend(cfg: ModelConfig) -> Backend:
     from app.backends.onnxruntime import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(cfg.path, threads=cfg.threads, spin_wait=cfg.spin_wait)
@@ -54,7 +54,7 @@ def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
     if cfg.backend == "onnxruntime":
         if is_engine:
             raise BackendError(f"model.backend onnxruntime cannot run the TensorRT engine {path.name}")
-        return _onnxruntime(cfg), "configured"
+        return onnxruntime_backend(cfg), "configured"
     if cfg.backend == "tensorrt":
         if is_engine:
             return _tensorrt(path), "configured"
@@ -74,22 +74,22 @@ def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
             raise BackendError(f"{path.name} is a TensorRT engine, but {why}")
         return _tensorrt(path), "auto: TensorRT engine file"
     if not ok:
-        return _onnxruntime(cfg), f"auto: ONNX Runtime ({why})"
+        return onnxruntime_backend(cfg), f"auto: ONNX Runtime ({why})"
     from app.engine.cache import CacheMiss
 
     try:
         engine = cached_engine(cfg)
     except CacheMiss as miss:
-        return _onnxruntime(cfg), f"auto: ONNX Runtime (no usable TensorRT engine: {miss})"
+        return onnxruntime_backend(cfg), f"auto: ONNX Runtime (no usable TensorRT engine: {miss})"
     except Exception as exc:  # a CUDA or file error while looking: the CPU path still works
-        return _onnxruntime(cfg), f"auto: ONNX Runtime (engine lookup failed: {type(exc).__name__}: {exc})"
+        return onnxruntime_backend(cfg), f"auto: ONNX Runtime (engine lookup failed: {type(exc).__name__}: {exc})"
     try:
         primary = _tensorrt(engine)
     except BackendError as exc:
         log.error("TensorRT engine %s failed to load, falling back to ONNX Runtime: %s", engine.name, exc)
-        return _onnxruntime(cfg), f"auto: ONNX Runtime (TensorRT failed to load: {exc})"
+        return onnxruntime_backend(cfg), f"auto: ONNX Runtime (TensorRT failed to load: {exc})"
     from app.backends.failover import FailoverBackend
 
     # At run time too: a GPU that keeps failing hands over to ONNX Runtime on the same ONNX, retried later.
-    guarded = FailoverBackend(primary, lambda: _onnxruntime(cfg), reload_primary=lambda: _tensorrt(engine))
+    guarded = FailoverBackend(primary, lambda: onnxruntime_backend(cfg), reload_primary=lambda: _tensorrt(engine))
     return guarded, f"auto: TensorRT engine {engine.name} (ONNX Runtime on failure)"

@@ -34,6 +34,7 @@ class FailoverBackend(Backend):
         self.failures = 0
         self.failovers = 0
         self.reason = ""
+        self._last_error = ""
         self._fell_back_at = 0.0
 
     @property
@@ -82,7 +83,8 @@ class FailoverBackend(Backend):
         self.active = self.fallback
         self.failovers += 1
         self._fell_back_at = time.monotonic()
-        self.reason = f"failover to {self.fallback.name} after {self.failures} failures ({why})"
+        self._last_error = why
+        self.reason = f"failover #{self.failovers} to {self.fallback.name} ({why})"
         log.error("%s; retrying %s in %.0f s", self.reason, self.primary.name, self.retry_after_s)
 
     def _try_primary_again(self) -> None:
@@ -95,6 +97,7 @@ class FailoverBackend(Backend):
                 log.warning("%s still unavailable: %s", self.primary.name, exc)
                 return
         self.active, self.failures = self.primary, self.max_failures - 1  # one failure sends it back
+        self.reason = f"back on {self.primary.name} after {self.failovers} failover(s); last: {self._last_error}"
         log.info("retrying %s", self.primary.name)
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from app.config import ModelConfig
 from app.inference.decode import DecodeParams, YoloDecoder
 from app.inference.model_info import ModelInfo
 from app.inference.preprocess import LetterboxGeometry, Preprocessor
-from app.messages import Detections, StageTimings
+from app.messages import BackendState, Detections, StageTimings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,17 @@ class Detector:
     @property
     def params(self) -> DecodeParams:
         return self.decoder.params
+
+    def backend_state(self) -> BackendState:
+        """What serves now and why: after a run-time failover the failover's own account replaces the
+        reason the backend was chosen at load."""
+        from app.backends.failover import FailoverBackend
+
+        b = self.backend
+        reason, failovers = self.backend_reason, 0
+        if isinstance(b, FailoverBackend) and b.failovers:
+            reason, failovers = b.reason, b.failovers
+        return BackendState(b.name, tuple(b.providers), reason, failovers)
 
     def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
         p = self.decoder.params

@@ -22,6 +22,7 @@ import numpy as np
 
 from app.config import FaultsConfig, ModelConfig
 from app.messages import (
+    BackendChanged,
     FrameResult,
     SetDetection,
     SetThresholds,
@@ -77,9 +78,12 @@ def worker_main(spec: WorkerSpec, conn: Connection, heartbeat=None) -> None:
 
 def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat=None) -> None:
     from app.inference.detector import Detector  # heavy imports after spawn, inside the child
+    from app.inference.faults import FaultInjector
 
+    faults = FaultInjector(spec.faults)
     try:
         detector = Detector.from_config(spec.model)
+        detector.backend = faults.wrap_backend(detector.backend, spec.model, spec.model.warmup_runs)
         warm_ms = detector.warmup(spec.model.warmup_runs)
         rings = [(cam, FrameRing.attach(rs)) for cam, rs in spec.rings]
     except Exception as exc:
@@ -89,8 +93,7 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat=
     conn.send(
         WorkerReady(
             worker_id=spec.worker_id,
-            backend=detector.backend.name,
-            providers=detector.backend.providers,
+            backend=detector.backend_state(),
             names=detector.names,
             imgsz=detector.info.input_hw,
             warmup_ms=warm_ms,
@@ -107,7 +110,7 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat=
     disabled: set[str] = set(spec.disabled_cameras)
     start = 0
     errors = 0
-    faults = _FaultInjector(spec.faults)
+    backend_state = detector.backend_state()
     try:
         while not stop.is_set():
             if conn.poll():
@@ -153,6 +156,9 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat=
                 continue
             errors = 0
             last_seq[cam] = meta.seq
+            if (now_state := detector.backend_state()) != backend_state:
+                backend_state = now_state
+                conn.send(BackendChanged(spec.worker_id, now_state))
             if heartbeat is not None:
                 heartbeat.value = time.monotonic()  # last successful inference, read by the supervisor
             conn.send(
@@ -171,27 +177,6 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat=
         for _, ring in rings:
             ring.close()
         detector.close()
-
-
-class _FaultInjector:
-    """debug.faults: leak, hang or die on purpose, so the watchdog can be tested for real."""
-
-    def __init__(self, cfg: FaultsConfig) -> None:
-        self.cfg = cfg
-        self.frames = 0
-        self._leaked: list[np.ndarray] = []
-
-    def after_frame(self) -> None:
-        c = self.cfg
-        self.frames += 1
-        if c.leak_mb_per_frame:
-            self._leaked.append(np.ones(int(c.leak_mb_per_frame * 2**20), np.uint8))  # written: really resident
-        if c.stall_after_frames and self.frames == c.stall_after_frames:
-            log.warning("fault injection: stalling for %.1f s", c.stall_s)
-            time.sleep(c.stall_s)
-        if c.crash_after_frames and self.frames >= c.crash_after_frames:
-            log.warning("fault injection: crashing after %d frames", self.frames)
-            os._exit(70)
 
 
 class WorkerHandle:

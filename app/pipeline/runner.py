@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +28,7 @@ from app.capture.loop import CaptureLoop
 from app.config import VigilConfig
 from app.inference.worker import WorkerHandle, WorkerSpec, WorkerStartError
 from app.messages import (
+    BackendChanged,
     CaptureCounters,
     FrameResult,
     SetDetection,
@@ -160,8 +161,10 @@ class LivePipeline:
             "uptime_s": round(time.monotonic() - self._started, 1) if self._started else 0.0,
             "worker": {
                 "pid": self.worker_info.pid if self.worker_info else None,
-                "backend": self.worker_info.backend if self.worker_info else None,
-                "providers": self.worker_info.providers if self.worker_info else [],
+                "backend": self.worker_info.backend.name if self.worker_info else None,
+                "providers": list(self.worker_info.backend.providers) if self.worker_info else [],
+                "backend_reason": self.worker_info.backend.reason if self.worker_info else None,
+                "backend_failovers": self.worker_info.backend.failovers if self.worker_info else 0,
                 "restarts": self.worker_restarts,
                 "recycles": self.worker_recycles,
                 "health": self._worker_health,
@@ -269,8 +272,9 @@ class LivePipeline:
         self._worker_ready_mono = time.monotonic()
         self._rss_samples.clear()
         log.info(
-            "worker %d ready (pid %d, %s %s, warm-up %.0f ms)",
-            ready.worker_id, ready.pid, ready.backend, ready.providers, ready.warmup_ms,
+            "worker %d ready (pid %d, %s %s: %s, warm-up %.0f ms)",
+            ready.worker_id, ready.pid, ready.backend.name, list(ready.backend.providers), ready.backend.reason,
+            ready.warmup_ms,
         )  # fmt: skip
         self._loop.add_reader(handle.conn.fileno(), self._on_worker_readable, handle)
         for service in self.services:
@@ -290,6 +294,8 @@ class LivePipeline:
                 elif isinstance(msg, WorkerFrameError):
                     self.stats[msg.camera].errors += 1
                     log.warning("worker %d: frame %d of %s failed: %s", msg.worker_id, msg.seq, msg.camera, msg.error)
+                elif isinstance(msg, BackendChanged):
+                    self._on_backend_changed(handle, msg)
                 elif isinstance(msg, WorkerFailed):
                     log.error("worker %d failed: %s", msg.worker_id, msg.error)
         except (EOFError, OSError):
@@ -468,6 +474,12 @@ class LivePipeline:
                 fresh = CaptureLoop(cap.camera, self.rings[name], c, write_lock=cap.write_lock)  # no faults again
                 self.captures[name] = fresh
                 fresh.start()
+
+    def _on_backend_changed(self, handle: WorkerHandle, msg: BackendChanged) -> None:
+        if handle is not self.worker or self.worker_info is None:
+            return  # a retiring worker's last words; the serving one reports for itself
+        self.worker_info = replace(self.worker_info, backend=msg.backend)
+        self._system_event("backend", f"{msg.backend.name}: {msg.backend.reason}")
 
     def _system_event(self, kind: str, reason: str, camera: str | None = None) -> None:
         self.system_events += 1

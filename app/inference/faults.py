@@ -1,0 +1,80 @@
+"""debug.faults inside the worker: leak, hang, die or make the backend fail on purpose, so the watchdog
+and the backend failover are tested for real. Never on in production."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+
+from app.backends.base import Backend, BackendError, TensorSpec
+from app.config import FaultsConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class FailingBackend(Backend):
+    """Wraps a working backend and raises on every call after `after` frames, like a GPU that hit a
+    sticky CUDA error; it stands in for the primary of a failover, the real backend serves otherwise."""
+
+    def __init__(self, inner: Backend, after: int) -> None:
+        self.inner = inner
+        self.after = after
+        self.calls = 0
+        self.name = f"{inner.name}+faults"
+
+    def load(self) -> None:
+        self.inner.load()
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.inner.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.inner.outputs
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.inner.metadata
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.calls += 1
+        if self.calls > self.after:
+            raise BackendError("fault injection: device lost")
+        return self.inner.infer(batch)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class FaultInjector:
+    def __init__(self, cfg: FaultsConfig) -> None:
+        self.cfg = cfg
+        self.frames = 0
+        self._leaked: list[np.ndarray] = []
+
+    def wrap_backend(self, backend: Backend, model: ModelConfig, warmup_runs: int) -> Backend:
+        """With backend_fail_after_frames: the loaded backend becomes a failing primary behind the same
+        failover that guards a TensorRT engine, with ONNX Runtime on the same model as the fallback."""
+        if not self.cfg.backend_fail_after_frames:
+            return backend
+        from app.backends import onnxruntime_backend
+        from app.backends.failover import FailoverBackend
+
+        failing = FailingBackend(backend, self.cfg.backend_fail_after_frames + warmup_runs)
+        return FailoverBackend(failing, lambda: onnxruntime_backend(model), retry_after_s=self.cfg.backend_retry_s)
+
+    def after_frame(self) -> None:
+        c = self.cfg
+        self.frames += 1
+        if c.leak_mb_per_frame:
+            self._leaked.append(np.ones(int(c.leak_mb_per_frame * 2**20), np.uint8))  # written: really resident
+        if c.stall_after_frames and self.frames == c.stall_after_frames:
+            log.warning("fault injection: stalling for %.1f s", c.stall_s)
+            time.sleep(c.stall_s)
+        if c.crash_after_frames and self.frames >= c.crash_after_frames:
+            log.warning("fault injection: crashing after %d frames", self.frames)
+            os._exit(70)
