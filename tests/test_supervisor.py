@@ -273,7 +273,8 @@ def test_backend_failover_is_reported_in_stats_and_as_a_system_event(tiny_model:
     Runtime without stopping the results, and stats and system events say so; the retry later fails again
     and is counted."""
     sink = Times()
-    cfg = live_config(tiny_model, small_video, debug={"faults": {"backend_fail_after_frames": 10, "backend_retry_s": 2}})
+    faults = {"backend_fail_after_frames": 10, "backend_retry_s": 2}
+    cfg = live_config(tiny_model, small_video, debug={"faults": faults})
     pipe = LivePipeline(cfg, [sink])
     seen: dict = {}
 
@@ -294,7 +295,7 @@ def test_backend_failover_is_reported_in_stats_and_as_a_system_event(tiny_model:
     summary = asyncio.run(pipe.run())
     first = seen["first"]
     assert first["backend"] == "onnxruntime" and first["providers"] == ["CPUExecutionProvider"]
-    assert "failover #1 to onnxruntime (BackendError: fault injection: device lost)" == first["backend_reason"]
+    assert first["backend_reason"] == "failover #1 to onnxruntime (BackendError: fault injection: device lost)"
     assert seen["event"]["type"] == "backend" and "failover" in seen["event"]["reason"]
     assert seen["second"]["backend_failovers"] == 2, "the retry went back to the failing backend and failed over again"
     assert summary.worker_restarts == 0, "failover happens inside the worker, no restart"

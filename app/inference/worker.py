@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-import numpy as np
-
 from app.config import FaultsConfig, ModelConfig
 from app.messages import (
     BackendChanged,
