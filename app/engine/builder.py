@@ -1,9 +1,8 @@
 """ONNX -> TensorRT engine with the TensorRT 10 Python API, validated against ONNX Runtime before use.
 
-TensorRT 10: explicit batch (`create_network(0)`), builder flags FP16/INT8, an optimization profile when
-the ONNX input is dynamic, a timing cache kept next to the engines. TensorRT 11 networks are strongly
-typed (no precision flags): FP16 comes from an FP16 ONNX and INT8 from a Q/DQ ONNX, so for those the
-caller passes the converted model and the flags are skipped.
+Explicit batch (the only mode since TensorRT 10), an optimization profile when the ONNX input is
+dynamic, a timing cache kept next to the engines. Which ONNX is parsed and with which precision flags
+(TensorRT 11 is strongly typed) is decided by `precision.plan_precision`.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import numpy as np
 from app.assets import sha256_file
 from app.engine.agreement import agreement
 from app.engine.cache import EngineKey, Manifest, Validation, now_iso, write_manifest
+from app.engine.precision import PrecisionError, plan_precision
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class BuildOptions:
     imgsz: int = 640
     workspace_mb: int = 2048
     dla_core: int | None = None
+    legacy_calibration_dir: Path | None = None  # frames for the deprecated implicit INT8 calibrator
 
 
 def _say(msg: str) -> None:
@@ -51,6 +52,12 @@ def build_engine(onnx: Path, engine_dir: Path, opts: BuildOptions, validation_fr
     cuda.init()
     major, minor = cuda.Device(0).compute_capability()
     trt_major = int(trt.__version__.split(".")[0])
+    legacy = opts.legacy_calibration_dir is not None
+    try:
+        plan = plan_precision(onnx, opts.precision, trt_major, engine_dir, legacy_int8=legacy)
+    except PrecisionError as exc:
+        raise EngineBuildError(str(exc)) from exc
+    _say(plan.note)
     key = EngineKey(sha256_file(onnx), opts.precision, (1, 3, opts.imgsz, opts.imgsz), f"{major}.{minor}",
                     trt.__version__, opts.dla_core)  # type: ignore[arg-type]  # fmt: skip
     engine_dir.mkdir(parents=True, exist_ok=True)
@@ -58,20 +65,17 @@ def build_engine(onnx: Path, engine_dir: Path, opts: BuildOptions, validation_fr
     t0 = time.monotonic()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    typed = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
+    network = builder.create_network(typed)
     parser = trt.OnnxParser(network, logger)
-    _say(f"parsing {onnx.name}")
-    if not parser.parse(onnx.read_bytes()):
+    _say(f"parsing {plan.onnx.name}")
+    if not parser.parse_from_file(str(plan.onnx)):  # resolves external weight files too
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EngineBuildError("the ONNX parser rejected the model:\n  " + "\n  ".join(errors))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
-    if trt_major < 11:  # strongly typed from 11 on: precision comes from the ONNX itself
-        if opts.precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif opts.precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)  # with a Q/DQ ONNX: explicit quantization, no calibrator
-            config.set_flag(trt.BuilderFlag.FP16)
+    for flag in plan.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     if opts.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = opts.dla_core
@@ -87,19 +91,29 @@ def build_engine(onnx: Path, engine_dir: Path, opts: BuildOptions, validation_fr
     config.set_timing_cache(timing, ignore_mismatch=False)
     if hasattr(trt, "IProgressMonitor"):
         config.progress_monitor = _progress_monitor(trt, _say)
-    _say(f"building {opts.precision} engine (minutes on a Jetson)")
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
+    ctx = cuda.Device(0).make_context()  # TensorRT and the calibrator's buffers share it
+    try:
+        if plan.legacy_calibrator:
+            config.int8_calibrator = _legacy_calibrator(trt, cuda, onnx, opts)
+        _say(f"building {opts.precision} engine (minutes on a Jetson)")
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        ctx.pop()
+        ctx.detach()
+    if serialized is None:
         raise EngineBuildError("TensorRT could not build the engine (see the messages above; out of workspace "
                                f"memory? raise --workspace-mb from {opts.workspace_mb})")  # fmt: skip
     cache_file.write_bytes(memoryview(config.get_timing_cache().serialize()))
     tmp = engine_path.with_suffix(".tmp")
-    tmp.write_bytes(memoryview(plan))
+    tmp.write_bytes(memoryview(serialized))
     tmp.replace(engine_path)
     seconds = time.monotonic() - t0
     _say(f"built {engine_path.name} in {seconds:.0f} s; validating against ONNX Runtime")
     validation = validate(onnx, engine_path, opts, validation_frames)
-    builder_info = {"workspace_mb": opts.workspace_mb, "imgsz": opts.imgsz, "tensorrt_major": trt_major}
+    builder_info = {"workspace_mb": opts.workspace_mb, "imgsz": opts.imgsz, "tensorrt_major": trt_major,
+                    "precision_plan": plan.note, "flags": list(plan.flags), "strongly_typed": plan.strongly_typed,
+                    "parsed_onnx": plan.onnx.name,
+                    "legacy_calibration": str(opts.legacy_calibration_dir) if legacy else None}  # fmt: skip
     write_manifest(Manifest(key, engine_path.name, str(onnx), now_iso(), round(seconds, 1), builder_info, validation),
                    engine_path)  # fmt: skip
     verdict = "passed" if validation.passed else "FAILED (the engine will not be used)"
@@ -116,6 +130,20 @@ def validate(onnx: Path, engine: Path, opts: BuildOptions, frames: list[np.ndarr
     a = agreement([ref.detect(f)[0] for f in frames], [cand.detect(f)[0] for f in frames])
     gate = F1_GATE[opts.precision]
     return Validation(a.f1 >= gate, "F1@IoU0.5 vs ONNX Runtime", a.f1, gate, len(frames), a.as_dict())
+
+
+def _legacy_calibrator(trt, cuda, onnx: Path, opts: BuildOptions):
+    from app.engine.calibrate import load_frames
+    from app.engine.legacy_calibrator import CalibrationBatches, CalibrationCache, entropy_calibrator
+
+    assert opts.legacy_calibration_dir is not None
+    frames = load_frames(opts.legacy_calibration_dir)
+    if not frames:
+        raise EngineBuildError(f"{opts.legacy_calibration_dir} has no frames (vigil engine calibrate --from-video)")
+    hw = (opts.imgsz, opts.imgsz)
+    cache = CalibrationCache(opts.legacy_calibration_dir, onnx.stem, sha256_file(onnx), hw)
+    _say(f"DEPRECATED implicit INT8 calibration on {len(frames)} frames (cache {cache.path})")
+    return entropy_calibrator(trt, cuda, CalibrationBatches(frames, hw), cache)
 
 
 def _progress_monitor(trt, say: Callable[[str], None]):

@@ -21,7 +21,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not frames:
         print(f"error: no frames could be read from {args.source}", file=sys.stderr)
         return 2
-    opts = BuildOptions(args.precision, args.imgsz, args.workspace_mb, args.dla_core)
+    legacy = Path("calibration") / args.legacy_calibrator if args.legacy_calibrator else None
+    opts = BuildOptions(args.precision, args.imgsz, args.workspace_mb, args.dla_core, legacy)
     try:
         engine = build_engine(Path(args.model), Path(args.engine_dir), opts, frames)
     except EngineBuildError as exc:
@@ -84,6 +85,9 @@ def add_cli(sub) -> None:
     b.add_argument("--workspace-mb", type=int, default=2048)
     b.add_argument("--dla-core", type=int, default=None, help="Jetson DLA core (GPU fallback on)")
     b.add_argument("--engine-dir", default="engines")
+    b.add_argument("--legacy-calibrator", metavar="NAME", default=None,
+                   help="DEPRECATED (TensorRT 10 only): implicit INT8 of an FP32 ONNX with IInt8EntropyCalibrator2 "
+                        "on calibration/NAME frames; prefer `vigil engine calibrate`")  # fmt: skip
     b.add_argument("--source", default=DEFAULT_SAMPLE_VIDEO, help="video for the validation frames")
     b.add_argument("--frames", type=int, default=100, help="validation frames")
     b.set_defaults(func=cmd_build)

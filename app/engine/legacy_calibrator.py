@@ -1,0 +1,105 @@
+"""DEPRECATED: TensorRT 10's implicit INT8 calibration (IInt8EntropyCalibrator2 with a calibration cache).
+
+Kept for TensorRT 10 users who already rely on a calibration cache. TensorRT deprecates implicit
+quantization and TensorRT 11 removes it; the supported path is a Q/DQ ONNX from `vigil engine calibrate`,
+whose accuracy is gated on held-out frames before it is used (this path has no such gate beyond the
+engine's validation against ONNX Runtime).
+
+Batches are preprocessed by the same Preprocessor as inference, so the calibrator sees exactly what the
+engine will.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from app.inference.preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+DEPRECATION = (
+    "implicit INT8 calibration (IInt8EntropyCalibrator2) is deprecated in TensorRT 10 and removed in 11; "
+    "use `vigil engine calibrate` (Q/DQ ONNX) instead"
+)
+
+
+class CalibrationBatches:
+    """Calibration frames as (batch, 3, H, W) float32 tensors, C-contiguous, ready for one host->device copy."""
+
+    def __init__(self, frames: Sequence[np.ndarray], input_hw: tuple[int, int], batch_size: int = 1) -> None:
+        if not frames:
+            raise ValueError("no calibration frames")
+        self.frames = frames
+        self.input_hw = input_hw
+        self.batch_size = batch_size
+
+    @property
+    def nbytes(self) -> int:
+        return self.batch_size * 3 * self.input_hw[0] * self.input_hw[1] * 4
+
+    def __len__(self) -> int:
+        return len(self.frames) // self.batch_size  # a partial last batch is dropped: fixed-size buffers
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        pre = Preprocessor(self.input_hw)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            chunk = [pre(f)[0] for f in self.frames[start : start + self.batch_size]]
+            yield np.ascontiguousarray(np.concatenate(chunk, axis=0), dtype=np.float32)
+
+
+class CalibrationCache:
+    """TensorRT's calibration table. The file name carries the model hash and input size, so a cache
+    made for another model is never read back (TensorRT would trust it)."""
+
+    def __init__(self, directory: str | Path, model_stem: str, model_sha256: str, input_hw: tuple[int, int]) -> None:
+        self.path = Path(directory) / f"{model_stem}.{model_sha256[:12]}.{input_hw[0]}x{input_hw[1]}.trt-calib"
+
+    def read(self) -> bytes | None:
+        if self.path.is_file():
+            log.info("using calibration cache %s", self.path)
+            return self.path.read_bytes()
+        return None
+
+    def write(self, data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(self.path)
+
+
+def entropy_calibrator(trt, cuda, batches: CalibrationBatches, cache: CalibrationCache):
+    """An IInt8EntropyCalibrator2 over `batches` (set it as `config.int8_calibrator`). `trt` and `cuda`
+    are the tensorrt and pycuda.driver modules, passed in so this module imports without them."""
+    warnings.warn(DEPRECATION, DeprecationWarning, stacklevel=2)
+    log.warning(DEPRECATION)
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self._batches = iter(batches)
+            self._device = cuda.mem_alloc(batches.nbytes)
+            self.served = 0
+
+        def get_batch_size(self) -> int:
+            return batches.batch_size
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            batch = next(self._batches, None)
+            if batch is None:
+                return None  # tells TensorRT the calibration data is exhausted
+            cuda.memcpy_htod(self._device, batch)
+            self.served += 1
+            return [int(self._device)] * len(names)
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache.read()  # with a cache, TensorRT skips get_batch entirely
+
+        def write_calibration_cache(self, data) -> None:
+            cache.write(bytes(data))
+
+    return EntropyCalibrator()
