@@ -75,6 +75,10 @@ def _writer(spec: RingSpec, n: int) -> None:
     for v in range(1, n + 1):
         img = np.full((120, 160, 3), v % 251, np.uint8)
         ring.write(img, index=v, pts=0.0, captured_mono_ns=time.monotonic_ns(), captured_wall=0.0)
+        if v % 50 == 0:
+            # Bursts of 50 back-to-back writes race the reader (torn reads happen there); the pauses let a
+            # reader on a loaded 2-core machine be scheduled at all, so it accepts frames in every run.
+            time.sleep(0.005)
     ring.close()
 
 
