@@ -54,6 +54,21 @@ class CameraConfig(_Strict):
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
 
 
+class TensorRTConfig(_Strict):
+    device: int = Field(0, ge=0, description="CUDA device index")
+    dla_core: int | None = Field(None, ge=0, description="Jetson DLA core the engine was built for (None: GPU)")
+    gpu_preprocess: bool = Field(
+        True, description="letterbox/normalise on the GPU (one uint8 upload per frame) instead of on the CPU"
+    )
+    zero_copy: Literal["auto", "on", "off"] = Field(
+        "auto", description="mapped host memory instead of copies; auto = on integrated GPUs (Jetson)"
+    )
+    failover_after: int = Field(
+        3, ge=1, description="consecutive TensorRT failures before ONNX Runtime serves the same model"
+    )
+    retry_s: float = Field(300.0, gt=0, description="after a failover, how long until TensorRT is tried again")
+
+
 class ModelConfig(_Strict):
     path: str = Field(DEFAULT_MODEL_PATH, description="ONNX model (or engine, with the TensorRT backend)")
     backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
@@ -73,6 +88,7 @@ class ModelConfig(_Strict):
         "on 2 cores; turn off to leave idle CPU to other services)",
     )
     warmup_runs: int = Field(2, ge=0)
+    tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
 
 
 class OutputConfig(_Strict):

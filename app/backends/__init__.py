@@ -23,10 +23,11 @@ def onnxruntime_backend(cfg: ModelConfig) -> Backend:
     return backend
 
 
-def _tensorrt(path: str | Path) -> Backend:
+def _tensorrt(path: str | Path, cfg: ModelConfig) -> Backend:
     from app.backends.tensorrt import TensorRTBackend
 
-    backend = TensorRTBackend(path)
+    t = cfg.tensorrt
+    backend = TensorRTBackend(path, device=t.device, gpu_preprocess=t.gpu_preprocess, zero_copy=t.zero_copy)
     backend.load()
     return backend
 
@@ -40,9 +41,10 @@ def cached_engine(cfg: ModelConfig) -> Path:
     from app.engine.cache import EngineKey, lookup
 
     cuda.init()
-    major, minor = cuda.Device(0).compute_capability()
+    major, minor = cuda.Device(cfg.tensorrt.device).compute_capability()
     size = cfg.imgsz or 640
-    key = EngineKey(sha256_file(cfg.path), cfg.precision, (1, 3, size, size), f"{major}.{minor}", trt.__version__)
+    key = EngineKey(sha256_file(cfg.path), cfg.precision, (1, 3, size, size), f"{major}.{minor}", trt.__version__,
+                    cfg.tensorrt.dla_core)  # fmt: skip
     return lookup(cfg.engine_dir, Path(cfg.path).stem, key)
 
 
@@ -57,11 +59,11 @@ def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
         return onnxruntime_backend(cfg), "configured"
     if cfg.backend == "tensorrt":
         if is_engine:
-            return _tensorrt(path), "configured"
+            return _tensorrt(path, cfg), "configured"
         from app.engine.cache import CacheMiss
 
         try:
-            return _tensorrt(cached_engine(cfg)), "configured (cached engine)"
+            return _tensorrt(cached_engine(cfg), cfg), "configured (cached engine)"
         except ImportError as exc:
             raise BackendError(f"model.backend tensorrt: {exc.name} is not installed (the `gpu` extra)") from exc
         except CacheMiss as exc:
@@ -72,7 +74,7 @@ def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
     if is_engine:
         if not ok:
             raise BackendError(f"{path.name} is a TensorRT engine, but {why}")
-        return _tensorrt(path), "auto: TensorRT engine file"
+        return _tensorrt(path, cfg), "auto: TensorRT engine file"
     if not ok:
         return onnxruntime_backend(cfg), f"auto: ONNX Runtime ({why})"
     from app.engine.cache import CacheMiss
@@ -84,12 +86,18 @@ def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
     except Exception as exc:  # a CUDA or file error while looking: the CPU path still works
         return onnxruntime_backend(cfg), f"auto: ONNX Runtime (engine lookup failed: {type(exc).__name__}: {exc})"
     try:
-        primary = _tensorrt(engine)
+        primary = _tensorrt(engine, cfg)
     except BackendError as exc:
         log.error("TensorRT engine %s failed to load, falling back to ONNX Runtime: %s", engine.name, exc)
         return onnxruntime_backend(cfg), f"auto: ONNX Runtime (TensorRT failed to load: {exc})"
     from app.backends.failover import FailoverBackend
 
     # At run time too: a GPU that keeps failing hands over to ONNX Runtime on the same ONNX, retried later.
-    guarded = FailoverBackend(primary, lambda: onnxruntime_backend(cfg), reload_primary=lambda: _tensorrt(engine))
+    guarded = FailoverBackend(
+        primary,
+        lambda: onnxruntime_backend(cfg),
+        max_failures=cfg.tensorrt.failover_after,
+        retry_after_s=cfg.tensorrt.retry_s,
+        reload_primary=lambda: _tensorrt(engine, cfg),
+    )
     return guarded, f"auto: TensorRT engine {engine.name} (ONNX Runtime on failure)"

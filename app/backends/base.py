@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.inference.preprocess import LetterboxGeometry, Preprocessor
+
 
 class BackendError(RuntimeError):
     """The runtime could not load or run the model; the message says which model and why."""
@@ -20,6 +22,21 @@ class TensorSpec:
 
     def is_static(self) -> bool:
         return all(isinstance(d, int) and d > 0 for d in self.shape)
+
+
+@dataclass(slots=True)
+class StagedFrame:
+    """A frame copied out of the ring for a backend that letterboxes on its device: the BGR uint8 pixels
+    (page-locked when the backend staged them, so the upload is DMA) and where they go in the model input.
+    The copy is what makes it safe: the ring slot may be overwritten as soon as the copy is checked."""
+
+    image: np.ndarray
+    geometry: LetterboxGeometry
+
+    def to_tensor(self, dtype: np.typing.DTypeLike = np.float32) -> np.ndarray:
+        """The host-side letterbox of the same frame (a backend without device preprocessing serves it)."""
+        tensor, _ = Preprocessor(self.geometry.dst_hw, dtype)(self.image)
+        return tensor
 
 
 class Backend(ABC):
@@ -52,6 +69,19 @@ class Backend(ABC):
     @abstractmethod
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one batch; returns the outputs in `outputs` order."""
+
+    @property
+    def preprocesses_on_device(self) -> bool:
+        """True when `infer_frame` letterboxes on the device: the detector then stages raw frames."""
+        return False
+
+    def stage(self, image: np.ndarray, geometry: LetterboxGeometry) -> StagedFrame:
+        """Copy a frame for `infer_frame` (into page-locked memory where the backend has it)."""
+        return StagedFrame(image.copy(), geometry)
+
+    def infer_frame(self, frame: StagedFrame) -> list[np.ndarray]:
+        """Run one staged frame. Without device preprocessing: the host letterbox, then `infer`."""
+        return self.infer(frame.to_tensor(self.inputs[0].dtype))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources."""

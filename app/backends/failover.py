@@ -6,10 +6,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
-from app.backends.base import Backend, TensorSpec
+from app.backends.base import Backend, StagedFrame, TensorSpec
+from app.inference.preprocess import LetterboxGeometry
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +64,36 @@ class FailoverBackend(Backend):
     def providers(self) -> list[str]:
         return self.active.providers
 
+    @property
+    def preprocesses_on_device(self) -> bool:
+        return self.primary.preprocesses_on_device
+
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._serve(lambda b: b.infer(batch))
+
+    def stage(self, image: np.ndarray, geometry: LetterboxGeometry) -> StagedFrame:
+        # a copy that worked says nothing about the GPU: only inference successes reset the failure count
+        return self._serve(lambda b: b.stage(image, geometry), proves_health=False)
+
+    def infer_frame(self, frame: StagedFrame) -> list[np.ndarray]:
+        # A frame staged for the GPU is still a frame: the fallback letterboxes it on the host.
+        return self._serve(lambda b: b.infer_frame(frame))
+
+    def _serve(self, call: Callable[[Backend], T], proves_health: bool = True) -> T:
         if self.active is not self.primary and time.monotonic() - self._fell_back_at >= self.retry_after_s:
             self._try_primary_again()
         if self.active is not self.primary:
-            return self.active.infer(batch)
+            return call(self.active)
         try:
-            out = self.primary.infer(batch)
+            out = call(self.primary)
         except Exception as exc:
             self.failures += 1
             if self.failures < self.max_failures:
                 raise
             self._fail_over(f"{type(exc).__name__}: {exc}")
-            return self.active.infer(batch)  # this frame too, on the fallback
-        self.failures = 0
+            return call(self.active)  # this frame too, on the fallback
+        if proves_health:
+            self.failures = 0
         return out
 
     def _fail_over(self, why: str) -> None:

@@ -3,19 +3,27 @@ appliance never needs tensorrt or pycuda installed.
 
 One CUDA context per worker process, created in `load()` (after spawn: never inherited), pushed and
 popped around every use so any thread may call `infer`. Host buffers are page-locked so copies are
-asynchronous DMA on the backend's stream.
+asynchronous DMA on the backend's stream; on an integrated GPU (Jetson) they are mapped into the GPU's
+address space instead, and nothing is copied at all.
+
+With `gpu_preprocess` the detector hands over raw frames (`stage` / `infer_frame`): the uint8 BGR frame is
+uploaded once and one kernel letterboxes, swaps to RGB, normalises and lays out NCHW on the GPU, so the
+host's per-frame work is one copy in and the small copy of the outputs back.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from app.backends.base import Backend, BackendError, TensorSpec
+from app.backends.base import Backend, BackendError, StagedFrame, TensorSpec
 from app.backends.tensorrt_io import IoTensor, bind, plan_io, set_addresses
 from app.engine.plan_file import read_plan
+from app.inference.preprocess import LetterboxGeometry
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +45,56 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, "TensorRT and a CUDA device are present"
 
 
+@dataclass(slots=True)
+class _Buffer:
+    """A host array and the device address the engine or kernel uses for it. Mapped (zero-copy) buffers
+    have no device allocation: the address is the host memory's own GPU mapping."""
+
+    host: np.ndarray
+    device_ptr: int
+    device: object | None  # pycuda DeviceAllocation, None when mapped
+
+    def upload(self, stream) -> None:
+        if self.device is not None:
+            import pycuda.driver as cuda
+
+            cuda.memcpy_htod_async(self.device, self.host, stream)
+
+    def download(self, stream) -> None:
+        if self.device is not None:
+            import pycuda.driver as cuda
+
+            cuda.memcpy_dtoh_async(self.host, self.device, stream)
+
+    def free(self) -> None:
+        if self.device is not None:
+            self.device.free()
+
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    MAX_SPARE_STAGING = 4  # spare page-locked frame buffers kept per frame size
 
-    def __init__(self, path: str | Path, *, device: int = 0) -> None:
+    def __init__(
+        self, path: str | Path, *, device: int = 0, gpu_preprocess: bool = True, zero_copy: str = "auto"
+    ) -> None:
         self.path = Path(path)
         self.device = device
+        self.gpu_preprocess = gpu_preprocess
+        self.zero_copy = zero_copy
+        self.mapped = False
         self._ctx = None
         self._engine = None
         self._context = None
         self._stream = None
         self._inputs: list[IoTensor] = []
         self._outputs: list[IoTensor] = []
-        self._host: dict[str, np.ndarray] = {}
-        self._device_mem: dict[str, object] = {}
+        self._buffers: dict[str, _Buffer] = {}
         self._meta: dict[str, str] = {}
+        self._letterbox = None  # GpuLetterbox when preprocessing on the GPU
+        self._frame_src: dict[tuple[int, ...], object] = {}  # device copy of a staged frame, per frame size
+        self._spare: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self._staged: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
     def load(self) -> None:
         try:
@@ -65,7 +108,11 @@ class TensorRTBackend(Backend):
         if plan.metadata:
             self._meta = {k: str(v) for k, v in plan.metadata.items()}
         cuda.init()
-        self._ctx = cuda.Device(self.device).make_context()
+        dev = cuda.Device(self.device)
+        integrated = bool(dev.get_attribute(cuda.device_attribute.INTEGRATED))
+        self.mapped = use_zero_copy(self.zero_copy, integrated)
+        flags = cuda.ctx_flags.SCHED_AUTO | (cuda.ctx_flags.MAP_HOST if self.mapped else 0)
+        self._ctx = dev.make_context(flags)
         try:
             runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
             self._engine = runtime.deserialize_cuda_engine(plan.plan)
@@ -78,20 +125,39 @@ class TensorRTBackend(Backend):
             self._context = self._engine.create_execution_context()
             self._outputs = bind(self._context, inputs, outputs)
             self._inputs = inputs
-            self._stream = cuda.Stream()
+            self._stream = cuda.Stream(flags=1)  # non-blocking: no implicit sync with the legacy stream
             for t in [*self._inputs, *self._outputs]:
-                self._host[t.name] = cuda.pagelocked_empty(t.shape, t.dtype)
-                self._device_mem[t.name] = cuda.mem_alloc(t.nbytes)
+                self._buffers[t.name] = self._alloc(t.shape, t.dtype)
             set_addresses(self._context, [*self._inputs, *self._outputs],
-                          {k: int(v) for k, v in self._device_mem.items()})  # fmt: skip
+                          {k: b.device_ptr for k, b in self._buffers.items()})  # fmt: skip
+            if self.gpu_preprocess and self._inputs[0].dtype in (np.float32, np.float16):
+                from app.backends.gpu_preprocess import GpuLetterbox
+
+                self._letterbox = GpuLetterbox(self._inputs[0].dtype, cache_dir=self.path.parent / ".kernels")
         except BaseException:
-            self._ctx.pop()
-            self._ctx.detach()
-            self._ctx = None
+            self._release()
             raise
         self._ctx.pop()
-        log.info("TensorRT %s engine %s: inputs %s, outputs %s", trt.__version__, self.path.name,
-                 [(t.name, t.shape) for t in self._inputs], [(t.name, t.shape) for t in self._outputs])  # fmt: skip
+        log.info("TensorRT %s engine %s: inputs %s, outputs %s, preprocessing on the %s, %s host memory",
+                 trt.__version__, self.path.name, [(t.name, t.shape) for t in self._inputs],
+                 [(t.name, t.shape) for t in self._outputs], "GPU" if self._letterbox else "CPU",
+                 "mapped (zero-copy)" if self.mapped else "page-locked")  # fmt: skip
+
+    def _alloc(self, shape: tuple[int, ...], dtype: np.dtype) -> _Buffer:
+        """Page-locked host memory, and either its GPU mapping or a device buffer of the same size."""
+        import pycuda.driver as cuda
+
+        host = self._host(shape, dtype)
+        if self.mapped:
+            return _Buffer(host, int(host.base.get_device_pointer()), None)
+        device = cuda.mem_alloc(host.nbytes)
+        return _Buffer(host, int(device), device)
+
+    def _host(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        import pycuda.driver as cuda
+
+        flags = cuda.host_alloc_flags.DEVICEMAP if self.mapped else 0
+        return cuda.pagelocked_empty(shape, dtype, mem_flags=flags)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -105,38 +171,121 @@ class TensorRTBackend(Backend):
     def metadata(self) -> dict[str, str]:
         return dict(self._meta)
 
-    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        import pycuda.driver as cuda
+    @property
+    def providers(self) -> list[str]:
+        where = "GPU" if self._letterbox is not None else "CPU"
+        return [f"TensorRT (preprocessing on the {where}{', zero-copy' if self.mapped else ''})"]
 
-        if self._ctx is None:
-            raise BackendError("the TensorRT backend is not loaded")
+    @property
+    def preprocesses_on_device(self) -> bool:
+        return self._letterbox is not None
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        self._require_loaded()
         inp = self._inputs[0]
         if batch.shape != inp.shape:
             raise BackendError(f"input batch {batch.shape} does not match the engine's {inp.shape}")
         self._ctx.push()
         try:
-            host_in = self._host[inp.name]
-            np.copyto(host_in, batch, casting="same_kind")
-            cuda.memcpy_htod_async(self._device_mem[inp.name], host_in, self._stream)
-            if not self._context.execute_async_v3(self._stream.handle):
-                raise BackendError("TensorRT execute_async_v3 failed")
-            for t in self._outputs:
-                cuda.memcpy_dtoh_async(self._host[t.name], self._device_mem[t.name], self._stream)
-            self._stream.synchronize()
+            buf = self._buffers[inp.name]
+            np.copyto(buf.host, batch, casting="same_kind")
+            buf.upload(self._stream)
+            return self._execute()
         finally:
             self._ctx.pop()
-        return [self._host[t.name].astype(np.float32, copy=True) for t in self._outputs]
+
+    def stage(self, image: np.ndarray, geometry: LetterboxGeometry) -> StagedFrame:
+        """One host copy of the frame, into page-locked (or mapped) memory reused across frames."""
+        if self._letterbox is None:
+            return super().stage(image, geometry)
+        spare = self._spare.get(image.shape)
+        if spare:
+            host = spare.pop()
+        else:  # a new frame size, or more frames in flight than before: allocate (needs the context)
+            self._require_loaded()
+            self._ctx.push()
+            try:
+                host = self._host(image.shape, np.dtype(np.uint8))
+            finally:
+                self._ctx.pop()
+            self._staged[id(host)] = host
+        np.copyto(host, image)
+        return StagedFrame(host, geometry)
+
+    def infer_frame(self, frame: StagedFrame) -> list[np.ndarray]:
+        if self._letterbox is None:
+            return super().infer_frame(frame)
+        self._require_loaded()
+        if self._staged.get(id(frame.image)) is not frame.image:  # staged elsewhere (e.g. by a fallback)
+            frame = self.stage(frame.image, frame.geometry)
+        self._ctx.push()
+        try:
+            host = frame.image
+            if self.mapped:
+                src_ptr = int(host.base.get_device_pointer())
+            else:
+                import pycuda.driver as cuda
+
+                src = self._frame_src.get(host.shape)
+                if src is None:
+                    src = self._frame_src[host.shape] = cuda.mem_alloc(host.nbytes)
+                cuda.memcpy_htod_async(src, host, self._stream)
+                src_ptr = int(src)
+            self._letterbox.launch(src_ptr, self._buffers[self._inputs[0].name].device_ptr, frame.geometry,
+                                   self._stream)  # fmt: skip
+            outputs = self._execute()
+        finally:
+            self._ctx.pop()
+        spare = self._spare.setdefault(frame.image.shape, [])
+        if len(spare) < self.MAX_SPARE_STAGING:
+            spare.append(frame.image)
+        return outputs
+
+    def _execute(self) -> list[np.ndarray]:
+        """Enqueue the engine, bring the outputs back, wait; the context is current."""
+        if not self._context.execute_async_v3(self._stream.handle):
+            raise BackendError("TensorRT execute_async_v3 failed")
+        for t in self._outputs:
+            self._buffers[t.name].download(self._stream)
+        self._stream.synchronize()
+        # copies: the buffers are overwritten by the next frame; FP16 outputs are widened for the decoder,
+        # integer outputs (EfficientNMS counts and classes) keep their type
+        return [_host_copy(self._buffers[t.name].host) for t in self._outputs]
+
+    def _require_loaded(self) -> None:
+        if self._ctx is None:
+            raise BackendError("the TensorRT backend is not loaded")
 
     def close(self) -> None:
         if self._ctx is None:
             return
         self._ctx.push()
+        self._release()
+
+    def _release(self) -> None:
+        """Free device memory and drop the context, which is current (pushed) on entry."""
         try:
-            for mem in self._device_mem.values():
+            for buf in self._buffers.values():
+                buf.free()
+            for mem in self._frame_src.values():
                 mem.free()
-            self._device_mem.clear()
-            self._context = self._engine = self._stream = None
+            self._buffers.clear()
+            self._frame_src.clear()
+            self._spare.clear()
+            self._letterbox = self._context = self._engine = self._stream = None
         finally:
             self._ctx.pop()
             self._ctx.detach()  # drop the context before the process exits
             self._ctx = None
+
+
+def use_zero_copy(setting: str, integrated: bool) -> bool:
+    """Mapped host memory pays off where the GPU shares the host's DRAM (Jetson); on a discrete GPU every
+    kernel access would cross PCIe, so `auto` only maps on integrated GPUs."""
+    if setting not in ("auto", "on", "off"):
+        raise BackendError(f"model.tensorrt.zero_copy must be auto, on or off, not {setting!r}")
+    return setting == "on" or (setting == "auto" and integrated)
+
+
+def _host_copy(host: np.ndarray) -> np.ndarray:
+    return host.astype(np.float32) if host.dtype == np.float16 else host.copy()

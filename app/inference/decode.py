@@ -1,5 +1,6 @@
-"""YOLO output decoding: dense heads (v8/v11, [1, 4+C, N]) with class-aware NMS, and NMS-free /
-end-to-end heads ([1, N, 6]: x1, y1, x2, y2, score, class), mapped back to source pixels.
+"""YOLO output decoding: dense heads (v8/v11, [1, 4+C, N]) with class-aware NMS, NMS-free /
+end-to-end heads ([1, N, 6]: x1, y1, x2, y2, score, class), and TensorRT engines with the EfficientNMS_TRT
+plugin built in (four outputs: count, boxes, scores, classes), mapped back to source pixels.
 
 Semantics follow Ultralytics' `non_max_suppression` (strict `>` on thresholds, best class per box,
 class offset trick for class-aware NMS, `max_det` after NMS) so our boxes match the reference.
@@ -7,6 +8,8 @@ class offset trick for class-aware NMS, `max_det` after NMS) so our boxes match 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -17,11 +20,30 @@ from app.messages import Detections
 
 MAX_WH = 7680  # class offset for class-aware NMS; larger than any input side
 MAX_NMS = 30000  # boxes fed into NMS at most
+_INT32_MAX = np.iinfo(np.int32).max
 
 
 class OutputLayout(str, Enum):
     DENSE = "dense"  # [1, 4 + C, N], boxes cx,cy,w,h in input pixels, per-class scores
     END2END = "end2end"  # [1, N, 6], boxes x1,y1,x2,y2 in input pixels, score, class id
+    # TensorRT EfficientNMS_TRT: count [1, 1], boxes [1, K, 4] x1,y1,x2,y2 in input pixels, scores [1, K],
+    # classes [1, K]; output order and names depend on the exporter (see NmsOutputRoles)
+    EFFICIENT_NMS = "efficient_nms"
+
+
+class ModelShapeError(ValueError):
+    """The model is not a YOLO detector we can decode."""
+
+
+@dataclass(frozen=True, slots=True)
+class NmsOutputRoles:
+    """Which model output holds each EfficientNMS tensor. Exporters disagree on order and names, so this is
+    worked out once from shapes and dtypes at load (resolve_nms_roles) instead of assumed."""
+
+    count: int
+    boxes: int
+    scores: int
+    classes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +53,85 @@ class DecodeParams:
     max_det: int = 300
     classes: tuple[int, ...] | None = None
     agnostic: bool = False
+
+
+Dim = int | str | None  # str/None/negative for dynamic dimensions (ONNX symbolic, TensorRT -1)
+
+# Substrings of output names per role, used only to break ties that shape and dtype leave open
+_ROLE_WORDS: dict[str, tuple[str, ...]] = {
+    "count": ("num", "count"),
+    "scores": ("score", "conf"),
+    "classes": ("class", "label", "cls"),
+}
+_NMS_EXPECTED = (
+    "expected EfficientNMS outputs num_dets [1, 1] int, boxes [1, K, 4] float, scores [1, K] float, classes [1, K] int"
+)
+
+
+def format_shape(shape: Sequence[Dim]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _dim_fits(dim: Dim, want: Dim) -> bool:
+    # A dynamic dimension on either side cannot rule an assignment out
+    if not isinstance(dim, int) or dim < 0 or not isinstance(want, int) or want < 0:
+        return True
+    return dim == want
+
+
+def resolve_nms_roles(outputs: Sequence[tuple[str, Sequence[Dim], np.dtype]]) -> NmsOutputRoles:
+    """Identify count/boxes/scores/classes among four (name, shape, dtype) outputs.
+
+    Boxes are the one [1, K, 4]; the count is [1, 1] or [1]; scores and classes are [1, K] and scores must
+    be float. Among the assignments the shapes allow, an integer count and integer classes are preferred
+    (some exporters emit float classes), then names; whatever is still ambiguous raises ModelShapeError.
+    """
+    described = ", ".join(f"{name!r} {format_shape(shape)} {np.dtype(dt).name}" for name, shape, dt in outputs)
+
+    def fail(why: str) -> ModelShapeError:
+        return ModelShapeError(f"outputs {described}: {why}; {_NMS_EXPECTED}")
+
+    if len(outputs) != 4:
+        raise fail(f"{len(outputs)} outputs")
+    shapes = [tuple(shape) for _, shape, _ in outputs]
+    kinds = [np.dtype(dt).kind for _, _, dt in outputs]
+    boxes = [i for i, sh in enumerate(shapes) if len(sh) == 3 and sh[2] == 4]
+    if len(boxes) != 1:
+        raise fail("need exactly one [1, K, 4] boxes output")
+    b = boxes[0]
+    k = shapes[b][1]
+
+    def count_like(i: int) -> bool:
+        return len(shapes[i]) == 1 or (len(shapes[i]) == 2 and _dim_fits(shapes[i][1], 1))
+
+    def per_det(i: int) -> bool:
+        return len(shapes[i]) == 2 and _dim_fits(shapes[i][1], k)
+
+    rest = [i for i in range(4) if i != b]
+    cands = [
+        (c, s, cl)
+        for c, s, cl in itertools.permutations(rest)
+        if count_like(c) and per_det(s) and per_det(cl) and kinds[s] == "f"
+    ]
+    if not cands:
+        raise fail("no output assignment fits these shapes and dtypes")
+    # Preferences narrow the set only when something survives them: a float count or float classes are
+    # still accepted when that is all the model has.
+    for prefer in (lambda a: kinds[a[0]] in "iu", lambda a: kinds[a[2]] in "iu"):
+        narrowed = [a for a in cands if prefer(a)]
+        cands = narrowed or cands
+    if len(cands) > 1:
+
+        def name_score(a: tuple[int, int, int]) -> int:
+            roles = zip(("count", "scores", "classes"), a)
+            return sum(any(w in outputs[i][0].lower() for w in _ROLE_WORDS[r]) for r, i in roles)
+
+        best = max(name_score(a) for a in cands)
+        cands = [a for a in cands if name_score(a) == best]
+    if len(cands) > 1:
+        raise fail("cannot tell count, scores and classes apart by shape, dtype or name")
+    c, s, cl = cands[0]
+    return NmsOutputRoles(count=c, boxes=b, scores=s, classes=cl)
 
 
 def box_iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -91,29 +192,93 @@ def decode_dense(pred: np.ndarray, num_classes: int, p: DecodeParams) -> Detecti
     return Detections(boxes[keep], conf[keep], cls[keep])
 
 
+def _select_rows(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, p: DecodeParams) -> Detections:
+    """Filter rows the model already NMS'd: conf (strict >), class filter, then max_det in model order.
+
+    Rows with NaN/inf, inverted boxes or class ids that are not a non-negative int32 are dropped: they
+    can come from a broken engine or stale plugin memory and would otherwise reach the sinks as NaN JSON or
+    fail a names lookup. NaN scores fall out of `>` on their own.
+    """
+    scores = scores.astype(np.float32, copy=False)
+    boxes = boxes.astype(np.float32, copy=False)
+    m = scores > p.conf
+    m &= np.isfinite(boxes).all(axis=1) & (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
+    m &= (classes >= 0) & (classes <= _INT32_MAX)  # NaN compares False
+    # Float class ids (END2END, or any output TensorRT hands back as float32) are exact integers; rint
+    # guards against a cast truncating 2.9999998 to 2
+    cls = classes[m]
+    cls = (np.rint(cls) if cls.dtype.kind == "f" else cls).astype(np.int32)
+    idx = np.flatnonzero(m)
+    if p.classes is not None:
+        keep = np.isin(cls, np.asarray(p.classes))
+        idx, cls = idx[keep], cls[keep]
+    idx, cls = idx[: p.max_det], cls[: p.max_det]
+    return Detections(boxes[idx], scores[idx], cls)  # fancy indexing copies: geometry maps boxes in place
+
+
 def decode_end2end(pred: np.ndarray, p: DecodeParams) -> Detections:
     """pred: [N, 6] (x1, y1, x2, y2, score, class) for one image, already NMS'd by the model."""
-    m = pred[:, 4] > p.conf
-    if p.classes is not None:
-        m &= np.isin(pred[:, 5].astype(np.int32), np.asarray(p.classes))
-    sel = pred[m][: p.max_det].astype(np.float32)
-    return Detections(sel[:, :4].copy(), sel[:, 4].copy(), sel[:, 5].astype(np.int32))
+    return _select_rows(pred[:, :4], pred[:, 4], pred[:, 5], p)
+
+
+def decode_efficient_nms(
+    count: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, p: DecodeParams
+) -> Detections:
+    """One image of EfficientNMS_TRT output: count [1, 1] or [1], boxes [1, K, 4] (x1, y1, x2, y2 in input
+    pixels), scores and classes [1, K], sorted by score. Only the first `count` rows are written; the rest
+    is whatever the buffer held before."""
+    boxes = boxes.reshape(-1, 4)
+    scores, classes = scores.reshape(-1), classes.reshape(-1)
+    n = float(count.reshape(-1)[0]) if count.size else 0.0
+    # min over all lengths so a count past K (or K that differs per tensor) cannot index past the end
+    limit = min(len(boxes), len(scores), len(classes))
+    n_valid = int(min(max(n, 0.0), limit)) if np.isfinite(n) else 0
+    return _select_rows(boxes[:n_valid], scores[:n_valid], classes[:n_valid], p)
 
 
 class YoloDecoder:
-    """Decodes the raw output of one image and maps boxes to the source frame."""
+    """Decodes the raw outputs of one image and maps boxes to the source frame."""
 
-    def __init__(self, layout: OutputLayout, num_classes: int, params: DecodeParams) -> None:
+    def __init__(
+        self,
+        layout: OutputLayout,
+        num_classes: int,
+        params: DecodeParams,
+        roles: NmsOutputRoles | None = None,
+    ) -> None:
         self.layout = layout
         self.num_classes = num_classes
         self.params = params
+        # EFFICIENT_NMS: give ModelInfo.output_roles. Without it the roles are guessed from the arrays on
+        # the first call, which cannot use names: float classes (or a backend that hands outputs back as
+        # float32) leave scores and classes looking alike, and the first frame raises.
+        self.roles = roles
 
-    def __call__(self, output: np.ndarray, geometry: LetterboxGeometry) -> Detections:
-        pred = output[0]
+    def __call__(self, outputs: Sequence[np.ndarray], geometry: LetterboxGeometry) -> Detections:
+        if isinstance(outputs, np.ndarray):
+            # The old interface took outputs[0]; indexing an array here would silently decode the wrong axis
+            raise TypeError("YoloDecoder takes the list of all model outputs, not one array")
         if self.layout is OutputLayout.DENSE:
-            det = decode_dense(pred, self.num_classes, self.params)
+            det = decode_dense(outputs[0][0], self.num_classes, self.params)
+        elif self.layout is OutputLayout.END2END:
+            det = decode_end2end(outputs[0][0], self.params)
         else:
-            det = decode_end2end(pred, self.params)
+            r = self._nms_roles(outputs)
+            det = decode_efficient_nms(
+                outputs[r.count], outputs[r.boxes], outputs[r.scores], outputs[r.classes], self.params
+            )
         if len(det):
             geometry.boxes_to_source(det.xyxy)
         return det
+
+    def _nms_roles(self, outputs: Sequence[np.ndarray]) -> NmsOutputRoles:
+        if self.roles is None:
+            try:
+                self.roles = resolve_nms_roles([("", a.shape, a.dtype) for a in outputs])
+            except ModelShapeError as exc:
+                raise ModelShapeError(f"{exc} (pass ModelInfo.output_roles to YoloDecoder)") from None
+        r = self.roles
+        if max(r.count, r.boxes, r.scores, r.classes) >= len(outputs):
+            shapes = ", ".join(format_shape(a.shape) for a in outputs)
+            raise ModelShapeError(f"EfficientNMS roles {r} do not fit the {len(outputs)} outputs {shapes}")
+        return r

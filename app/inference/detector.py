@@ -10,10 +10,11 @@ from dataclasses import replace
 import numpy as np
 
 from app.backends import Backend, load_backend
+from app.backends.base import StagedFrame
 from app.config import ModelConfig
 from app.inference.decode import DecodeParams, YoloDecoder
 from app.inference.model_info import ModelInfo
-from app.inference.preprocess import LetterboxGeometry, Preprocessor
+from app.inference.preprocess import LetterboxGeometry, Preprocessor, check_frame
 from app.messages import BackendState, Detections, StageTimings
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class Detector:
         self.info = info
         self.backend_reason = reason
         self.preprocess = Preprocessor(info.input_hw, info.input_dtype)
-        self.decoder = YoloDecoder(info.layout, info.num_classes, params)
+        self.decoder = YoloDecoder(info.layout, info.num_classes, params, info.output_roles)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> Detector:
@@ -72,19 +73,26 @@ class Detector:
         p = self.decoder.params
         self.decoder.params = replace(p, conf=p.conf if conf is None else conf, iou=p.iou if iou is None else iou)
 
-    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxGeometry, float]:
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray | StagedFrame, LetterboxGeometry, float]:
+        """The model input for `image`: the letterboxed tensor, or, when the backend letterboxes on its
+        device, the frame staged for upload (one host copy; the rest happens in `infer`)."""
         t0 = time.perf_counter()
+        if self.backend.preprocesses_on_device:
+            check_frame(image)
+            geometry = self.preprocess.geometry_for((image.shape[0], image.shape[1]))
+            return self.backend.stage(image, geometry), geometry, _ms_since(t0)
         tensor, geometry = self.preprocess(image)
         return tensor, geometry, _ms_since(t0)
 
-    def infer(self, tensor: np.ndarray) -> tuple[list[np.ndarray], float]:
+    def infer(self, tensor: np.ndarray | StagedFrame) -> tuple[list[np.ndarray], float]:
         t0 = time.perf_counter()
-        outputs = self.backend.infer(tensor)
+        staged = isinstance(tensor, StagedFrame)
+        outputs = self.backend.infer_frame(tensor) if staged else self.backend.infer(tensor)
         return outputs, _ms_since(t0)
 
     def decode(self, outputs: list[np.ndarray], geometry: LetterboxGeometry) -> tuple[Detections, float]:
         t0 = time.perf_counter()
-        det = self.decoder(outputs[0], geometry)
+        det = self.decoder(outputs, geometry)
         return det, _ms_since(t0)
 
     def detect(self, image: np.ndarray) -> tuple[Detections, StageTimings]:

@@ -46,6 +46,11 @@ class LetterboxGeometry:
         return xyxy
 
 
+def check_frame(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 BGR image, got shape {image.shape} {image.dtype}")
+
+
 class Preprocessor:
     """Turns BGR uint8 frames into the model's input tensor.
 
@@ -69,8 +74,7 @@ class Preprocessor:
 
     def letterbox(self, image: np.ndarray) -> tuple[np.ndarray, LetterboxGeometry]:
         """BGR uint8 HxWx3 -> padded BGR uint8 canvas (a view of an internal buffer)."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an HxWx3 uint8 BGR image, got shape {image.shape} {image.dtype}")
+        check_frame(image)
         g = self.geometry_for((image.shape[0], image.shape[1]))
         nw, nh = g.resized_wh
         roi = self._canvas[g.top : g.top + nh, g.left : g.left + nw]

@@ -1,0 +1,155 @@
+"""`TensorRTBackend` end to end on CPU, over the host-memory emulation of pycuda/TensorRT in
+cuda_emulation.py: the real backend code, the real letterbox kernel (host build), the real model (ONNX
+Runtime as the "engine"), real frames. Detections must equal the ONNX Runtime CPU path exactly, for every
+runtime variant: CPU or GPU letterbox, copies or mapped (zero-copy) memory, FP32 or FP16 input."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from cuda_emulation import Emulator, HostLetterbox, build_host_kernel
+
+from app.backends.tensorrt import TensorRTBackend, use_zero_copy
+from app.config import ModelConfig
+from app.engine.calibrate import evenly_spaced_frames
+from app.engine.plan_file import with_header
+from app.inference.detector import Detector
+from app.messages import Detections
+
+
+@pytest.fixture(scope="module")
+def host_kernel(tmp_path_factory: pytest.TempPathFactory):
+    dll = build_host_kernel(tmp_path_factory.mktemp("kernel"))
+    if dll is None:
+        pytest.skip("g++ is not installed")
+    return dll
+
+
+@pytest.fixture(scope="module")
+def frames(sample_video: Path) -> list[np.ndarray]:
+    return [f for _, f in evenly_spaced_frames(sample_video, 4)]
+
+
+@pytest.fixture(scope="module")
+def reference(default_model: Path, frames: list[np.ndarray]) -> list[Detections]:
+    det = Detector.from_config(ModelConfig(path=str(default_model), backend="onnxruntime"))
+    return [det.detect(f)[0] for f in frames]
+
+
+def _engine_file(tmp_path: Path, onnx: Path, half_input: bool = False) -> Path:
+    """An "engine" with an Ultralytics-style metadata header, like `yolo export format=engine` writes."""
+    meta = dict(ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map)
+    path = tmp_path / "model.engine"
+    path.write_bytes(with_header(Emulator.plan(onnx, half_input), meta))
+    return path
+
+
+def _same(a: Detections, b: Detections, input_rounding: float = 0.0) -> None:
+    """Equal detections; `input_rounding` > 0 when the engine input is FP16 (pixels/255 rounded to half)."""
+    assert len(a) == len(b)
+    np.testing.assert_array_equal(a.class_id, b.class_id)
+    np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3 + 100 * input_rounding)
+    np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-5 + input_rounding)
+
+
+@pytest.mark.parametrize(
+    ("gpu_preprocess", "integrated", "half_input"),
+    [(True, False, False), (True, True, False), (True, False, True), (False, False, False), (False, True, False)],
+    ids=["gpu-letterbox", "gpu-letterbox-zero-copy", "gpu-letterbox-fp16-input", "cpu-letterbox", "cpu-zero-copy"],
+)
+def test_backend_variants_match_onnxruntime(
+    monkeypatch, tmp_path: Path, default_model: Path, frames, reference, host_kernel,
+    gpu_preprocess: bool, integrated: bool, half_input: bool,
+) -> None:  # fmt: skip
+    emu = Emulator(integrated=integrated)
+    emu.install(monkeypatch)
+    monkeypatch.setattr("app.backends.gpu_preprocess.GpuLetterbox", lambda dt, **kw: HostLetterbox(host_kernel, dt))
+    cfg = ModelConfig(path=str(_engine_file(tmp_path, default_model, half_input)), backend="tensorrt")
+    cfg.tensorrt.gpu_preprocess = gpu_preprocess
+    det = Detector.from_config(cfg)
+    backend = det.backend
+    assert isinstance(backend, TensorRTBackend) and backend.mapped == integrated
+    assert backend.preprocesses_on_device == gpu_preprocess
+    assert det.names == Detector.from_config(ModelConfig(path=str(default_model))).names, "header metadata"
+    rounding = 3e-3 if half_input else 0.0  # measured: scores within 1.6e-3, boxes within 0.03 px
+    for _ in range(2):  # twice: buffers are reused, nothing from the previous frame may leak in
+        for frame, ref in zip(frames, reference):
+            _same(det.detect(frame)[0], ref, rounding)
+    assert emu.context_stack == [], "every push has its pop"
+    if gpu_preprocess:
+        assert backend._letterbox.launches == emu.executions == 2 * len(frames)
+        # one page-locked frame buffer per frame size, reused; nothing per frame
+        assert emu.pinned_allocs == 1 + 1 + len(backend.outputs)
+    uploads = [n for kind, n in emu.copies if kind == "htod"]
+    if integrated:
+        assert uploads == [] and emu.mapped_allocs == emu.pinned_allocs, "zero-copy: no copies at all"
+    elif gpu_preprocess:
+        assert set(uploads) == {frames[0].nbytes}, "the only upload is the uint8 frame"
+    else:
+        assert set(uploads) == {det.preprocess(frames[0])[0].astype(backend.inputs[0].dtype).nbytes}
+    det.close()
+    leaked = [m.nbytes for m in emu.device_live.values()]
+    assert leaked == [] and emu.contexts_alive == 0, f"close frees device memory ({leaked} B) and the context"
+
+
+def test_staged_frames_survive_drops_and_overlap(monkeypatch, tmp_path: Path, default_model: Path, frames, reference,
+                                                 host_kernel) -> None:  # fmt: skip
+    """The worker drops a staged frame when the ring overwrote it mid-copy; `vigil detect` stages frame n+1
+    while frame n is in the engine. Neither may corrupt a frame or grow memory per frame."""
+    emu = Emulator()
+    emu.install(monkeypatch)
+    monkeypatch.setattr("app.backends.gpu_preprocess.GpuLetterbox", lambda dt, **kw: HostLetterbox(host_kernel, dt))
+    det = Detector.from_config(ModelConfig(path=str(_engine_file(tmp_path, default_model)), backend="tensorrt"))
+    for _ in range(5):
+        det.prepare(frames[0])  # staged, then dropped
+    gc.collect()
+    ahead = [det.prepare(f)[0] for f in frames]  # all staged before any runs
+    for staged, ref in zip(ahead, reference):
+        outputs, _ = det.infer(staged)
+        _same(det.decode(outputs, staged.geometry)[0], ref)
+    allocs = emu.pinned_allocs
+    for _ in range(3):
+        for f, ref in zip(frames, reference):
+            _same(det.detect(f)[0], ref)
+    assert emu.pinned_allocs == allocs, "steady state reuses the staging buffers"
+    det.close()
+
+
+def test_gpu_failure_hands_staged_frames_to_onnxruntime(monkeypatch, tmp_path: Path, default_model: Path, frames,
+                                                        reference, host_kernel) -> None:  # fmt: skip
+    """`auto` wraps the engine in the failover: a GPU that fails `failover_after` times in a row hands the
+    frames it had staged to ONNX Runtime on the same ONNX, which letterboxes them on the host."""
+    from app.backends.failover import FailoverBackend
+    from app.backends.tensorrt import TensorRTBackend as Trt
+
+    emu = Emulator()
+    emu.install(monkeypatch)
+    monkeypatch.setattr("app.backends.gpu_preprocess.GpuLetterbox", lambda dt, **kw: HostLetterbox(host_kernel, dt))
+    engine = _engine_file(tmp_path, default_model)
+    cfg = ModelConfig(path=str(default_model))
+    monkeypatch.setattr("app.backends.tensorrt.tensorrt_available", lambda: (True, "emulated"))
+    monkeypatch.setattr("app.backends.cached_engine", lambda c: engine)
+    det = Detector.from_config(cfg)
+    assert isinstance(det.backend, FailoverBackend) and isinstance(det.backend.primary, Trt)
+    assert det.backend.preprocesses_on_device and "TensorRT engine" in det.backend_reason
+    _same(det.detect(frames[0])[0], reference[0])
+    emu.fail_executions = True
+    for _ in range(cfg.tensorrt.failover_after - 1):
+        with pytest.raises(Exception, match="execute_async_v3 failed"):
+            det.detect(frames[1])
+    _same(det.detect(frames[1])[0], reference[1])  # the failing frame itself is answered by the fallback
+    state = det.backend_state()
+    assert state.name == "onnxruntime" and state.failovers == 1 and "execute_async_v3" in state.reason
+    for f, ref in zip(frames, reference):
+        _same(det.detect(f)[0], ref)
+    det.close()
+    assert emu.context_stack == [] and emu.contexts_alive == 0
+
+
+def test_zero_copy_setting() -> None:
+    assert use_zero_copy("auto", integrated=True) and not use_zero_copy("auto", integrated=False)
+    assert use_zero_copy("on", integrated=False) and not use_zero_copy("off", integrated=True)
