@@ -15,7 +15,7 @@ from conftest import REPO
 def test_bench_json_and_markdown(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
     md = tmp_path / "BENCH.md"
     md.write_text("# Benchmarks\n\nhand-written notes stay.\n")
-    modes = "backend,detect,live,soak" + (",ultralytics" if importlib.util.find_spec("ultralytics") else "")
+    modes = "backend,detect,live,soak,engine" + (",ultralytics" if importlib.util.find_spec("ultralytics") else "")
     args = [sys.executable, "-m", "app", "bench", "--model", str(tiny_model), "--source", str(small_video),
             "--frames", "10", "--rounds", "2", "--modes", modes, "--live-seconds", "3",
             "--soak-frames", "30", "--json", "--markdown", str(md)]  # fmt: skip
@@ -26,8 +26,12 @@ def test_bench_json_and_markdown(tiny_model: Path, small_video: Path, tmp_path: 
     assert out["modes"]["detect"]["frames"] == 20 and out["modes"]["detect"]["rounds"] == 2
     assert "detect_vs_backend" in out["ratios"]
     assert out["modes"]["live"]["frames_processed"] > 0
+    engine = out["modes"]["engine"]
+    assert engine["backend"].startswith("onnxruntime") and engine["frames_engine"] == 30
+    assert engine["frames_pipeline"] > 0 and engine["engine_ms"]["p50"] > 0
+    assert engine["p99_end_to_end_vs_engine_p50"] > 0
     text = md.read_text()
-    assert "hand-written notes stay." in text and "Core pipeline on CPU" in text
+    assert "hand-written notes stay." in text and "Core pipeline on CPU" in text and "Engine vs end to end" in text
     # re-running replaces the generated block instead of appending another
     res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert md.read_text().count("Core pipeline on CPU") == 1

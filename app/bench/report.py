@@ -75,6 +75,19 @@ def render(results: dict) -> str:
             f"bound 1.5 x median inference + one frame interval = {live['bound_ms']} ms: "
             f"**{'met' if live['within_bound'] else 'NOT met'}**.",
         ]
+    eng = results["modes"].get("engine")
+    if eng:
+        e, t, c = eng["engine_ms"], eng["picked_to_result_ms"], eng["capture_to_result_ms"]
+        lines += [
+            "",
+            f"Engine vs end to end ({eng['backend']}): engine alone p50 {e['p50']} / p99 {e['p99']} ms "
+            f"({eng['frames_engine']} frames); live pipeline, worker picks the frame -> result in the main process "
+            f"p50 {t['p50']} / p99 {t['p99']} ms, capture -> result p50 {c['p50']} / p99 {c['p99']} ms "
+            f"({eng['frames_pipeline']} frames). End-to-end p99 / engine p50 = "
+            f"**{eng['p99_end_to_end_vs_engine_p50']}x** (goal {eng['ratio_goal']}x: "
+            f"{'met' if eng['ratio_met'] else 'NOT met'}); {eng['budget_ms']} ms budget: "
+            f"{'met' if eng['budget_met'] else 'NOT met'}.",
+        ]
     soak = results["modes"].get("soak")
     if soak:
         parts = [

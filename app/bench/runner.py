@@ -5,6 +5,7 @@
   detect       `vigil detect`'s loop (decode + preprocess overlapped with inference) on the same file
   live         `vigil run`: a source paced faster than the detector; frame age, drops, flatness
   soak         `vigil run` until N results, RSS of main process and worker sampled (memory flatness)
+  engine       the backend alone vs the live pipeline per frame (`--backend tensorrt` on a GPU)
 
 Medians and ratios come from one run; the machine is noisy, so compare only numbers from the same run.
 """
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MODES = (
     "backend", "ultralytics", "detect", "live", "soak", "mqtt-rate", "mqtt-cost", "recycle", "leak", "preview", "int8",
+    "engine",
 )  # fmt: skip
 
 
@@ -50,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recycle-seconds", type=float, default=600.0, help="length of the recycle soak")
     p.add_argument("--recycle-every-s", type=float, default=60.0, help="periodic recycle interval in that soak")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"), help="model.backend")
+    p.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"), help="TensorRT engine precision")
+    p.add_argument("--engine-dir", default="engines", help="TensorRT engine cache")
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON object")
     p.add_argument("--markdown", default=None, metavar="FILE", help="write/replace the results section in FILE")
 
@@ -158,12 +163,16 @@ def _live_config(model: ModelConfig, source: str) -> VigilConfig:
     )
 
 
-def bench_live(model: ModelConfig, source: str, seconds: float) -> dict:
+def live_summary(model: ModelConfig, source: str, seconds: float):
+    """Run the live pipeline on `source` (looped, real time) for `seconds`, recording per-frame samples."""
     from app.pipeline.runner import LivePipeline
 
-    cfg = _live_config(model, source)
-    pipe = LivePipeline(cfg, [], duration_s=seconds, record_samples=True)
-    summary = asyncio.run(pipe.run())
+    pipe = LivePipeline(_live_config(model, source), [], duration_s=seconds, record_samples=True)
+    return asyncio.run(pipe.run())
+
+
+def bench_live(model: ModelConfig, source: str, seconds: float) -> dict:
+    summary = live_summary(model, source, seconds)
     cam = summary.cameras["bench"]
     ages, inf = summary.frame_ages_ms[2:], summary.inference_ms[2:]  # skip the first, pre-steady frames
     cap = cv2.VideoCapture(source)
@@ -229,7 +238,8 @@ def run_bench(args: argparse.Namespace) -> int:
         if not Path(p).is_file():
             print(f"error: {p} does not exist (run `vigil assets fetch`)", file=sys.stderr)
             return 2
-    model = ModelConfig(path=args.model, threads=args.threads)
+    model = ModelConfig(path=args.model, threads=args.threads, backend=args.backend, precision=args.precision,
+                        engine_dir=args.engine_dir)  # fmt: skip
     results: dict = {"machine": machine_info(), "model": args.model, "source": args.source, "modes": {}}
     # The pipeline modes first, in a process that has loaded nothing else (main-process RSS is real).
     if "live" in modes:
@@ -245,6 +255,12 @@ def run_bench(args: argparse.Namespace) -> int:
             )
         if "leak" in modes:
             results["modes"]["leak"] = _announce("leak", bench_recycle(model, args.source, 90, 0, leak_mb=2.0))
+    if "engine" in modes:
+        from app.bench.engine_bench import bench_engine
+
+        results["modes"]["engine"] = _announce(
+            "engine", bench_engine(model, args.source, _read_frames(args.source, args.frames), args.live_seconds)
+        )
     if "int8" in modes:
         from app.bench.int8_bench import bench_int8
 

@@ -80,6 +80,7 @@ class PipelineSummary:
     rss_mb: dict[str, list[float]] = field(default_factory=dict)
     frame_ages_ms: list[float] = field(default_factory=list)
     inference_ms: list[float] = field(default_factory=list)
+    picked_to_received_ms: list[float] = field(default_factory=list)  # the worker's whole turn + IPC
 
 
 class LivePipeline:
@@ -116,6 +117,7 @@ class LivePipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._samples_age: list[float] = []
         self._samples_inf: list[float] = []
+        self._samples_turn: list[float] = []
         self._rss: dict[str, list[float]] = {"main": [], "worker": []}
         self._started = 0.0
         self._progress_mono = 0.0  # last result of any worker (systemd watchdog pings)
@@ -320,6 +322,7 @@ class LivePipeline:
         if self.record_samples:
             self._samples_age.append(age)
             self._samples_inf.append(r.timings.inference_ms)
+            self._samples_turn.append((now_ns - r.picked_mono_ns) / 1e6)
         if self.sinks:
             record = result_record(r, self.names, now_ns, dropped)
             for sink in self.sinks:
@@ -587,6 +590,7 @@ class LivePipeline:
             rss_mb=self._rss,
             frame_ages_ms=self._samples_age,
             inference_ms=self._samples_inf,
+            picked_to_received_ms=self._samples_turn,
         )
 
 
