@@ -217,3 +217,20 @@ def test_no_torch_or_ultralytics_in_runtime(tiny_model: Path, small_video: Path)
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "LOADED []" in res.stderr, res.stderr
+
+
+# ---- engine ensure (vigil-engine.service) ---------------------------------------------------------
+
+
+def test_engine_ensure_is_a_no_op_without_tensorrt_unless_tensorrt_is_required(tiny_model: Path) -> None:
+    """On a CPU box the service's pre-start build step succeeds and says ONNX Runtime will serve; a config
+    that insists on TensorRT fails there, before the service starts, with the reason."""
+    model = f"model.path={tiny_model}"
+    res = run_vigil("engine", "ensure", "--set", model)
+    assert res.returncode == 0 and "ONNX Runtime will serve" in res.stdout, res.stderr
+    res = run_vigil("engine", "ensure", "--set", model, "--set", "model.backend=onnxruntime")
+    assert res.returncode == 0 and "nothing to build" in res.stdout
+    res = run_vigil("engine", "ensure", "--set", model, "--set", "model.backend=tensorrt")
+    assert res.returncode == 2 and "model.backend tensorrt, but tensorrt is not installed" in res.stderr
+    res = run_vigil("engine", "ensure", "--set", "model.bogus=1")
+    assert res.returncode == 2 and "model.bogus" in res.stderr

@@ -108,16 +108,17 @@ class GpuLetterbox:
 
         self.dtype = dt
         self.block = block
+        cache: str | bool | None = None  # None: pycuda's default cache under the home directory
         if cache_dir is not None:
             try:
                 cache_dir.mkdir(parents=True, exist_ok=True)  # pycuda does not create a given cache_dir
+                cache = str(cache_dir)
             except OSError as exc:
-                log.warning("kernel cache %s unusable (%s): using pycuda's default cache", cache_dir, exc)
-                cache_dir = None
+                # a hardened service may not write anywhere else either: compile without a cache
+                log.warning("kernel cache %s unusable (%s): compiling without a cache", cache_dir, exc)
+                cache = False
         # no_extern_c: the source declares its kernels extern "C" itself (and includes cuda_fp16.h).
-        module = SourceModule(
-            KERNEL_SOURCE_PATH.read_text(), no_extern_c=True, cache_dir=str(cache_dir) if cache_dir else None
-        )
+        module = SourceModule(KERNEL_SOURCE_PATH.read_text(), no_extern_c=True, cache_dir=cache)
         self._fn = module.get_function(KERNELS[dt])
         self._cached: tuple[LetterboxGeometry, LetterboxLaunch] | None = None  # the geometry rarely changes
 

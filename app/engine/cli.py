@@ -32,6 +32,47 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensure(args: argparse.Namespace) -> int:
+    """What vigil-engine.service runs: make sure the configured model has a validated engine for this GPU
+    when the TensorRT path is wanted and possible; a CPU box or an ONNX Runtime config has nothing to do."""
+    from app.backends import ENGINE_SUFFIXES, cached_engine
+    from app.backends.tensorrt import tensorrt_available
+    from app.cli import _fail, _load
+    from app.engine.builder import BuildOptions, EngineBuildError, build_engine
+    from app.engine.cache import CacheMiss
+    from app.engine.calibrate import evenly_spaced_frames
+
+    cfg = _load(args)
+    if isinstance(cfg, int):
+        return cfg
+    m = cfg.model
+    if m.backend == "onnxruntime" or Path(m.path).suffix in ENGINE_SUFFIXES:
+        print(f"ok: nothing to build (model.backend {m.backend}, model.path {m.path})")
+        return 0
+    usable, why = tensorrt_available()
+    if not usable:
+        if m.backend == "tensorrt":
+            return _fail(f"model.backend tensorrt, but {why}")
+        print(f"ok: no engine needed: ONNX Runtime will serve ({why})")
+        return 0
+    try:
+        print(f"ok: cached engine {cached_engine(m)}")
+        return 0
+    except CacheMiss as miss:
+        print(f"vigil engine: building: {miss}", file=sys.stderr)
+    frames = [f for _, f in evenly_spaced_frames(args.source, args.frames)]
+    opts = BuildOptions(m.precision, m.imgsz or 640, dla_core=m.tensorrt.dla_core)
+    try:
+        build_engine(Path(m.path), Path(m.engine_dir), opts, frames)
+        print(f"ok: built {cached_engine(m)}")  # looked up again: only a validated engine counts
+    except (EngineBuildError, CacheMiss) as exc:
+        if m.backend == "tensorrt":
+            return _fail(f"no usable TensorRT engine: {exc}")
+        print(f"ok: ONNX Runtime will serve: the engine build did not give a usable engine ({exc})")
+        return 0
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Frames -> Q/DQ INT8 ONNX -> accuracy gate on frames that were not used for calibration."""
     import json
@@ -91,6 +132,12 @@ def add_cli(sub) -> None:
     b.add_argument("--source", default=DEFAULT_SAMPLE_VIDEO, help="video for the validation frames")
     b.add_argument("--frames", type=int, default=100, help="validation frames")
     b.set_defaults(func=cmd_build)
+    n = esub.add_parser("ensure", help="build the configured model's engine if TensorRT wants one and none is cached")
+    n.add_argument("--config", "-c", default=None)
+    n.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    n.add_argument("--source", default=DEFAULT_SAMPLE_VIDEO, help="video for the validation frames")
+    n.add_argument("--frames", type=int, default=100, help="validation frames")
+    n.set_defaults(func=cmd_ensure)
     c = esub.add_parser("calibrate", help="INT8 Q/DQ ONNX from in-domain frames, with an accuracy gate")
     c.add_argument("--model", default=DEFAULT_MODEL_PATH, help="FP32 ONNX model")
     c.add_argument("--from-video", default=None, help="extract frames from this video into calibration/<name>/")

@@ -1,5 +1,9 @@
-"""On a GPU machine: build the default model's FP16 engine, validate it against ONNX Runtime, load it
-through `auto`, and compare engine time with the end-to-end detect time."""
+"""On a GPU machine: build the default model's FP16 and INT8 engines, validate them against ONNX Runtime,
+run every runtime variant (CPU/GPU letterbox, copies/mapped memory), the real letterbox kernel against the
+CPU path, an Ultralytics-header engine, and print engine vs end-to-end time. Skipped as a whole without
+TensorRT, pycuda and a CUDA device (CI, the development machines).
+
+Run: `pip install -e '.[gpu]'` (or JetPack's TensorRT/pycuda), then `pytest tests/gpu -s`."""
 
 from __future__ import annotations
 
@@ -7,45 +11,137 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.backends import load_backend
 from app.backends.tensorrt import tensorrt_available
 from app.config import ModelConfig
+from app.engine.agreement import agreement
 from app.engine.builder import BuildOptions, build_engine
 from app.engine.cache import Manifest, manifest_path
-from app.engine.calibrate import evenly_spaced_frames
+from app.engine.calibrate import evenly_spaced_frames, quantize
+from app.engine.plan_file import read_plan, with_header
 from app.inference.detector import Detector
+from app.inference.preprocess import Preprocessor
 
 _OK, _WHY = tensorrt_available()
-# Skipped as a whole without TensorRT, pycuda and a CUDA device (CI, the development machines).
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _OK, reason=f"GPU suite: {_WHY}")]
 
 
 @pytest.fixture(scope="module")
-def fp16_engine(default_model: Path, sample_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    frames = [f for _, f in evenly_spaced_frames(sample_video, 50)]
-    return build_engine(default_model, tmp_path_factory.mktemp("engines"), BuildOptions("fp16"), frames)
+def frames(sample_video: Path) -> list[np.ndarray]:
+    return [f for _, f in evenly_spaced_frames(sample_video, 250)]
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("engines")
+
+
+@pytest.fixture(scope="module")
+def fp16_engine(default_model: Path, frames: list[np.ndarray], engine_dir: Path) -> Path:
+    return build_engine(default_model, engine_dir, BuildOptions("fp16"), frames[1::5])
+
+
+@pytest.fixture(scope="module")
+def reference(default_model: Path, frames: list[np.ndarray]):
+    det = Detector.from_config(ModelConfig(path=str(default_model), backend="onnxruntime"))
+    return [det.detect(f)[0] for f in frames[1::5]]
+
+
+def _passed(engine: Path) -> Manifest:
+    manifest = Manifest.from_json(manifest_path(engine).read_text())
+    assert manifest.validation is not None and manifest.validation.passed, manifest.validation
+    return manifest
 
 
 def test_fp16_engine_passes_validation_and_is_chosen_by_auto(fp16_engine: Path, default_model: Path) -> None:
-    manifest = Manifest.from_json(manifest_path(fp16_engine).read_text())
-    assert manifest.validation is not None and manifest.validation.passed, manifest.validation
+    m = _passed(fp16_engine)
+    print(f"FP16 build {m.build_seconds} s, validation {m.validation}")
     cfg = ModelConfig(path=str(default_model), engine_dir=str(fp16_engine.parent))
     backend, reason = load_backend(cfg)
     assert backend.name == "tensorrt" and fp16_engine.name in reason
     backend.close()
 
 
-def test_engine_time_vs_end_to_end(fp16_engine: Path, sample_video: Path) -> None:
+def test_int8_qdq_engine_passes_its_gate(default_model: Path, frames: list[np.ndarray], engine_dir: Path) -> None:
+    qdq = engine_dir / "default.int8.onnx"
+    quantize(default_model, qdq, frames[0::2][:64], conv_only=True, keep_first_convs=3, target="tensorrt")
+    engine = build_engine(qdq, engine_dir, BuildOptions("int8"), frames[1::5])
+    m = _passed(engine)
+    print(f"INT8 build {m.build_seconds} s, validation {m.validation}")
+
+
+@pytest.mark.parametrize(("gpu_preprocess", "zero_copy"), [(True, "off"), (False, "off"), (True, "on"), (False, "on")])
+def test_runtime_variants_agree_with_onnxruntime(
+    fp16_engine: Path, frames: list[np.ndarray], reference, gpu_preprocess: bool, zero_copy: str
+) -> None:
+    cfg = ModelConfig(path=str(fp16_engine), backend="tensorrt")
+    cfg.tensorrt.gpu_preprocess, cfg.tensorrt.zero_copy = gpu_preprocess, zero_copy
+    det = Detector.from_config(cfg)
+    assert det.backend.preprocesses_on_device == gpu_preprocess
+    got = [det.detect(f)[0] for f in frames[1::5]]
+    a = agreement(reference, got)
+    print(f"gpu_preprocess={gpu_preprocess} zero_copy={zero_copy}: {a.as_dict()}")
+    assert a.f1 >= 0.98
+    det.close()
+
+
+def test_gpu_letterbox_kernel_matches_the_cpu_path(frames: list[np.ndarray]) -> None:
+    import cv2
+    import pycuda.driver as cuda
+
+    from app.backends.gpu_preprocess import GpuLetterbox
+
+    cuda.init()
+    ctx = cuda.Device(0).make_context()
+    try:
+        kernel = GpuLetterbox(np.float32)
+        stream = cuda.Stream()
+        for w, h in ((640, 272), (1280, 720), (1920, 1080), (333, 517), (320, 240)):
+            image = np.ascontiguousarray(cv2.resize(frames[10], (w, h), interpolation=cv2.INTER_AREA))
+            ref, geometry = Preprocessor((640, 640))(image)
+            src, dst = cuda.mem_alloc(image.nbytes), cuda.mem_alloc(ref.nbytes)
+            cuda.memcpy_htod(src, image)
+            kernel.launch(int(src), int(dst), geometry, stream)
+            stream.synchronize()
+            got = np.empty_like(ref)
+            cuda.memcpy_dtoh(got, dst)
+            diff = np.abs(got - ref)
+            print(f"{w}x{h}: max diff {diff.max() * 255:.3f}/255, differing {np.mean(diff > 1e-6):.4%}")
+            assert np.array_equal(got, ref), "the host build is bit-identical; the GPU must be too"
+    finally:
+        ctx.pop()
+        ctx.detach()
+
+
+def test_ultralytics_header_engine_loads(fp16_engine: Path, tmp_path: Path, frames, reference) -> None:
+    plan = read_plan(fp16_engine).plan
+    meta = {"names": {0: "Fall Detected", 1: "Walking", 2: "Sitting"}, "stride": 32, "imgsz": [640, 640]}
+    headered = tmp_path / "yolo-export.engine"
+    headered.write_bytes(with_header(plan, meta))
+    det = Detector.from_config(ModelConfig(path=str(headered), backend="tensorrt"))
+    assert det.names[0] == "Fall Detected"
+    assert agreement(reference, [det.detect(f)[0] for f in frames[1::5]]).f1 >= 0.98
+    det.close()
+
+
+def test_engine_time_vs_end_to_end(fp16_engine: Path, frames: list[np.ndarray]) -> None:
     det = Detector.from_config(ModelConfig(path=str(fp16_engine), backend="tensorrt"))
-    frames = [f for _, f in evenly_spaced_frames(sample_video, 60)]
     det.warmup(10)
+    tensors = [det.preprocess(f)[0] for f in frames[:100]]
     engine_ms, total_ms = [], []
-    for f in frames:
+    for t in tensors:
         t0 = time.perf_counter()
-        _, timings = det.detect(f)
+        det.backend.infer(t)
+        engine_ms.append((time.perf_counter() - t0) * 1e3)
+    for f in frames[:100]:
+        t0 = time.perf_counter()
+        det.detect(f)
         total_ms.append((time.perf_counter() - t0) * 1e3)
-        engine_ms.append(timings.inference_ms)
-    print(f"engine p50 {statistics.median(engine_ms):.2f} ms, end-to-end p50 {statistics.median(total_ms):.2f} ms")
-    assert statistics.median(total_ms) < 100
+    e50, t99 = statistics.median(engine_ms), float(np.percentile(total_ms, 99))
+    print(f"engine p50 {e50:.2f} ms; detect (stage + kernel + engine + decode) p50 "
+          f"{statistics.median(total_ms):.2f} / p99 {t99:.2f} ms; p99/engine p50 {t99 / e50:.2f}x")  # fmt: skip
+    assert statistics.median(total_ms) < 100  # sanity only: the numbers belong to `vigil bench --modes engine`
+    det.close()
