@@ -108,3 +108,14 @@ def wait_until(cond, timeout: float = 10.0, period: float = 0.02) -> bool:
 def vigil_shm_segments(pid: int | None = None) -> set[str]:
     prefix = f"vigil-{pid}-" if pid is not None else "vigil-"
     return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(prefix)}
+
+
+@pytest.fixture(scope="session")
+def host_kernel(tmp_path_factory: pytest.TempPathFactory):
+    """app/backends/letterbox.cu built for the host (ctypes library), for the GPU-path tests without a GPU."""
+    from cuda_emulation import build_host_kernel
+
+    dll = build_host_kernel(tmp_path_factory.mktemp("letterbox"))
+    if dll is None:
+        pytest.skip("g++ is not installed")
+    return dll

@@ -15,19 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from cuda_emulation import build_host_kernel, run_host_kernel
+from cuda_emulation import run_host_kernel
 
 from app.backends.gpu_preprocess import ARG_TYPES, KERNEL_SOURCE_PATH, PAD, GpuLetterbox, LetterboxLaunch
 from app.engine.calibrate import evenly_spaced_frames
 from app.inference.preprocess import LetterboxGeometry, Preprocessor
-
-
-@pytest.fixture(scope="module")
-def host_kernel(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    dll = build_host_kernel(tmp_path_factory.mktemp("letterbox"))
-    if dll is None:
-        pytest.skip("g++ is not installed")
-    return dll
 
 
 @pytest.fixture(scope="module")

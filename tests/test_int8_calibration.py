@@ -22,12 +22,12 @@ def _yolo_like(path: Path, imgsz: int = 64) -> Path:
     def w(name, shape):
         return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
 
-    inits = [w("w0", (8, 3, 3, 3)), w("wb", (4, 8, 1, 1)), w("wd", (4, 4, 1, 1)), w("wc", (2, 8, 1, 1)),
+    inits = [w("w0", (8, 3, 3, 3)), w("b0", (8,)), w("wb", (4, 8, 1, 1)), w("wd", (4, 4, 1, 1)), w("wc", (2, 8, 1, 1)),
              numpy_helper.from_array(np.array([1, 4, -1], np.int64), "s4"),
              numpy_helper.from_array(np.array([1, 2, -1], np.int64), "s2")]  # fmt: skip
     n = helper.make_node
     nodes = [
-        n("Conv", ["images", "w0"], ["c0"], name="/model.0/conv/Conv", pads=[1, 1, 1, 1], strides=[4, 4]),
+        n("Conv", ["images", "w0", "b0"], ["c0"], name="/model.0/conv/Conv", pads=[1, 1, 1, 1], strides=[4, 4]),
         n("Sigmoid", ["c0"], ["s0"], name="/model.0/act/Sigmoid"),
         n("Mul", ["c0", "s0"], ["a0"], name="/model.0/act/Mul"),
         n("Conv", ["a0", "wb"], ["box"], name="/model.1/cv2/Conv"),
@@ -89,3 +89,37 @@ def test_quantize_makes_a_qdq_model_that_keeps_the_head_float(tmp_path: Path) ->
     a = ort.InferenceSession(str(src)).run(None, {"images": x})[0]
     b = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"images": x})[0]
     assert a.shape == b.shape and np.abs(a - b).mean() < 0.1 * (np.abs(a).mean() + 1e-6)
+
+
+def _qdq_params(model: onnx.ModelProto) -> list[tuple[str, np.ndarray, np.ndarray, bool]]:
+    """(op, scale, zero point, reads an initializer) of every Q/DQ node."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return [(n.op_type, inits[n.input[1]], inits[n.input[2]], n.input[0] in inits)
+            for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]  # fmt: skip
+
+
+def test_tensorrt_and_cpu_files_share_one_calibration(tmp_path: Path) -> None:
+    """TensorRT builds only signed symmetric INT8 Q/DQ (zero point 0) and rejects int32 bias DQs; ONNX
+    Runtime's fast CPU path wants uint8 activations and int32 biases. Both files come from one calibration
+    (the ranges cache), so their activation scales differ only by int8's 254 vs uint8's 255 steps."""
+    src = _yolo_like(tmp_path / "m.onnx")
+    frames = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(6)]
+    ranges = tmp_path / "ranges.json"
+    quantize(src, tmp_path / "trt.onnx", frames, method="percentile", exclude="head-post", ranges_cache=ranges)
+    assert ranges.is_file()
+    quantize(src, tmp_path / "cpu.onnx", [], method="percentile", exclude="head-post", target="cpu",
+             ranges_cache=ranges)  # fmt: skip
+    trt, cpu = onnx.load(tmp_path / "trt.onnx"), onnx.load(tmp_path / "cpu.onnx")
+    trt_q = _qdq_params(trt)
+    assert trt_q and all(zp.dtype == np.int8 and not zp.any() for _, _, zp, _ in trt_q)
+    cpu_q = _qdq_params(cpu)
+    act = [(s, zp) for op, s, zp, const in cpu_q if not const]
+    assert act and all(zp.dtype == np.uint8 and (zp == 128).all() for _, zp in act)
+    assert any(zp.dtype == np.int32 for _, _, zp, const in cpu_q if const), "int32 bias for QLinearConv fusion"
+    assert not any(zp.dtype == np.int32 for _, _, zp, _ in trt_q), "TensorRT: the bias stays float"
+    assert "b0" in {i.name for i in trt.graph.initializer if i.data_type == TensorProto.FLOAT}
+    trt_act = sorted(float(s) for _, s, _, const in trt_q if not const)
+    # the same ranges: int8 spreads [-r, r] over 254 steps, uint8 around 128 over 255
+    assert [s * 127 / 127.5 for s in trt_act] == pytest.approx(sorted(float(s) for s, _ in act), rel=1e-6)
+    with pytest.raises(ValueError, match="no calibration frames"):
+        quantize(src, tmp_path / "x.onnx", [], ranges_cache=tmp_path / "missing.json")

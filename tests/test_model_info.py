@@ -137,17 +137,6 @@ def test_efficient_nms_float_classes_resolved_by_name_at_load(tmp_path: Path) ->
     ]
     d = Detector.from_config(ModelConfig(path=str(efficient_nms_model(tmp_path / "nms.onnx", outs))))
     assert d.info.output_roles == NmsOutputRoles(count=2, boxes=0, scores=3, classes=1)
-
-
-def test_efficient_nms_float_classes_detect(tmp_path: Path) -> None:
-    a = nms_arrays(ROWS, float_classes=True)
-    outs = [
-        ("det_boxes", a["boxes"]),
-        ("det_classes", a["classes"]),
-        ("num_dets", a["count"]),
-        ("det_scores", a["scores"]),
-    ]
-    d = Detector.from_config(ModelConfig(path=str(efficient_nms_model(tmp_path / "nms.onnx", outs))))
     det, _ = d.detect(np.zeros((64, 64, 3), np.uint8))
     assert det.class_id.tolist() == [1]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from cuda_emulation import Emulator, HostLetterbox, build_host_kernel
+from cuda_emulation import Emulator, HostLetterbox
 
 from app.backends.tensorrt import TensorRTBackend, use_zero_copy
 from app.config import ModelConfig
@@ -19,14 +19,6 @@ from app.engine.calibrate import evenly_spaced_frames
 from app.engine.plan_file import with_header
 from app.inference.detector import Detector
 from app.messages import Detections
-
-
-@pytest.fixture(scope="module")
-def host_kernel(tmp_path_factory: pytest.TempPathFactory):
-    dll = build_host_kernel(tmp_path_factory.mktemp("kernel"))
-    if dll is None:
-        pytest.skip("g++ is not installed")
-    return dll
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,11 @@ from app.assets import sha256_file
 from app.inference.preprocess import Preprocessor
 
 EXCLUDE_POLICIES = ("head", "head-post", "none")
+# Who runs the Q/DQ file. TensorRT takes only signed, symmetric INT8 (zero point 0) and float biases:
+# its parser rejects a DequantizeLinear of an int32 bias. ONNX Runtime's CPU kernels fuse Q/DQ into
+# QLinearConv only with an int32 bias, and are fastest with uint8 activations (u8s8); "cpu" keeps the
+# symmetric grid (uint8 with zero point 128), so both files quantize every tensor to the same levels.
+QUANT_TARGETS = ("tensorrt", "cpu")
 # minmax keeps only per-tensor min/max per frame; ORT's entropy/percentile calibrators keep every
 # frame's full activations until the end (~GBs per 10 frames for a YOLOv8s at 640): use few frames.
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -98,13 +103,24 @@ def head_nodes(model, policy: str) -> list[str]:
     return [n.name for n in nodes if n.op_type != "Conv" or "/dfl/" in n.name]
 
 
+CHUNK_FRAMES = 8  # frames per calibration pass: histogram calibrators hold every activation of a pass
+
+
 class _Reader:
-    """Feeds calibration frames to ONNX Runtime, preprocessed exactly like the live pipeline."""
+    """Feeds calibration frames to ONNX Runtime, preprocessed exactly like the live pipeline, in ranges
+    (`set_range`): ORT then calibrates chunk by chunk and merges, so memory holds one chunk's activations."""
 
     def __init__(self, input_name: str, input_hw: tuple[int, int], frames: list[np.ndarray]) -> None:
         self._pre = Preprocessor(input_hw)
         self._name = input_name
+        self._frames = frames
         self._it = iter(frames)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self._frames[start_index:end_index])
 
     def get_next(self):
         frame = next(self._it, None)
@@ -113,20 +129,33 @@ class _Reader:
         blob, _ = self._pre(frame)
         return {self._name: blob.copy()}
 
-    def rewind(self) -> None:  # the interface has it; one pass is all we need
-        pass
+    def rewind(self) -> None:
+        self._it = iter(self._frames)
+
+
+def chunk_size(n: int, most: int = CHUNK_FRAMES) -> int:
+    """The largest chunk <= `most` that divides `n` (ORT's strided calibration needs whole chunks)."""
+    return next(c for c in range(min(most, max(n, 1)), 0, -1) if n % c == 0)
 
 
 def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray], *, method: str = "minmax",
              exclude: str = "head", per_channel: bool = True, conv_only: bool = False,
-             keep_first_convs: int = 0) -> dict:  # fmt: skip
-    """Writes the Q/DQ model; returns the settings (recorded beside it)."""
+             keep_first_convs: int = 0, target: str = "tensorrt", percentile: float = 99.999,
+             ranges_cache: Path | None = None) -> dict:  # fmt: skip
+    """Writes the Q/DQ model for `target` (QUANT_TARGETS); returns the settings (recorded beside it).
+
+    `ranges_cache`: where the calibrated activation ranges are kept; an existing cache is reused instead of
+    calibrating again, so the TensorRT and CPU files of one calibration quantize to the same levels."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationDataReader
 
-    if method not in CALIBRATION_METHODS or exclude not in EXCLUDE_POLICIES:
-        raise ValueError(f"method one of {CALIBRATION_METHODS}, exclude one of {EXCLUDE_POLICIES}")
+    if not frames and not (ranges_cache and Path(ranges_cache).is_file()):
+        raise ValueError("no calibration frames")
+    if method not in CALIBRATION_METHODS or exclude not in EXCLUDE_POLICIES or target not in QUANT_TARGETS:
+        raise ValueError(
+            f"method one of {CALIBRATION_METHODS}, exclude one of {EXCLUDE_POLICIES}, target one of {QUANT_TARGETS}"
+        )
     model = onnx.load(str(onnx_in))
     inp = model.graph.input[0]
     dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
@@ -141,14 +170,17 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
     quantize_static(
         str(onnx_in), str(onnx_out), Reader(inp.name, (dims[2], dims[3]), frames),
         quant_format=QuantFormat.QDQ, per_channel=per_channel,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        activation_type=QuantType.QInt8 if target == "tensorrt" else QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                           "percentile": CalibrationMethod.Percentile}[method],
         nodes_to_exclude=excluded,
         op_types_to_quantize=["Conv"] if conv_only else None,
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": target == "cpu",
+                       "CalibPercentile": percentile, "CalibStridedMinMax": chunk_size(len(frames))},
+        calibration_cache_path=ranges_cache,
     )  # fmt: skip
-    settings = {"method": method, "exclude": exclude, "excluded_nodes": len(excluded), "per_channel": per_channel,
+    settings = {"target": target, "method": method, **({"percentile": percentile} if method == "percentile" else {}),
+                "exclude": exclude, "excluded_nodes": len(excluded), "per_channel": per_channel,
                 "conv_only": conv_only, "keep_first_convs": keep_first_convs,
                 "calibration_frames": len(frames), "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
     Path(str(onnx_out) + ".json").write_text(json.dumps(settings, indent=1))

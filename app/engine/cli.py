@@ -74,7 +74,8 @@ def cmd_ensure(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Frames -> Q/DQ INT8 ONNX -> accuracy gate on frames that were not used for calibration."""
+    """Frames -> Q/DQ INT8 ONNX for TensorRT and for ONNX Runtime's CPU kernels (one calibration) -> accuracy
+    gate on frames that were not used for calibration."""
     import json
 
     from app.config import ModelConfig
@@ -94,25 +95,34 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     held = frames[every - 1 :: every]
     calib = [f for i, f in enumerate(frames) if i % every != every - 1]
     output = Path(args.output or Path(args.model).with_suffix("").as_posix() + f".int8-{args.name}.onnx")
-    settings = quantize(args.model, output, calib, method=args.method, exclude=args.exclude,
-                        conv_only=not args.all_ops, keep_first_convs=args.keep_first_convs)  # fmt: skip
+    outputs = {"tensorrt": output, "cpu": output.with_suffix(".cpu.onnx")}
+    ranges = output.with_suffix(".ranges.json")  # one calibration, two files on the same quantization grid
+    ranges.unlink(missing_ok=True)  # from an earlier run: other frames, other ranges
     ref = Detector.from_config(ModelConfig(path=args.model, backend="onnxruntime"))
-    q = Detector.from_config(ModelConfig(path=str(output), backend="onnxruntime"))
     ref_dets = [ref.detect(f)[0] for f in held]
-    q_dets = [q.detect(f)[0] for f in held]
-    a = agreement(ref_dets, q_dets)
-    passed = a.f1 >= args.min_f1 and a.mean_confidence_shift <= args.max_shift
-    gate = {"min_f1": args.min_f1, "max_confidence_shift": args.max_shift, "passed": passed}
-    report = {**settings, "holdout_frames": len(held), **a.as_dict(),
-              "map50_vs_fp32": round(map50(ref_dets, q_dets), 4), "gate": gate}  # fmt: skip
-    Path(str(output) + ".json").write_text(json.dumps(report, indent=1))
-    print(json.dumps(report))
-    if not passed:
-        print(f"error: INT8 model failed the accuracy gate (F1 {a.f1:.3f}, confidence shift "
-              f"{a.mean_confidence_shift:.3f}); do not deploy it: try --method percentile, more in-domain "
-              "frames, or --exclude head", file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+    reports, passed = {}, True
+    for target, path in outputs.items():
+        settings = quantize(args.model, path, calib, method=args.method, exclude=args.exclude, target=target,
+                            conv_only=not args.all_ops, keep_first_convs=args.keep_first_convs,
+                            percentile=args.percentile, ranges_cache=ranges)  # fmt: skip
+        q = Detector.from_config(ModelConfig(path=str(path), backend="onnxruntime"))
+        q_dets = [q.detect(f)[0] for f in held]
+        a = agreement(ref_dets, q_dets)
+        ok = a.f1 >= args.min_f1 and a.mean_confidence_shift <= args.max_shift
+        passed &= ok
+        gate = {"min_f1": args.min_f1, "max_confidence_shift": args.max_shift, "passed": ok}
+        reports[target] = {**settings, "file": str(path), "holdout_frames": len(held), **a.as_dict(),
+                           "map50_vs_fp32": round(map50(ref_dets, q_dets), 4), "gate": gate}  # fmt: skip
+        Path(str(path) + ".json").write_text(json.dumps(reports[target], indent=1))
+        print(json.dumps(reports[target]))
+        if not ok:
+            print(f"error: the {target} INT8 model failed the accuracy gate (F1 {a.f1:.3f}, confidence shift "
+                  f"{a.mean_confidence_shift:.3f}); do not deploy it: try more in-domain frames, another --method, "
+                  "or more float layers (--keep-first-convs, --exclude head)", file=sys.stderr)  # fmt: skip
+    if passed:
+        print(f"vigil engine: TensorRT: vigil engine build --model {outputs['tensorrt']} --precision int8; "
+              f"CPU: model.path {outputs['cpu']}", file=sys.stderr)  # fmt: skip
+    return 0 if passed else 1
 
 
 def add_cli(sub) -> None:
@@ -143,7 +153,8 @@ def add_cli(sub) -> None:
     c.add_argument("--from-video", default=None, help="extract frames from this video into calibration/<name>/")
     c.add_argument("--frames", type=int, default=500)
     c.add_argument("--name", default="default", help="calibration set name (calibration/<name>/)")
-    c.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    c.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="percentile")
+    c.add_argument("--percentile", type=float, default=99.999, help="with --method percentile")
     c.add_argument("--exclude", choices=("head", "head-post", "none"), default="head", help="what stays float")
     c.add_argument("--keep-first-convs", type=int, default=3, help="stem convolutions kept float (measured)")
     c.add_argument("--all-ops", action="store_true", help="quantize activations too, not only Conv (faster, worse)")
