@@ -123,3 +123,28 @@ def test_tensorrt_and_cpu_files_share_one_calibration(tmp_path: Path) -> None:
     assert [s * 127 / 127.5 for s in trt_act] == pytest.approx(sorted(float(s) for s, _ in act), rel=1e-6)
     with pytest.raises(ValueError, match="no calibration frames"):
         quantize(src, tmp_path / "x.onnx", [], ranges_cache=tmp_path / "missing.json")
+
+
+def test_calibrate_cli_writes_both_files_and_gates_them(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    model = _yolo_like(tmp_path / "m.onnx")
+    video = make_video(tmp_path / "v.mp4", frames=30)
+    args = [sys.executable, "-m", "app", "engine", "calibrate", "--model", str(model), "--from-video", str(video),
+            "--frames", "20", "--name", "site", "--exclude", "head-post", "--keep-first-convs", "0",
+            "--min-f1", "0", "--max-shift", "1"]  # fmt: skip
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    reports = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["target"] for r in reports] == ["tensorrt", "cpu"]
+    assert all(r["holdout_frames"] == 4 and r["calibration_frames"] == 16 and r["gate"]["passed"] for r in reports)
+    for suffix in (".int8-site.onnx", ".int8-site.cpu.onnx", ".int8-site.ranges.json"):
+        assert (tmp_path / f"m{suffix}").is_file(), suffix
+    assert json.loads((tmp_path / "calibration" / "site" / "frames.json").read_text())["indices"][0] == 0
+    strict = [*args[:-4], "--min-f1", "1.01"]
+    res = subprocess.run(strict, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 1 and "failed the accuracy gate" in res.stderr

@@ -111,7 +111,7 @@ def backend_runner(model: ModelConfig, source: str, n: int) -> Runner:
     from app.inference.detector import Detector
 
     det = Detector.from_config(model)
-    tensors = [det.prepare(f)[0] for f in _read_frames(source, n)]
+    tensors = [det.preprocess(f)[0] for f in _read_frames(source, n)]
     det.warmup(2)
     return lambda: _timed(det.backend.infer(t) for t in tensors)
 

@@ -11,8 +11,10 @@ concat and sigmoid) needs float range. `exclude` picks what stays float:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,14 +142,15 @@ def chunk_size(n: int, most: int = CHUNK_FRAMES) -> int:
 
 def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray], *, method: str = "minmax",
              exclude: str = "head", per_channel: bool = True, conv_only: bool = False,
-             keep_first_convs: int = 0, target: str = "tensorrt", percentile: float = 99.999,
-             ranges_cache: Path | None = None) -> dict:  # fmt: skip
+             keep_first_convs: int = 0, float_modules: tuple[int, ...] = (), target: str = "tensorrt",
+             percentile: float = 99.999, ranges_cache: Path | None = None) -> dict:  # fmt: skip
     """Writes the Q/DQ model for `target` (QUANT_TARGETS); returns the settings (recorded beside it).
 
     `ranges_cache`: where the calibrated activation ranges are kept; an existing cache is reused instead of
     calibrating again, so the TensorRT and CPU files of one calibration quantize to the same levels."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as _quantize_static
     from onnxruntime.quantization.calibrate import CalibrationDataReader
 
     if not frames and not (ranges_cache and Path(ranges_cache).is_file()):
@@ -162,13 +165,14 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
     excluded = head_nodes(model, exclude)
     # The stem sees raw pixels (a range unlike any later layer): quantizing it costs the most accuracy.
     excluded += [n.name for n in model.graph.node if n.op_type == "Conv"][:keep_first_convs]
+    # whole modules (/model.N/) whose quantization error measured too costly, e.g. the neck outputs feeding the head
+    excluded += [n.name for n in model.graph.node if any(n.name.startswith(f"/model.{m}/") for m in float_modules)]
 
     class Reader(_Reader, CalibrationDataReader):
         pass
 
     t0 = time.monotonic()
-    quantize_static(
-        str(onnx_in), str(onnx_out), Reader(inp.name, (dims[2], dims[3]), frames),
+    options = dict(
         quant_format=QuantFormat.QDQ, per_channel=per_channel,
         activation_type=QuantType.QInt8 if target == "tensorrt" else QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -179,9 +183,12 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
                        "CalibPercentile": percentile, "CalibStridedMinMax": chunk_size(len(frames))},
         calibration_cache_path=ranges_cache,
     )  # fmt: skip
+    # ORT's calibrators print progress to stdout, where `vigil engine calibrate` writes its JSON reports
+    with contextlib.redirect_stdout(sys.stderr):
+        _quantize_static(str(onnx_in), str(onnx_out), Reader(inp.name, (dims[2], dims[3]), frames), **options)
     settings = {"target": target, "method": method, **({"percentile": percentile} if method == "percentile" else {}),
                 "exclude": exclude, "excluded_nodes": len(excluded), "per_channel": per_channel,
-                "conv_only": conv_only, "keep_first_convs": keep_first_convs,
+                "conv_only": conv_only, "keep_first_convs": keep_first_convs, "float_modules": list(float_modules),
                 "calibration_frames": len(frames), "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
     Path(str(onnx_out) + ".json").write_text(json.dumps(settings, indent=1))
     return settings

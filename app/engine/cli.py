@@ -104,7 +104,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for target, path in outputs.items():
         settings = quantize(args.model, path, calib, method=args.method, exclude=args.exclude, target=target,
                             conv_only=not args.all_ops, keep_first_convs=args.keep_first_convs,
-                            percentile=args.percentile, ranges_cache=ranges)  # fmt: skip
+                            float_modules=args.float_modules, percentile=args.percentile,
+                            ranges_cache=ranges)  # fmt: skip
         q = Detector.from_config(ModelConfig(path=str(path), backend="onnxruntime"))
         q_dets = [q.detect(f)[0] for f in held]
         a = agreement(ref_dets, q_dets)
@@ -123,6 +124,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"vigil engine: TensorRT: vigil engine build --model {outputs['tensorrt']} --precision int8; "
               f"CPU: model.path {outputs['cpu']}", file=sys.stderr)  # fmt: skip
     return 0 if passed else 1
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated module numbers, got {text!r}") from None
 
 
 def add_cli(sub) -> None:
@@ -157,6 +165,8 @@ def add_cli(sub) -> None:
     c.add_argument("--percentile", type=float, default=99.999, help="with --method percentile")
     c.add_argument("--exclude", choices=("head", "head-post", "none"), default="head", help="what stays float")
     c.add_argument("--keep-first-convs", type=int, default=3, help="stem convolutions kept float (measured)")
+    c.add_argument("--float-modules", type=_ints, default=(), metavar="N,...",
+                   help="/model.N/ modules kept float too (15,18,21: the neck outputs feeding the head)")  # fmt: skip
     c.add_argument("--all-ops", action="store_true", help="quantize activations too, not only Conv (faster, worse)")
     c.add_argument("--holdout-every", type=int, default=5, help="every Nth frame is kept out for the gate")
     c.add_argument("--min-f1", type=float, default=0.95)
