@@ -11,16 +11,17 @@ import time
 from pathlib import Path
 
 from app.config import ModelConfig
+from app.engine.calibrate import DEFAULT_RECIPE
 
-_RECIPE = {"conv_only": True, "keep_first_convs": 3, "method": "percentile"}
+_NO_FEEDERS = {**DEFAULT_RECIPE, "float_modules": ()}
 # name -> quantize() options; the first two are what `vigil engine calibrate` writes by default
 VARIANTS: dict[str, dict] = {
-    "TensorRT file (default): conv only, head + 3 stem convs float, percentile 99.999": {**_RECIPE},
-    "CPU twin of it (uint8 activations, int32 biases)": {**_RECIPE, "target": "cpu"},
-    "TensorRT file, MinMax calibration": {**_RECIPE, "method": "minmax"},
-    "TensorRT file, entropy calibration": {**_RECIPE, "method": "entropy"},
-    "TensorRT file, neck outputs (15, 18, 21) float too": {**_RECIPE, "float_modules": (15, 18, 21)},
-    "CPU twin, neck outputs float too": {**_RECIPE, "float_modules": (15, 18, 21), "target": "cpu"},
+    "TensorRT file (default): conv only, percentile 99.999; head, 3 stem convs, head feeders float": DEFAULT_RECIPE,
+    "CPU twin of the default (uint8 activations, int32 biases)": {**DEFAULT_RECIPE, "target": "cpu"},
+    "TensorRT file, head feeders quantized": _NO_FEEDERS,
+    "CPU twin, head feeders quantized": {**_NO_FEEDERS, "target": "cpu"},
+    "TensorRT file, head feeders quantized, MinMax calibration": {**_NO_FEEDERS, "method": "minmax"},
+    "TensorRT file, head feeders quantized, entropy calibration": {**_NO_FEEDERS, "method": "entropy"},
     "all ops, nothing float": {"exclude": "none", "method": "minmax", "target": "cpu"},
 }
 GATE_F1, GATE_SHIFT = 0.95, 0.03
@@ -48,7 +49,7 @@ def bench_int8(model: ModelConfig, source: str, calib: int = 64, rounds: int = 3
             per_split = {}
             for j, (split, (cal, held)) in enumerate(splits.items()):
                 qdq = Path(tmp) / f"int8-{i}-{j}.onnx"
-                settings = quantize(model.path, qdq, cal, **{"exclude": "head", **options})
+                settings = quantize(model.path, qdq, cal, **options)
                 det = Detector.from_config(model.model_copy(update={"path": str(qdq), "backend": "onnxruntime"}))
                 dets = [det.detect(f)[0] for f in held]
                 a = agreement(ref_dets[split], dets)

@@ -91,19 +91,48 @@ def load_frames(directory: str | Path) -> list[np.ndarray]:
     return [img for img in (cv2.imread(str(d / n)) for n in names) if img is not None]
 
 
+def _module(node_name: str) -> int | None:
+    m = re.match(r"^/model\.(\d+)/", node_name)
+    return int(m.group(1)) if m else None
+
+
+def _head_module(model) -> int:
+    modules = [m for n in model.graph.node if (m := _module(n.name)) is not None]
+    if not modules:
+        raise ValueError("cannot find the detect head: not an Ultralytics-style export (no /model.N/ node names)")
+    return max(modules)
+
+
+def head_feeders(model) -> tuple[int, ...]:
+    """The modules whose outputs the detect head reads (YOLOv8: 15, 18, 21; YOLO11: 16, 19, 22): the
+    feature maps every box and score is computed from, where quantization error costs the most."""
+    head = _head_module(model)
+    producer = {out: n.name for n in model.graph.node for out in n.output}
+    feeders = {
+        m
+        for n in model.graph.node
+        if _module(n.name) == head
+        for i in n.input
+        if (m := _module(producer.get(i, ""))) is not None and m != head
+    }
+    return tuple(sorted(feeders))
+
+
 def head_nodes(model, policy: str) -> list[str]:
     """Names of the nodes that stay float under `policy`."""
     if policy == "none":
         return []
-    modules = [int(m.group(1)) for n in model.graph.node if (m := re.match(r"^/model\.(\d+)/", n.name))]
-    if not modules:
-        raise ValueError("cannot find the detect head: not an Ultralytics-style export (no /model.N/ node names)")
-    head = f"/model.{max(modules)}/"
+    head = f"/model.{_head_module(model)}/"
     nodes = [n for n in model.graph.node if n.name.startswith(head)]
     if policy == "head":
         return [n.name for n in nodes]
     return [n.name for n in nodes if n.op_type != "Conv" or "/dfl/" in n.name]
 
+
+# What `vigil engine calibrate` uses unless told otherwise, chosen by measurement (docs/BENCHMARKS.md, INT8):
+# convolutions only, percentile calibration, the head, the stem and the head's feeders float.
+DEFAULT_RECIPE: dict = {"method": "percentile", "exclude": "head", "conv_only": True, "keep_first_convs": 3,
+                        "float_modules": "head-feeders"}  # fmt: skip
 
 CHUNK_FRAMES = 8  # frames per calibration pass: histogram calibrators hold every activation of a pass
 
@@ -142,7 +171,7 @@ def chunk_size(n: int, most: int = CHUNK_FRAMES) -> int:
 
 def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray], *, method: str = "minmax",
              exclude: str = "head", per_channel: bool = True, conv_only: bool = False,
-             keep_first_convs: int = 0, float_modules: tuple[int, ...] = (), target: str = "tensorrt",
+             keep_first_convs: int = 0, float_modules: tuple[int, ...] | str = (), target: str = "tensorrt",
              percentile: float = 99.999, ranges_cache: Path | None = None) -> dict:  # fmt: skip
     """Writes the Q/DQ model for `target` (QUANT_TARGETS); returns the settings (recorded beside it).
 
@@ -165,7 +194,12 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
     excluded = head_nodes(model, exclude)
     # The stem sees raw pixels (a range unlike any later layer): quantizing it costs the most accuracy.
     excluded += [n.name for n in model.graph.node if n.op_type == "Conv"][:keep_first_convs]
-    # whole modules (/model.N/) whose quantization error measured too costly, e.g. the neck outputs feeding the head
+    # whole modules (/model.N/) whose quantization error measured too costly: "head-feeders", the neck
+    # outputs the detect head reads, took F1 vs FP32 from 0.93 to 0.96 on the default model (BENCHMARKS)
+    if float_modules == "head-feeders":
+        float_modules = head_feeders(model)
+    elif isinstance(float_modules, str):
+        raise ValueError(f"float_modules: module numbers or 'head-feeders', not {float_modules!r}")
     excluded += [n.name for n in model.graph.node if any(n.name.startswith(f"/model.{m}/") for m in float_modules)]
 
     class Reader(_Reader, CalibrationDataReader):
@@ -186,8 +220,9 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
     # ORT's calibrators print progress to stdout, where `vigil engine calibrate` writes its JSON reports
     with contextlib.redirect_stdout(sys.stderr):
         _quantize_static(str(onnx_in), str(onnx_out), Reader(inp.name, (dims[2], dims[3]), frames), **options)
-    settings = {"target": target, "method": method, **({"percentile": percentile} if method == "percentile" else {}),
-                "exclude": exclude, "excluded_nodes": len(excluded), "per_channel": per_channel,
+    settings = {"target": target, "method": method,
+                **({"percentile": percentile} if method == "percentile" else {}), "exclude": exclude,
+                "excluded_nodes": len(excluded), "per_channel": per_channel,
                 "conv_only": conv_only, "keep_first_convs": keep_first_convs, "float_modules": list(float_modules),
                 "calibration_frames": len(frames), "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
     Path(str(onnx_out) + ".json").write_text(json.dumps(settings, indent=1))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from app.config import DEFAULT_MODEL_PATH, DEFAULT_SAMPLE_VIDEO
+from app.engine.calibrate import DEFAULT_RECIPE
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -96,6 +97,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     calib = [f for i, f in enumerate(frames) if i % every != every - 1]
     output = Path(args.output or Path(args.model).with_suffix("").as_posix() + f".int8-{args.name}.onnx")
     outputs = {"tensorrt": output, "cpu": output.with_suffix(".cpu.onnx")}
+    outputs = {t: path for t, path in outputs.items() if args.target in (t, "both")}
     ranges = output.with_suffix(".ranges.json")  # one calibration, two files on the same quantization grid
     ranges.unlink(missing_ok=True)  # from an earlier run: other frames, other ranges
     ref = Detector.from_config(ModelConfig(path=args.model, backend="onnxruntime"))
@@ -126,11 +128,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def _modules(text: str) -> tuple[int, ...] | str:
+    if text == "head-feeders":
+        return text
+    if text == "none":
+        return ()
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated module numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected module numbers, head-feeders or none, not {text!r}") from None
 
 
 def add_cli(sub) -> None:
@@ -161,12 +167,20 @@ def add_cli(sub) -> None:
     c.add_argument("--from-video", default=None, help="extract frames from this video into calibration/<name>/")
     c.add_argument("--frames", type=int, default=500)
     c.add_argument("--name", default="default", help="calibration set name (calibration/<name>/)")
-    c.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="percentile")
+    c.add_argument("--target", choices=("both", "tensorrt", "cpu"), default="both",
+                   help="which Q/DQ files to write: for TensorRT, for ONNX Runtime on CPU, or both")  # fmt: skip
+    c.add_argument("--method", choices=("minmax", "entropy", "percentile"), default=DEFAULT_RECIPE["method"])
     c.add_argument("--percentile", type=float, default=99.999, help="with --method percentile")
     c.add_argument("--exclude", choices=("head", "head-post", "none"), default="head", help="what stays float")
-    c.add_argument("--keep-first-convs", type=int, default=3, help="stem convolutions kept float (measured)")
-    c.add_argument("--float-modules", type=_ints, default=(), metavar="N,...",
-                   help="/model.N/ modules kept float too (15,18,21: the neck outputs feeding the head)")  # fmt: skip
+    c.add_argument(
+        "--keep-first-convs",
+        type=int,
+        default=DEFAULT_RECIPE["keep_first_convs"],
+        help="stem convolutions kept float (measured)",
+    )
+    c.add_argument("--float-modules", type=_modules, default=DEFAULT_RECIPE["float_modules"], metavar="N,...",
+                   help="/model.N/ modules kept float too: numbers, 'head-feeders' (default: the modules whose "
+                        "outputs the detect head reads) or 'none'")  # fmt: skip
     c.add_argument("--all-ops", action="store_true", help="quantize activations too, not only Conv (faster, worse)")
     c.add_argument("--holdout-every", type=int, default=5, help="every Nth frame is kept out for the gate")
     c.add_argument("--min-f1", type=float, default=0.95)
