@@ -284,3 +284,21 @@ def test_failover_to_the_fallback_after_repeated_failures_and_retry_later(monkey
     clock[0] += 61
     assert b.infer(x)[0][0, 0, 0] == 3.0 and b.name == "flaky-gpu", "a reloaded GPU backend is tried again"
     assert primary.closed
+
+
+def test_build_progress_names_the_phase_not_its_parent() -> None:
+    """TensorRT calls phase_start(phase_name, parent_phase, num_steps) (the order in the 10.x/11.x bindings'
+    docstring); a monitor with the arguments swapped prints the parent phase, or None, for every phase."""
+    import types
+
+    from app.engine.builder import _progress_monitor
+
+    class IProgressMonitor:
+        def __init__(self) -> None:
+            pass
+
+    said: list[str] = []
+    monitor = _progress_monitor(types.SimpleNamespace(IProgressMonitor=IProgressMonitor), said.append)
+    monitor.phase_start("Tactic selection", "Building engine", 12)
+    assert said == ["  Tactic selection (12 steps)"]
+    assert monitor.step_complete("Tactic selection", 0) is True, "False would cancel the build"

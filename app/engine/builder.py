@@ -152,7 +152,7 @@ def _progress_monitor(trt, say: Callable[[str], None]):
             trt.IProgressMonitor.__init__(self)
             self._last = 0.0
 
-        def phase_start(self, parent_phase, phase_name, num_steps):
+        def phase_start(self, phase_name, parent_phase, num_steps):  # TensorRT 10 order (bindings docstring)
             say(f"  {phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name, step):
