@@ -33,11 +33,6 @@ class StagedFrame:
     image: np.ndarray
     geometry: LetterboxGeometry
 
-    def to_tensor(self, dtype: np.typing.DTypeLike = np.float32) -> np.ndarray:
-        """The host-side letterbox of the same frame (a backend without device preprocessing serves it)."""
-        tensor, _ = Preprocessor(self.geometry.dst_hw, dtype)(self.image)
-        return tensor
-
 
 class Backend(ABC):
     """Runs a detector model on a preprocessed NCHW batch."""
@@ -81,7 +76,16 @@ class Backend(ABC):
 
     def infer_frame(self, frame: StagedFrame) -> list[np.ndarray]:
         """Run one staged frame. Without device preprocessing: the host letterbox, then `infer`."""
-        return self.infer(frame.to_tensor(self.inputs[0].dtype))
+        return self.infer(self._host_letterbox(frame))
+
+    def _host_letterbox(self, frame: StagedFrame) -> np.ndarray:
+        # After a GPU failover every frame comes this way: keep one Preprocessor (and its canvas) per backend
+        # instead of allocating a 640x640 canvas per frame.
+        pre: Preprocessor | None = getattr(self, "_host_preprocessor", None)
+        dtype = np.dtype(self.inputs[0].dtype)
+        if pre is None or pre.input_hw != frame.geometry.dst_hw or pre.dtype != dtype:
+            pre = self._host_preprocessor = Preprocessor(frame.geometry.dst_hw, dtype)
+        return pre(frame.image)[0]
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources."""
