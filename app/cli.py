@@ -154,6 +154,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         for res in detect_frames(detector, source, args.max_frames):
             record = {
                 "frame": res.frame.index,
+                **({"file": res.frame.file} if res.frame.file is not None else {}),
                 "pts": round(res.frame.pts, 3),
                 "detections": res.detections.to_list(detector.names),
                 "latency_ms": res.timings.as_dict(),
@@ -169,6 +170,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         detector.close()
     if source.corrupt:
         log.warning("%d unreadable frame(s) skipped in %s", source.corrupt, source.description)
+    if source.shortfall:
+        log.warning("%s", source.shortfall)
     return 0
 
 

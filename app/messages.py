@@ -7,7 +7,7 @@ JSON-ready dicts only at the sinks.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -174,4 +174,6 @@ class CaptureCounters:
     last_frame_mono_ns: int = 0
     last_error: str = ""
     connected: bool = False
-    extra: dict[str, int] = field(default_factory=dict)
+    width: int = 0  # size of the newest frame as the source delivered it (before any downscale)
+    height: int = 0
+    resolution_changes: int = 0

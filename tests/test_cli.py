@@ -40,8 +40,8 @@ def test_detect_image_default_model_exact_format(default_model: Path, tmp_path: 
     res = run_vigil("detect", str(img))
     assert res.returncode == 0, res.stderr
     (obj,) = json_lines(res.stdout)
-    assert set(obj) == {"frame", "pts", "detections", "latency_ms"}
-    assert obj["frame"] == 0 and obj["pts"] == 0.0
+    assert set(obj) == {"frame", "file", "pts", "detections", "latency_ms"}
+    assert obj["frame"] == 0 and obj["file"] == "frame.jpg" and obj["pts"] == 0.0
     assert set(obj["latency_ms"]) == {"preprocess", "inference", "postprocess", "total"}
     assert obj["detections"], "the sample frame has a person"
     d = obj["detections"][0]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from conftest import REPO, vigil_shm_segments
+from conftest import REPO, vigil_shm_segments, wait_until
 
 from app.config import VigilConfig
 from app.pipeline.runner import LivePipeline
@@ -301,3 +301,126 @@ def test_backend_failover_is_reported_in_stats_and_as_a_system_event(tiny_model:
     assert summary.worker_restarts == 0, "failover happens inside the worker, no restart"
     assert len(sink.t) > seen["results_then"], "results kept flowing on the fallback"
     assert pipe.stats["cam"].errors == 2, "two frames failed before the failover; at the retry one failure is enough"
+
+
+# ---- stalls are measured from when a frame began to wait (field case: a camera outage) -----------
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def handle(self, record: dict, result) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+def _stall_config(model: Path, source: str, **extra) -> VigilConfig:
+    data = {
+        "cameras": [{"name": "cam", "source": source, "reconnect": {"initial_s": 0.2, "max_s": 0.5}}],
+        "model": {"path": str(model), "threads": 1},
+        "output": {"json_lines": False, "status_interval_s": 0},
+        "worker": {"restart_backoff_s": 0.2},
+        # The field case: stall timeout shorter than the outage, one restart allowed: a false stall on
+        # each return of the camera would exit 3 on the second one.
+        "watchdog": {"stall_timeout_s": 1.5, "max_restarts": 1, "capture_timeout_s": 30},
+    }
+    data.update(extra)
+    return VigilConfig.model_validate(data)
+
+
+def test_a_camera_outage_longer_than_the_stall_timeout_is_not_a_stall(tiny_model: Path, sample_video: Path) -> None:
+    from camera_server import MjpegCamera
+
+    cam = MjpegCamera(sample_video).start()
+    sink = Collect()
+    pipe = LivePipeline(_stall_config(tiny_model, cam.url), [sink], duration_s=120)
+    outages: list[tuple[int, int]] = []  # results before and after each outage
+
+    def flapper() -> None:
+        for _ in range(2):  # flapping twice
+            assert wait_until(lambda: len(sink.records) >= 10 + 20 * len(outages), 60)
+            before = len(sink.records)
+            cam.outage()
+            time.sleep(3.5)  # > 2x stall_timeout_s with no frame at all
+            cam.restore()
+            assert wait_until(lambda b=before: len(sink.records) >= b + 10, 60), "results resume"
+            outages.append((before, len(sink.records)))
+        pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
+
+    t = threading.Thread(target=flapper, daemon=True)
+    t.start()
+    try:
+        summary = asyncio.run(pipe.run())
+    finally:
+        cam.close()
+    t.join(5)
+    assert len(outages) == 2, "the camera came back twice and results resumed"
+    assert summary.worker_restarts == 0 and summary.exit_code == 0, "a healthy worker is never replaced"
+    assert summary.cameras["cam"]["reconnects"] + summary.cameras["cam"]["open_failures"] >= 2
+
+
+def test_detection_off_then_on_over_mqtt_is_not_a_stall(tiny_model: Path, small_video: Path, broker) -> None:
+    from broker import Subscriber
+
+    from app.mqtt.service import MqttService
+
+    cfg = _stall_config(
+        tiny_model, str(small_video), mqtt={"enabled": True, "port": broker.port, "base_topic": "vigil/dev"}
+    )
+    cfg.cameras[0].loop, cfg.cameras[0].fps = True, 25
+    sink = Collect()
+    mqtt = MqttService(cfg)
+    pipe = LivePipeline(cfg, [sink, mqtt], services=[mqtt], duration_s=120)
+    sub = Subscriber(broker, "vigil/dev/#")
+    marks: dict[str, int] = {}
+
+    def switcher() -> None:
+        for _ in range(2):
+            assert wait_until(lambda: len(sink.records) >= 10 + 20 * len(marks), 60)
+            sub.client.publish("vigil/dev/cam/detect/set", b"OFF", qos=1)
+            assert wait_until(lambda: "cam" in pipe._disabled, 10)
+            time.sleep(3.5)  # > 2x stall_timeout_s while frames keep arriving
+            off = len(sink.records)
+            sub.client.publish("vigil/dev/cam/detect/set", b"ON", qos=1)
+            assert wait_until(lambda o=off: len(sink.records) >= o + 10, 60), "detection resumes"
+            marks[f"on{len(marks)}"] = len(sink.records)
+        pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
+
+    t = threading.Thread(target=switcher, daemon=True)
+    t.start()
+    summary = asyncio.run(pipe.run())
+    t.join(5)
+    sub.close()
+    assert len(marks) == 2
+    assert summary.worker_restarts == 0 and summary.exit_code == 0
+
+
+def test_a_real_stall_is_still_detected_after_an_idle_camera(tiny_model: Path, sample_video: Path) -> None:
+    """The other side of the rule: a frame that waits stall_timeout_s with no inference is a stall, even
+    right after an outage (the worker hangs on the first frame back)."""
+    from camera_server import MjpegCamera
+
+    cam = MjpegCamera(sample_video).start()
+    cfg = _stall_config(tiny_model, cam.url, debug={"faults": {"stall_after_frames": 15, "stall_s": 120}})
+    sink = Collect()
+    pipe = LivePipeline(cfg, [sink], duration_s=120)
+
+    def scenario() -> None:
+        assert wait_until(lambda: len(sink.records) >= 10, 60)
+        cam.outage()
+        time.sleep(3.0)
+        cam.restore()  # the worker takes 5 more frames, then hangs: that is a stall
+        assert wait_until(lambda: pipe.worker_restarts >= 1, 60)
+        pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
+
+    t = threading.Thread(target=scenario, daemon=True)
+    t.start()
+    try:
+        summary = asyncio.run(pipe.run())
+    finally:
+        cam.close()
+    t.join(5)
+    assert summary.worker_restarts >= 1

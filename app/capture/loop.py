@@ -11,18 +11,55 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import cv2
 
 from app.capture.backoff import Backoff
 from app.capture.sources import FrameSource, SourceError, open_source
-from app.config import CameraConfig, FaultsConfig
+from app.config import CameraConfig, FaultsConfig, redact_url
 from app.messages import CaptureCounters
 from app.ring import FrameRing
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FILE_FPS = 25.0
+# A pts jump larger than this (a broken timestamp, a cut between recordings) is not waited out.
+MAX_PTS_GAP_S = 10.0
+
+
+class Pacer:
+    """When each frame of a file is due, relative to the first: by pts, or at a fixed rate.
+
+    Decode runs ahead and the frame waits here, so its capture timestamp is the moment it is due. A
+    source that falls behind by more than a frame (slow decode) is resynchronised instead of bursting to
+    catch up, and so is a pts that goes backwards or jumps ahead by more than MAX_PTS_GAP_S.
+    """
+
+    def __init__(self, mode: float | Literal["pts"] | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.mode = mode
+        self._clock = clock
+        self._origin: tuple[float, float] | None = None  # (clock, pts) of the frame paced from
+        self._last_pts = 0.0
+        self._n = 0  # frames so far, for a fixed rate
+
+    def delay(self, pts: float) -> float:
+        """Seconds to wait before the frame with this pts is written (0 when it is due or late)."""
+        if self.mode is None:
+            return 0.0
+        now = self._clock()
+        if self.mode == "pts":
+            step, self._last_pts = pts - self._last_pts, pts
+        else:  # a fixed rate: frame n is due n intervals after the origin, whatever its pts
+            step = 1.0 / self.mode
+            pts, self._n = self._n * step, self._n + 1
+        if self._origin is None or not 0.0 <= step <= MAX_PTS_GAP_S:
+            self._origin = (now, pts)
+            return 0.0
+        due_in = self._origin[0] + (pts - self._origin[1]) - now
+        if due_in < -max(step, 0.01):
+            self._origin = (now, pts)
+            return 0.0
+        return max(0.0, due_in)
 
 
 class CaptureLoop(threading.Thread):
@@ -102,14 +139,11 @@ class CaptureLoop(threading.Thread):
             self.counters.open_failures += 1
             self._note_error(str(exc))
             return "reconnect"
-        self.counters.connected = True
-        if self._last_error:
+        if self._last_error and not self.counters.connected:  # back after a failure (not a file's loop point)
             log.info("camera %s: %s opened", self.camera.name, source.description)
             self._last_error = ""
-        fps = self._pacing_fps(source)
-        interval = 1.0 / fps if fps else 0.0
-        t0 = time.monotonic()
-        n = 0
+        self.counters.connected = True
+        pacer = Pacer(self._pacing(source))
         while not self._stop_event.is_set():
             frame = source.read()
             if frame is None:
@@ -117,24 +151,28 @@ class CaptureLoop(threading.Thread):
             self._read_count += 1
             if self._read_count == self._faults.capture_hang_after_frames:
                 time.sleep(self._faults.capture_hang_s)  # fault injection: a read stuck in the driver
+            delay = pacer.delay(frame.pts)
+            if delay > 0 and self._stop_event.wait(delay):
+                break
             mono_ns, wall = time.monotonic_ns(), time.time()
             image = self._fit(frame.image)
             with self.write_lock:
                 if self._abandoned.is_set():
                     return "stopped"
                 self.ring.write(image, index=frame.index, pts=frame.pts, captured_mono_ns=mono_ns, captured_wall=wall)
-            self.counters.frames += 1
-            self.counters.last_frame_mono_ns = mono_ns
+            c = self.counters
+            c.frames += 1
+            c.last_frame_mono_ns = mono_ns
+            h, w = frame.image.shape[:2]
+            if (c.width, c.height) != (w, h):
+                if c.width:
+                    c.resolution_changes += 1
+                c.width, c.height = w, h
             self._backoff.reset()
-            self.counters.corrupt += source.corrupt
+            c.corrupt += source.corrupt
             source.corrupt = 0
-            if interval:
-                n += 1
-                delay = t0 + n * interval - time.monotonic()
-                if delay > 0:
-                    self._stop_event.wait(delay)
-                elif delay < -interval:  # fell behind (slow decode): resync instead of bursting
-                    t0, n = time.monotonic(), 0
+        if source.shortfall and not self._stop_event.is_set():
+            self._note_error(source.shortfall)
         if self._stop_event.is_set():
             return "stopped"
         if source.is_live:
@@ -145,10 +183,12 @@ class CaptureLoop(threading.Thread):
             return "reopen"
         return "finished"
 
-    def _pacing_fps(self, source: FrameSource) -> float | None:
+    def _pacing(self, source: FrameSource) -> float | Literal["pts"] | None:
+        """How a source is paced: not at all (live sources, `realtime: false`), at `camera.fps`, or by
+        each frame's presentation time, so variable-frame-rate files play as recorded."""
         if source.is_live or not self.camera.realtime:
             return None
-        return self.camera.fps or source.fps or DEFAULT_FILE_FPS
+        return self.camera.fps or "pts"
 
     def _fit(self, image):
         h, w = image.shape[:2]
@@ -160,6 +200,7 @@ class CaptureLoop(threading.Thread):
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
     def _note_error(self, msg: str) -> None:
+        msg = redact_url(msg)  # library errors may repeat the source URL, credentials and all
         self.counters.last_error = msg
         if msg != self._last_error:
             log.warning("camera %s: %s", self.camera.name, msg)

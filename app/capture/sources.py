@@ -7,6 +7,8 @@ use the same sources to read every frame of a file as fast as possible.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
+# A GStreamer pipeline links its elements with ' ! ' (gst-launch syntax); OpenCV needs it to end in appsink.
+_GST_LINK = re.compile(r"\s!\s")
 MAX_CONSECUTIVE_BAD = 50  # then a source reports end of stream so the caller reconnects
 
 
@@ -33,6 +37,7 @@ class Frame:
     image: np.ndarray  # HxWx3 uint8 BGR
     index: int  # frame index within the source
     pts: float  # seconds within the source
+    file: str | None = None  # the image file it came from (image and folder sources)
 
 
 def as_bgr(image: np.ndarray | None) -> np.ndarray | None:
@@ -55,13 +60,60 @@ def as_bgr(image: np.ndarray | None) -> np.ndarray | None:
     return None
 
 
+# Decode flags for still images: IMREAD_COLOR applies the EXIF orientation (phones store pixels sideways
+# and set Orientation 2-8; IMREAD_UNCHANGED ignores it), IMREAD_ANYDEPTH keeps 16-bit samples for as_bgr
+# to scale, grey becomes BGR and an alpha channel is dropped.
+IMAGE_DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
+
+
+def is_truncated_image(data: bytes | memoryview | np.ndarray) -> bool:
+    """True when an encoded JPEG, PNG or WebP lacks its end (a partial upload or copy).
+
+    Decoders fill the missing part of a truncated JPEG with grey and return it as if it were whole; a
+    detector then sees half a picture. JPEG must end with EOI (FFD9; trailing zero padding allowed), PNG
+    with its IEND chunk, and WebP's RIFF size must fit in the data. Other formats are not checked.
+    """
+    mv = memoryview(data).cast("B")
+    b, tail, n = bytes(mv[:16]), bytes(mv[-64:]), len(mv)
+    if b[:3] == b"\xff\xd8\xff":
+        return not tail.rstrip(b"\x00").endswith(b"\xff\xd9")
+    if b[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in tail[-12:]
+    if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
+        return int.from_bytes(b[4:8], "little") + 8 > n
+    return False
+
+
+def decode_image(data: bytes | memoryview | np.ndarray) -> np.ndarray | None:
+    """An encoded still image (JPEG, PNG, WebP, BMP, TIFF) as HxWx3 uint8 BGR, EXIF orientation applied.
+
+    Grey, 16-bit and alpha images work (see `as_bgr`). Returns None for anything that is not a whole,
+    decodable image: empty data, unknown formats and truncated files (`is_truncated_image`). The one
+    decoder for still images, so every command and API sees the same pixels for the same file.
+    """
+    buf = np.frombuffer(data, np.uint8)
+    if buf.size == 0 or is_truncated_image(buf):
+        return None
+    return as_bgr(cv2.imdecode(buf, IMAGE_DECODE_FLAGS))
+
+
+def read_image(path: str | Path) -> np.ndarray | None:
+    """`decode_image` of a file; None when it cannot be read or decoded."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    return decode_image(data)
+
+
 class FrameSource(ABC):
     description: str = ""
     is_live: bool = False
     fps: float | None = None
 
     def __init__(self) -> None:
-        self.corrupt = 0
+        self.corrupt = 0  # unreadable frames or files skipped so far (the reader resets it once counted)
+        self.shortfall: str | None = None  # why a finite source ended early (a truncated file), if it did
 
     @abstractmethod
     def open(self) -> None:
@@ -83,37 +135,23 @@ class FrameSource(ABC):
 
 
 class VideoCaptureSource(FrameSource):
-    """OpenCV VideoCapture: V4L2 devices, network streams, video files and GStreamer pipelines."""
+    """OpenCV VideoCapture for live devices: V4L2 cameras and GStreamer pipelines (files and network
+    streams go through FFmpeg directly, see `app.capture.ffmpeg`)."""
 
-    def __init__(self, target: str | int, *, kind: str, is_live: bool) -> None:
+    def __init__(self, target: str | int, *, kind: str, is_live: bool = True) -> None:
         super().__init__()
         self.target = target
         self.kind = kind
         self.is_live = is_live
         self.description = f"{kind} {redact_url(str(target))}"
         self._cap: cv2.VideoCapture | None = None
-        self._pending: Frame | None = None
         self._index = 0
         self._t0 = 0.0
 
     def open(self) -> None:
         self.close()
-        if self.kind == "file":
-            p = Path(str(self.target))
-            if not p.exists():
-                raise SourceError(f"video file {p} does not exist")
-            if not p.is_file():
-                raise SourceError(f"{p} is not a file")
-            try:
-                with p.open("rb"):
-                    pass
-            except OSError as exc:
-                raise SourceError(f"cannot read video file {p}: {exc.strerror}") from exc
         if self.kind == "gstreamer":
             cap = cv2.VideoCapture(str(self.target), cv2.CAP_GSTREAMER)
-        elif self.kind == "stream":
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 10000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 10000]
-            cap = cv2.VideoCapture(str(self.target), cv2.CAP_FFMPEG, params)
         else:
             cap = cv2.VideoCapture(self.target)
         if not cap.isOpened():
@@ -124,42 +162,20 @@ class VideoCaptureSource(FrameSource):
         self._cap = cap
         self._index = 0
         self._t0 = time.monotonic()
-        if self.kind == "file":
-            # A file that opens but decodes nothing (truncated, not a video) is an error, not an empty stream.
-            first = self.read()
-            if first is None:
-                self.close()
-                raise SourceError(f"could not decode any frame from {self.description}")
-            self._pending = first
 
     def read(self) -> Frame | None:
-        if self._pending is not None:
-            frame, self._pending = self._pending, None
-            return frame
         cap = self._cap
         if cap is None:
             return None
         bad = 0
         while bad < MAX_CONSECUTIVE_BAD:
             ok, image = cap.read()
-            if not ok:
-                if self.kind == "file":
-                    return None  # end of file (or of the decodable part of a truncated file)
-                bad += 1
-                self.corrupt += 1
-                continue
-            image = as_bgr(image)
+            image = as_bgr(image) if ok else None
             if image is None:
                 bad += 1
                 self.corrupt += 1
                 continue
-            if self.kind == "file":
-                pts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-                if pts <= 0 and self._index > 0 and self.fps:
-                    pts = self._index / self.fps
-            else:
-                pts = time.monotonic() - self._t0
-            frame = Frame(image, self._index, pts)
+            frame = Frame(image, self._index, time.monotonic() - self._t0)
             self._index += 1
             return frame
         log.warning("%s: %d bad frames in a row; treating as end of stream", self.description, bad)
@@ -187,11 +203,11 @@ class ImageFileSource(FrameSource):
         if self._done:
             return None
         self._done = True
-        image = as_bgr(cv2.imread(str(self.path), cv2.IMREAD_UNCHANGED))
+        image = read_image(self.path)
         if image is None:
             self.corrupt += 1
-            raise SourceError(f"could not decode image {self.path}")
-        return Frame(image, 0, 0.0)
+            raise SourceError(f"could not decode image {self.path} (not a whole image file)")
+        return Frame(image, 0, 0.0, file=self.path.name)
 
     def close(self) -> None:
         self._done = True
@@ -222,12 +238,12 @@ class ImageFolderSource(FrameSource):
         while self._pos < len(self._files):
             f = self._files[self._pos]
             self._pos += 1
-            image = as_bgr(cv2.imread(str(f), cv2.IMREAD_UNCHANGED))
+            image = read_image(f)
             if image is None:
                 self.corrupt += 1
                 log.warning("skipping %s: not a readable image", f)
                 continue
-            frame = Frame(image, self._index, self._index / (self.fps or 1.0))
+            frame = Frame(image, self._index, self._index / (self.fps or 1.0), file=f.name)
             self._index += 1
             return frame
         return None
@@ -237,19 +253,40 @@ class ImageFolderSource(FrameSource):
 
 
 def open_source(source: str | int) -> FrameSource:
-    """Classify a source string (without opening it)."""
-    if isinstance(source, int) or (isinstance(source, str) and source.strip().isdigit()):
-        return VideoCaptureSource(int(source), kind="camera", is_live=True)
-    s = str(source).strip()
+    """Classify a source (without opening it).
+
+    An existing path is always what it is on disk (a folder, an image, a video file, or a V4L2 device
+    node), whatever characters its name has: `alarm!.mp4` is a file, not a GStreamer pipeline. Only a
+    string that names nothing on disk is read as a camera index, a stream URL or, when it links
+    elements with ' ! ' (or names an appsink), a pipeline.
+    """
+    if isinstance(source, int):
+        return VideoCaptureSource(source, kind="camera", is_live=True)
+    raw = str(source)
+    for candidate in (raw, raw.strip()):
+        if candidate and os.path.lexists(candidate):
+            return _path_source(Path(candidate))
+    s = raw.strip()
+    if s.isdigit():
+        return VideoCaptureSource(int(s), kind="camera", is_live=True)
     if s.startswith("/dev/video"):
         return VideoCaptureSource(s, kind="camera", is_live=True)
     if s.lower().startswith(STREAM_SCHEMES):
-        return VideoCaptureSource(s, kind="stream", is_live=True)
-    if "!" in s:
+        from app.capture.ffmpeg import AvSource
+
+        return AvSource(s, kind="stream", is_live=True)
+    if _GST_LINK.search(s) or ("!" in s and "appsink" in s):
         return VideoCaptureSource(s, kind="gstreamer", is_live=True)
-    p = Path(s)
+    return _path_source(Path(s))  # not there (yet): opening says so, or a capture loop retries
+
+
+def _path_source(p: Path) -> FrameSource:
     if p.is_dir():
         return ImageFolderSource(p)
+    if p.is_char_device():  # /dev/video0 or a udev alias such as /dev/v4l/by-id/...
+        return VideoCaptureSource(str(p), kind="camera", is_live=True)
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageFileSource(p)
-    return VideoCaptureSource(s, kind="file", is_live=False)
+    from app.capture.ffmpeg import AvSource  # imports this module
+
+    return AvSource(str(p), kind="file", is_live=False)

@@ -121,6 +121,7 @@ class LivePipeline:
         self._rss: dict[str, list[float]] = {"main": [], "worker": []}
         self._started = 0.0
         self._progress_mono = 0.0  # last result of any worker (systemd watchdog pings)
+        self._waiting_since: float | None = None  # since when frames have waited for the worker
         self._worker_ready_mono = 0.0
         self._last_health_check = 0.0
         self._rss_samples: deque[tuple[float, float]] = deque()
@@ -344,9 +345,8 @@ class LivePipeline:
             elif not self.worker.alive():
                 await self._replace_worker(f"died (exit code {self.worker.process.exitcode})")
             elif self._stalled():
-                await self._replace_worker(
-                    f"stalled (no result for {time.monotonic() - self._worker_progress():.1f} s while frames waited)"
-                )
+                waited = time.monotonic() - max(self._waiting_since or 0.0, self._worker_progress())
+                await self._replace_worker(f"stalled (no result for {waited:.1f} s while frames waited)")
             else:
                 await self._watch_worker_health()
             self._watch_captures()
@@ -358,12 +358,24 @@ class LivePipeline:
                     self.request_stop("all sources finished")
 
     def _stalled(self) -> bool:
+        """A frame has waited stall_timeout_s and the worker finished no inference in that time.
+
+        Measured from when the wait began, not from the last inference: after a camera outage, or with
+        detection switched off, the last inference is old for good reasons, and the first new frame must
+        not read as a stall.
+        """
         waiting = any(
             ring.latest_seq > self.stats[name].last_seq
             for name, ring in self.rings.items()
             if name not in self._disabled
         )
-        return waiting and time.monotonic() - self._worker_progress() > self.cfg.watchdog.stall_timeout_s
+        now = time.monotonic()
+        if not waiting:
+            self._waiting_since = None
+            return False
+        if self._waiting_since is None:
+            self._waiting_since = now
+        return now - max(self._waiting_since, self._worker_progress()) > self.cfg.watchdog.stall_timeout_s
 
     def _worker_progress(self) -> float:
         """The worker's last successful inference (shared-memory heartbeat), or when it became ready."""
