@@ -43,7 +43,7 @@ class CameraConfig(_Strict):
     source: str | int = Field(
         ...,
         description="V4L2 index or /dev/videoN, rtsp:// or http(s):// URL, video file, image file or "
-        "folder, or a GStreamer pipeline (anything containing '!')",
+        "folder, or a GStreamer pipeline ('elem ! elem ! appsink'); an existing path is always a file or folder",
     )
     loop: bool = Field(False, description="restart a video file at its end")
     realtime: bool = Field(True, description="pace a video file at its native fps")
@@ -78,7 +78,17 @@ class ModelConfig(_Strict):
     engine_dir: str = Field("engines", description="TensorRT engine cache (engines + manifests)")
     conf: float = Field(0.25, ge=0.0, le=1.0, description="confidence threshold")
     iou: float = Field(0.7, ge=0.0, le=1.0, description="NMS IoU threshold")
-    imgsz: int | None = Field(None, gt=0, description="input size; default: from the model")
+    imgsz: int | None = Field(
+        None,
+        gt=0,
+        description="input size of a dynamic model (rounded up to the model's stride); default: from the model",
+    )
+    layout: Literal["auto", "dense", "end2end", "yolov5"] = Field(
+        "auto",
+        description="output layout of the model's head. auto: from its metadata, output shape and a test "
+        "inference at load; set it only for a [1, N, 6] model that `vigil check` says cannot be told apart "
+        "(end2end: x1,y1,x2,y2,score,class rows; yolov5: cx,cy,w,h,objectness,class scores)",
+    )
     max_det: int = Field(300, gt=0)
     classes: list[int] | None = Field(None, description="keep only these class ids")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
@@ -345,25 +355,54 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 _SECRET_KEY = re.compile(r"password|token|credential|secret", re.IGNORECASE)
 
 
+# The authority of a URL inside any text (a bare URL, or one inside a GStreamer pipeline): it ends at the
+# first '/', '?', '#' or white space, as in FFmpeg's av_url_split.
+_URL_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#\s]*)")
+# Credentials passed as parameters: URL queries (`?user=admin&password=...`, as many NVRs and cameras
+# take them) and GStreamer's rtspsrc properties (`user-id=... user-pw=...`, `proxy-pw=...`).
+_SECRET_PARAM = re.compile(
+    r"(?P<key>(?:^|(?<=[?&;\s]))(?:user|username|password|pass|pwd|token|auth|user-id|user-pw|proxy-id|proxy-pw)=)"
+    r"(?P<value>[^&#\s]*)",
+    re.IGNORECASE,
+)
+
+
 def redact_url(text: str) -> str:
-    """Hide `user:password@` in URLs (camera sources in logs, errors and /api/config)."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
+    """Mask credentials in every URL of `text`: the user-info part and credential parameters.
+
+    Everything before the *last* '@' of an authority is masked, because FFmpeg splits there and so
+    `rtsp://viewer:Sup3r@Secret@host/` is a working URL with the password `Sup3r@Secret`. Query parameters
+    `user`, `username`, `password`, `pass`, `pwd`, `token`, `auth` (any case) and rtspsrc's `user-id`,
+    `user-pw`, `proxy-id`, `proxy-pw` keep their key and lose their value. The one redactor for camera
+    sources in logs, errors, `/api/config` and `--print-config`.
+    """
+
+    def authority(m: re.Match[str]) -> str:
+        at = m.group("authority").rfind("@")
+        return m.group(0) if at < 0 else m.group("scheme") + "***" + m.group("authority")[at:]
+
+    text = _URL_AUTHORITY.sub(authority, text)
+    return _SECRET_PARAM.sub(lambda m: m.group("key") + ("***" if m.group("value") else ""), text)
 
 
-def redact(data: Any) -> Any:
-    """Config as data with secret-looking values and URL credentials (rtsp://user:pass@) masked."""
+def redact(data: Any, *, secret_keys: bool = True) -> Any:
+    """Config as data with URL credentials masked (`redact_url`) in every string and, with `secret_keys`,
+    the values of secret-looking keys (password, token, credential, secret) replaced by `<redacted>`."""
     if isinstance(data, dict):
         return {
-            k: ("<redacted>" if _SECRET_KEY.search(k) and v not in (None, "") and not isinstance(v, (bool, dict))
-                else redact(v))
+            k: ("<redacted>" if secret_keys and _SECRET_KEY.search(k) and v not in (None, "")
+                and not isinstance(v, (bool, dict))
+                else redact(v, secret_keys=secret_keys))
             for k, v in data.items()
         }  # fmt: skip
     if isinstance(data, list):
-        return [redact(v) for v in data]
+        return [redact(v, secret_keys=secret_keys) for v in data]
     if isinstance(data, str):
         return redact_url(data)
     return data
 
 
 def dump_config(cfg: VigilConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The effective config as YAML with URL credentials masked (it ends up in terminals and bug reports);
+    secret file paths and variable names stay visible, they are not secrets."""
+    return yaml.safe_dump(redact(cfg.model_dump(mode="json"), secret_keys=False), sort_keys=False)
