@@ -32,15 +32,16 @@ class TlsFiles:
     key: Path
 
 
-def make_tls(directory: Path) -> TlsFiles:
-    """CA + server certificate for 127.0.0.1/localhost, made with the openssl CLI."""
+def make_tls(directory: Path, san: str = "IP:127.0.0.1,DNS:localhost") -> TlsFiles:
+    """CA + server certificate for 127.0.0.1/localhost (or the names in `san`, e.g. "DNS:other.example" for a
+    certificate a client on 127.0.0.1 must refuse), made with the openssl CLI."""
     d = directory
     run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=d)  # noqa: E731
     run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=vigil-test-ca",
         "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
     run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
         "-out", "server.csr")  # fmt: skip
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "san.ext").write_text(f"subjectAltName={san}\n")
     run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
         "-days", "2", "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
     return TlsFiles(d / "ca.crt", d / "server.crt", d / "server.key")

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -79,6 +80,26 @@ def read_password(cfg: MqttConfig) -> str | None:
     return None
 
 
+def check_tls_files(cfg: MqttConfig) -> None:
+    """Missing certificate files as a config error: ssl's own FileNotFoundError names no file."""
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(cfg.tls, key)
+        if path and not Path(path).is_file():
+            raise MqttConfigError(f"mqtt.tls.{key}: {path} does not exist")
+
+
+def connect_error_text(exc: BaseException) -> str:
+    """Why a connection attempt failed, in words: the certificate check's own reason ("IP address mismatch,
+    certificate is not valid for '127.0.0.1'"), the socket's ("Connection refused"), else the exception's."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"TLS certificate rejected: {exc.verify_message.rstrip('.')}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 _CONNACK_HINTS = {
     "Bad user name or password": "bad username or password (check mqtt.username / password_file)",
     "Not authorized": "not authorized (check mqtt.username / password_file and the broker's ACL)",
@@ -111,6 +132,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stopping = False
+        self._refused = False  # the broker answered the last attempt with a refusing CONNACK
         self._sender: threading.Thread | None = None
         password = read_password(cfg)
         self.client = paho.Client(
@@ -121,10 +143,7 @@ class MqttLink:
         elif password is not None:
             raise MqttConfigError("mqtt: a password is configured but no mqtt.username")
         if cfg.tls.enabled or cfg.tls.ca_file:
-            for key in ("ca_file", "cert_file", "key_file"):
-                path = getattr(cfg.tls, key)
-                if path and not Path(path).is_file():
-                    raise MqttConfigError(f"mqtt.tls.{key}: {path} does not exist")
+            check_tls_files(cfg)
             self.client.tls_set(
                 ca_certs=cfg.tls.ca_file,
                 certfile=cfg.tls.cert_file,
@@ -146,6 +165,9 @@ class MqttLink:
 
     def start(self) -> None:
         host = self.cfg.host
+        # First, so that a failure the network thread logs at once reads after it.
+        tls = self.cfg.tls.enabled or self.cfg.tls.ca_file
+        log.info("mqtt: connecting to %s:%d%s", host, self.cfg.port, " (TLS)" if tls else "")
         try:
             socket.getaddrinfo(host, self.cfg.port)
         except socket.gaierror as exc:
@@ -155,7 +177,6 @@ class MqttLink:
         self.client.loop_start()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
         self._sender.start()
-        log.info("mqtt: connecting to %s:%d%s", host, self.cfg.port, " (TLS)" if self.cfg.tls.enabled else "")
 
     def stop(self, timeout: float = 3.0) -> None:
         """Flush what we can, say `offline` (retained), disconnect."""
@@ -251,6 +272,7 @@ class MqttLink:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self._refused = True
             text = _CONNACK_HINTS.get(str(reason_code), str(reason_code))
             self._error(f"mqtt broker {self.cfg.host}:{self.cfg.port} refused the connection: {text}")
             return
@@ -276,13 +298,30 @@ class MqttLink:
         with self._wake:
             was = self.stats.connected
             self.stats.connected = False
+        refused, self._refused = self._refused, False
         if was:
             self.stats.disconnects += 1
             if not self._stopping:
                 self._error(f"mqtt: lost the broker ({reason_code}); reconnecting with backoff")
+        elif not refused and not self._stopping:
+            # Dropped before any CONNACK (e.g. a plain-text client on a TLS listener): no callback but this one
+            # says so. After a refusing CONNACK the refusal is the reason and stays in last_error.
+            self._error(
+                f"mqtt: {self.cfg.host}:{self.cfg.port} closed the connection before accepting it ({reason_code}); "
+                "retrying with backoff"
+            )
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._error(f"mqtt: cannot connect to {self.cfg.host}:{self.cfg.port}; retrying with backoff")
+        # paho passes no reason, but calls this from inside its `except OSError:` around the attempt: the
+        # exception being handled is the reason (TLS certificate, refused, unreachable).
+        exc = sys.exc_info()[1]
+        where = f"{self.cfg.host}:{self.cfg.port}"
+        if isinstance(exc, socket.gaierror):  # start()'s words, so a name that never resolves is logged once
+            self._error(f"mqtt.host {self.cfg.host!r} cannot be resolved ({exc.strerror}); retrying in the background")
+        elif exc is not None:
+            self._error(f"mqtt: cannot connect to {where}: {connect_error_text(exc)}; retrying with backoff")
+        else:
+            self._error(f"mqtt: cannot connect to {where}; retrying with backoff")
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._wake:
@@ -301,6 +340,7 @@ class MqttLink:
                 log.exception("mqtt: command handler failed for %s", message.topic)
 
     def _error(self, msg: str) -> None:
+        """Logged once per change of reason, not once per retry; kept in stats until the next connect."""
         if msg != self.stats.last_error:
             log.warning("%s", msg)
         self.stats.last_error = msg

@@ -218,6 +218,7 @@ class MqttService:
             "dropped_queue_full": s.dropped_queue_full, "dropped_offline_qos0": s.dropped_offline_qos0,
             "events": self.events_published, "rejected_commands": self.rejected_commands,
             "connected_since": iso_utc(s.connected_since) if s.connected_since else None,
+            "last_error": s.last_error or None,  # why it is not connected (TLS, refused, ...); None when it is
         }  # fmt: skip
 
     async def _stats_loop(self) -> None:

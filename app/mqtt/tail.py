@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import threading
@@ -30,36 +29,73 @@ def render(topic: str, payload: bytes, retained: bool) -> str:
                 body = f"seq {obj.get('seq')}: [{dets}] age {obj.get('latency_ms', {}).get('frame_age')} ms"
             else:
                 body = json.dumps(obj, separators=(",", ":"))
-        except ValueError:
+        except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, or not the shape we know
             body = text
     return f"{stamp} {topic}{flag} {body}"
 
 
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
 def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float | None, out=sys.stdout) -> int:
+    """0 once --count messages arrived, --timeout passed or Ctrl-C came after the broker accepted us; anything
+    that ends it otherwise (refused, unreachable, TLS, connection lost, no answer) is one `error:` line, 2."""
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from app.mqtt.link import read_password
+    from app.mqtt.link import MqttConfigError, check_tls_files, connect_error_text, read_password
 
     m = cfg.mqtt
+    where = f"{m.host}:{m.port}"
     base = m.base_topic or f"vigil/{cfg.device_id}"
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="", clean_session=True)
-    if m.username is not None:
-        client.username_pw_set(m.username, read_password(m))
-    if m.tls.enabled or m.tls.ca_file:
-        client.tls_set(ca_certs=m.tls.ca_file, certfile=m.tls.cert_file, keyfile=m.tls.key_file)
-        client.tls_insecure_set(m.tls.insecure)
+    # No reconnecting: a tail that lost its broker says so and exits instead of waiting silently.
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="", clean_session=True, reconnect_on_failure=False)
+    try:
+        if m.username is not None:
+            client.username_pw_set(m.username, read_password(m))
+        if m.tls.enabled or m.tls.ca_file:
+            check_tls_files(m)
+            client.tls_set(ca_certs=m.tls.ca_file, certfile=m.tls.cert_file, keyfile=m.tls.key_file)
+            client.tls_insecure_set(m.tls.insecure)
+    except MqttConfigError as exc:
+        return _fail(f"invalid config: {exc}")
+    except (OSError, ValueError) as exc:  # a certificate or key file ssl cannot use
+        return _fail(f"invalid config: mqtt.tls: {exc}")
     seen = 0
     done = threading.Event()
+    accepted = threading.Event()
+    failure: list[str] = []  # the first reason it ended other than as asked
     subs = topics or [f"{base}/#"]
+
+    def fail(msg: str) -> None:
+        if not done.is_set():  # a refusal is followed by a disconnect: report the first cause only
+            failure.append(msg)
+            done.set()
 
     def on_connect(c, u, flags, rc, props) -> None:
         if rc.is_failure:
-            print(f"error: broker refused the connection: {rc}", file=sys.stderr)
-            done.set()
+            fail(f"{where} refused the connection: {rc}")
             return
+        accepted.set()
         for t in subs:
-            c.subscribe(t, qos=1)
+            try:
+                c.subscribe(t, qos=1)
+            except ValueError as exc:  # paho checks the filter only here; raised, it would kill its thread
+                return fail(f"--topic {t!r}: {exc}")
+        print(f"watching {', '.join(subs)} on {where} (Ctrl-C to stop)", file=sys.stderr)
+
+    def on_subscribe(c, u, mid, reason_codes, props) -> None:
+        for rc in reason_codes:
+            if rc.is_failure:  # e.g. the broker's ACL: nothing would ever arrive
+                fail(f"{where} refused the subscription to {', '.join(subs)}: {rc}")
+
+    def on_disconnect(c, u, flags, rc, props) -> None:
+        if accepted.is_set():
+            fail(f"lost the connection to {where} ({rc})")
+        else:  # e.g. a plain-text client on a TLS listener
+            fail(f"{where} closed the connection before accepting it ({rc})")
 
     def on_message(c, u, msg) -> None:
         nonlocal seen
@@ -71,19 +107,24 @@ def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float 
             done.set()
 
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_disconnect = on_disconnect
     client.on_message = on_message
     try:
         client.connect(m.host, m.port)
-    except OSError as exc:
-        print(f"error: cannot connect to {m.host}:{m.port}: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # refused, unreachable, unknown host, TLS handshake or certificate
+        return _fail(f"cannot connect to {where}: {connect_error_text(exc)}")
     client.loop_start()
-    print(f"watching {', '.join(subs)} on {m.host}:{m.port} (Ctrl-C to stop)", file=sys.stderr)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         done.wait(timeout)
+    except KeyboardInterrupt:
+        done.set()  # the user's Ctrl-C: as asked, whether or not the broker answered
+    if not done.is_set() and not accepted.is_set():
+        fail(f"{where} did not accept the connection within --timeout {timeout:g} s")
+    done.set()  # from here on our own disconnect is no failure
     client.disconnect()
     client.loop_stop()
-    return 0
+    return _fail(failure[0]) if failure else 0
 
 
 def add_cli(subparsers: argparse._SubParsersAction, load) -> None:
