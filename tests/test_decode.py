@@ -12,6 +12,7 @@ from app.inference.decode import (
     decode_dense,
     decode_efficient_nms,
     decode_end2end,
+    decode_yolov5,
     nms,
     resolve_nms_roles,
 )
@@ -92,6 +93,65 @@ def test_decoder_maps_to_source_pixels() -> None:
     det = dec([rows], g)
     np.testing.assert_allclose(det.xyxy[0], [288, 104, 352, 168], atol=1e-3)
     assert det.class_id.tolist() == [1]
+
+
+def v5rows(rows: list[list[float]], anchors: int = 20, nc: int = 2) -> np.ndarray:
+    """rows of (cx, cy, w, h, objectness, class score...) -> YOLOv5 layout [anchors, 5+nc]."""
+    out = np.zeros((anchors, 5 + nc), np.float32)
+    out[: len(rows)] = np.asarray(rows, np.float32).reshape(-1, 5 + nc)
+    return out
+
+
+def test_yolov5_decode_scores_objectness_times_class() -> None:
+    pred = v5rows(
+        [
+            [50, 50, 20, 20, 0.9, 1.0, 0.1],  # 0.9 class 0
+            [51, 50, 20, 20, 0.8, 0.1, 1.0],  # overlaps, class 1: kept (class-aware)
+            [52, 50, 20, 20, 0.9, 0.7, 0.0],  # 0.63 same class overlap: suppressed
+            [200, 200, 10, 10, 0.5, 0.5, 0.0],  # 0.25: dropped (strict >)
+            [300, 300, 10, 10, 0.6, 0.5, 0.0],  # 0.30
+            [400, 400, 10, 10, 0.2, 1.0, 1.0],  # objectness under conf: never a candidate
+        ]
+    )
+    det = decode_yolov5(pred, 2, DecodeParams(conf=0.25, iou=0.7))
+    assert det.class_id.tolist() == [0, 1, 0]
+    np.testing.assert_allclose(det.confidence, [0.9, 0.8, 0.3], atol=1e-6)
+    np.testing.assert_allclose(det.xyxy[0], [40, 40, 60, 60])
+    assert det.xyxy.dtype == np.float32 and det.confidence.dtype == np.float32
+
+
+def test_yolov5_decode_agnostic_class_filter_max_det_and_empty() -> None:
+    rows = [[50, 50, 20, 20, 0.9, 1.0, 0.1], [51, 50, 20, 20, 0.8, 0.1, 1.0], [300, 300, 10, 10, 0.5, 1.0, 0.0]]
+    assert decode_yolov5(v5rows(rows), 2, DecodeParams(agnostic=True)).class_id.tolist() == [0, 0]
+    assert decode_yolov5(v5rows(rows), 2, DecodeParams(classes=(1,))).class_id.tolist() == [1]
+    det = decode_yolov5(v5rows(rows), 2, DecodeParams(max_det=1))
+    assert len(det) == 1 and det.confidence[0] == pytest.approx(0.9)
+    assert len(decode_yolov5(v5rows([]), 2, DecodeParams())) == 0
+    assert len(decode_yolov5(v5rows([[50, 50, 20, 20, 0.9, 0.2, 0.2]]), 2, DecodeParams())) == 0  # 0.18
+
+
+def test_yolov5_decode_equals_dense_decode_of_the_same_scores() -> None:
+    """A YOLOv5 row with objectness 1 is a dense anchor: same boxes, scores, classes, order."""
+    rng = np.random.default_rng(1)
+    n = 500
+    boxes = np.column_stack([rng.uniform(0, 640, (n, 2)), rng.uniform(5, 80, (n, 2))]).astype(np.float32)
+    scores = rng.uniform(0, 1, (n, 3)).astype(np.float32)
+    want = decode_dense(np.concatenate([boxes, scores], axis=1).T, 3, DecodeParams())
+    got = decode_yolov5(np.concatenate([boxes, np.ones((n, 1), np.float32), scores], axis=1), 3, DecodeParams())
+    assert len(want) > 10
+    np.testing.assert_array_equal(got.xyxy, want.xyxy)
+    np.testing.assert_array_equal(got.confidence, want.confidence)
+    np.testing.assert_array_equal(got.class_id, want.class_id)
+
+
+def test_decoder_maps_yolov5_rows_to_source_pixels() -> None:
+    g = LetterboxGeometry.compute((272, 640), (640, 640))
+    cy = g.top + 136
+    dec = YoloDecoder(OutputLayout.YOLOV5, 1, DecodeParams())
+    pred = v5rows([[320, cy, 64, 64, 0.9, 1.0]], anchors=8400, nc=1)[None]
+    det = dec([pred], g)
+    np.testing.assert_allclose(det.xyxy[0], [288, 104, 352, 168], atol=1e-3)
+    assert det.class_id.tolist() == [0] and det.confidence[0] == pytest.approx(0.9)
 
 
 # EfficientNMS_TRT outputs. ONNX Runtime cannot run the TensorRT plugin, so these are synthetic arrays

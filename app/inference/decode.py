@@ -1,6 +1,7 @@
-"""YOLO output decoding: dense heads (v8/v11, [1, 4+C, N]) with class-aware NMS, NMS-free /
-end-to-end heads ([1, N, 6]: x1, y1, x2, y2, score, class), and TensorRT engines with the EfficientNMS_TRT
-plugin built in (four outputs: count, boxes, scores, classes), mapped back to source pixels.
+"""YOLO output decoding: dense heads (v8/v11, [1, 4+C, N]) with class-aware NMS, YOLOv5-style heads
+([1, N, 5+C]: cx, cy, w, h, objectness, class scores) through the same NMS, NMS-free / end-to-end heads
+([1, N, 6]: x1, y1, x2, y2, score, class), and TensorRT engines with the EfficientNMS_TRT plugin built in
+(four outputs: count, boxes, scores, classes), mapped back to source pixels.
 
 Semantics follow Ultralytics' `non_max_suppression` (strict `>` on thresholds, best class per box,
 class offset trick for class-aware NMS, `max_det` after NMS) so our boxes match the reference.
@@ -26,6 +27,10 @@ _INT32_MAX = np.iinfo(np.int32).max
 class OutputLayout(str, Enum):
     DENSE = "dense"  # [1, 4 + C, N], boxes cx,cy,w,h in input pixels, per-class scores
     END2END = "end2end"  # [1, N, 6], boxes x1,y1,x2,y2 in input pixels, score, class id
+    # YOLOv5 export (also v7, and exporters that copy it): [1, N, 5 + C], boxes cx,cy,w,h in input pixels,
+    # objectness, per-class scores; score = objectness * class score. With one class it is [1, N, 6], the
+    # shape of END2END: model_info.py tells them apart
+    YOLOV5 = "yolov5"
     # TensorRT EfficientNMS_TRT: count [1, 1], boxes [1, K, 4] x1,y1,x2,y2 in input pixels, scores [1, K],
     # classes [1, K]; output order and names depend on the exporter (see NmsOutputRoles)
     EFFICIENT_NMS = "efficient_nms"
@@ -178,7 +183,29 @@ def decode_dense(pred: np.ndarray, num_classes: int, p: DecodeParams) -> Detecti
         return Detections.empty()
     cls = scores_all[:, cand].argmax(axis=0).astype(np.int32)
     conf = best[cand].astype(np.float32)
-    boxes = _xywh_to_xyxy(pred[:4, cand].T.astype(np.float32))
+    return _nms_detections(pred[:4, cand].T, conf, cls, p)
+
+
+def decode_yolov5(pred: np.ndarray, num_classes: int, p: DecodeParams) -> Detections:
+    """pred: [N, 5 + C (+extra)] (cx, cy, w, h, objectness, class scores) for one image; boxes in model-input
+    pixels. As YOLOv5's own non_max_suppression: rows with objectness > conf are candidates, their score is
+    objectness * class score (best class), kept when > conf, then the dense head's NMS and max_det."""
+    obj = pred[:, 4]
+    cand = np.flatnonzero(obj > p.conf)
+    if cand.size == 0:
+        return Detections.empty()
+    scores = pred[cand, 5 : 5 + num_classes].astype(np.float32) * obj[cand, None].astype(np.float32)
+    best = scores.max(axis=1)
+    keep = best > p.conf
+    if not keep.any():
+        return Detections.empty()
+    cls = scores[keep].argmax(axis=1).astype(np.int32)
+    return _nms_detections(pred[cand[keep], :4], best[keep], cls, p)
+
+
+def _nms_detections(xywh: np.ndarray, conf: np.ndarray, cls: np.ndarray, p: DecodeParams) -> Detections:
+    """Candidates (boxes cx,cy,w,h, score, class) -> class filter, top MAX_NMS, class-aware NMS, max_det."""
+    boxes = _xywh_to_xyxy(xywh.astype(np.float32))
     if p.classes is not None:
         m = np.isin(cls, np.asarray(p.classes))
         boxes, conf, cls = boxes[m], conf[m], cls[m]
@@ -260,6 +287,8 @@ class YoloDecoder:
             raise TypeError("YoloDecoder takes the list of all model outputs, not one array")
         if self.layout is OutputLayout.DENSE:
             det = decode_dense(outputs[0][0], self.num_classes, self.params)
+        elif self.layout is OutputLayout.YOLOV5:
+            det = decode_yolov5(outputs[0][0], self.num_classes, self.params)
         elif self.layout is OutputLayout.END2END:
             det = decode_end2end(outputs[0][0], self.params)
         else:

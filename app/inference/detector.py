@@ -35,15 +35,20 @@ class Detector:
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> Detector:
         backend, reason = load_backend(cfg)
-        info = ModelInfo.from_backend(backend, cfg.imgsz)
+        try:
+            info = ModelInfo.from_backend(backend, cfg.imgsz, cfg.layout)
+        except BaseException:
+            backend.close()
+            raise
         classes = tuple(cfg.classes) if cfg.classes is not None else None
         params = DecodeParams(conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, classes=classes)
         log.info(
-            "model %s: input %s %s, %s head, %d classes, backend %s (%s)",
+            "model %s: input %s %s, %s head (%s), %d classes, backend %s (%s)",
             cfg.path,
             info.input_hw,
             info.input_dtype,
             info.layout.value,
+            info.layout_reason,
             info.num_classes,
             backend.name,
             reason,
