@@ -10,8 +10,17 @@ import os
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from app import __version__
-from app.config import DEFAULT_MODEL_PATH, ConfigError, dump_config, load_config
+from app.config import (
+    DEFAULT_MODEL_PATH,
+    ConfigError,
+    dump_config,
+    format_validation_error,
+    load_config,
+    redact_url,
+)
 
 log = logging.getLogger("vigil")
 
@@ -24,6 +33,17 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: a bad value is a usage error (exit 2), not an empty run."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
 
 
 def _fail(msg: str) -> int:
@@ -103,15 +123,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     det.warmup(1)
     if cfg.mqtt.enabled:
-        from app.mqtt.link import MqttConfigError, read_password
+        from app.mqtt.link import MqttConfigError, check_tls_files, read_password
 
         try:
             read_password(cfg.mqtt)
+            if cfg.mqtt.tls.enabled or cfg.mqtt.tls.ca_file:
+                check_tls_files(cfg.mqtt)
         except MqttConfigError as exc:
             return _fail(f"invalid config: {exc}")
     print(
         f"ok: config valid; model {cfg.model.path} loads ({det.backend.name}, input {det.info.input_hw}, "
-        f"{det.info.num_classes} classes: {', '.join(det.names.values())})"
+        f"{det.info.layout.value} head, {det.info.num_classes} classes: {', '.join(det.names.values())})"
     )
     return 0
 
@@ -138,8 +160,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
             threads=args.threads,
             max_det=args.max_det,
         )
-    except Exception as exc:
-        return _fail(f"invalid option: {exc}")
+    except ValidationError as exc:
+        return _fail(f"invalid option: {format_validation_error(exc)}")
     try:
         detector = Detector.from_config(mcfg)
     except (BackendError, ModelShapeError) as exc:
@@ -239,9 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=DEFAULT_MODEL_PATH)
     d.add_argument("--conf", type=float, default=0.25)
     d.add_argument("--iou", type=float, default=0.7)
-    d.add_argument("--imgsz", type=int, default=None)
-    d.add_argument("--max-det", type=int, default=300)
-    d.add_argument("--max-frames", type=int, default=None)
+    d.add_argument(
+        "--imgsz", type=positive_int, default=None, help="input size of a dynamic model (rounded up to its stride)"
+    )
+    d.add_argument("--max-det", type=positive_int, default=300)
+    d.add_argument("--max-frames", type=positive_int, default=None)
     d.add_argument("--backend", default="auto", choices=["auto", "onnxruntime"])
     d.add_argument("--threads", type=int, default=0, help="backend threads (0 = all cores)")
     d.set_defaults(func=cmd_detect)
@@ -254,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export an Ultralytics .pt model to ONNX (needs the `export` extra)")
     e.add_argument("model")
-    e.add_argument("--imgsz", type=int, default=640)
+    e.add_argument("--imgsz", type=positive_int, default=640)
     e.add_argument("--half", action="store_true")
     e.add_argument("--dynamic", action="store_true")
     e.add_argument("--nms", action="store_true", help="embed NMS (end-to-end [1,N,6] output)")
@@ -281,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last line of defence: no command ends in a traceback
+        log.debug("%s failed", args.command, exc_info=True)
+        detail = redact_url(str(exc)) or type(exc).__name__
+        return _fail(f"{args.command}: {detail} ({type(exc).__name__}; --log-level debug shows where)")
 
 
 if __name__ == "__main__":

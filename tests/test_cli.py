@@ -14,6 +14,7 @@ import numpy as np
 import psutil
 import pytest
 from conftest import REPO, vigil_shm_segments
+from field_media import jpeg_with_orientation, make_resolution_change_ts, make_truncated_mp4, make_vfr, video_frames
 from onnx_models import wrong_shape_model
 
 VIGIL = [sys.executable, "-m", "app"]
@@ -95,6 +96,105 @@ def test_detect_bad_source_is_a_clear_error(tiny_model: Path, tmp_path: Path, ma
     assert res.returncode == 2
     assert res.stderr.startswith("error: ") and needle in res.stderr
     assert "Traceback" not in res.stderr and res.stdout == ""
+
+
+def test_detect_applies_exif_orientation(default_model: Path, sample_video: Path, tmp_path: Path) -> None:
+    """Field case exif_orientation6.jpg: a phone JPEG stored sideways with Orientation 6 was read as a
+    272x640 frame and the upright person reported as `Fall`. Right: the upright frame's result, Normal
+    ~0.60 at about [342, 2, 499, 215]."""
+    upright = video_frames(sample_video, [125])[0]
+    (tmp_path / "phone.jpg").write_bytes(jpeg_with_orientation(upright, 6))
+    (tmp_path / "upright.jpg").write_bytes(jpeg_with_orientation(upright, 1))
+    res = run_vigil("detect", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    phone, up = json_lines(res.stdout)
+    assert (phone["file"], up["file"]) == ("phone.jpg", "upright.jpg")
+    for row in (phone, up):
+        (d,) = row["detections"]
+        assert d["label"] == "Normal" and d["confidence"] == pytest.approx(0.60, abs=0.02), row
+        assert d["box"] == pytest.approx([342, 2, 499, 215], abs=3), row
+
+
+def test_detect_file_name_with_an_exclamation_mark(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
+    """Field case `alarm!.mp4`: an existing path is a file, never a GStreamer pipeline."""
+    video = tmp_path / "alarm!.mp4"
+    video.write_bytes(small_video.read_bytes())
+    res = run_vigil("detect", str(video), "--model", str(tiny_model))
+    assert res.returncode == 0, res.stderr
+    assert [r["frame"] for r in json_lines(res.stdout)] == list(range(50))
+
+
+def test_detect_folder_results_name_their_file(tiny_model: Path, tmp_path: Path) -> None:
+    for name in ("a.png", "b.jpg", "c.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((50, 80, 3), 90, np.uint8))
+    (tmp_path / "b.jpg").write_bytes((tmp_path / "b.jpg").read_bytes()[:40])  # truncated: skipped
+    res = run_vigil("detect", str(tmp_path), "--model", str(tiny_model))
+    assert res.returncode == 0, res.stderr
+    rows = json_lines(res.stdout)
+    assert [(r["frame"], r["file"]) for r in rows] == [(0, "a.png"), (1, "c.png")]
+    assert "b.jpg" in res.stderr
+
+
+def test_detect_truncated_recording_warns_with_frames_read_vs_declared(
+    tiny_model: Path, sample_video: Path, tmp_path: Path
+) -> None:
+    """Field case truncated_half.mp4: it played part of its frames and ended with no word."""
+    video, declared = make_truncated_mp4(tmp_path / "cut.mp4", video_frames(sample_video, range(0, 50, 5)))
+    res = run_vigil("detect", str(video), "--model", str(tiny_model))
+    assert res.returncode == 0, res.stderr
+    n = len(json_lines(res.stdout))
+    assert 0 < n < declared
+    assert f"ended after {n} of its {declared} declared frames" in res.stderr
+
+
+def test_detect_variable_frame_rate_and_resolution_change(tiny_model: Path, sample_video: Path, tmp_path: Path) -> None:
+    frames = video_frames(sample_video, range(0, 50, 5))
+    vfr = make_vfr(tmp_path / "vfr.mp4", frames, fast=3, slow=2)
+    res = run_vigil("detect", str(vfr), "--model", str(tiny_model))
+    assert res.returncode == 0, res.stderr
+    assert [r["pts"] for r in json_lines(res.stdout)] == [0.0, 0.04, 0.08, 0.48, 0.88]
+    ts = make_resolution_change_ts(tmp_path / "rc.ts", frames, seconds=0.4)
+    res = run_vigil("detect", str(ts), "--model", str(tiny_model))
+    assert res.returncode == 0, res.stderr
+    assert "resolution changed from 640x272 to 640x480" in res.stderr
+    boxes = [r["detections"][0]["box"] for r in json_lines(res.stdout)]  # the tiny model: one centred box
+    assert len(boxes) == 20 and all(b[3] <= 272 for b in boxes[:10]) and all(b[3] > 272 for b in boxes[10:])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["detect", "calibration/samples/bikes.mp4", "--max-frames", "-1"],
+        ["detect", "calibration/samples/bikes.mp4", "--imgsz", "0"],
+        ["detect", "calibration/samples/bikes.mp4", "--conf", "2"],
+        ["detect", "calibration/samples/bikes.mp4", "--threads", "-1"],
+        ["detect", "calibration/samples/bikes.mp4", "--model", "calibration"],
+        ["run", "--set", "cameras.0.fps=-5"],
+        ["run", "--set", "nonsense"],
+        ["check", "--set", "model.imgsz=100000"],
+        ["mqtt", "tail", "--set", "mqtt.port=1", "--timeout", "1"],
+        ["bench", "--modes", "nope"],
+    ],
+)
+def test_bad_input_is_one_error_line_and_exit_2(args: list[str]) -> None:
+    res = run_vigil(*args)
+    assert res.returncode == 2, (args, res.stderr)
+    assert "Traceback" not in res.stderr and "error: " in res.stderr.splitlines()[-1], res.stderr
+
+
+def test_an_unexpected_failure_is_still_one_error_line(monkeypatch, capsys) -> None:
+    """The last line of defence in main(): whatever a command raises ends as `error: ...`, exit 2."""
+    import app.cli
+
+    def boom(args) -> int:
+        raise RuntimeError("disk on fire at rtsp://admin:hunter2@cam/")
+
+    parser = app.cli.build_parser()
+    monkeypatch.setattr(app.cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["check"].set_defaults(func=boom)
+    assert app.cli.main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: check: disk on fire") and "hunter2" not in err and "Traceback" not in err
 
 
 def test_detect_truncated_video(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
