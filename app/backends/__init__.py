@@ -38,11 +38,11 @@ def cached_engine(cfg: ModelConfig) -> Path:
     import tensorrt as trt
 
     from app.assets import sha256_file
-    from app.engine.cache import EngineKey, lookup
+    from app.engine.cache import EngineKey, engine_input_size, lookup
 
     cuda.init()
     major, minor = cuda.Device(cfg.tensorrt.device).compute_capability()
-    size = cfg.imgsz or 640
+    size = engine_input_size(cfg.path, cfg.imgsz)
     key = EngineKey(sha256_file(cfg.path), cfg.precision, (1, 3, size, size), f"{major}.{minor}", trt.__version__,
                     cfg.tensorrt.dla_core)  # fmt: skip
     return lookup(cfg.engine_dir, Path(cfg.path).stem, key)

@@ -34,6 +34,33 @@ class EngineKey:
         return f"{model_stem}.{self.precision}.sm{sm}{dla}.{self.digest()[:12]}.engine"
 
 
+def engine_input_size(onnx_path: str | Path, imgsz: int | None) -> int:
+    """The square input side an engine of this ONNX is built and looked up for.
+
+    A fixed-size input is what it is (`imgsz` cannot change it); a dynamic one runs at `imgsz`, else the
+    size in its metadata, else 640, rounded up to the model's stride as ONNX Runtime serving it does
+    (`ModelInfo`, Ultralytics' check_imgsz: 650 -> 672), so `model.imgsz: 650` finds the 672 engine.
+    Needs `onnx` (the `gpu` extra, like every engine path).
+    """
+    import ast
+
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) == 4 and dims[2].dim_value > 0 and dims[2].dim_value == dims[3].dim_value:
+        return int(dims[2].dim_value)
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        stride = int(ast.literal_eval(meta.get("stride", "32")))
+        size = imgsz or ast.literal_eval(meta.get("imgsz", "640"))
+        size = int(max(size) if isinstance(size, list | tuple) else size)
+    except (ValueError, SyntaxError, TypeError):
+        stride, size = 32, imgsz or 640
+    stride = stride if 1 <= stride <= 256 else 32
+    return -(-size // stride) * stride
+
+
 @dataclass
 class Validation:
     passed: bool
