@@ -119,3 +119,42 @@ def host_kernel(tmp_path_factory: pytest.TempPathFactory):
     if dll is None:
         pytest.skip("g++ is not installed")
     return dll
+
+
+class Collect:
+    """A sink that keeps every result record (the pipeline's JSON objects)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def handle(self, record: dict, result) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
+
+
+def run_driven(pipe, driver):
+    """Run a LivePipeline while `driver` acts on it from a thread; the pipeline stops when the driver
+    returns or fails, and a failing driver's assertion is raised here (not lost in its thread)."""
+    import asyncio
+    import threading
+
+    failure: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            driver()
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            wait_until(lambda: pipe._loop is not None, 60)
+            pipe._loop.call_soon_threadsafe(pipe.request_stop, "test driver done")
+
+    t = threading.Thread(target=drive, name="test-driver", daemon=True)
+    t.start()
+    summary = asyncio.run(pipe.run())
+    t.join(10)
+    if failure:
+        raise failure[0]
+    return summary

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from conftest import vigil_shm_segments
+from conftest import Collect, vigil_shm_segments
 
 from app.config import VigilConfig
 from app.pipeline.runner import LivePipeline
@@ -28,17 +28,6 @@ def config(model: Path, video: Path, **camera) -> VigilConfig:
             "worker": {"restart_backoff_s": 0.2},
         }
     )
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def handle(self, record: dict, result) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        pass
 
 
 def test_slow_detector_drops_frames_and_latency_stays_bounded(slow_model: Path, small_video: Path) -> None:

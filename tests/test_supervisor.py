@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from conftest import REPO, vigil_shm_segments, wait_until
+from conftest import REPO, Collect, run_driven, vigil_shm_segments, wait_until
 
 from app.config import VigilConfig
 from app.pipeline.runner import LivePipeline
@@ -306,17 +306,6 @@ def test_backend_failover_is_reported_in_stats_and_as_a_system_event(tiny_model:
 # ---- stalls are measured from when a frame began to wait (field case: a camera outage) -----------
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def handle(self, record: dict, result) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        pass
-
-
 def _stall_config(model: Path, source: str, **extra) -> VigilConfig:
     data = {
         "cameras": [{"name": "cam", "source": source, "reconnect": {"initial_s": 0.2, "max_s": 0.5}}],
@@ -348,15 +337,11 @@ def test_a_camera_outage_longer_than_the_stall_timeout_is_not_a_stall(tiny_model
             cam.restore()
             assert wait_until(lambda b=before: len(sink.records) >= b + 10, 60), "results resume"
             outages.append((before, len(sink.records)))
-        pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
 
-    t = threading.Thread(target=flapper, daemon=True)
-    t.start()
     try:
-        summary = asyncio.run(pipe.run())
+        summary = run_driven(pipe, flapper)
     finally:
         cam.close()
-    t.join(5)
     assert len(outages) == 2, "the camera came back twice and results resumed"
     assert summary.worker_restarts == 0 and summary.exit_code == 0, "a healthy worker is never replaced"
     assert summary.cameras["cam"]["reconnects"] + summary.cameras["cam"]["open_failures"] >= 2
@@ -387,13 +372,11 @@ def test_detection_off_then_on_over_mqtt_is_not_a_stall(tiny_model: Path, small_
             sub.client.publish("vigil/dev/cam/detect/set", b"ON", qos=1)
             assert wait_until(lambda o=off: len(sink.records) >= o + 10, 60), "detection resumes"
             marks[f"on{len(marks)}"] = len(sink.records)
-        pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
 
-    t = threading.Thread(target=switcher, daemon=True)
-    t.start()
-    summary = asyncio.run(pipe.run())
-    t.join(5)
-    sub.close()
+    try:
+        summary = run_driven(pipe, switcher)
+    finally:
+        sub.close()
     assert len(marks) == 2
     assert summary.worker_restarts == 0 and summary.exit_code == 0
 
@@ -414,13 +397,9 @@ def test_a_real_stall_is_still_detected_after_an_idle_camera(tiny_model: Path, s
         time.sleep(3.0)
         cam.restore()  # the worker takes 5 more frames, then hangs: that is a stall
         assert wait_until(lambda: pipe.worker_restarts >= 1, 60)
-        pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
 
-    t = threading.Thread(target=scenario, daemon=True)
-    t.start()
     try:
-        summary = asyncio.run(pipe.run())
+        summary = run_driven(pipe, scenario)
     finally:
         cam.close()
-    t.join(5)
     assert summary.worker_restarts >= 1
