@@ -159,6 +159,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             backend=args.backend,
             threads=args.threads,
             max_det=args.max_det,
+            classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
         )
     except ValidationError as exc:
         return _fail(f"invalid option: {format_validation_error(exc)}")
@@ -266,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--max-det", type=positive_int, default=300)
     d.add_argument("--max-frames", type=positive_int, default=None)
+    d.add_argument("--classes", default=None, help="keep only these classes: labels or ids, comma-separated")
     d.add_argument("--backend", default="auto", choices=["auto", "onnxruntime"])
     d.add_argument("--threads", type=int, default=0, help="backend threads (0 = all cores)")
     d.set_defaults(func=cmd_detect)

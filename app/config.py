@@ -90,7 +90,9 @@ class ModelConfig(_Strict):
         "(end2end: x1,y1,x2,y2,score,class rows; yolov5: cx,cy,w,h,objectness,class scores)",
     )
     max_det: int = Field(300, gt=0)
-    classes: list[int] | None = Field(None, description="keep only these class ids")
+    classes: list[int | str] | None = Field(
+        None, description="keep only these classes: label names (as the model names them) or class ids"
+    )
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
     spin_wait: bool = Field(
         True,

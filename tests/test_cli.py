@@ -182,6 +182,24 @@ def test_bad_input_is_one_error_line_and_exit_2(args: list[str]) -> None:
     assert "Traceback" not in res.stderr and "error: " in res.stderr.splitlines()[-1], res.stderr
 
 
+def test_classes_by_label_or_id(default_model: Path, sample_video: Path, tmp_path: Path) -> None:
+    from app.inference.detector import resolve_classes
+    from app.inference.model_info import ModelShapeError
+
+    names = {0: "person", 1: "bicycle", 2: "car"}
+    assert resolve_classes(["Person", "car", 1, "2", "person"], names) == (0, 2, 1)
+    assert resolve_classes(None, names) is None and resolve_classes([7], {}) == (7,)
+    with pytest.raises(ModelShapeError, match=r"model.classes: 'persn', 7 not among the model's classes \(0: person"):
+        resolve_classes(["persn", 7], names)
+    img = tmp_path / "frame.jpg"
+    cv2.imwrite(str(img), video_frames(sample_video, [125])[0])
+    only_fall = json_lines(run_vigil("detect", str(img), "--classes", "fall").stdout)[0]["detections"]
+    both = json_lines(run_vigil("detect", str(img), "--classes", "Fall,0").stdout)[0]["detections"]
+    assert only_fall == [] and [d["label"] for d in both] == ["Normal"]
+    res = run_vigil("detect", str(img), "--classes", "persn")
+    assert res.returncode == 2 and "error: model.classes: 'persn' not among" in res.stderr
+
+
 def test_an_unexpected_failure_is_still_one_error_line(monkeypatch, capsys) -> None:
     """The last line of defence in main(): whatever a command raises ends as `error: ...`, exit 2."""
     import app.cli

@@ -122,6 +122,7 @@ def test_topic_contract_commands_and_discovery(tiny_model: Path, small_video: Pa
     cam = stats["cameras"]["cam"]
     assert cam["processed_fps"] > 0 and "p99" in cam["inference_ms"] and "p99" in cam["frame_age_ms"]
     assert stats["mqtt"]["connected"] and stats["worker"]["rss_mb"] > 0 and stats["uptime_s"] > 0
+    assert stats["worker"]["model"] == str(tiny_model) and len(stats["worker"]["imgsz"]) == 2  # what serves
     assert stats["mqtt"]["rejected_commands"] >= 4 or mqtt.rejected_commands == 4
 
     # a subscriber arriving later gets the retained state: discovery, availability, counts, switches

@@ -13,11 +13,41 @@ from app.backends import Backend, load_backend
 from app.backends.base import StagedFrame
 from app.config import ModelConfig
 from app.inference.decode import DecodeParams, YoloDecoder
-from app.inference.model_info import ModelInfo
+from app.inference.model_info import ModelInfo, ModelShapeError
 from app.inference.preprocess import LetterboxGeometry, Preprocessor, check_frame
 from app.messages import BackendState, Detections, StageTimings
 
 log = logging.getLogger(__name__)
+
+
+def resolve_classes(wanted: list[int | str] | None, names: dict[int, str]) -> tuple[int, ...] | None:
+    """`model.classes` as class ids of this model: label names (case-insensitive) or ids, in any mix.
+
+    Raises ModelShapeError naming the entries the model does not have (and the labels it does have), so a
+    typo in the config is an error at start instead of a camera that silently detects nothing.
+    """
+    if wanted is None:
+        return None
+    by_label = {label.lower(): cid for cid, label in names.items()}
+    ids: list[int] = []
+    unknown: list[str] = []
+    for item in wanted:
+        if isinstance(item, str) and item.lower() in by_label:
+            ids.append(by_label[item.lower()])
+        elif isinstance(item, int) or item.strip().isdigit():
+            if names and int(item) not in names:
+                unknown.append(str(item))
+            else:
+                ids.append(int(item))
+        else:
+            unknown.append(repr(item))
+    if unknown:
+        raise ModelShapeError(
+            f"model.classes: {', '.join(unknown)} not among the model's classes ("
+            + ", ".join(f"{cid}: {label}" for cid, label in sorted(names.items())[:100])
+            + ")"
+        )
+    return tuple(dict.fromkeys(ids))
 
 
 def _ms_since(t0: float) -> float:
@@ -40,7 +70,11 @@ class Detector:
         except BaseException:
             backend.close()
             raise
-        classes = tuple(cfg.classes) if cfg.classes is not None else None
+        try:
+            classes = resolve_classes(cfg.classes, info.names)
+        except BaseException:
+            backend.close()
+            raise
         params = DecodeParams(conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, classes=classes)
         log.info(
             "model %s: input %s %s, %s head (%s), %d classes, backend %s (%s)",

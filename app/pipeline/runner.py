@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -164,6 +165,8 @@ class LivePipeline:
             "uptime_s": round(time.monotonic() - self._started, 1) if self._started else 0.0,
             "worker": {
                 "pid": self.worker_info.pid if self.worker_info else None,
+                "model": self.cfg.model.path,
+                "imgsz": list(self.worker_info.imgsz) if self.worker_info else None,
                 "backend": self.worker_info.backend.name if self.worker_info else None,
                 "providers": list(self.worker_info.backend.providers) if self.worker_info else [],
                 "backend_reason": self.worker_info.backend.reason if self.worker_info else None,
@@ -553,10 +556,18 @@ class LivePipeline:
             return
         while True:
             await asyncio.sleep(interval)
-            lines = [s.status_line() for s in self.stats.values()]
+            lines = [s.status_line() + self._model_status() for s in self.stats.values()]
             for line in lines:
                 log.info("%s", line)
             self.notifier.status(" || ".join(lines))
+
+    def _model_status(self) -> str:
+        """` | model yolov3-tiny-coco 416x416 onnxruntime`: what serves, quoted in every status line."""
+        info = self.worker_info
+        if info is None:
+            return " | model loading"
+        h, w = info.imgsz
+        return f" | model {Path(self.cfg.model.path).stem} {w}x{h} {info.backend.name}"
 
     async def _sample_rss(self) -> None:
         while True:
