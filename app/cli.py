@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app import __version__
+from app.cli_types import positive_int, positive_seconds
 from app.config import (
     DEFAULT_MODEL_PATH,
     ConfigError,
@@ -33,17 +34,6 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts and sizes: a bad value is a usage error (exit 2), not an empty run."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
 
 
 def _fail(msg: str) -> int:
@@ -249,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set cameras.0.source=clip.mp4 (value parsed as YAML)",
     )
     r.add_argument("--print-config", action="store_true", help="print the effective config as YAML and exit")
-    r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    r.add_argument("--duration", type=positive_seconds, default=None, help="stop after this many seconds")
     r.set_defaults(func=cmd_run)
 
     k = sub.add_parser("check", help="validate the config and load the model (used before the service starts)")
@@ -300,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # FFmpeg inside OpenCV prints its own errors ("moov atom not found") to stderr; ours say it better.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")  # decode errors are ours to report
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

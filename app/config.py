@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-DEFAULT_MODEL_PATH = "engines/fall-detection-yolov8s.onnx"
+DEFAULT_MODEL_PATH = "engines/yolov3-tiny-coco.onnx"  # Darknet YOLOv3-tiny, COCO (vigil assets fetch)
 DEFAULT_SAMPLE_VIDEO = "calibration/samples/bikes.mp4"
 
 
@@ -338,6 +338,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             text = p.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not a UTF-8 text file (byte {exc.start}); a config is YAML text") from None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
@@ -357,14 +359,16 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 _SECRET_KEY = re.compile(r"password|token|credential|secret", re.IGNORECASE)
 
 
-# The authority of a URL inside any text (a bare URL, or one inside a GStreamer pipeline): it ends at the
-# first '/', '?', '#' or white space, as in FFmpeg's av_url_split.
-_URL_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#\s]*)")
-# Credentials passed as parameters: URL queries (`?user=admin&password=...`, as many NVRs and cameras
-# take them) and GStreamer's rtspsrc properties (`user-id=... user-pw=...`, `proxy-pw=...`).
+# From a URL's scheme to the last '@' of its whitespace-delimited token: the user-info part. FFmpeg splits
+# at the last '@' of the authority; a password with an unescaped '/', '?' or '#' ends the authority early
+# for FFmpeg but must not leak either, so the mask reaches the last '@' before white space.
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^\s]*@")
+# Credentials passed as parameters: URL queries (`?user=admin&password=...`), path parameters as some
+# cameras take them (`/user=admin_password=x_channel=1`) and GStreamer's rtspsrc properties (`user-pw=`):
+# any key that names a user, password, token, key, signature or auth, after a separator.
 _SECRET_PARAM = re.compile(
-    r"(?P<key>(?:^|(?<=[?&;\s]))(?:user|username|password|pass|pwd|token|auth|user-id|user-pw|proxy-id|proxy-pw)=)"
-    r"(?P<value>[^&#\s]*)",
+    r"(?P<key>(?:^|(?<=[?&;\s_/]))[A-Za-z-]*(?:user|pass|pwd|token|key|sig|auth|secret|login|credential|cred)"
+    r"[A-Za-z-]*=)(?P<value>[^&#\s_]*)",
     re.IGNORECASE,
 )
 
@@ -372,18 +376,15 @@ _SECRET_PARAM = re.compile(
 def redact_url(text: str) -> str:
     """Mask credentials in every URL of `text`: the user-info part and credential parameters.
 
-    Everything before the *last* '@' of an authority is masked, because FFmpeg splits there and so
-    `rtsp://viewer:Sup3r@Secret@host/` is a working URL with the password `Sup3r@Secret`. Query parameters
-    `user`, `username`, `password`, `pass`, `pwd`, `token`, `auth` (any case) and rtspsrc's `user-id`,
-    `user-pw`, `proxy-id`, `proxy-pw` keep their key and lose their value. The one redactor for camera
-    sources in logs, errors, `/api/config` and `--print-config`.
+    Everything from the scheme to the *last* '@' before white space is masked, because FFmpeg splits the
+    authority at its last '@' (`rtsp://viewer:Sup3r@Secret@host/` is a working URL with the password
+    `Sup3r@Secret`) and a password may hold unescaped '/', '?' or '#'. Parameters whose key names a user,
+    password, token, key, signature or auth (`user=`, `password=`, `pwd=`, `access_token=`, `api_key=`,
+    `sig=`, rtspsrc's `user-pw=`, in any case, after '?', '&', ';', '_', '/' or white space) keep their key
+    and lose their value. The one redactor for camera sources in logs, errors, stats, `/api/config` and
+    `--print-config`; it masks too much rather than too little.
     """
-
-    def authority(m: re.Match[str]) -> str:
-        at = m.group("authority").rfind("@")
-        return m.group(0) if at < 0 else m.group("scheme") + "***" + m.group("authority")[at:]
-
-    text = _URL_AUTHORITY.sub(authority, text)
+    text = _URL_USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
     return _SECRET_PARAM.sub(lambda m: m.group("key") + ("***" if m.group("value") else ""), text)
 
 

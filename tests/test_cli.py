@@ -31,7 +31,7 @@ def json_lines(stdout: str) -> list[dict]:
 # ---- detect ---------------------------------------------------------------------------------------
 
 
-def test_detect_image_default_model_exact_format(default_model: Path, tmp_path: Path) -> None:
+def test_detect_image_default_model_exact_format(fall_model: Path, tmp_path: Path) -> None:
     img = tmp_path / "frame.jpg"
     cap = cv2.VideoCapture(str(REPO / "calibration/samples/bikes.mp4"))
     for _ in range(41):
@@ -47,7 +47,7 @@ def test_detect_image_default_model_exact_format(default_model: Path, tmp_path: 
     assert obj["detections"], "the sample frame has a person"
     d = obj["detections"][0]
     assert set(d) == {"class_id", "label", "confidence", "box"}
-    assert d["label"] in ("Normal", "Fall") and 0.25 < d["confidence"] <= 1
+    assert d["label"] in ("person", "bicycle") and 0.25 < d["confidence"] <= 1  # the default COCO model
     x1, y1, x2, y2 = d["box"]
     assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 272
 
@@ -98,14 +98,14 @@ def test_detect_bad_source_is_a_clear_error(tiny_model: Path, tmp_path: Path, ma
     assert "Traceback" not in res.stderr and res.stdout == ""
 
 
-def test_detect_applies_exif_orientation(default_model: Path, sample_video: Path, tmp_path: Path) -> None:
+def test_detect_applies_exif_orientation(fall_model: Path, sample_video: Path, tmp_path: Path) -> None:
     """Field case exif_orientation6.jpg: a phone JPEG stored sideways with Orientation 6 was read as a
     272x640 frame and the upright person reported as `Fall`. Right: the upright frame's result, Normal
     ~0.60 at about [342, 2, 499, 215]."""
     upright = video_frames(sample_video, [125])[0]
     (tmp_path / "phone.jpg").write_bytes(jpeg_with_orientation(upright, 6))
     (tmp_path / "upright.jpg").write_bytes(jpeg_with_orientation(upright, 1))
-    res = run_vigil("detect", str(tmp_path))
+    res = run_vigil("detect", str(tmp_path), "--model", str(fall_model))
     assert res.returncode == 0, res.stderr
     phone, up = json_lines(res.stdout)
     assert (phone["file"], up["file"]) == ("phone.jpg", "upright.jpg")
@@ -113,6 +113,13 @@ def test_detect_applies_exif_orientation(default_model: Path, sample_video: Path
         (d,) = row["detections"]
         assert d["label"] == "Normal" and d["confidence"] == pytest.approx(0.60, abs=0.02), row
         assert d["box"] == pytest.approx([342, 2, 499, 215], abs=3), row
+    # The default COCO model sees the same upright scene in both files.
+    phone, up = json_lines(run_vigil("detect", str(tmp_path)).stdout)
+    assert phone["detections"] and [d["label"] for d in phone["detections"]] == [d["label"] for d in up["detections"]]
+    for a, b in zip(phone["detections"], up["detections"]):
+        assert a["box"] == pytest.approx(b["box"], abs=4) and a["confidence"] == pytest.approx(
+            b["confidence"], abs=0.05
+        )
 
 
 def test_detect_file_name_with_an_exclamation_mark(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
@@ -174,30 +181,40 @@ def test_detect_variable_frame_rate_and_resolution_change(tiny_model: Path, samp
         ["check", "--set", "model.imgsz=100000"],
         ["mqtt", "tail", "--set", "mqtt.port=1", "--timeout", "1"],
         ["bench", "--modes", "nope"],
+        ["run", "--config", "engines/yolov3-tiny.weights"],  # not text
+        ["run", "--duration", "nan"],
+        ["mqtt", "tail", "--count", "0"],
+        ["detect", "srt://u:s3cret@127.0.0.1:9/x"],
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(args: list[str]) -> None:
     res = run_vigil(*args)
     assert res.returncode == 2, (args, res.stderr)
     assert "Traceback" not in res.stderr and "error: " in res.stderr.splitlines()[-1], res.stderr
+    assert "s3cret" not in res.stderr
 
 
-def test_classes_by_label_or_id(default_model: Path, sample_video: Path, tmp_path: Path) -> None:
+def test_classes_by_label_or_id(fall_model: Path, sample_video: Path, tmp_path: Path) -> None:
     from app.inference.detector import resolve_classes
     from app.inference.model_info import ModelShapeError
 
     names = {0: "person", 1: "bicycle", 2: "car"}
     assert resolve_classes(["Person", "car", 1, "2", "person"], names) == (0, 2, 1)
     assert resolve_classes(None, names) is None and resolve_classes([7], {}) == (7,)
-    with pytest.raises(ModelShapeError, match=r"model.classes: 'persn', 7 not among the model's classes \(0: person"):
+    with pytest.raises(ModelShapeError, match=r"model.classes: none of 'persn', 7 is a class of the model \(0: person"):
         resolve_classes(["persn", 7], names)
+    assert resolve_classes(["person", "dog"], names) == (0,), "a label the model lacks is ignored with a warning"
     img = tmp_path / "frame.jpg"
     cv2.imwrite(str(img), video_frames(sample_video, [125])[0])
-    only_fall = json_lines(run_vigil("detect", str(img), "--classes", "fall").stdout)[0]["detections"]
-    both = json_lines(run_vigil("detect", str(img), "--classes", "Fall,0").stdout)[0]["detections"]
+    only_fall = json_lines(run_vigil("detect", str(img), "--model", str(fall_model), "--classes", "fall").stdout)[0][
+        "detections"
+    ]
+    both = json_lines(run_vigil("detect", str(img), "--model", str(fall_model), "--classes", "Fall,0").stdout)[0][
+        "detections"
+    ]
     assert only_fall == [] and [d["label"] for d in both] == ["Normal"]
-    res = run_vigil("detect", str(img), "--classes", "persn")
-    assert res.returncode == 2 and "error: model.classes: 'persn' not among" in res.stderr
+    res = run_vigil("detect", str(img), "--model", str(fall_model), "--classes", "persn")
+    assert res.returncode == 2 and "error: model.classes: none of 'persn' is a class of the model" in res.stderr
 
 
 def test_an_unexpected_failure_is_still_one_error_line(monkeypatch, capsys) -> None:

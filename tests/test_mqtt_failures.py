@@ -216,3 +216,40 @@ def test_link_logs_connection_refused_and_a_dropped_connection_once(
             assert reason in svc.stats_section()[1]["last_error"]
         finally:
             svc.link.stop(timeout=0.5)
+
+
+def test_tail_survives_a_topic_that_is_not_utf8() -> None:
+    """mosquitto refuses such topics from publishers, but a broker may pass one on: a one-shot broker on a
+    raw socket sends it. The tail prints it escaped and goes on (it used to print paho's traceback, lose its
+    network thread and exit 0 at the timeout, or hang without one)."""
+    import struct
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def one_shot_broker() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.recv(4096)  # CONNECT
+            conn.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+            sub = conn.recv(4096)  # SUBSCRIBE: fixed header, remaining length, packet id
+            conn.sendall(b"\x90\x03" + sub[2:4] + b"\x01")  # SUBACK, QoS 1
+            for topic, payload in ((b"vigil/\xff\xfe", b"one"), (b"vigil/ok", b"two")):
+                body = struct.pack(">H", len(topic)) + topic + payload
+                conn.sendall(bytes([0x30, len(body)]) + body)  # PUBLISH, QoS 0
+            threading.Event().wait(5)
+
+    t = threading.Thread(target=one_shot_broker, daemon=True)
+    t.start()
+    try:
+        res = tail(port, "--count", "2", "--timeout", "20")
+    finally:
+        server.close()
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 2 and "vigil/\\xff\\xfe" in lines[0] and "one" in lines[0] and "vigil/ok two" in lines[1]

@@ -22,7 +22,7 @@ from app.config import redact_url
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 # A GStreamer pipeline links its elements with ' ! ' (gst-launch syntax); OpenCV needs it to end in appsink.
 _GST_LINK = re.compile(r"\s!\s")
 MAX_CONSECUTIVE_BAD = 50  # then a source reports end of stream so the caller reconnects
@@ -67,21 +67,67 @@ IMAGE_DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
 
 
 def is_truncated_image(data: bytes | memoryview | np.ndarray) -> bool:
-    """True when an encoded JPEG, PNG or WebP lacks its end (a partial upload or copy).
+    """True when an encoded JPEG, PNG or WebP ends before its own end marker (a partial upload or copy).
 
     Decoders fill the missing part of a truncated JPEG with grey and return it as if it were whole; a
-    detector then sees half a picture. JPEG must end with EOI (FFD9; trailing zero padding allowed), PNG
-    with its IEND chunk, and WebP's RIFF size must fit in the data. Other formats are not checked.
+    detector then sees half a picture. The file's own structure is walked to find where the image ends
+    (JPEG segments to EOI, PNG chunks to IEND, WebP's RIFF size), so data after the image (a Motion
+    Photo's video, a maker's trailer) is no truncation and an EOI inside an embedded thumbnail does not
+    count. Other formats are not checked.
     """
-    mv = memoryview(data).cast("B")
-    b, tail, n = bytes(mv[:16]), bytes(mv[-64:]), len(mv)
+    b = bytes(memoryview(data).cast("B"))
     if b[:3] == b"\xff\xd8\xff":
-        return not tail.rstrip(b"\x00").endswith(b"\xff\xd9")
+        return _jpeg_end(b) is None
     if b[:8] == b"\x89PNG\r\n\x1a\n":
-        return b"IEND" not in tail[-12:]
+        return _png_end(b) is None
     if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
-        return int.from_bytes(b[4:8], "little") + 8 > n
+        return int.from_bytes(b[4:8], "little") + 8 > len(b)
     return False
+
+
+def _jpeg_end(b: bytes) -> int | None:
+    """Offset just past the JPEG's EOI marker, or None when the data ends first (ITU T.81, annex B)."""
+    pos, n = 2, len(b)
+    while pos + 2 <= n:
+        if b[pos] != 0xFF:
+            return None  # not a marker where one must be: damaged
+        marker = b[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return pos + 2
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn, TEM: no length
+            pos += 2
+            continue
+        if pos + 4 > n:
+            return None
+        pos += 2 + int.from_bytes(b[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker that is not RSTn/stuffing
+            while True:
+                pos = b.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= n:
+                    return None
+                nxt = b[pos + 1]
+                if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+                    pos += 1 if nxt == 0xFF else 2
+                    continue
+                break
+    return None
+
+
+def _png_end(b: bytes) -> int | None:
+    """Offset just past the PNG's IEND chunk, or None when the data ends first."""
+    pos, n = 8, len(b)
+    while pos + 12 <= n:
+        length = int.from_bytes(b[pos : pos + 4], "big")
+        end = pos + 12 + length
+        if end > n:
+            return None
+        if b[pos + 4 : pos + 8] == b"IEND":
+            return end
+        pos = end
+    return None
 
 
 def decode_image(data: bytes | memoryview | np.ndarray) -> np.ndarray | None:
@@ -94,7 +140,10 @@ def decode_image(data: bytes | memoryview | np.ndarray) -> np.ndarray | None:
     buf = np.frombuffer(data, np.uint8)
     if buf.size == 0 or is_truncated_image(buf):
         return None
-    return as_bgr(cv2.imdecode(buf, IMAGE_DECODE_FLAGS))
+    try:
+        return as_bgr(cv2.imdecode(buf, IMAGE_DECODE_FLAGS))
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV's decode limit: not a usable image
+        return None
 
 
 def read_image(path: str | Path) -> np.ndarray | None:
@@ -271,10 +320,14 @@ def open_source(source: str | int) -> FrameSource:
         return VideoCaptureSource(int(s), kind="camera", is_live=True)
     if s.startswith("/dev/video"):
         return VideoCaptureSource(s, kind="camera", is_live=True)
-    if s.lower().startswith(STREAM_SCHEMES):
+    scheme = _URL_SCHEME.match(s)
+    if scheme and scheme.group(1).lower() == "file":
+        return _path_source(Path(s[len(scheme.group(0)) :]))
+    if scheme:  # rtsp, rtsps, rtmp(s), http(s), srt, udp, tcp, rtp...: whatever FFmpeg can open
         from app.capture.ffmpeg import AvSource
 
-        return AvSource(s, kind="stream", is_live=True)
+        # FFmpeg matches protocol names case-sensitively: RTSP://... would never connect.
+        return AvSource(scheme.group(1).lower() + s[len(scheme.group(1)) :], kind="stream", is_live=True)
     if _GST_LINK.search(s) or ("!" in s and "appsink" in s):
         return VideoCaptureSource(s, kind="gstreamer", is_live=True)
     return _path_source(Path(s))  # not there (yet): opening says so, or a capture loop retries

@@ -8,6 +8,7 @@ import sys
 import threading
 from datetime import datetime
 
+from app.cli_types import positive_int, positive_seconds
 from app.config import VigilConfig
 
 
@@ -101,7 +102,11 @@ def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float 
         nonlocal seen
         if done.is_set():
             return  # messages racing the disconnect after --count
-        print(render(msg.topic, msg.payload, msg.retain), file=out, flush=True)
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # a broker may pass on topics that are not UTF-8; show them escaped
+            topic = bytes(getattr(msg, "_topic", b"?")).decode("utf-8", "backslashreplace")
+        print(render(topic, msg.payload, msg.retain), file=out, flush=True)
         seen += 1
         if count is not None and seen >= count:
             done.set()
@@ -114,7 +119,17 @@ def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float 
         client.connect(m.host, m.port)
     except OSError as exc:  # refused, unreachable, unknown host, TLS handshake or certificate
         return _fail(f"cannot connect to {where}: {connect_error_text(exc)}")
-    client.loop_start()
+
+    def network() -> None:
+        # paho's own loop thread dies silently on an exception (in a callback or the protocol): run the
+        # loop here so that any such failure ends the tail as an error instead of a hang or exit 0.
+        try:
+            client.loop_forever()
+        except Exception as exc:
+            fail(f"the MQTT client failed: {type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=network, name="mqtt-tail", daemon=True)
+    thread.start()
     try:
         done.wait(timeout)
     except KeyboardInterrupt:
@@ -123,7 +138,7 @@ def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float 
         fail(f"{where} did not accept the connection within --timeout {timeout:g} s")
     done.set()  # from here on our own disconnect is no failure
     client.disconnect()
-    client.loop_stop()
+    thread.join(5)
     return _fail(failure[0]) if failure else 0
 
 
@@ -134,8 +149,8 @@ def add_cli(subparsers: argparse._SubParsersAction, load) -> None:
     t.add_argument("--config", "-c", default=None)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--topic", action="append", default=[], help="topic filter (default: <base>/#)")
-    t.add_argument("--count", type=int, default=None, help="exit after N messages")
-    t.add_argument("--timeout", type=float, default=None, help="exit after S seconds")
+    t.add_argument("--count", type=positive_int, default=None, help="exit after N messages")
+    t.add_argument("--timeout", type=positive_seconds, default=None, help="exit after S seconds")
 
     def run(args: argparse.Namespace) -> int:
         cfg = load(args)
