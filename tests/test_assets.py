@@ -97,9 +97,9 @@ def test_unknown_key() -> None:
 
 def test_pins_are_the_issue_s_and_real_files_verify() -> None:
     by_key = {a.key: a for a in ASSETS}
-    assert by_key["model"].sha256 == "eee43d6844141b8f3b9cea25dbb4faa9f6bfde117d49329a3be43cbfd42c2ac7"
+    assert by_key["model-fall"].sha256 == "eee43d6844141b8f3b9cea25dbb4faa9f6bfde117d49329a3be43cbfd42c2ac7"
     assert by_key["sample-video"].sha256 == "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5"
-    present = [k for k in ("model", "sample-video") if (REPO / by_key[k].dest).is_file()]
+    present = [k for k in ("model-fall", "sample-video") if (REPO / by_key[k].dest).is_file()]
     assert verify(present, REPO) == dict.fromkeys(present, True)
 
 
@@ -243,7 +243,7 @@ def test_coco_model_pins_are_the_notes() -> None:
     coco = by_key["model-coco"]
     assert isinstance(coco, DerivedAsset) and coco.dest == "engines/yolov3-tiny-coco.onnx"
     assert coco.sources == ("yolov3-tiny-cfg", "yolov3-tiny-weights", "coco-names")
-    assert "model-coco" not in DEFAULT_ASSETS
+    assert DEFAULT_ASSETS == ("model-coco", "model-fall", "sample-video"), "default model, fall profile, video"
 
 
 def test_cli_lists_the_coco_model(tmp_path: Path) -> None:

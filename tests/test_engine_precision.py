@@ -56,13 +56,11 @@ def test_impossible_precisions_say_what_to_do(tiny_model: Path, qdq_model: Path,
 
 
 @pytest.mark.slow
-def test_fp16_onnx_keeps_float32_io_and_agrees_with_fp32(
-    default_model: Path, sample_video: Path, tmp_path: Path
-) -> None:
+def test_fp16_onnx_keeps_float32_io_and_agrees_with_fp32(fall_model: Path, sample_video: Path, tmp_path: Path) -> None:
     """The model TensorRT 11 builds as FP16, run here on ONNX Runtime: same I/O contract as the FP32 model
     (so the runtime binds the same float32 buffers) and the FP16 engine gate's agreement."""
-    half = fp16_onnx(default_model, tmp_path)
-    ref = Detector.from_config(ModelConfig(path=str(default_model), backend="onnxruntime"))
+    half = fp16_onnx(fall_model, tmp_path)
+    ref = Detector.from_config(ModelConfig(path=str(fall_model), backend="onnxruntime"))
     cand = Detector.from_config(ModelConfig(path=str(half), backend="onnxruntime"))
     assert [(t.shape, t.dtype) for t in cand.backend.inputs] == [(t.shape, t.dtype) for t in ref.backend.inputs]
     assert [(t.shape, t.dtype) for t in cand.backend.outputs] == [(t.shape, t.dtype) for t in ref.backend.outputs]
@@ -70,7 +68,7 @@ def test_fp16_onnx_keeps_float32_io_and_agrees_with_fp32(
     frames = [f for _, f in evenly_spaced_frames(sample_video, 20)]
     a = agreement([ref.detect(f)[0] for f in frames], [cand.detect(f)[0] for f in frames])
     assert a.f1 >= 0.98, a.as_dict()
-    assert sha256_file(default_model) != sha256_file(half)
+    assert sha256_file(fall_model) != sha256_file(half)
 
 
 # ---- deprecated implicit INT8 calibrator --------------------------------------------------------------------

@@ -25,7 +25,7 @@ pytest.importorskip("ultralytics", reason="the `export` extra is not installed")
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    (pt,) = fetch(["model-pt"], REPO)
+    (pt,) = fetch(["model-fall-pt"], REPO)
     # export writes next to its input; keep engines/ clean
     work = tmp_path_factory.mktemp("export") / pt.name
     work.write_bytes(pt.read_bytes())
@@ -46,7 +46,7 @@ def frames() -> list:
 
 
 @pytest.mark.parametrize("nms", [False, True], ids=["dense", "end2end"])
-def test_export_then_parity_with_shipped_onnx(checkpoint: Path, default_model: Path, tmp_path: Path, nms: bool) -> None:
+def test_export_then_parity_with_shipped_onnx(checkpoint: Path, fall_model: Path, tmp_path: Path, nms: bool) -> None:
     out = tmp_path / ("e2e.onnx" if nms else "dense.onnx")
     args = [sys.executable, "-m", "app", "export", str(checkpoint), "--output", str(out)] + (["--nms"] if nms else [])
     res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -55,7 +55,7 @@ def test_export_then_parity_with_shipped_onnx(checkpoint: Path, default_model: P
     exported = Detector.from_config(ModelConfig(path=str(out)))
     assert exported.info.layout is (OutputLayout.END2END if nms else OutputLayout.DENSE)
     assert exported.names == {0: "Normal", 1: "Fall"}
-    shipped = Detector.from_config(ModelConfig(path=str(default_model)))
+    shipped = Detector.from_config(ModelConfig(path=str(fall_model)))
     for img in frames():
         ref, _ = shipped.detect(img)
         ours, _ = exported.detect(img)

@@ -15,8 +15,8 @@ from app.inference.detector import Detector
 from app.inference.model_info import ModelShapeError
 
 
-def test_default_model_metadata(default_model: Path) -> None:
-    d = Detector.from_config(ModelConfig(path=str(default_model)))
+def test_default_model_metadata(fall_model: Path) -> None:
+    d = Detector.from_config(ModelConfig(path=str(fall_model)))
     assert d.names == {0: "Normal", 1: "Fall"}
     assert d.info.input_hw == (640, 640) and d.info.layout is OutputLayout.DENSE and d.info.num_classes == 2
 

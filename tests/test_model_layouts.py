@@ -50,19 +50,19 @@ def frames(sample_video: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def v5_models(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+def v5_models(fall_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     d = tmp_path_factory.mktemp("v5")
-    return {n: yolov5_style_model(default_model, d / f"v5style_{n}class.onnx", n) for n in (1, 2)}
+    return {n: yolov5_style_model(fall_model, d / f"v5style_{n}class.onnx", n) for n in (1, 2)}
 
 
 @pytest.fixture(scope="module")
-def dynamic_model(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return dynamic_yolov8_model(default_model, tmp_path_factory.mktemp("dyn") / "dynamic.onnx")
+def dynamic_model(fall_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return dynamic_yolov8_model(fall_model, tmp_path_factory.mktemp("dyn") / "dynamic.onnx")
 
 
 @pytest.fixture(scope="module")
-def reference(default_model: Path) -> Detector:
-    return Detector.from_config(ModelConfig(path=str(default_model)))
+def reference(fall_model: Path) -> Detector:
+    return Detector.from_config(ModelConfig(path=str(fall_model)))
 
 
 def assert_same(got: Detections, want: Detections, conf_power: int = 1) -> None:

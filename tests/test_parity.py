@@ -42,8 +42,8 @@ def _images(sample_video: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def detector(default_model: Path) -> Detector:
-    return Detector.from_config(ModelConfig(path=str(default_model), conf=0.25, iou=0.7))
+def detector(fall_model: Path) -> Detector:
+    return Detector.from_config(ModelConfig(path=str(fall_model), conf=0.25, iou=0.7))
 
 
 def test_golden_parity(detector: Detector, sample_video: Path) -> None:
@@ -62,11 +62,11 @@ def test_golden_parity(detector: Detector, sample_video: Path) -> None:
     assert checked >= 7, "the sample video frames of the golden file must always be checked"
 
 
-def test_live_ultralytics_parity(detector: Detector, default_model: Path, sample_video: Path) -> None:
+def test_live_ultralytics_parity(detector: Detector, fall_model: Path, sample_video: Path) -> None:
     ultralytics = pytest.importorskip("ultralytics", reason="the `export` extra brings the reference")
     from ultralytics import YOLO
 
-    ref = YOLO(str(default_model), task="detect")
+    ref = YOLO(str(fall_model), task="detect")
     images = _images(sample_video)
     assert {"bus.jpg", "zidane.jpg"} <= images.keys()
     total = 0

@@ -25,7 +25,7 @@ def test_installer_stages_units_and_config(tmp_path: Path) -> None:
     unit = (root / "etc/systemd/system/vigil.service").read_text()
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "ExecStart=/opt/vigil/.venv/bin/vigil run" in unit
     cfg = (root / "etc/vigil/vigil.yaml").read_text()
-    assert "/opt/vigil/engines/fall-detection-yolov8s.onnx" in cfg
+    assert "/opt/vigil/engines/yolov3-tiny-coco.onnx" in cfg
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")

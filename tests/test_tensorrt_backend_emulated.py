@@ -27,8 +27,8 @@ def frames(sample_video: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def reference(default_model: Path, frames: list[np.ndarray]) -> list[Detections]:
-    det = Detector.from_config(ModelConfig(path=str(default_model), backend="onnxruntime"))
+def reference(fall_model: Path, frames: list[np.ndarray]) -> list[Detections]:
+    det = Detector.from_config(ModelConfig(path=str(fall_model), backend="onnxruntime"))
     return [det.detect(f)[0] for f in frames]
 
 
@@ -54,19 +54,19 @@ def _same(a: Detections, b: Detections, input_rounding: float = 0.0) -> None:
     ids=["gpu-letterbox", "gpu-letterbox-zero-copy", "gpu-letterbox-fp16-input", "cpu-letterbox", "cpu-zero-copy"],
 )
 def test_backend_variants_match_onnxruntime(
-    monkeypatch, tmp_path: Path, default_model: Path, frames, reference, host_kernel,
+    monkeypatch, tmp_path: Path, fall_model: Path, frames, reference, host_kernel,
     gpu_preprocess: bool, integrated: bool, half_input: bool,
 ) -> None:  # fmt: skip
     emu = Emulator(integrated=integrated)
     emu.install(monkeypatch)
     monkeypatch.setattr("app.backends.gpu_preprocess.GpuLetterbox", lambda dt, **kw: HostLetterbox(host_kernel, dt))
-    cfg = ModelConfig(path=str(_engine_file(tmp_path, default_model, half_input)), backend="tensorrt")
+    cfg = ModelConfig(path=str(_engine_file(tmp_path, fall_model, half_input)), backend="tensorrt")
     cfg.tensorrt.gpu_preprocess = gpu_preprocess
     det = Detector.from_config(cfg)
     backend = det.backend
     assert isinstance(backend, TensorRTBackend) and backend.mapped == integrated
     assert backend.preprocesses_on_device == gpu_preprocess
-    assert det.names == Detector.from_config(ModelConfig(path=str(default_model))).names, "header metadata"
+    assert det.names == Detector.from_config(ModelConfig(path=str(fall_model))).names, "header metadata"
     rounding = 3e-3 if half_input else 0.0  # measured: scores within 1.6e-3, boxes within 0.03 px
     for _ in range(2):  # twice: buffers are reused, nothing from the previous frame may leak in
         for frame, ref in zip(frames, reference):
@@ -88,14 +88,14 @@ def test_backend_variants_match_onnxruntime(
     assert leaked == [] and emu.contexts_alive == 0, f"close frees device memory ({leaked} B) and the context"
 
 
-def test_staged_frames_survive_drops_and_overlap(monkeypatch, tmp_path: Path, default_model: Path, frames, reference,
+def test_staged_frames_survive_drops_and_overlap(monkeypatch, tmp_path: Path, fall_model: Path, frames, reference,
                                                  host_kernel) -> None:  # fmt: skip
     """The worker drops a staged frame when the ring overwrote it mid-copy; `vigil detect` stages frame n+1
     while frame n is in the engine. Neither may corrupt a frame or grow memory per frame."""
     emu = Emulator()
     emu.install(monkeypatch)
     monkeypatch.setattr("app.backends.gpu_preprocess.GpuLetterbox", lambda dt, **kw: HostLetterbox(host_kernel, dt))
-    det = Detector.from_config(ModelConfig(path=str(_engine_file(tmp_path, default_model)), backend="tensorrt"))
+    det = Detector.from_config(ModelConfig(path=str(_engine_file(tmp_path, fall_model)), backend="tensorrt"))
     for _ in range(5):
         det.prepare(frames[0])  # staged, then dropped
     gc.collect()
@@ -111,7 +111,7 @@ def test_staged_frames_survive_drops_and_overlap(monkeypatch, tmp_path: Path, de
     det.close()
 
 
-def test_gpu_failure_hands_staged_frames_to_onnxruntime(monkeypatch, tmp_path: Path, default_model: Path, frames,
+def test_gpu_failure_hands_staged_frames_to_onnxruntime(monkeypatch, tmp_path: Path, fall_model: Path, frames,
                                                         reference, host_kernel) -> None:  # fmt: skip
     """`auto` wraps the engine in the failover: a GPU that fails `failover_after` times in a row hands the
     frames it had staged to ONNX Runtime on the same ONNX, which letterboxes them on the host."""
@@ -121,8 +121,8 @@ def test_gpu_failure_hands_staged_frames_to_onnxruntime(monkeypatch, tmp_path: P
     emu = Emulator()
     emu.install(monkeypatch)
     monkeypatch.setattr("app.backends.gpu_preprocess.GpuLetterbox", lambda dt, **kw: HostLetterbox(host_kernel, dt))
-    engine = _engine_file(tmp_path, default_model)
-    cfg = ModelConfig(path=str(default_model))
+    engine = _engine_file(tmp_path, fall_model)
+    cfg = ModelConfig(path=str(fall_model))
     monkeypatch.setattr("app.backends.tensorrt.tensorrt_available", lambda: (True, "emulated"))
     monkeypatch.setattr("app.backends.cached_engine", lambda c: engine)
     det = Detector.from_config(cfg)

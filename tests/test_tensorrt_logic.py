@@ -304,14 +304,14 @@ def test_build_progress_names_the_phase_not_its_parent() -> None:
     assert monitor.step_complete("Tactic selection", 0) is True, "False would cancel the build"
 
 
-def test_engine_input_size_follows_the_model_and_the_stride(default_model: Path, tmp_path: Path) -> None:
+def test_engine_input_size_follows_the_model_and_the_stride(fall_model: Path, tmp_path: Path) -> None:
     """The engine cache key uses the size ONNX Runtime would serve: a fixed input as it is, a dynamic one
     at model.imgsz rounded up to the stride (650 -> 672, 700 -> 704, as Ultralytics' check_imgsz)."""
     from onnx_models import dynamic_yolov8_model
 
     from app.engine.cache import engine_input_size
 
-    assert engine_input_size(default_model, None) == 640
-    assert engine_input_size(default_model, 416) == 640, "a fixed input cannot be resized"
-    dynamic = dynamic_yolov8_model(default_model, tmp_path / "dynamic.onnx")
+    assert engine_input_size(fall_model, None) == 640
+    assert engine_input_size(fall_model, 416) == 640, "a fixed input cannot be resized"
+    dynamic = dynamic_yolov8_model(fall_model, tmp_path / "dynamic.onnx")
     assert [engine_input_size(dynamic, s) for s in (None, 650, 700, 672, 1)] == [640, 672, 704, 672, 32]

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 def resolve_classes(wanted: list[int | str] | None, names: dict[int, str]) -> tuple[int, ...] | None:
     """`model.classes` as class ids of this model: label names (case-insensitive) or ids, in any mix.
 
-    Raises ModelShapeError naming the entries the model does not have (and the labels it does have), so a
-    typo in the config is an error at start instead of a camera that silently detects nothing.
+    Entries the model does not have are logged once as a warning (the default config lists COCO labels,
+    and a model of one's own may have only some of them). When none of the entries is a class of the
+    model, nothing could ever be detected: that raises ModelShapeError naming the model's labels.
     """
     if wanted is None:
         return None
@@ -34,19 +35,15 @@ def resolve_classes(wanted: list[int | str] | None, names: dict[int, str]) -> tu
     for item in wanted:
         if isinstance(item, str) and item.lower() in by_label:
             ids.append(by_label[item.lower()])
-        elif isinstance(item, int) or item.strip().isdigit():
-            if names and int(item) not in names:
-                unknown.append(str(item))
-            else:
-                ids.append(int(item))
+        elif (isinstance(item, int) or item.strip().isdigit()) and (not names or int(item) in names):
+            ids.append(int(item))
         else:
             unknown.append(repr(item))
+    labels = ", ".join(f"{cid}: {label}" for cid, label in sorted(names.items())[:100])
+    if unknown and not ids:
+        raise ModelShapeError(f"model.classes: none of {', '.join(unknown)} is a class of the model ({labels})")
     if unknown:
-        raise ModelShapeError(
-            f"model.classes: {', '.join(unknown)} not among the model's classes ("
-            + ", ".join(f"{cid}: {label}" for cid, label in sorted(names.items())[:100])
-            + ")"
-        )
+        log.warning("model.classes: %s not among the model's classes (%s); ignored", ", ".join(unknown), labels)
     return tuple(dict.fromkeys(ids))
 
 

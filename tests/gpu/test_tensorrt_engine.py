@@ -40,13 +40,13 @@ def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fp16_engine(default_model: Path, frames: list[np.ndarray], engine_dir: Path) -> Path:
-    return build_engine(default_model, engine_dir, BuildOptions("fp16"), frames[1::5])
+def fp16_engine(fall_model: Path, frames: list[np.ndarray], engine_dir: Path) -> Path:
+    return build_engine(fall_model, engine_dir, BuildOptions("fp16"), frames[1::5])
 
 
 @pytest.fixture(scope="module")
-def reference(default_model: Path, frames: list[np.ndarray]):
-    det = Detector.from_config(ModelConfig(path=str(default_model), backend="onnxruntime"))
+def reference(fall_model: Path, frames: list[np.ndarray]):
+    det = Detector.from_config(ModelConfig(path=str(fall_model), backend="onnxruntime"))
     return [det.detect(f)[0] for f in frames[1::5]]
 
 
@@ -56,18 +56,18 @@ def _passed(engine: Path) -> Manifest:
     return manifest
 
 
-def test_fp16_engine_passes_validation_and_is_chosen_by_auto(fp16_engine: Path, default_model: Path) -> None:
+def test_fp16_engine_passes_validation_and_is_chosen_by_auto(fp16_engine: Path, fall_model: Path) -> None:
     m = _passed(fp16_engine)
     print(f"FP16 build {m.build_seconds} s, validation {m.validation}")
-    cfg = ModelConfig(path=str(default_model), engine_dir=str(fp16_engine.parent))
+    cfg = ModelConfig(path=str(fall_model), engine_dir=str(fp16_engine.parent))
     backend, reason = load_backend(cfg)
     assert backend.name == "tensorrt" and fp16_engine.name in reason
     backend.close()
 
 
-def test_int8_qdq_engine_passes_its_gate(default_model: Path, frames: list[np.ndarray], engine_dir: Path) -> None:
+def test_int8_qdq_engine_passes_its_gate(fall_model: Path, frames: list[np.ndarray], engine_dir: Path) -> None:
     qdq = engine_dir / "default.int8.onnx"
-    quantize(default_model, qdq, frames[0::2][:64], target="tensorrt", **DEFAULT_RECIPE)
+    quantize(fall_model, qdq, frames[0::2][:64], target="tensorrt", **DEFAULT_RECIPE)
     engine = build_engine(qdq, engine_dir, BuildOptions("int8"), frames[1::5])
     m = _passed(engine)
     print(f"INT8 build {m.build_seconds} s, validation {m.validation}")
