@@ -13,6 +13,43 @@ from conftest import make_video
 from onnx import TensorProto, helper, numpy_helper
 
 from app.engine.calibrate import extract_frames, head_nodes, load_frames, quantize
+from app.engine.cpu_features import (
+    NOT_X86,
+    X86_NO_VNNI,
+    X86_VNNI,
+    cpu_int8_isa,
+    cpuinfo_flags,
+    has_vnni,
+    host_cpu_int8_isa,
+    needs_reduce_range,
+)
+
+# Real /proc/cpuinfo feature lists. AMD EPYC 7502P (Zen 2 "Rome", family 23 model 49): AVX2, no VNNI.
+EPYC_ROME_FLAGS = (
+    "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx "
+    "mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl nonstop_tsc cpuid extd_apicid aperfmperf rapl pni "
+    "pclmulqdq monitor ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand lahf_lm cmp_legacy svm "
+    "extapic cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw ibs skinit wdt tce topoext perfctr_core perfctr_nb "
+    "bpext perfctr_llc mwaitx cpb cat_l3 cdp_l3 hw_pstate ssbd mba ibrs ibpb stibp vmmcall fsgsbase bmi1 avx2 smep "
+    "bmi2 cqm rdt_a rdseed adx smap clflushopt clwb sha_ni xsaveopt xsavec xgetbv1 cqm_llc cqm_occup_llc "
+    "cqm_mbm_total cqm_mbm_local clzero irperf xsaveerptr rdpru wbnoinvd amd_ppin arat npt lbrv svm_lock nrip_save "
+    "tsc_scale vmcb_clean flushbyasid decodeassists pausefilter pfthreshold avic v_vmsave_vmload vgif v_spec_ctrl "
+    "umip rdpid overflow_recov succor smca sev sev_es"
+)
+# AMD EPYC Zen 4 ("Genoa", a KVM guest: the box the INT8 numbers in docs/BENCHMARKS.md come from): avx512_vnni.
+EPYC_ZEN4_FLAGS = (
+    "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx "
+    "mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl xtopology nonstop_tsc cpuid extd_apicid "
+    "tsc_known_freq pni pclmulqdq ssse3 fma cx16 pcid sse4_1 sse4_2 x2apic movbe popcnt tsc_deadline_timer aes xsave "
+    "avx f16c rdrand hypervisor lahf_lm cmp_legacy cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw topoext "
+    "vmmcall fsgsbase tsc_adjust bmi1 avx2 smep bmi2 erms invpcid avx512f avx512dq rdseed adx smap avx512ifma "
+    "clflushopt clwb avx512cd sha_ni avx512bw avx512vl xsaveopt xsavec xgetbv1 xsaves avx512_bf16 clzero xsaveerptr "
+    "arat avx512vbmi umip avx512_vbmi2 gfni vaes vpclmulqdq avx512_vnni avx512_bitalg avx512_vpopcntdq rdpid fsrm"
+)
+# AWS Graviton2 (Neoverse N1), aarch64
+GRAVITON2_FEATURES = (
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs"
+)
 
 
 def _yolo_like(path: Path, imgsz: int = 64) -> Path:
@@ -142,9 +179,65 @@ def test_calibrate_cli_writes_both_files_and_gates_them(tmp_path: Path) -> None:
     reports = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["target"] for r in reports] == ["tensorrt", "cpu"]
     assert all(r["holdout_frames"] == 4 and r["calibration_frames"] == 16 and r["gate"]["passed"] for r in reports)
+    # which weight grid the CPU file got (7-bit on x86 without VNNI) is in its report
+    assert reports[0]["reduce_range"] is False
+    cpu = reports[1]
+    assert cpu["reduce_range"] == needs_reduce_range(host_cpu_int8_isa()) and cpu["reduce_range_auto"]
+    assert f"CPU file: {cpu['weight_bits']}-bit weights (reduce_range {cpu['reduce_range']}, auto)" in res.stderr
     for suffix in (".int8-site.onnx", ".int8-site.cpu.onnx", ".int8-site.ranges.json"):
         assert (tmp_path / f"m{suffix}").is_file(), suffix
     assert json.loads((tmp_path / "calibration" / "site" / "frames.json").read_text())["indices"][0] == 0
     strict = [*args[:-4], "--min-f1", "1.01"]
     res = subprocess.run(strict, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 1 and "failed the accuracy gate" in res.stderr
+
+
+def test_vnni_detection_from_real_cpu_flags(tmp_path: Path) -> None:
+    """x86 without VNNI (ONNX Runtime's u8s8 kernels saturate int16 pairs there) gets 7-bit weights; VNNI
+    x86 and Arm keep 8-bit ones."""
+    rome = f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nflags\t\t: {EPYC_ROME_FLAGS}\nbugs\t\t: x\n"
+    assert cpuinfo_flags(rome) == EPYC_ROME_FLAGS
+    assert "avx2" in EPYC_ROME_FLAGS.split() and not has_vnni(EPYC_ROME_FLAGS)
+    assert cpu_int8_isa(EPYC_ROME_FLAGS, "x86_64") == X86_NO_VNNI and needs_reduce_range(X86_NO_VNNI)
+    assert has_vnni(EPYC_ZEN4_FLAGS) and cpu_int8_isa(EPYC_ZEN4_FLAGS, "x86_64") == X86_VNNI
+    assert not needs_reduce_range(X86_VNNI)
+    assert has_vnni(EPYC_ROME_FLAGS.replace("avx2", "avx2 avx_vnni"))  # AVX-VNNI (Alder Lake, Zen 5)
+    assert has_vnni(EPYC_ROME_FLAGS + " amx_bf16 amx_tile amx_int8")
+    graviton = f"processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: {GRAVITON2_FEATURES}\nCPU implementer\t: 0x41\n"
+    assert cpuinfo_flags(graviton) == GRAVITON2_FEATURES
+    assert cpu_int8_isa(cpuinfo_flags(graviton), "aarch64") == NOT_X86 and not needs_reduce_range(NOT_X86)
+    (tmp_path / "cpuinfo").write_text(rome)
+    assert host_cpu_int8_isa(tmp_path / "cpuinfo", "x86_64") == X86_NO_VNNI
+    assert host_cpu_int8_isa(tmp_path / "cpuinfo", "aarch64") == NOT_X86
+    assert host_cpu_int8_isa(tmp_path / "missing", "AMD64") == X86_NO_VNNI, "unreadable flags: the safe side"
+
+
+def test_cpu_file_reduce_range_is_7_bit_weights_on_the_same_ranges(tmp_path: Path) -> None:
+    """reduce_range halves the weight grid (|q| <= 64: 2 x 255 x 64 fits int16, no saturation without
+    VNNI) and leaves the activation ranges of the shared calibration alone; auto follows this CPU."""
+    src = _yolo_like(tmp_path / "m.onnx")
+    frames = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(4)]
+    ranges = tmp_path / "ranges.json"
+    kw = dict(method="minmax", exclude="head-post", target="cpu", ranges_cache=ranges)
+    full = quantize(src, tmp_path / "s8.onnx", frames, reduce_range=False, **kw)
+    seven = quantize(src, tmp_path / "s7.onnx", [], reduce_range=True, **kw)
+    auto = quantize(src, tmp_path / "auto.onnx", [], **kw)
+    assert (full["reduce_range"], full["weight_bits"]) == (False, 8)
+    assert (seven["reduce_range"], seven["weight_bits"]) == (True, 7)
+    assert not full["reduce_range_auto"] and auto["reduce_range_auto"] and auto["build_cpu"] == host_cpu_int8_isa()
+    assert auto["reduce_range"] == needs_reduce_range(host_cpu_int8_isa())
+    assert json.loads((tmp_path / "s7.onnx.json").read_text())["reduce_range"] is True
+
+    def weights(path: Path) -> np.ndarray:
+        q = onnx.load(path)
+        return np.concatenate([numpy_helper.to_array(i).ravel() for i in q.graph.initializer if i.data_type == 3])
+
+    assert np.abs(weights(tmp_path / "s8.onnx").astype(int)).max() == 127
+    assert np.abs(weights(tmp_path / "s7.onnx").astype(int)).max() == 64
+    acts = [sorted(float(s) for _, s, _, const in _qdq_params(onnx.load(tmp_path / f)) if not const)
+            for f in ("s8.onnx", "s7.onnx")]  # fmt: skip
+    assert acts[0] and acts[0] == acts[1]
+    trt = quantize(src, tmp_path / "trt.onnx", [], method="minmax", exclude="head-post", ranges_cache=ranges)
+    assert trt["reduce_range"] is False and "build_cpu" not in trt
+    with pytest.raises(ValueError, match="reduce_range is for target 'cpu'"):
+        quantize(src, tmp_path / "x.onnx", [], method="minmax", ranges_cache=ranges, reduce_range=True)

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from app.assets import sha256_file
+from app.engine.cpu_features import host_cpu_int8_isa, needs_reduce_range
 from app.inference.preprocess import Preprocessor
 
 EXCLUDE_POLICIES = ("head", "head-post", "none")
@@ -30,6 +31,10 @@ EXCLUDE_POLICIES = ("head", "head-post", "none")
 # its parser rejects a DequantizeLinear of an int32 bias. ONNX Runtime's CPU kernels fuse Q/DQ into
 # QLinearConv only with an int32 bias, and are fastest with uint8 activations (u8s8); "cpu" keeps the
 # symmetric grid (uint8 with zero point 128), so both files quantize every tensor to the same levels.
+# On x86 without VNNI those u8s8 kernels saturate on 8-bit weights, so "cpu" then gets 7-bit weights
+# (reduce_range, app/engine/cpu_features.py). Measured on the default recipe, both splits: F1 0.922 / 0.905
+# vs 0.940 / 0.940 with 8-bit ones. uint8 weights (u8u8 kernels, which do not saturate either) kept 0.940 /
+# 0.948 but ran 0.84-1.04x FP32 (u8s8: 0.97-1.35x, same runs): no gain over the float model, so not offered.
 QUANT_TARGETS = ("tensorrt", "cpu")
 # minmax keeps only per-tensor min/max per frame; ORT's entropy/percentile calibrators keep every
 # frame's full activations until the end (~GBs per 10 frames for a YOLOv8s at 640): use few frames.
@@ -172,11 +177,14 @@ def chunk_size(n: int, most: int = CHUNK_FRAMES) -> int:
 def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray], *, method: str = "minmax",
              exclude: str = "head", per_channel: bool = True, conv_only: bool = False,
              keep_first_convs: int = 0, float_modules: tuple[int, ...] | str = (), target: str = "tensorrt",
-             percentile: float = 99.999, ranges_cache: Path | None = None) -> dict:  # fmt: skip
+             percentile: float = 99.999, ranges_cache: Path | None = None,
+             reduce_range: bool | None = None) -> dict:  # fmt: skip
     """Writes the Q/DQ model for `target` (QUANT_TARGETS); returns the settings (recorded beside it).
 
     `ranges_cache`: where the calibrated activation ranges are kept; an existing cache is reused instead of
-    calibrating again, so the TensorRT and CPU files of one calibration quantize to the same levels."""
+    calibrating again, so the TensorRT and CPU files of one calibration quantize to the same levels.
+    `reduce_range` (target "cpu" only): 7-bit weights, for x86 CPUs without VNNI, whose u8s8 kernels saturate
+    on 8-bit ones (app/engine/cpu_features.py); None picks it from this machine's CPU flags."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as _quantize_static
@@ -188,6 +196,15 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
         raise ValueError(
             f"method one of {CALIBRATION_METHODS}, exclude one of {EXCLUDE_POLICIES}, target one of {QUANT_TARGETS}"
         )
+    if target == "tensorrt" and reduce_range:
+        raise ValueError("reduce_range is for target 'cpu': the TensorRT file keeps 8-bit symmetric weights")
+    cpu_choice: dict = {}
+    if target == "cpu":
+        host = host_cpu_int8_isa()
+        cpu_choice = {"reduce_range_auto": reduce_range is None, "build_cpu": host}
+        if reduce_range is None:
+            reduce_range = needs_reduce_range(host)
+    reduce_range = bool(reduce_range)
     model = onnx.load(str(onnx_in))
     inp = model.graph.input[0]
     dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
@@ -207,7 +224,7 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
 
     t0 = time.monotonic()
     options = dict(
-        quant_format=QuantFormat.QDQ, per_channel=per_channel,
+        quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
         activation_type=QuantType.QInt8 if target == "tensorrt" else QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                           "percentile": CalibrationMethod.Percentile}[method],
@@ -223,6 +240,7 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
     settings = {"target": target, "method": method,
                 **({"percentile": percentile} if method == "percentile" else {}), "exclude": exclude,
                 "excluded_nodes": len(excluded), "per_channel": per_channel,
+                "reduce_range": reduce_range, "weight_bits": 7 if reduce_range else 8, **cpu_choice,
                 "conv_only": conv_only, "keep_first_convs": keep_first_convs, "float_modules": list(float_modules),
                 "calibration_frames": len(frames), "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
     Path(str(onnx_out) + ".json").write_text(json.dumps(settings, indent=1))

@@ -82,6 +82,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from app.config import ModelConfig
     from app.engine.agreement import agreement, map50
     from app.engine.calibrate import extract_frames, load_frames, quantize
+    from app.engine.cpu_features import NOT_X86, X86_NO_VNNI, X86_VNNI
     from app.inference.detector import Detector
 
     out_dir = Path("calibration") / args.name
@@ -122,6 +123,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             print(f"error: the {target} INT8 model failed the accuracy gate (F1 {a.f1:.3f}, confidence shift "
                   f"{a.mean_confidence_shift:.3f}); do not deploy it: try more in-domain frames, another --method, "
                   "or more float layers (--keep-first-convs, --exclude head)", file=sys.stderr)  # fmt: skip
+    if "cpu" in reports:  # its "reduce_range", "weight_bits" and "build_cpu" record which weight grid it got
+        cpu = reports["cpu"]
+        why = {
+            X86_NO_VNNI: "this x86 CPU has no VNNI: ONNX Runtime's u8s8 kernels saturate on 8-bit weights here",
+            X86_VNNI: "this x86 CPU has VNNI; an x86 CPU without it would saturate on 8-bit weights: calibrate on "
+            "the deployment CPU",
+            NOT_X86: "not x86: ONNX Runtime's Arm integer kernels do not saturate",
+        }.get(cpu.get("build_cpu"), "chosen by the caller")
+        how = "auto" if cpu.get("reduce_range_auto") else "explicit"
+        print(f"vigil engine: CPU file: {cpu['weight_bits']}-bit weights (reduce_range {cpu['reduce_range']}, "
+              f"{how}): {why}", file=sys.stderr)  # fmt: skip
     if passed:
         print(f"vigil engine: TensorRT: vigil engine build --model {outputs['tensorrt']} --precision int8; "
               f"CPU: model.path {outputs['cpu']}", file=sys.stderr)  # fmt: skip
