@@ -344,6 +344,25 @@ def test_run_missing_source_keeps_retrying(tiny_model: Path, tmp_path: Path) -> 
     assert "does not exist" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("profile", "labels"),
+    [("default", {"person", "bicycle"}), ("fall", {"Normal"})],
+)
+def test_profiles_run_on_the_sample_video(profile: str, labels: set[str]) -> None:
+    """`make run`'s job (default: COCO at 416, street labels) and the elder-care profile, on the sample video."""
+    res = run_vigil(
+        "run", "--config", str(REPO / f"configs/{profile}.yaml"), "--set", "mqtt.enabled=false",
+        "--set", "http.port=0", "--set", "output.status_interval_s=1", "--duration", "8", timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = json_lines(res.stdout)
+    seen = {d["label"] for r in rows for d in r["detections"]}
+    assert rows and labels <= seen, seen
+    if profile == "default":
+        assert seen <= {"person", "bicycle", "car", "motorcycle", "bus", "truck", "cat", "dog"}
+        assert "| model yolov3-tiny-coco 416x416 onnxruntime" in res.stderr
+
+
 def test_no_torch_or_ultralytics_in_runtime(tiny_model: Path, small_video: Path) -> None:
     argv = ["detect", str(small_video), "--model", str(tiny_model), "--max-frames", "2"]
     code = (

@@ -20,6 +20,14 @@ def test_default_config_is_valid() -> None:
     cfg = load_config(REPO / "configs" / "default.yaml")
     assert cfg.cameras[0].loop and cfg.cameras[0].realtime
     assert cfg.model.conf == 0.25 and cfg.model.iou == 0.7
+    assert cfg.model.path == "engines/yolov3-tiny-coco.onnx" and cfg.model.imgsz == 416
+    assert cfg.model.classes == ["person", "bicycle", "car", "motorcycle", "bus", "truck", "cat", "dog"]
+
+
+def test_fall_profile_is_valid() -> None:
+    cfg = load_config(REPO / "configs" / "fall.yaml")
+    assert cfg.model.path == "engines/fall-detection-yolov8s.onnx" and cfg.model.classes is None
+    assert [(a.label, a.min_duration_s) for a in cfg.mqtt.alerts] == [("Fall", 2.0)]
 
 
 def test_minimal_config_fills_defaults(tmp_path: Path) -> None:
