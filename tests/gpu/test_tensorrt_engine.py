@@ -1,7 +1,7 @@
-"""On a GPU machine: build the default model's FP16 and INT8 engines, validate them against ONNX Runtime,
-run every runtime variant (CPU/GPU letterbox, copies/mapped memory), the real letterbox kernel against the
-CPU path, an Ultralytics-header engine, and print engine vs end-to-end time. Skipped as a whole without
-TensorRT, pycuda and a CUDA device (CI, the development machines).
+"""On a GPU machine: build the fall model's and the default COCO model's FP16 and INT8 engines, validate
+them against ONNX Runtime, run every runtime variant (CPU/GPU letterbox, copies/mapped memory), the real
+letterbox kernel against the CPU path, an Ultralytics-header engine, and print engine vs end-to-end time.
+Skipped as a whole without TensorRT, pycuda and a CUDA device (CI, the development machines).
 
 Run: `pip install -e '.[gpu]'` (or JetPack's TensorRT/pycuda), then `pytest tests/gpu -s`."""
 
@@ -71,6 +71,26 @@ def test_int8_qdq_engine_passes_its_gate(fall_model: Path, frames: list[np.ndarr
     engine = build_engine(qdq, engine_dir, BuildOptions("int8"), frames[1::5])
     m = _passed(engine)
     print(f"INT8 build {m.build_seconds} s, validation {m.validation}")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_default_coco_model_engines_pass_validation(
+    coco_model: Path, frames: list[np.ndarray], engine_dir: Path, precision: str
+) -> None:
+    """The default model (YOLOv3-tiny COCO, dynamic input) at its configured 416: FP16 from the ONNX, INT8
+    from `vigil engine calibrate`'s default recipe (TensorRT Q/DQ file); both validated against ONNX Runtime
+    and chosen by `auto` at model.imgsz 416."""
+    onnx = coco_model
+    if precision == "int8":
+        onnx = engine_dir / "coco.int8.onnx"
+        quantize(coco_model, onnx, frames[0::2][:64], target="tensorrt", **DEFAULT_RECIPE)
+    engine = build_engine(onnx, engine_dir, BuildOptions(precision, imgsz=416), frames[1::5])
+    m = _passed(engine)
+    print(f"COCO {precision} build {m.build_seconds} s, validation {m.validation}")
+    cfg = ModelConfig(path=str(onnx), engine_dir=str(engine_dir), imgsz=416, precision=precision)
+    backend, reason = load_backend(cfg)
+    assert backend.name == "tensorrt" and engine.name in reason
+    backend.close()
 
 
 @pytest.mark.parametrize(("gpu_preprocess", "zero_copy"), [(True, "off"), (False, "off"), (True, "on"), (False, "on")])
