@@ -396,3 +396,8 @@ def test_oversize_frames_are_downscaled(small_video: Path) -> None:
         loop.join(10)
         meta = ring.read_latest().meta
         assert (meta.height, meta.width) == (45, 60)
+    # FFmpeg sources scale while they convert (one swscale pass instead of convert, then resize)
+    src = open_source(str(small_video))
+    src.fit_within = (60, 60)
+    with src:
+        assert src.read().image.shape == (45, 60, 3) and src.size == (160, 120)

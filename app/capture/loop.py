@@ -16,6 +16,7 @@ from typing import Literal
 import cv2
 
 from app.capture.backoff import Backoff
+from app.capture.ffmpeg import fit_size
 from app.capture.sources import FrameSource, SourceError, open_source
 from app.config import CameraConfig, FaultsConfig, redact_url
 from app.messages import CaptureCounters
@@ -106,6 +107,7 @@ class CaptureLoop(threading.Thread):
         try:
             while not self._stop_event.is_set():
                 source = self.source_factory(self.camera.source)
+                source.fit_within = (self.camera.max_width, self.camera.max_height)
                 outcome = "reconnect"
                 try:
                     outcome = self._run_source(source)
@@ -192,11 +194,9 @@ class CaptureLoop(threading.Thread):
 
     def _fit(self, image):
         h, w = image.shape[:2]
-        mh, mw = self.camera.max_height, self.camera.max_width
-        if h <= mh and w <= mw:
+        size = fit_size((w, h), (self.camera.max_width, self.camera.max_height))
+        if size == (w, h):
             return image
-        r = min(mh / h, mw / w)
-        size = (max(1, min(mw, int(w * r))), max(1, min(mh, int(h * r))))
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
     def _note_error(self, msg: str) -> None:

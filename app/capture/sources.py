@@ -163,6 +163,9 @@ class FrameSource(ABC):
     def __init__(self) -> None:
         self.corrupt = 0  # unreadable frames or files skipped so far (the reader resets it once counted)
         self.shortfall: str | None = None  # why a finite source ended early (a truncated file), if it did
+        # (width, height) frames should fit in; a source that can scale while it converts does so (the
+        # capture loop downscales whatever still comes larger)
+        self.fit_within: tuple[int, int] | None = None
 
     @abstractmethod
     def open(self) -> None:
