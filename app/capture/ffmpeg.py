@@ -53,7 +53,6 @@ class AvSource(FrameSource):
         self.kind = kind
         self.is_live = is_live
         self.description = f"{kind} {redact_url(target)}"
-        self.size: tuple[int, int] | None = None  # (width, height) of the last frame
         self.resolution_changes = 0
         self.declared_frames = 0  # what the container says (0: unknown, as for most live streams)
         self._container: av.container.InputContainer | None = None

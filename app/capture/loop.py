@@ -165,7 +165,7 @@ class CaptureLoop(threading.Thread):
             c = self.counters
             c.frames += 1
             c.last_frame_mono_ns = mono_ns
-            h, w = frame.image.shape[:2]
+            w, h = source.size or (frame.image.shape[1], frame.image.shape[0])  # as delivered, before scaling
             if (c.width, c.height) != (w, h):
                 if c.width:
                     c.resolution_changes += 1

@@ -166,6 +166,7 @@ class FrameSource(ABC):
         # (width, height) frames should fit in; a source that can scale while it converts does so (the
         # capture loop downscales whatever still comes larger)
         self.fit_within: tuple[int, int] | None = None
+        self.size: tuple[int, int] | None = None  # (width, height) of the last frame as decoded, if known
 
     @abstractmethod
     def open(self) -> None:
