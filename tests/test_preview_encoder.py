@@ -58,3 +58,15 @@ def test_server_side_boxes_are_drawn_in_place() -> None:
     draw_boxes(img, [{"label": "Fall", "confidence": 0.9, "box_norm": [0.1, 0.2, 0.5, 0.8]}])
     assert img[20:81, 20].any(), "left edge of the box"
     assert not img[50, 60:90].any(), "the inside stays untouched"
+
+
+def test_boxes_are_coloured_by_class_id_not_by_label() -> None:
+    """Any model's labels (COCO, the fall model's, one's own) get distinct colours by id; the page's
+    classColor in app.js computes the same golden-angle hues."""
+    from app.colors import class_color_bgr, class_color_rgb
+
+    colours = [class_color_rgb(i) for i in range(80)]
+    assert len(set(colours)) == 80 and colours[0] == (242, 61, 61) and colours[1] == (61, 114, 242)
+    img = np.zeros((100, 200, 3), np.uint8)
+    draw_boxes(img, [{"class_id": 2, "label": "car", "confidence": 0.9, "box_norm": [0.1, 0.2, 0.5, 0.8]}])
+    assert tuple(int(v) for v in img[50, 20]) == class_color_bgr(2)

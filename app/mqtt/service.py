@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from app.clock import iso_utc
+from app.colors import class_color_bgr
 from app.config import VigilConfig
 from app.messages import Detections, FrameResult
 from app.mqtt.discovery import discovery_messages
@@ -182,7 +183,7 @@ class MqttService:
         image = np.ascontiguousarray(image)
         for obj in objects:
             x1, y1, x2, y2 = (int(v) for v in obj["box"])
-            cv2.rectangle(image, (x1, y1), (x2, y2), (0, 0, 255) if obj["label"] != "Normal" else (0, 200, 0), 2)
+            cv2.rectangle(image, (x1, y1), (x2, y2), class_color_bgr(obj["class_id"]), 2)
             cv2.putText(image, f"{obj['label']} {obj['confidence']:.2f} #{obj['id']}", (x1, max(12, y1 - 4)),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
         ok, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])

@@ -24,6 +24,7 @@ import av
 import cv2
 import numpy as np
 
+from app.colors import class_color_bgr
 from app.config import HttpConfig
 from app.ring import FrameRing
 
@@ -98,7 +99,7 @@ def draw_boxes(image: np.ndarray, boxes: list[dict]) -> None:
     for b in boxes:
         x1, y1, x2, y2 = b["box_norm"]
         p1, p2 = (int(x1 * w), int(y1 * h)), (int(x2 * w), int(y2 * h))
-        color = (0, 200, 0) if b["label"] == "Normal" else (0, 0, 255)
+        color = class_color_bgr(b.get("class_id", 0))
         cv2.rectangle(image, p1, p2, color, 2)
         cv2.putText(image, f"{b['label']} {b['confidence']:.2f}", (p1[0], max(12, p1[1] - 4)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip

@@ -143,7 +143,7 @@ class WebService:
             return
         w, h = max(1, record["width"]), max(1, record["height"])
         boxes = [
-            {"label": d["label"], "confidence": d["confidence"],
+            {"class_id": d["class_id"], "label": d["label"], "confidence": d["confidence"],
              "box_norm": [round(d["box"][0] / w, 4), round(d["box"][1] / h, 4),
                           round(d["box"][2] / w, 4), round(d["box"][3] / h, 4)]}
             for d in record["detections"]

@@ -159,6 +159,17 @@ function syncDelay(aheadMs) {
   if (Math.abs((r.jitterBufferTarget || 0) - want) > 40) r.jitterBufferTarget = want;
 }
 
+// The same colours as app/colors.py: hues a golden angle apart by class id, whatever the labels are.
+function classColor(classId) {
+  const hue = (classId * 0.618033988749895) % 1;
+  const [s, v] = [0.75, 0.95];
+  const f = (n) => {
+    const k = (n + hue * 6) % 6;
+    return Math.round(255 * (v - v * s * Math.max(0, Math.min(k, 4 - k, 1))));
+  };
+  return `rgb(${f(5)}, ${f(3)}, ${f(1)})`;
+}
+
 function draw(msg) {
   const w = video.clientWidth, h = video.clientHeight;
   if (overlay.width !== w || overlay.height !== h) { overlay.width = w; overlay.height = h; }
@@ -168,7 +179,7 @@ function draw(msg) {
   ctx.font = "12px system-ui, sans-serif";
   for (const b of msg.boxes) {
     const [x1, y1, x2, y2] = b.box_norm;
-    const color = b.label === "Normal" ? "#3ccf6e" : "#ff5a5a";
+    const color = classColor(b.class_id ?? 0);
     ctx.strokeStyle = color;
     ctx.strokeRect(x1 * w, y1 * h, (x2 - x1) * w, (y2 - y1) * h);
     const text = `${b.label} ${b.confidence.toFixed(2)}`;
