@@ -12,7 +12,16 @@ import pytest
 from conftest import make_video
 from onnx import TensorProto, helper, numpy_helper
 
-from app.engine.calibrate import extract_frames, head_nodes, load_frames, quantize
+from app.engine.calibrate import (
+    Progress,
+    extract_frames,
+    head_feeders,
+    head_nodes,
+    load_frames,
+    quantizable_modules,
+    quantize,
+    search_float_modules,
+)
 from app.engine.cpu_features import (
     NOT_X86,
     X86_NO_VNNI,
@@ -138,14 +147,17 @@ def _qdq_params(model: onnx.ModelProto) -> list[tuple[str, np.ndarray, np.ndarra
 def test_tensorrt_and_cpu_files_share_one_calibration(tmp_path: Path) -> None:
     """TensorRT builds only signed symmetric INT8 Q/DQ (zero point 0) and rejects int32 bias DQs; ONNX
     Runtime's fast CPU path wants uint8 activations and int32 biases. Both files come from one calibration
-    (the ranges cache), so their activation scales differ only by int8's 254 vs uint8's 255 steps."""
+    (the ranges cache): placed alike and symmetric (--placement all), their activation scales differ only by
+    int8's 254 vs uint8's 255 steps; each target's own placement (the default) puts them elsewhere."""
     src = _yolo_like(tmp_path / "m.onnx")
     frames = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(6)]
     ranges = tmp_path / "ranges.json"
-    quantize(src, tmp_path / "trt.onnx", frames, method="percentile", exclude="head-post", ranges_cache=ranges)
+    shared = {"conv_only": False, "conv_outputs": True, "symmetric_activations": True}  # --placement all
+    quantize(src, tmp_path / "trt.onnx", frames, method="percentile", exclude="head-post", ranges_cache=ranges,
+             **shared)  # fmt: skip
     assert ranges.is_file()
     quantize(src, tmp_path / "cpu.onnx", [], method="percentile", exclude="head-post", target="cpu",
-             ranges_cache=ranges)  # fmt: skip
+             ranges_cache=ranges, **shared)  # fmt: skip
     trt, cpu = onnx.load(tmp_path / "trt.onnx"), onnx.load(tmp_path / "cpu.onnx")
     trt_q = _qdq_params(trt)
     assert trt_q and all(zp.dtype == np.int8 and not zp.any() for _, _, zp, _ in trt_q)
@@ -241,3 +253,134 @@ def test_cpu_file_reduce_range_is_7_bit_weights_on_the_same_ranges(tmp_path: Pat
     assert trt["reduce_range"] is False and "build_cpu" not in trt
     with pytest.raises(ValueError, match="reduce_range is for target 'cpu'"):
         quantize(src, tmp_path / "x.onnx", [], method="minmax", ranges_cache=ranges, reduce_range=True)
+
+
+def _calibrate(args: list[str], cwd: Path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, "-m", "app", "engine", "calibrate", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_calibrate_with_no_frames_extracts_them_from_the_configured_camera(tmp_path: Path) -> None:
+    """A fresh install: no calibration/default/ yet. `vigil engine calibrate` takes frames from the configured
+    camera source (cameras[0] of the config, through the normal loader), says so, and shows its progress."""
+    model = _yolo_like(tmp_path / "m.onnx")
+    make_video(tmp_path / "cam.mp4", frames=40)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "default.yaml").write_text("cameras:\n  - name: porch\n    source: cam.mp4\n")
+    res = _calibrate(["--model", str(model), "--frames", "15", "--exclude", "head-post", "--speed-frames", "2",
+                      "--min-f1", "0", "--max-shift", "1"], tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    err = res.stderr
+    assert "calibration/default has 0 frames: extracting up to 15 from the configured camera source" in err
+    assert "configs/default.yaml, cameras[0] porch: cam.mp4" in err
+    record = json.loads((tmp_path / "calibration" / "default" / "frames.json").read_text())
+    assert len(record["files"]) == 15 and record["source"] == "cam.mp4" and record["source_sha256"]
+    # progress of every long step: what, how far, elapsed and what is left
+    for step in ("extracting frames from the configured camera source", "FP32 reference on 3 held-out frames",
+                 "calibrating ranges (percentile, 12 frames", "module search (tensorrt)", "gate (tensorrt)",
+                 "module search (cpu)", "gate (cpu)"):  # fmt: skip
+        assert f"vigil engine: {step}" in err, step
+    assert " s left" in err and ", done" in err
+    assert [json.loads(line)["target"] for line in res.stdout.splitlines()] == ["tensorrt", "cpu"]
+    cpu = json.loads(res.stdout.splitlines()[1])
+    assert cpu["cpu_speed_vs_fp32"]["speedup"] > 0 and "search" in cpu
+    # frames now exist: a second run uses them and extracts nothing
+    again = _calibrate(["--model", str(model), "--target", "tensorrt", "--exclude", "head-post",
+                        "--float-modules", "none", "--min-f1", "0", "--max-shift", "1"], tmp_path)  # fmt: skip
+    assert again.returncode == 0 and "extracting" not in again.stderr
+
+
+def test_calibrate_with_no_config_uses_the_sample_video(tmp_path: Path) -> None:
+    model = _yolo_like(tmp_path / "m.onnx")
+    (tmp_path / "calibration" / "samples").mkdir(parents=True)
+    make_video(tmp_path / "calibration" / "samples" / "bikes.mp4", frames=30)
+    res = _calibrate(["--model", str(model), "--frames", "10", "--target", "tensorrt", "--exclude", "head-post",
+                      "--float-modules", "none", "--min-f1", "0", "--max-shift", "1"], tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "extracting up to 10 from the sample video calibration/samples/bikes.mp4" in res.stderr
+    assert len(load_frames(tmp_path / "calibration" / "default")) == 10
+    # a configured camera that gives nothing: the sample video, said so
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "default.yaml").write_text("cameras:\n  - name: gone\n    source: missing.mp4\n")
+    res = _calibrate(["--model", str(model), "--name", "x", "--frames", "10", "--target", "tensorrt",
+                      "--exclude", "head-post", "--float-modules", "none", "--min-f1", "0", "--max-shift", "1"],
+                     tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "using the sample video calibration/samples/bikes.mp4 instead" in res.stderr
+
+
+def test_progress_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    bar = Progress("doing things", 3, every_s=3600)
+    for _ in range(3):
+        bar.step()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, "the first step, then none until the last (rate-limited)"
+    assert lines[0].startswith("vigil engine: doing things: 1/3, ") and lines[0].endswith(" s left")
+    assert lines[1].startswith("vigil engine: doing things: 3/3, ") and lines[1].endswith(", done")
+
+
+def test_darknet_graph_head_and_modules(coco_model: Path) -> None:
+    """The Darknet conversion (app/darknet.py) names nodes after layers (conv15, leaky14, yolo16.*): its head
+    is the yolo layers' decode and output0; the modules it reads are the 1x1 prediction convolutions."""
+    model = onnx.load(coco_model, load_external_data=False)
+    head = set(head_nodes(model, "head"))
+    assert "output0" in head and all(n.startswith("yolo") or n == "output0" for n in head)
+    assert head_nodes(model, "head-post") == head_nodes(model, "head")  # no Conv in a Darknet head
+    assert head_feeders(model) == (15, 22)
+    assert quantizable_modules(model) == (0, 2, 4, 6, 8, 10, 12, 13, 14, 15, 18, 21, 22)
+    assert quantizable_modules(model, ["conv0", "conv22"]) == (2, 4, 6, 8, 10, 12, 13, 14, 15, 18, 21)
+
+
+def test_search_keeps_modules_float_until_the_gate_passes(tmp_path: Path) -> None:
+    """An impossible gate: every module is measured, the bisection finds no quantizable prefix, everything
+    stays float; a gate anything passes: everything is quantized after one try."""
+    src = _yolo_like(tmp_path / "m.onnx")
+    frames = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(8)]
+    ranges = tmp_path / "ranges.json"
+    quantize(src, tmp_path / "q.onnx", frames, method="minmax", exclude="head-post", ranges_cache=ranges)
+    recipe = {"method": "minmax", "exclude": "head-post"}
+    strict = search_float_modules(src, frames, ranges_cache=ranges, target="tensorrt", recipe=recipe, min_f1=1.01,
+                                  max_shift=0.0, progress=False)  # fmt: skip
+    assert strict["int8_modules"] == [] and strict["float_modules"] == [0, 1]
+    assert set(strict["sensitivity"]) == {0, 1} and strict["tried"] and not any(t["passed"] for t in strict["tried"])
+    assert sorted(strict["ranking"]) == [0, 1]
+    easy = search_float_modules(src, frames, ranges_cache=ranges, target="cpu", recipe=recipe, min_f1=0.0,
+                                max_shift=1.0, f1_margin=0, shift_margin=0, progress=False)  # fmt: skip
+    assert easy["float_modules"] == [] and easy["int8_modules"] == [0, 1] and len(easy["tried"]) == 1
+    assert easy["int8_conv_flops_share"] == 1.0
+
+
+def test_each_target_gets_its_own_placement(tmp_path: Path) -> None:
+    """placement "target" (the default recipe's): TensorRT gets Q/DQ on Conv inputs and weights only (its
+    recommended placement), symmetric int8; CPU every op, asymmetric uint8 (QLinearConv needs the Conv output
+    quantized). Without a placement, quantize() quantizes every op, symmetric, for either target."""
+    src = _yolo_like(tmp_path / "m.onnx")
+    frames = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(4)]
+    ranges = tmp_path / "ranges.json"
+    kw = {"method": "minmax", "exclude": "head-post", "ranges_cache": ranges, "placement": "target"}
+    trt = quantize(src, tmp_path / "trt.onnx", frames, **kw)
+    cpu = quantize(src, tmp_path / "cpu.onnx", [], target="cpu", **kw)
+    assert (trt["conv_only"], trt["conv_outputs"], trt["symmetric_activations"]) == (True, False, True)
+    assert (cpu["conv_only"], cpu["conv_outputs"], cpu["symmetric_activations"]) == (False, True, False)
+    q = onnx.load(tmp_path / "trt.onnx")
+    quantized = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+    assert "images" in quantized and "c0" not in quantized, "a Conv output stays float in the TensorRT file"
+    zps = [zp for _, _, zp, const in _qdq_params(onnx.load(tmp_path / "cpu.onnx")) if not const]
+    assert zps and all(zp.dtype == np.uint8 for zp in zps) and any((zp != 128).any() for zp in zps)
+    with pytest.raises(ValueError, match="symmetric INT8 activations only"):
+        quantize(src, tmp_path / "x.onnx", [], method="minmax", ranges_cache=ranges, symmetric_activations=False)
+    with pytest.raises(ValueError, match="none given"):
+        quantize(src, tmp_path / "x.onnx", [], method="minmax", ranges_cache=ranges, float_modules="auto")
+    plain = quantize(src, tmp_path / "plain.onnx", [], method="minmax", exclude="head-post", ranges_cache=ranges)
+    assert (plain["conv_only"], plain["conv_outputs"], plain["symmetric_activations"]) == (False, True, True)
+    with pytest.raises(ValueError, match="placement one of"):
+        quantize(src, tmp_path / "x.onnx", [], method="minmax", ranges_cache=ranges, placement="everywhere")
+    auto = quantize(src, tmp_path / "auto.onnx", frames, method="minmax", exclude="head-post", ranges_cache=ranges,
+                    placement="target", float_modules="auto", min_f1=0.0, max_shift=1.0)  # fmt: skip
+    assert auto["search"]["tried"] and auto["float_modules"] == auto["search"]["float_modules"]

@@ -20,7 +20,7 @@ from app.config import ModelConfig
 from app.engine.agreement import agreement
 from app.engine.builder import BuildOptions, build_engine
 from app.engine.cache import Manifest, manifest_path
-from app.engine.calibrate import DEFAULT_RECIPE, evenly_spaced_frames, quantize
+from app.engine.calibrate import DEFAULT_RECIPE, YOLOV8_RECIPE, evenly_spaced_frames, quantize
 from app.engine.plan_file import read_plan, with_header
 from app.inference.detector import Detector
 from app.inference.preprocess import Preprocessor
@@ -67,7 +67,7 @@ def test_fp16_engine_passes_validation_and_is_chosen_by_auto(fp16_engine: Path, 
 
 def test_int8_qdq_engine_passes_its_gate(fall_model: Path, frames: list[np.ndarray], engine_dir: Path) -> None:
     qdq = engine_dir / "default.int8.onnx"
-    quantize(fall_model, qdq, frames[0::2][:64], target="tensorrt", **DEFAULT_RECIPE)
+    quantize(fall_model, qdq, frames[0::2][:64], target="tensorrt", **YOLOV8_RECIPE)
     engine = build_engine(qdq, engine_dir, BuildOptions("int8"), frames[1::5])
     m = _passed(engine)
     print(f"INT8 build {m.build_seconds} s, validation {m.validation}")
