@@ -222,7 +222,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if "cpu" in outputs:
             hints.append(f"CPU: model.path {outputs['cpu']}")
         print(f"vigil engine: {'; '.join(hints)}", file=sys.stderr)
-    return 0 if passed else 1
+    return 0 if passed else 2  # a model that fails its gate is an error like any other
 
 
 def _modules(text: str) -> tuple[int, ...] | str:
