@@ -41,3 +41,42 @@ def test_bench_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "app", "bench", "--model", str(tmp_path / "x.onnx")], cwd=REPO,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+def test_bench_realtime_mode_end_to_end(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
+    """The realtime mode runs the default config (its model and source replaced by tiny ones) live and bare,
+    with a one-entry sweep, and writes its own block without touching the core one."""
+    from app.bench.report import BEGIN, END
+
+    md = tmp_path / "BENCH.md"
+    md.write_text(f"# Benchmarks\n\nhand-written notes stay.\n\n{BEGIN}\ncore figures stay\n{END}\n")
+    args = [sys.executable, "-m", "app", "bench", "--modes", "realtime", "--config", str(REPO / "configs/default.yaml"),
+            "--model", str(tiny_model), "--source", str(small_video), "--realtime-sizes", "64",
+            "--realtime-seconds", "1", "--realtime-warmup", "0.3", "--rounds", "1", "--frames", "5",
+            "--sweep", "1:off", "--decode-sweep", "NONE:1", "--sweep-seconds", "1", "--sweep-rounds", "1",
+            "--json", "--markdown", str(md)]  # fmt: skip
+    res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rt = json.loads(res.stdout)["modes"]["realtime"]
+    assert rt["camera_fps"] == 25.0 and rt["threads"] == 0 and rt["spin_wait"] in (True, False)
+    r = rt["sizes"]["64"]
+    for key in ("processed_fps", "frame_age_ms", "inference_ms_p50", "bound_ms", "within_bound", "backend_fps",
+                "limit_fps", "throughput_ratio", "stages_ms_p50", "cpu_pct"):  # fmt: skip
+        assert key in r, key
+    assert r["frames"] > 0 and r["processed_fps"] > 0 and r["backend_fps"] > 0
+    assert r["limit_fps"] <= min(rt["camera_fps"], r["backend_fps"]) + 1e-6
+    assert {"queue", "preprocess", "inference", "postprocess", "ipc", "frame_age"} <= r["stages_ms_p50"].keys()
+    assert rt["decode"]["avsource"]["frames"] > 0 and rt["decode"]["avsource"]["cpu_ms"] > 0
+    assert [(row["threads"], row["spin_wait"]) for row in rt["sweep"]["rows"]] == [(1, False)]
+    assert rt["sweep"]["rows"][0]["processed_fps"] > 0
+    assert [row["file_decode"] for row in rt["sweep"]["decode_rows"]] == ["NONE x1"]
+    text = md.read_text()
+    assert "hand-written notes stay." in text and "core figures stay" in text
+    assert "Real time on the CPU, default config" in text and "| 64 |" in text and "| NONE x1 |" in text
+
+
+def test_bench_realtime_bad_sweep_is_a_clear_error(tiny_model: Path, small_video: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "app", "bench", "--modes", "realtime", "--model", str(tiny_model),
+                          "--source", str(small_video), "--sweep", "two:on"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 2 and "THREADS:on|off" in res.stderr

@@ -6,6 +6,8 @@
   live         `vigil run`: a source paced faster than the detector; frame age, drops, flatness
   soak         `vigil run` until N results, RSS of main process and worker sampled (memory flatness)
   engine       the backend alone vs the live pipeline per frame (`--backend tensorrt` on a GPU)
+  realtime     the default config live at 416 and 320 vs the bare backend of the same model, the split of
+               the time per frame, and a threads x spin_wait sweep (app/bench/realtime_bench.py)
 
 Medians and ratios come from one run; the machine is noisy, so compare only numbers from the same run.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from app.bench.realtime_bench import DEFAULT_CONFIG, DEFAULT_DECODE_SWEEP, DEFAULT_SWEEP
 from app.bench.report import machine_info, write_markdown
 from app.config import DEFAULT_MODEL_PATH, DEFAULT_SAMPLE_VIDEO, ModelConfig, VigilConfig
 
@@ -34,7 +37,7 @@ log = logging.getLogger(__name__)
 
 MODES = (
     "backend", "ultralytics", "detect", "live", "soak", "mqtt-rate", "mqtt-cost", "recycle", "leak", "preview", "int8",
-    "engine",
+    "engine", "realtime",
 )  # fmt: skip
 
 
@@ -51,7 +54,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview-rounds", type=int, default=2, help="interleaved rounds of 0/1/4 viewers")
     p.add_argument("--recycle-seconds", type=float, default=600.0, help="length of the recycle soak")
     p.add_argument("--recycle-every-s", type=float, default=60.0, help="periodic recycle interval in that soak")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="model.threads (default: 0 = all cores; realtime: the config's)")  # fmt: skip
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="the config the realtime mode runs")
+    p.add_argument("--realtime-sizes", default="416,320", help="model sizes of the realtime mode (comma list)")
+    p.add_argument("--realtime-seconds", type=float, default=20.0, help="measured window per realtime round")
+    p.add_argument("--realtime-warmup", type=float, default=2.0, help="seconds of results skipped per live run")
+    p.add_argument("--sweep", default=DEFAULT_SWEEP,
+                   help="realtime mode: THREADS:on|off (spin_wait) pairs to compare at the first size")  # fmt: skip
+    p.add_argument("--decode-sweep", default=DEFAULT_DECODE_SWEEP,
+                   help="realtime mode: file decoder threadings (PyAV TYPE[:THREADS]) to compare live")  # fmt: skip
+    p.add_argument("--sweep-seconds", type=float, default=10.0, help="window per sweep run (0 = no sweep)")
+    p.add_argument("--sweep-rounds", type=int, default=2)
+    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
+                   help="realtime mode on a shared machine: wait up to S s for other processes to go quiet "
+                        "before each measurement, and repeat disturbed ones (up to --quiet-retries)")  # fmt: skip
+    p.add_argument("--quiet-retries", type=int, default=2)
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"), help="model.backend")
     p.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"), help="TensorRT engine precision")
     p.add_argument("--engine-dir", default="engines", help="TensorRT engine cache")
@@ -238,10 +256,27 @@ def run_bench(args: argparse.Namespace) -> int:
         if not Path(p).is_file():
             print(f"error: {p} does not exist (run `vigil assets fetch`)", file=sys.stderr)
             return 2
-    model = ModelConfig(path=args.model, threads=args.threads, backend=args.backend, precision=args.precision,
+    if "realtime" in modes:
+        from app.bench.realtime_bench import parse_decode_sweep, parse_sweep
+
+        if not Path(args.config).is_file():
+            print(f"error: config {args.config} does not exist", file=sys.stderr)
+            return 2
+        try:
+            parse_sweep(args.sweep)
+            parse_decode_sweep(args.decode_sweep)
+            if not [int(s) for s in args.realtime_sizes.split(",") if s.strip()]:
+                raise ValueError("--realtime-sizes is empty")
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    threads = 0 if args.threads is None else args.threads
+    model = ModelConfig(path=args.model, threads=threads, backend=args.backend, precision=args.precision,
                         engine_dir=args.engine_dir)  # fmt: skip
     results: dict = {"machine": machine_info(), "model": args.model, "source": args.source, "modes": {}}
     # The pipeline modes first, in a process that has loaded nothing else (main-process RSS is real).
+    if "realtime" in modes:
+        results["modes"]["realtime"] = _announce("realtime", _bench_realtime(args))
     if "live" in modes:
         results["modes"]["live"] = _announce("live", bench_live(model, args.source, args.live_seconds))
     if "soak" in modes:
@@ -303,6 +338,29 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_realtime(args: argparse.Namespace) -> dict:
+    from app.bench.realtime_bench import RealtimeOptions, bench_realtime, parse_decode_sweep, parse_sweep
+
+    opts = RealtimeOptions(
+        config=args.config,
+        model=args.model,
+        source=args.source,
+        sizes=tuple(int(s) for s in args.realtime_sizes.split(",") if s.strip()),
+        seconds=args.realtime_seconds,
+        warmup_s=args.realtime_warmup,
+        rounds=args.rounds,
+        backend_frames=args.frames,
+        sweep=parse_sweep(args.sweep),
+        sweep_seconds=args.sweep_seconds,
+        sweep_rounds=args.sweep_rounds,
+        decode_sweep=parse_decode_sweep(args.decode_sweep),
+        quiet_wait_s=args.quiet_wait,
+        quiet_retries=args.quiet_retries,
+        threads=args.threads,
+    )
+    return bench_realtime(opts)
+
+
 def _announce(mode: str, res: dict) -> dict:
     print(f"bench: {mode}: {json.dumps(res)}", file=sys.stderr)
     return res
@@ -339,5 +397,19 @@ def _print_table(results: dict) -> None:
     soak = results["modes"].get("soak")
     if soak:
         print(f"soak: {json.dumps(soak)}")
+    rt = results["modes"].get("realtime")
+    if rt:
+        for size, r in rt["sizes"].items():
+            age = r["frame_age_ms"]
+            print(
+                f"realtime {size}: {r['processed_fps']} fps processed (goal {r['fps_goal']}), backend "
+                f"{r['backend_fps']} fps, live/limit {r['throughput_ratio']}x, frame age p50 {age['p50']} / "
+                f"p99 {age['p99']} ms (bound {r['bound_ms']} ms: {'met' if r['within_bound'] else 'NOT met'})"
+            )
+        for row in rt.get("sweep", {}).get("rows", []):
+            print(f"realtime sweep threads {row['threads']} spin {'on' if row['spin_wait'] else 'off'}: "
+                  f"live {row['processed_fps']} fps, backend {row['backend_fps']} fps")  # fmt: skip
+        for row in rt.get("sweep", {}).get("decode_rows", []):
+            print(f"realtime sweep file decode {row['file_decode']}: live {row['processed_fps']} fps")
     for k, v in results["ratios"].items():
         print(f"{k}: {v}x")

@@ -25,6 +25,15 @@ log = logging.getLogger(__name__)
 # reconnect with backoff instead of a thread stuck in a socket read.
 STREAM_TIMEOUT_S = 10.0
 
+# Decoder threading, (PyAV thread_type, thread_count; 0 = FFmpeg's choice, about one per core). Frame
+# threading decodes several frames at once: fine for files, but it holds back as many frames as it has
+# threads, which a live camera would pay in latency, so live streams use slice threading. Measured with
+# `vigil bench --modes realtime` (docs/BENCHMARKS.md, 2026-11-30, 2 cores): on the 640x272 H.264 sample,
+# decode + BGR conversion is ~0.8 ms CPU a frame with AUTO, SLICE or one thread alike (2% of a core at
+# 25 fps), and the live pipeline's fps, inference time and frame age do not change between them.
+FILE_DECODE_THREADING: tuple[str, int] = ("AUTO", 0)
+LIVE_DECODE_THREADING: tuple[str, int] = ("SLICE", 0)
+
 
 def fit_size(size: tuple[int, int], bound: tuple[int, int]) -> tuple[int, int]:
     """(width, height) scaled down, aspect kept, to fit within `bound`; unchanged when it already fits."""
@@ -79,9 +88,10 @@ class AvSource(FrameSource):
             container.close()
             raise SourceError(f"{self.description} has no video stream")
         stream = container.streams.video[0]
-        # Frame threading decodes several frames at once: fastest for files, but it holds back as many
-        # frames as it has threads, which a live camera would pay in latency.
-        stream.thread_type = "SLICE" if self.is_live else "AUTO"
+        thread_type, thread_count = LIVE_DECODE_THREADING if self.is_live else FILE_DECODE_THREADING
+        stream.thread_type = thread_type
+        if thread_count:
+            stream.codec_context.thread_count = thread_count
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate and 0 < float(rate) < 1000 else None
         self.declared_frames = int(stream.frames or 0)
