@@ -306,7 +306,7 @@ def test_vigil_detect_and_check_on_a_dynamic_model_at_650(
     assert record["detections"]
     res = subprocess.run(
         [*vigil, "check", "--set", f"model.path={dynamic_model}", "--set", "model.imgsz=650",
-         "--set", "mqtt.enabled=false"],
+         "--set", "mqtt.enabled=false", "--set", "model.classes=null"],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
