@@ -23,6 +23,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import REPO
+from field_media import video_frames
 from numpy.lib.stride_tricks import sliding_window_view
 from parity import as_records, iou, parity_problems
 
@@ -525,17 +526,10 @@ def _golden_images(sample_video: Path) -> dict[str, np.ndarray]:
 
     golden = json.loads(GOLDEN.read_text())
     wanted = {c["image"] for c in golden["cases"]}
-    images: dict[str, np.ndarray] = {}
-    cap = cv2.VideoCapture(str(sample_video))
-    idx = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if f"bikes.mp4#{idx}" in wanted:
-            images[f"bikes.mp4#{idx}"] = frame
-        idx += 1
-    cap.release()
+    indices = sorted(int(w.split("#")[1]) for w in wanted if w.startswith("bikes.mp4#"))
+    images: dict[str, np.ndarray] = {
+        f"bikes.mp4#{i}": frame for i, frame in zip(indices, video_frames(sample_video, indices))
+    }
     spec = importlib.util.find_spec("ultralytics")  # its images, without importing it (and torch)
     if spec is not None and spec.origin is not None:
         for name in ("bus.jpg", "zidane.jpg"):

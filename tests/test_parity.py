@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from field_media import video_frames
 from parity import as_records, parity_problems
 
 from app.config import ModelConfig
@@ -20,17 +21,10 @@ def _images(sample_video: Path) -> dict[str, np.ndarray]:
     """The golden file's images that exist here: video frames always, Ultralytics' assets when installed."""
     golden = json.loads(GOLDEN.read_text())
     wanted = {c["image"] for c in golden["cases"]}
-    images: dict[str, np.ndarray] = {}
-    cap = cv2.VideoCapture(str(sample_video))
-    idx = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if f"bikes.mp4#{idx}" in wanted:
-            images[f"bikes.mp4#{idx}"] = frame
-        idx += 1
-    cap.release()
+    indices = sorted(int(w.split("#")[1]) for w in wanted if w.startswith("bikes.mp4#"))
+    images: dict[str, np.ndarray] = {
+        f"bikes.mp4#{i}": frame for i, frame in zip(indices, video_frames(sample_video, indices))
+    }
     try:
         from ultralytics.utils import ASSETS
 
