@@ -70,8 +70,9 @@ def _services(cfg) -> list:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from app.pipeline.runner import LivePipeline, PipelineError
-    from app.pipeline.sinks import JsonLinesSink
+    from app.pipeline.errors import PipelineError
+    from app.pipeline.json_lines import JsonLinesSink
+    from app.pipeline.runner import LivePipeline
 
     cfg = _load(args)
     if isinstance(cfg, int):
@@ -84,9 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         services = _services(cfg)
     except ConfigError as exc:  # a secret file, certificate or token the services could not use
         return _fail(f"invalid config: {exc}")
-    sinks: list = [JsonLinesSink(path=cfg.output.json_path)] if cfg.output.json_lines else []
-    sinks += services  # each service also consumes results
-    pipeline = LivePipeline(cfg, sinks, services=services, duration_s=args.duration)
+    if cfg.output.json_lines:
+        services.insert(0, JsonLinesSink(path=cfg.output.json_path))
+    pipeline = LivePipeline(cfg, services, duration_s=args.duration)
     try:
         summary = asyncio.run(pipeline.run())
     except PipelineError as exc:

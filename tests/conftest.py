@@ -18,6 +18,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from onnx_models import dense_constant_model, slow_dense_model  # noqa: E402
 
+from app.pipeline.records import ResultRecord  # noqa: E402
+from app.pipeline.service import ServiceBase  # noqa: E402
+
 FALL_MODEL = REPO / "engines" / "fall-detection-yolov8s.onnx"
 COCO_MODEL = REPO / "engines" / "yolov3-tiny-coco.onnx"
 SAMPLE_VIDEO = REPO / "calibration" / "samples" / "bikes.mp4"
@@ -129,17 +132,14 @@ def host_kernel(tmp_path_factory: pytest.TempPathFactory):
     return dll
 
 
-class Collect:
-    """A sink that keeps every result record (the pipeline's JSON objects)."""
+class Collect(ServiceBase):
+    """A service that keeps every result record as the JSON object `vigil run` prints."""
 
     def __init__(self) -> None:
         self.records: list[dict] = []
 
-    def handle(self, record: dict, result) -> None:
-        self.records.append(record)
-
-    def close(self) -> None:
-        pass
+    def on_result(self, record: ResultRecord) -> None:
+        self.records.append(record.as_json())
 
 
 def run_driven(pipe, driver):

@@ -49,7 +49,7 @@ def test_topic_contract_commands_and_discovery(tiny_model: Path, small_video: Pa
     sub = Subscriber(broker, "#")
     cfg = vigil_config(tiny_model, small_video, broker.port)
     mqtt = MqttService(cfg)
-    pipe = LivePipeline(cfg, [mqtt], services=[mqtt], duration_s=30)
+    pipe = LivePipeline(cfg, [mqtt], duration_s=30)
     marks: dict[str, float] = {}
 
     def driver() -> None:
@@ -153,7 +153,7 @@ def test_pipeline_runs_with_broker_down_and_connects_later(tiny_model: Path, sma
     b = Broker(tmp_path)
     cfg = vigil_config(tiny_model, small_video, b.port)
     mqtt = MqttService(cfg)
-    pipe = LivePipeline(cfg, [mqtt], services=[mqtt], duration_s=30)
+    pipe = LivePipeline(cfg, [mqtt], duration_s=30)
     seen: dict[str, object] = {}
 
     def driver() -> None:
@@ -206,7 +206,7 @@ def test_broker_restarts_mid_run_restore_online_discovery_and_commands(
     b = Broker(tmp_path).start()
     cfg = vigil_config(tiny_model, small_video, b.port)
     mqtt = MqttService(cfg)
-    pipe = LivePipeline(cfg, [mqtt], services=[mqtt], duration_s=60)
+    pipe = LivePipeline(cfg, [mqtt], duration_s=60)
     seen: dict[str, object] = {"rounds": 0}
 
     def driver() -> None:
@@ -249,7 +249,7 @@ def test_recycle_is_published_and_the_mqtt_session_survives_it(
     data["watchdog"]["recycle_every_h"] = 2 / 3600
     cfg = VigilConfig.model_validate(data)
     mqtt = MqttService(cfg)
-    pipe = LivePipeline(cfg, [mqtt], services=[mqtt], duration_s=30)
+    pipe = LivePipeline(cfg, [mqtt], duration_s=30)
 
     def driver() -> None:
         try:

@@ -20,7 +20,9 @@ import psutil
 from conftest import REPO, Collect, run_driven, vigil_shm_segments, wait_until
 
 from app.config import VigilConfig
+from app.pipeline.records import ResultRecord
 from app.pipeline.runner import LivePipeline
+from app.pipeline.service import ServiceBase
 from app.supervisor.sd_notify import SystemdNotifier
 
 
@@ -182,17 +184,14 @@ def live_config(model: Path, video: Path, **sections) -> VigilConfig:
     return VigilConfig.model_validate(data)
 
 
-class Times:
+class Times(ServiceBase):
     def __init__(self) -> None:
         self.t: list[float] = []
         self.seqs: list[int] = []
 
-    def handle(self, record: dict, result) -> None:
+    def on_result(self, record: ResultRecord) -> None:
         self.t.append(time.monotonic())
-        self.seqs.append(record["seq"])
-
-    def close(self) -> None:
-        pass
+        self.seqs.append(record.result.frame.seq)
 
 
 def test_leak_triggers_blue_green_recycle_without_a_gap(tiny_model: Path, small_video: Path) -> None:
@@ -359,7 +358,7 @@ def test_detection_off_then_on_over_mqtt_is_not_a_stall(tiny_model: Path, small_
     cfg.cameras[0].loop, cfg.cameras[0].fps = True, 25
     sink = Collect()
     mqtt = MqttService(cfg)
-    pipe = LivePipeline(cfg, [sink, mqtt], services=[mqtt], duration_s=120)
+    pipe = LivePipeline(cfg, [sink, mqtt], duration_s=120)
     sub = Subscriber(broker, "vigil/dev/#")
     marks: dict[str, int] = {}
 

@@ -28,7 +28,7 @@ class Served:
     def __init__(self, cfg: VigilConfig) -> None:
         self.cfg = cfg
         self.web = WebService(cfg)
-        self.pipe = LivePipeline(cfg, [self.web], services=[self.web])
+        self.pipe = LivePipeline(cfg, [self.web])
         self._thread = threading.Thread(target=self._run, name="served-pipeline", daemon=True)
         self._ready = threading.Event()
         self.error: BaseException | None = None

@@ -85,7 +85,7 @@ def _run(cfg: VigilConfig, seconds: float) -> dict:
     from app.pipeline.runner import LivePipeline
 
     services = [MqttService(cfg)] if cfg.mqtt.enabled else []
-    pipe = LivePipeline(cfg, list(services), services=list(services), duration_s=seconds)
+    pipe = LivePipeline(cfg, list(services), duration_s=seconds)
     summary = asyncio.run(pipe.run())
     cam = summary.cameras["cam"]
     out = {"processed": cam["frames_processed"], "seconds": summary.duration_s}
@@ -101,7 +101,7 @@ def bench_mqtt_rate(seconds: float, fps: float = 30.0) -> dict:
 
     from app.messages import Detections, FrameMeta, FrameResult, StageTimings
     from app.mqtt.service import MqttService
-    from app.pipeline.sinks import result_record
+    from app.pipeline.records import ResultRecord
 
     broker = LocalBroker()
     try:
@@ -126,7 +126,7 @@ def bench_mqtt_rate(seconds: float, fps: float = 30.0) -> dict:
             r = FrameResult("cam", FrameMeta(i + 1, i, i / fps, now, time.time(), 272, 640), det,
                             StageTimings(1, 5, 1), now, now, 1)  # fmt: skip
             c0 = time.perf_counter()
-            svc.handle(result_record(r, svc.names, now, 0), r)
+            svc.on_result(ResultRecord(r, svc.names, now, 0))
             cost.append((time.perf_counter() - c0) * 1000)
             time.sleep(max(0.0, t0 + (i + 1) / fps - time.monotonic()))
         wall = time.monotonic() - t0

@@ -18,17 +18,16 @@ import time
 import psutil
 
 from app.config import ModelConfig, VigilConfig
+from app.pipeline.records import ResultRecord
+from app.pipeline.service import ServiceBase
 
 
-class _Count:
+class _Count(ServiceBase):
     def __init__(self) -> None:
         self.n = 0
 
-    def handle(self, record: dict, result) -> None:
+    def on_result(self, record: ResultRecord) -> None:
         self.n += 1
-
-    def close(self) -> None:
-        pass
 
 
 def bench_preview(model: ModelConfig, source: str, seconds: float, rounds: int, counts=(0, 1, 4)) -> dict:
@@ -46,7 +45,7 @@ def bench_preview(model: ModelConfig, source: str, seconds: float, rounds: int, 
     )
     web = WebService(cfg)
     count = _Count()
-    pipe = LivePipeline(cfg, [count, web], services=[web])
+    pipe = LivePipeline(cfg, [count, web])
     thread = threading.Thread(target=lambda: asyncio.run(pipe.run()), daemon=True)
     thread.start()
     while not web.url or not pipe.last_result_age_s():

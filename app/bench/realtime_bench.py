@@ -33,6 +33,8 @@ import numpy as np
 import psutil
 
 from app.config import ModelConfig, VigilConfig, load_config
+from app.pipeline.records import ResultRecord
+from app.pipeline.service import ServiceBase
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +179,7 @@ def _thread_cpu_s(native_id: int | None) -> float | None:
     return None
 
 
-class _Window:
+class _Window(ServiceBase):
     """A sink that skips the warm-up, keeps per-result samples for `seconds`, then stops the pipeline;
     at the window's edges it reads the capture counter and the CPU time of the main process, the capture
     thread and the worker."""
@@ -203,7 +205,8 @@ class _Window:
                 edge["worker"] = _cpu_s(psutil.Process(pipe.worker_info.pid))
         self._edges.append(edge)
 
-    def handle(self, record: dict, r) -> None:
+    def on_result(self, record: ResultRecord) -> None:
+        r = record.result
         now = time.monotonic()
         if self.end is not None:
             return
@@ -214,7 +217,7 @@ class _Window:
                 self.start = now
                 self._mark(now)
             return
-        lat = record["latency_ms"]
+        lat = record.latency_ms()
         received_ns = r.frame.captured_mono_ns + lat["frame_age"] * 1e6
         turn = (r.done_mono_ns - r.picked_mono_ns) / 1e6
         stages = lat["preprocess"] + lat["inference"] + lat["postprocess"]
@@ -222,14 +225,11 @@ class _Window:
             (lat["queue"], lat["preprocess"], lat["inference"], lat["postprocess"], turn - stages,
              (received_ns - r.done_mono_ns) / 1e6, lat["frame_age"])
         )  # fmt: skip
-        self.dropped += record["dropped_before"]
+        self.dropped += record.dropped_before
         if now - self.start >= self.seconds:
             self.end = now
             self._mark(now)
             self.pipe.request_stop("bench window done")
-
-    def close(self) -> None:
-        pass
 
     def summary(self) -> dict:
         if self.end is None or not self.samples:

@@ -11,19 +11,18 @@ import time
 import numpy as np
 
 from app.config import ModelConfig, VigilConfig
+from app.pipeline.records import ResultRecord
+from app.pipeline.service import ServiceBase
 
 
-class _Times:
+class _Times(ServiceBase):
     def __init__(self) -> None:
         self.t: list[float] = []
         self.seqs: list[int] = []
 
-    def handle(self, record: dict, result) -> None:
+    def on_result(self, record: ResultRecord) -> None:
         self.t.append(time.monotonic())
-        self.seqs.append(record["seq"])
-
-    def close(self) -> None:
-        pass
+        self.seqs.append(record.result.frame.seq)
 
 
 def bench_recycle(model: ModelConfig, source: str, seconds: float, every_s: float, leak_mb: float = 0.0) -> dict:

@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -21,11 +21,10 @@ from app.messages import Detections, FrameResult
 from app.mqtt.discovery import discovery_messages
 from app.mqtt.link import MqttLink
 from app.mqtt.topics import Topics, dumps, envelope
+from app.pipeline.records import ResultRecord, SystemEvent
+from app.pipeline.service import PipelineControl, ServiceBase
 from app.tracking.iou_tracker import IouTracker
 from app.tracking.objects import ObjectEvent, ObjectLifecycle
-
-if TYPE_CHECKING:
-    from app.pipeline.runner import LivePipeline
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def make_tracker(kind: str, max_age_s: float):
     return IouTracker(max_age_s=max_age_s)
 
 
-class MqttService:
+class MqttService(ServiceBase):
     def __init__(self, cfg: VigilConfig) -> None:
         self.cfg = cfg
         self.mcfg = cfg.mqtt
@@ -54,7 +53,7 @@ class MqttService:
         self._objects: dict[str, ObjectLifecycle] = {}
         self._last_counts: dict[str, dict[str, int]] = {}
         self._last_detections = dict.fromkeys(self.cameras, 0.0)
-        self._pipeline: LivePipeline | None = None
+        self._pipeline: PipelineControl | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats_task: asyncio.Task | None = None
         self.link = MqttLink(
@@ -68,13 +67,13 @@ class MqttService:
 
     # ---- lifecycle (called by the pipeline) ---------------------------------------------------
 
-    async def start(self, pipeline: LivePipeline) -> None:
+    async def start(self, pipeline: PipelineControl) -> None:
         self._pipeline = pipeline
         self._loop = asyncio.get_running_loop()
         self.link.start()
         self._stats_task = asyncio.create_task(self._stats_loop(), name="mqtt-stats")
 
-    def on_model_ready(self, names: dict[int, str]) -> None:
+    def on_model_ready(self, names: Mapping[int, str]) -> None:
         if names != self.names:
             self.names = dict(names)
             self._objects = {
@@ -96,19 +95,20 @@ class MqttService:
                 await self._stats_task
         await asyncio.get_running_loop().run_in_executor(None, self.link.stop)
 
-    def close(self) -> None:  # Sink protocol; stop() does the work
-        pass
-
-    def on_system_event(self, event: dict) -> None:
+    def on_system_event(self, event: SystemEvent) -> None:
         """Restarts, recycles, capture restarts: on `<base>/<camera>/system` (every camera for worker events)."""
-        cameras = [event["camera"]] if event.get("camera") else self.cameras
+        cameras = [event.camera] if event.camera else self.cameras
         for cam in cameras:
-            payload = envelope(self.device_id, cam, type=event["type"], reason=event["reason"], at=iso_utc(event["at"]))
+            payload = envelope(self.device_id, cam, type=event.type, reason=event.reason, at=iso_utc(event.at))
             self.link.publish(self.topics.system(cam), dumps(payload), qos=1)
 
     # ---- results -> messages ------------------------------------------------------------------
 
-    def handle(self, record: dict, result: FrameResult) -> None:
+    def on_result(self, rec: ResultRecord) -> None:
+        result = rec.result
+        record = {"seq": result.frame.seq, "frame": result.frame.index,
+                  "captured_at": iso_utc(result.frame.captured_wall), "detections": rec.detections_list(),
+                  "latency_ms": rec.latency_ms()}  # fmt: skip
         cam = result.camera
         if not self.enabled.get(cam, True) or cam not in self._objects:
             return

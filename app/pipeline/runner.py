@@ -18,9 +18,9 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import psutil
@@ -41,32 +41,20 @@ from app.messages import (
     WorkerReady,
 )
 from app.mqtt.topics import envelope
-from app.pipeline.sinks import Sink, result_record
+from app.pipeline.errors import PipelineError
+from app.pipeline.fanout import ResultFanout
+from app.pipeline.records import SystemEvent, SystemEventType
+from app.pipeline.service import Service
 from app.pipeline.stats import CameraStats
 from app.ring import FrameRing
 from app.supervisor.sd_notify import SystemdNotifier
+from app.tracking.stage import TrackingStage
 
 log = logging.getLogger(__name__)
 
 # Niceness of a blue-green standby while it loads: low enough that the serving worker barely slows, high
 # enough to finish loading in seconds (at 19 it starved behind ONNX Runtime's spinning threads).
 STANDBY_NICE = 10
-
-
-class PipelineError(RuntimeError):
-    pass
-
-
-class Service(Protocol):
-    """Something living in the main loop beside the pipeline (MQTT, later HTTP/WebRTC)."""
-
-    async def start(self, pipeline: LivePipeline) -> None: ...
-
-    def on_model_ready(self, names: dict[int, str]) -> None: ...
-
-    def on_system_event(self, event: dict) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -88,17 +76,17 @@ class LivePipeline:
     def __init__(
         self,
         cfg: VigilConfig,
-        sinks: list[Sink] | None = None,
-        *,
         services: list[Service] | None = None,
+        *,
         duration_s: float | None = None,
         max_results: int | None = None,
         record_samples: bool = False,
         rss_sample_s: float = 0.0,
     ) -> None:
         self.cfg = cfg
-        self.sinks = list(sinks or [])
         self.services = list(services or [])
+        self.tracking = TrackingStage(cfg)
+        self.fanout = ResultFanout(self.services, [self.tracking])
         self._disabled: set[str] = set()
         self.duration_s = duration_s
         self.max_results = max_results
@@ -158,6 +146,11 @@ class LivePipeline:
         (self._disabled.discard if enabled else self._disabled.add)(camera)
         if self.worker is not None:
             self.worker.send(SetDetection(camera, enabled))
+        for event in self.tracking.set_detection(camera, enabled):
+            self.fanout.event(camera, event)
+
+    def object_counts(self, camera: str) -> Mapping[str, int]:
+        return self.tracking.counts(camera)
 
     def snapshot(self) -> dict:
         return {
@@ -192,12 +185,7 @@ class LivePipeline:
         for c in snap["cameras"]:
             c = dict(c)
             cameras[c.pop("camera")] = c
-        sections: dict[str, dict] = {}
-        for service in self.services:
-            section = getattr(service, "stats_section", None)
-            if section is not None:
-                key, value = section()
-                sections[key] = value
+        sections = self.fanout.stats_sections()
         return envelope(
             self.cfg.device_id, None, uptime_s=snap["uptime_s"], cameras=cameras, worker=snap["worker"],
             main_rss_mb=snap["main_rss_mb"], **sections,
@@ -283,8 +271,7 @@ class LivePipeline:
             ready.warmup_ms,
         )  # fmt: skip
         self._loop.add_reader(handle.conn.fileno(), self._on_worker_readable, handle)
-        for service in self.services:
-            service.on_model_ready(ready.names)
+        self.fanout.model_ready(ready.names)
 
     # ---- steady state -------------------------------------------------------------------------
 
@@ -327,13 +314,7 @@ class LivePipeline:
             self._samples_age.append(age)
             self._samples_inf.append(r.timings.inference_ms)
             self._samples_turn.append((now_ns - r.picked_mono_ns) / 1e6)
-        if self.sinks:
-            record = result_record(r, self.names, now_ns, dropped)
-            for sink in self.sinks:
-                try:
-                    sink.handle(record, r)
-                except Exception:  # one broken sink must not stop the pipeline
-                    log.exception("sink %s failed", type(sink).__name__)
+        self.fanout.result(r, now_ns, dropped)
 
     async def _supervise(self) -> None:
         """Replace a dead or stalled worker (with backoff) and end the run when every finite source is done."""
@@ -499,15 +480,12 @@ class LivePipeline:
         self.worker_info = replace(self.worker_info, backend=msg.backend)
         self._system_event("backend", f"{msg.backend.name}: {msg.backend.reason}")
 
-    def _system_event(self, kind: str, reason: str, camera: str | None = None) -> None:
+    def _system_event(self, kind: SystemEventType, reason: str, camera: str | None = None) -> None:
         self.system_events += 1
-        self.last_system_event = {"type": kind, "reason": reason, "camera": camera, "at": time.time()}
+        event = SystemEvent(kind, reason, camera)
+        self.last_system_event = event.as_dict()
         log.warning("%s%s: %s", kind, f" ({camera})" if camera else "", reason)
-        for service in self.services:
-            try:
-                service.on_system_event(dict(self.last_system_event))
-            except Exception:
-                log.exception("%s could not handle a system event", type(service).__name__)
+        self.fanout.system_event(event)
 
     async def _replace_worker(self, reason: str) -> None:
         wd = self.cfg.watchdog
@@ -596,9 +574,6 @@ class LivePipeline:
         for ring in self.rings.values():
             ring.close()
             ring.unlink()
-        for sink in self.sinks:
-            with contextlib.suppress(Exception):
-                sink.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.messages import FrameResult
+from app.pipeline.records import ResultRecord
 
 # Seconds. Stages on CPU run 1-400 ms; on a GPU engine 1-20 ms: both ends need resolution.
 STAGE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.016, 0.025, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 2.5)
@@ -83,13 +83,13 @@ class Metrics:
         )  # fmt: skip
         self.registry.register(_PipelineCollector(stats))
 
-    def observe(self, record: dict, result: FrameResult) -> None:
-        cam = result.camera
-        t = result.timings
+    def observe(self, record: ResultRecord) -> None:
+        cam = record.camera
+        t = record.result.timings
         self.stage.labels(cam, "preprocess").observe(t.preprocess_ms / 1e3)
         self.stage.labels(cam, "inference").observe(t.inference_ms / 1e3)
         self.stage.labels(cam, "postprocess").observe(t.postprocess_ms / 1e3)
-        self.frame_age.labels(cam).observe(record["latency_ms"]["frame_age"] / 1e3)
+        self.frame_age.labels(cam).observe(record.frame_age_ms / 1e3)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

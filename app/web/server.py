@@ -11,15 +11,16 @@ import json
 import logging
 import ssl
 import sys
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from app.config import ConfigError, VigilConfig, redact
-from app.messages import FrameResult
-from app.pipeline.runner import PipelineError
+from app.pipeline.errors import PipelineError
+from app.pipeline.records import ResultRecord, SystemEvent
+from app.pipeline.service import PipelineControl, ServiceBase
 from app.web import ice
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
 from app.web.encoder import EncodedFrame, PreviewEncoder
@@ -27,9 +28,6 @@ from app.web.errors import json_error, json_errors
 from app.web.metrics import Metrics
 from app.web.signalling import answer_offer, parse_offer
 from app.web.viewers import ViewerRegistry
-
-if TYPE_CHECKING:
-    from app.pipeline.runner import LivePipeline
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ def _read_secret(path: str, key: str) -> str:
         raise HttpConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
 
 
-class WebService:
+class WebService(ServiceBase):
     def __init__(self, cfg: VigilConfig) -> None:
         self.cfg = cfg
         self.hcfg = cfg.http
@@ -71,14 +69,14 @@ class WebService:
         self.metrics = Metrics(self._stats)
         self.names: dict[int, str] = {}
         self._overlay: dict[str, list[dict]] = {}
-        self._pipeline: LivePipeline | None = None
+        self._pipeline: PipelineControl | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
         ice.install()
 
     # ---- service protocol ---------------------------------------------------------------------
 
-    async def start(self, pipeline: LivePipeline) -> None:
+    async def start(self, pipeline: PipelineControl) -> None:
         self._pipeline = pipeline
         for name, ring in pipeline.rings.items():
             overlay = (lambda n=name: self._overlay.get(n, [])) if self.hcfg.server_side_boxes else None
@@ -110,12 +108,12 @@ class WebService:
             log.info("preview and API on %s (token from %s)", self.url, tok.origin)
             print(f"vigil: preview at {self.url}?token=<token from {tok.origin}>", file=sys.stderr, flush=True)
 
-    def on_model_ready(self, names: dict[int, str]) -> None:
+    def on_model_ready(self, names: Mapping[int, str]) -> None:
         self.names = dict(names)
 
-    def on_system_event(self, event: dict) -> None:
-        for v in self.viewers.viewers(event.get("camera")):
-            v.send({"type": "system", "event": event["type"], "reason": event["reason"]})
+    def on_system_event(self, event: SystemEvent) -> None:
+        for v in self.viewers.viewers(event.camera):
+            v.send({"type": "system", "event": event.type, "reason": event.reason})
 
     async def stop(self) -> None:
         await self.viewers.close_all()
@@ -134,32 +132,31 @@ class WebService:
             "encode_ms_last": round(max(enc_ms), 2) if enc_ms else None,
         }  # fmt: skip
 
-    # ---- sink protocol ------------------------------------------------------------------------
+    # ---- results -----------------------------------------------------------------------------
 
-    def handle(self, record: dict, result: FrameResult) -> None:
-        self.metrics.observe(record, result)
+    def on_result(self, record: ResultRecord) -> None:
+        result = record.result
+        self.metrics.observe(record)
         viewers = self.viewers.viewers(result.camera)
         if not viewers and not self.hcfg.server_side_boxes:
             return
-        w, h = max(1, record["width"]), max(1, record["height"])
+        w, h = max(1, result.frame.width), max(1, result.frame.height)
         boxes = [
             {"class_id": d["class_id"], "label": d["label"], "confidence": d["confidence"],
              "box_norm": [round(d["box"][0] / w, 4), round(d["box"][1] / h, 4),
                           round(d["box"][2] / w, 4), round(d["box"][3] / h, 4)]}
-            for d in record["detections"]
+            for d in record.detections_list()
         ]  # fmt: skip
         self._overlay[result.camera] = boxes
+        latency = record.latency_ms()
         msg = {
-            "type": "detections", "seq": record["seq"],
+            "type": "detections", "seq": result.frame.seq,
             "captured_at": round(result.frame.captured_wall * 1e3, 1),
-            "frame_age_ms": record["latency_ms"]["frame_age"], "inference_ms": record["latency_ms"]["inference"],
+            "frame_age_ms": latency["frame_age"], "inference_ms": latency["inference"],
             "boxes": boxes,
         }  # fmt: skip
         for v in viewers:
             v.send(msg)
-
-    def close(self) -> None:
-        """Sink protocol; stop() does the work."""
 
     def _on_encoded(self, frame: EncodedFrame) -> None:
         self.metrics.encode.observe(frame.encode_ms / 1e3)

@@ -1,0 +1,126 @@
+"""The one contract between the pipeline and what lives beside it in the main loop (MQTT, HTTP/WebRTC,
+JSON lines, bench recorders).
+
+Every hook is called from the asyncio loop and must not block it: a service writes, enqueues or hands off.
+One failing service never stops the pipeline or the other services (the fan-out logs and goes on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from app.pipeline.records import ResultRecord, SystemEvent
+    from app.pipeline.stats import CameraStats
+    from app.ring import FrameRing
+    from app.tracking.objects import ObjectEvent
+
+
+class PipelineControl(Protocol):
+    """What a running pipeline offers its services: its rings and stats, and the control API that MQTT
+    commands and HTTP requests share."""
+
+    @property
+    def rings(self) -> Mapping[str, FrameRing]:
+        """Camera name -> its shared-memory frame ring (read-only use: snapshots, preview)."""
+        ...
+
+    @property
+    def stats(self) -> Mapping[str, CameraStats]:
+        """Camera name -> its live counters."""
+        ...
+
+    def stats_document(self) -> dict:
+        """The stats message (schema 1): pipeline figures plus every service's `stats_section`."""
+        ...
+
+    def last_result_age_s(self) -> float | None:
+        """Seconds since the newest result of any worker; None before the first."""
+        ...
+
+    def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
+        """Change the detector's thresholds (0..1) for every camera, now and for any later worker."""
+        ...
+
+    def set_detection(self, camera: str, enabled: bool) -> None:
+        """Switch detection for one camera; switching off ends its tracked objects (`end` events)."""
+        ...
+
+    def object_counts(self, camera: str) -> Mapping[str, int]:
+        """Announced tracked objects of a camera per label, plus `all`."""
+        ...
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """End the run (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class Service(Protocol):
+    """Something living in the main loop beside the pipeline.
+
+    Order of calls: `start` once before the first worker starts; `on_model_ready` whenever a worker becomes
+    the serving one (labels may change with a new model); per processed frame `on_event` for each object
+    event the frame caused, then `on_result`; `on_system_event` whenever the supervisor acts; `stop` once at
+    shutdown, after the workers stopped. `stats_section` is read whenever a stats document is built.
+    """
+
+    async def start(self, pipeline: PipelineControl) -> None:
+        """Start serving (listen, connect, start tasks).
+
+        Raises:
+            PipelineError: The service cannot run (e.g. its port is in use); the pipeline does not start.
+        """
+        ...
+
+    async def stop(self) -> None:
+        """Stop serving and release everything (idempotent)."""
+        ...
+
+    def on_model_ready(self, names: Mapping[int, str]) -> None:
+        """A worker serves now; `names` maps its class ids to labels."""
+        ...
+
+    def on_result(self, record: ResultRecord) -> None:
+        """One processed frame (never blocks; the record is shared and immutable)."""
+        ...
+
+    def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None) -> None:
+        """A tracked-object event; `record` is the frame that caused it, None when none did (detection
+        switched off)."""
+        ...
+
+    def on_system_event(self, event: SystemEvent) -> None:
+        """The supervisor restarted or recycled a worker, restarted a capture or changed backend."""
+        ...
+
+    def stats_section(self) -> tuple[str, dict] | None:
+        """This service's `(key, section)` of the stats document, or None for none."""
+        ...
+
+
+class ServiceBase:
+    """A service that does nothing: subclass it and override the hooks you need."""
+
+    async def start(self, pipeline: PipelineControl) -> None:
+        """No-op."""
+
+    async def stop(self) -> None:
+        """No-op."""
+
+    def on_model_ready(self, names: Mapping[int, str]) -> None:
+        """No-op."""
+
+    def on_result(self, record: ResultRecord) -> None:
+        """No-op."""
+
+    def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None) -> None:
+        """No-op."""
+
+    def on_system_event(self, event: SystemEvent) -> None:
+        """No-op."""
+
+    def stats_section(self) -> tuple[str, dict] | None:
+        """None: no section."""
+        return None
