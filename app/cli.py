@@ -72,7 +72,7 @@ def _services(cfg) -> list:
 def cmd_run(args: argparse.Namespace) -> int:
     from app.pipeline.errors import PipelineError
     from app.pipeline.json_lines import JsonLinesSink
-    from app.pipeline.runner import LivePipeline
+    from app.pipeline.live import LivePipeline
 
     cfg = _load(args)
     if isinstance(cfg, int):

@@ -244,6 +244,9 @@ class FaultsConfig(_Strict):
         0, ge=0, description="the backend raises after this many frames, so the failover to ONNX Runtime runs"
     )
     backend_retry_s: float = Field(300.0, gt=0, description="when the failover retries the failing backend")
+    standby_load_delay_s: float = Field(
+        0.0, ge=0, description="a blue-green standby takes this much longer to load (like a big TensorRT engine)"
+    )
 
 
 class DebugConfig(_Strict):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from app.envelope import envelope
 from app.mqtt.discovery import discovery_messages
 from app.mqtt.tail import render
-from app.mqtt.topics import Topics, envelope, topic_safe
+from app.mqtt.topics import Topics, topic_safe
 
 
 def test_topics_and_command_parsing() -> None:

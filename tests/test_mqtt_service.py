@@ -18,7 +18,7 @@ from conftest import REPO, wait_until
 
 from app.config import VigilConfig
 from app.mqtt.service import MqttService
-from app.pipeline.runner import LivePipeline
+from app.pipeline.live import LivePipeline
 
 BASE = "vigil/dev"
 

@@ -13,8 +13,9 @@ import numpy as np
 import psutil
 from conftest import Collect, vigil_shm_segments
 
+from app.bench.recorders import SampleRecorder
 from app.config import VigilConfig
-from app.pipeline.runner import LivePipeline
+from app.pipeline.live import LivePipeline
 
 
 def config(model: Path, video: Path, **camera) -> VigilConfig:
@@ -32,14 +33,14 @@ def config(model: Path, video: Path, **camera) -> VigilConfig:
 
 def test_slow_detector_drops_frames_and_latency_stays_bounded(slow_model: Path, small_video: Path) -> None:
     # A camera at 100 fps against a detector of tens of ms: most frames must be dropped, none queued.
-    sink = Collect()
-    pipe = LivePipeline(config(slow_model, small_video, fps=100), [sink], duration_s=6, record_samples=True)
+    sink, samples = Collect(), SampleRecorder()
+    pipe = LivePipeline(config(slow_model, small_video, fps=100), [sink, samples], duration_s=6)
     summary = asyncio.run(pipe.run())
     cam = summary.cameras["cam"]
     assert cam["frames_processed"] > 20
     assert cam["frames_dropped"] > cam["frames_processed"], "a slower detector must drop frames"
-    ages = np.asarray(summary.frame_ages_ms[3:])
-    inf = np.asarray(summary.inference_ms[3:])
+    ages = np.asarray(samples.frame_ages_ms[3:])
+    inf = np.asarray(samples.inference_ms[3:])
     # Freshness, structurally: the worker takes the newest frame, so a frame waits at most about one
     # inference (the one in progress when it arrived) plus one frame interval. Checked on the median, which
     # a loaded machine's scheduling spikes do not move; p99 against the exact bound is `vigil bench`'s job

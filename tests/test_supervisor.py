@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pytest
 from conftest import REPO, Collect, run_driven, vigil_shm_segments, wait_until
 
 from app.config import VigilConfig
+from app.pipeline.live import LivePipeline
 from app.pipeline.records import ResultRecord
-from app.pipeline.runner import LivePipeline
 from app.pipeline.service import ServiceBase
 from app.supervisor.sd_notify import SystemdNotifier
 
@@ -223,6 +224,69 @@ def test_leak_triggers_blue_green_recycle_without_a_gap(tiny_model: Path, small_
     # Loose here (a loaded CI machine); the benchmark states the exact bound (2x the median interval).
     assert gaps.max() < max(1.0, 10 * median), (gaps.max(), median)
     assert sink.seqs == sorted(sink.seqs), "results stay in capture order through the handover"
+
+
+class RecycleWatch(ServiceBase):
+    """When the recycle began and when the standby took over, with the capture rate (from the stats ticks)
+    and the capture watchdog's restarts as the loop saw them meanwhile."""
+
+    def __init__(self, pipe_ref: list) -> None:
+        self.pipe_ref = pipe_ref
+        self.recycle_at: float | None = None
+        self.switched_at: float | None = None
+        self.capture_restarts: list[float] = []
+        self.capture_fps: list[tuple[float, float]] = []
+        self._ready = 0
+
+    def on_model_ready(self, names) -> None:
+        self._ready += 1
+        if self._ready == 2:
+            self.switched_at = time.monotonic()
+
+    def on_system_event(self, event) -> None:
+        if event.type == "recycle" and self.recycle_at is None:
+            self.recycle_at = time.monotonic()
+        elif event.type == "capture_restart":
+            self.capture_restarts.append(time.monotonic())
+
+    def on_result(self, record: ResultRecord) -> None:
+        self.capture_fps.append((time.monotonic(), self.pipe_ref[0].stats["cam"].captured_rate.rate()))
+
+
+def test_supervision_goes_on_while_a_standby_loads(
+    tiny_model: Path, small_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The standby takes 20 s to load (a big engine); meanwhile the first capture hangs in its "driver".
+    # The stats ticks, the capture watchdog and the systemd pings must all go on during those 20 s: a
+    # recycle runs as its own task, not inside the supervision loop.
+    listener = NotifyListener(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.path)
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    cfg = live_config(
+        tiny_model, small_video,
+        watchdog={"recycle_every_h": 2 / 3600, "capture_timeout_s": 1.5},
+        debug={"faults": {"standby_load_delay_s": 20, "capture_hang_after_frames": 250, "capture_hang_s": 120}},
+    )  # fmt: skip
+    ref: list = []
+    watch = RecycleWatch(ref)
+    pipe = LivePipeline(cfg, [watch], duration_s=200)
+    ref.append(pipe)
+    try:
+        summary = run_driven(pipe, lambda: wait_until(lambda: pipe.worker_recycles >= 1, 150))
+    finally:
+        listener.close()
+    assert summary.worker_recycles == 1 and summary.worker_restarts == 0
+    start, end = watch.recycle_at, watch.switched_at
+    assert start is not None and end is not None and end - start >= 20
+    # The capture watchdog restarted the hung capture while the standby was still loading ...
+    assert [t for t in watch.capture_restarts if start < t < end], (start, end, watch.capture_restarts)
+    # ... the stats ticks went on (the capture rate would decay to 0 within 5 s without them) ...
+    late = [fps for t, fps in watch.capture_fps if start + 6 < t < end]
+    assert late and min(late) > 0, late
+    # ... and systemd got its pings throughout (every 0.5 s; no gap of even 3 s).
+    pings = [t for t in listener.times("WATCHDOG=1") if start <= t <= end]
+    assert pings and max(np.diff([start, *pings, end])) < 3.0
 
 
 def test_periodic_recycle_keeps_results_flowing_and_reaps_old_workers(tiny_model: Path, small_video: Path) -> None:

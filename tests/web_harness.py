@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from app.config import VigilConfig
-from app.pipeline.runner import LivePipeline
+from app.pipeline.live import LivePipeline
 from app.web.server import WebService
 
 

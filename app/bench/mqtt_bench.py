@@ -82,7 +82,7 @@ def _config(model: ModelConfig, source: str, fps: float, port: int | None, max_r
 def _run(cfg: VigilConfig, seconds: float) -> dict:
     """One live run; with MQTT enabled the service is both a sink and a service, as in `vigil run`."""
     from app.mqtt.service import MqttService
-    from app.pipeline.runner import LivePipeline
+    from app.pipeline.live import LivePipeline
 
     services = [MqttService(cfg)] if cfg.mqtt.enabled else []
     pipe = LivePipeline(cfg, list(services), duration_s=seconds)

@@ -31,7 +31,7 @@ class _Count(ServiceBase):
 
 
 def bench_preview(model: ModelConfig, source: str, seconds: float, rounds: int, counts=(0, 1, 4)) -> dict:
-    from app.pipeline.runner import LivePipeline
+    from app.pipeline.live import LivePipeline
     from app.web.server import WebService
 
     cfg = VigilConfig.model_validate(

@@ -264,7 +264,7 @@ def _pcts(values: np.ndarray) -> dict[str, float]:
 
 def live_window(cfg: VigilConfig, seconds: float, warmup_s: float) -> dict:
     """Run the live pipeline until `seconds` of steady-state results (after `warmup_s`) are in."""
-    from app.pipeline.runner import LivePipeline
+    from app.pipeline.live import LivePipeline
 
     window = _Window(warmup_s, seconds)
     # The safety stop only matters when results never come (a broken model): the window stops the run.

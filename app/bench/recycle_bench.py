@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from app.bench.recorders import RssSampler, SwitchTimes
 from app.config import ModelConfig, VigilConfig
 from app.pipeline.records import ResultRecord
 from app.pipeline.service import ServiceBase
@@ -26,7 +27,7 @@ class _Times(ServiceBase):
 
 
 def bench_recycle(model: ModelConfig, source: str, seconds: float, every_s: float, leak_mb: float = 0.0) -> dict:
-    from app.pipeline.runner import LivePipeline
+    from app.pipeline.live import LivePipeline
 
     watchdog: dict = {"recycle_every_h": every_s / 3600} if not leak_mb else {
         "rss_warmup_s": 5, "rss_window_s": 20, "max_rss_growth_mb_per_hour": 2000,
@@ -41,18 +42,18 @@ def bench_recycle(model: ModelConfig, source: str, seconds: float, every_s: floa
             "debug": {"faults": {"leak_mb_per_frame": leak_mb}},
         }
     )
-    sink = _Times()
-    pipe = LivePipeline(cfg, [sink], duration_s=seconds, rss_sample_s=1.0)
+    sink, rss, switches = _Times(), RssSampler(1.0), SwitchTimes()
+    pipe = LivePipeline(cfg, [sink, rss, switches], duration_s=seconds)
     summary = asyncio.run(pipe.run())
     t = np.asarray(sink.t)
     gaps = np.diff(t)
     median = float(np.median(gaps))
     bound = 2 * median
     per_switch = []
-    for at in pipe.recycle_times:
+    for at in switches.times:
         window = (t[1:] > at - 5) & (t[1:] < at + 5)
         per_switch.append(round(float(gaps[window].max()) * 1000, 1) if window.any() else None)
-    main = summary.rss_mb.get("main", [])
+    main = rss.rss_mb["main"]
     steady = main[len(main) // 10 :]
     growth = (statistics.median(steady[-10:]) - statistics.median(steady[:10])) / statistics.median(steady[:10])
     seqs = np.asarray(sink.seqs)

@@ -183,7 +183,7 @@ def _live_config(model: ModelConfig, source: str) -> VigilConfig:
 
 def live_summary(model: ModelConfig, source: str, seconds: float):
     """Run the live pipeline on `source` (looped, real time) for `seconds`, recording per-frame samples."""
-    from app.pipeline.runner import LivePipeline
+    from app.pipeline.live import LivePipeline
 
     pipe = LivePipeline(_live_config(model, source), [], duration_s=seconds, record_samples=True)
     return asyncio.run(pipe.run())
@@ -222,7 +222,7 @@ def bench_live(model: ModelConfig, source: str, seconds: float) -> dict:
 
 
 def bench_soak(model: ModelConfig, source: str, frames: int) -> dict:
-    from app.pipeline.runner import LivePipeline
+    from app.pipeline.live import LivePipeline
 
     cfg = _live_config(model, source)
     pipe = LivePipeline(cfg, [], max_results=frames, rss_sample_s=1.0)

@@ -20,12 +20,17 @@ class Backoff:
     def attempts(self) -> int:
         return self._attempts
 
-    def next_delay(self) -> float:
-        base = min(self.initial_s * self.factor**self._attempts, self.max_s)
-        self._attempts += 1
+    def delay_for(self, attempt: int) -> float:
+        """The delay before retry number `attempt` (0-based), in seconds, jitter included; no state changes."""
+        base = min(self.initial_s * self.factor**attempt, self.max_s)
         if self.jitter:
             base *= 1 + self._rng.uniform(-self.jitter, self.jitter)
         return min(base, self.max_s)
+
+    def next_delay(self) -> float:
+        delay = self.delay_for(self._attempts)
+        self._attempts += 1
+        return delay
 
     def reset(self) -> None:
         self._attempts = 0

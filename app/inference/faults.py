@@ -58,7 +58,13 @@ class FaultInjector:
 
     def wrap_backend(self, backend: Backend, model: ModelConfig, warmup_runs: int) -> Backend:
         """With backend_fail_after_frames: the loaded backend becomes a failing primary behind the same
-        failover that guards a TensorRT engine, with ONNX Runtime on the same model as the fallback."""
+        failover that guards a TensorRT engine, with ONNX Runtime on the same model as the fallback.
+
+        With standby_load_delay_s (set only for blue-green standbys): loading takes that much longer.
+        """
+        if self.cfg.standby_load_delay_s:
+            log.warning("fault injection: slow standby load, %.1f s more", self.cfg.standby_load_delay_s)
+            time.sleep(self.cfg.standby_load_delay_s)
         if not self.cfg.backend_fail_after_frames:
             return backend
         from app.backends import onnxruntime_backend

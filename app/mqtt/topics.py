@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
-
-from app.clock import iso_utc
-
-SCHEMA = 1
 
 
 def topic_safe(text: str) -> str:
@@ -68,16 +63,6 @@ class Topics:
         if len(parts) == 3 and parts[2] == "set" and parts[1] in ("detect", "confidence"):
             return parts[0], parts[1]
         return None
-
-
-def envelope(device_id: str, camera: str | None, **fields: object) -> dict:
-    """The fields every JSON payload carries."""
-    out: dict = {"schema": SCHEMA, "device_id": device_id}
-    if camera is not None:
-        out["camera"] = camera
-    out.update(fields)
-    out["published_at"] = iso_utc(time.time())
-    return out
 
 
 def dumps(obj: dict) -> bytes:

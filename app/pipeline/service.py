@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from app.messages import WorkerReady
     from app.pipeline.records import ResultRecord, SystemEvent
     from app.pipeline.stats import CameraStats
     from app.ring import FrameRing
@@ -33,6 +34,11 @@ class PipelineControl(Protocol):
 
     def stats_document(self) -> dict:
         """The stats message (schema 1): pipeline figures plus every service's `stats_section`."""
+        ...
+
+    @property
+    def worker_info(self) -> WorkerReady | None:
+        """The serving worker's ready message (pid, backend, labels, input size); None before the first."""
         ...
 
     def last_result_age_s(self) -> float | None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.envelope import envelope
 from app.messages import CaptureCounters, FrameResult
+from app.supervisor.sd_notify import SystemdNotifier
+
+log = logging.getLogger(__name__)
 
 
 class Rolling:
@@ -109,7 +116,8 @@ class CameraStats:
             self.captured_rate.add(frames - self._captured_seen)
         self._captured_seen = frames
 
-    def snapshot(self) -> dict:
+    def as_dict(self) -> dict:
+        """Counters, rates (per second over 5 s) and latency percentiles (ms) as the stats document shows them."""
         c = self.capture
         return {
             "camera": self.name,
@@ -135,7 +143,7 @@ class CameraStats:
         }
 
     def status_line(self) -> str:
-        s = self.snapshot()
+        s = self.as_dict()
         inf, age = s["inference_ms"], s["frame_age_ms"]
 
         def ms(v: float | None) -> str:
@@ -148,3 +156,33 @@ class CameraStats:
             + (f" | corrupt {s['frames_corrupt']}" if s["frames_corrupt"] else "")
             + ("" if s["connected"] else " | source DISCONNECTED")
         )
+
+
+def stats_document(
+    device_id: str,
+    uptime_s: float,
+    worker: dict,
+    main_rss_mb: float | None,
+    cameras: Iterable[CameraStats],
+    sections: dict[str, dict],
+) -> dict:
+    """The stats message (schema 1) of MQTT `<base>/stats` and HTTP `/api/stats`: pipeline figures, the
+    worker's, per camera, plus each service's own section (`mqtt`, `webrtc`)."""
+    per_camera = {c.name: {k: v for k, v in c.as_dict().items() if k != "camera"} for c in cameras}
+    return envelope(device_id, None, uptime_s=uptime_s, cameras=per_camera, worker=worker, main_rss_mb=main_rss_mb,
+                    **sections)  # fmt: skip
+
+
+async def status_lines(
+    interval_s: float, stats: Mapping[str, CameraStats], suffix: Callable[[], str], notifier: SystemdNotifier
+) -> None:
+    """Every `interval_s`: one status line per camera (plus `suffix()`, what serves) to the log and to
+    systemd's STATUS=. Returns at once when `interval_s` <= 0; runs until cancelled."""
+    if interval_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        lines = [s.status_line() + suffix() for s in stats.values()]
+        for line in lines:
+            log.info("%s", line)
+        notifier.status(" || ".join(lines))

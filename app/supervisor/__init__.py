@@ -1,1 +1,2 @@
-"""Keeping the service alive: systemd notification and the worker watchdog policies."""
+"""Keeping the service alive: the worker supervisor (restart, blue-green recycle), its pure policies, the
+capture watchdog, process facts (RSS, GPU memory, niceness) and systemd notification."""

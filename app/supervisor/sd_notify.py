@@ -6,9 +6,11 @@ unconditionally.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +60,16 @@ class SystemdNotifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+async def watchdog_pings(notifier: SystemdNotifier, healthy: Callable[[], bool]) -> None:
+    """Send WATCHDOG=1 every half `WatchdogSec=` while `healthy()`: a hung loop or a dead pipeline stops the
+    pings and systemd restarts the service. Returns at once when systemd set no watchdog; runs until cancelled.
+    """
+    period = (notifier.watchdog_s or 0) / 2
+    if period <= 0:
+        return
+    while True:
+        await asyncio.sleep(period)
+        if healthy():
+            notifier.watchdog()

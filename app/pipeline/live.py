@@ -1,0 +1,316 @@
+"""The live pipeline in the main process: the composition root.
+
+    capture thread per camera -> FrameRing (shared memory) -> inference worker process (spawn)
+        -> per-worker pipe -> asyncio loop here -> stages (tracking, object events) -> services
+
+The asyncio loop is the main process's spine: MQTT, HTTP/WebRTC and JSON lines live in it as services.
+Latency stays bounded by construction: the ring holds a few slots and the worker always takes the newest
+frame, so a slow detector drops (and counts) frames instead of queueing them. Keeping the worker alive is
+the supervisor's job (`app/supervisor/`); this module only wires the parts together and runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.capture.loop import CaptureLoop
+from app.config import VigilConfig
+from app.inference.worker import WorkerSpec, WorkerStartError
+from app.messages import CaptureCounters, FrameResult, SetDetection, SetThresholds, WorkerFrameError, WorkerReady
+from app.pipeline.errors import PipelineError
+from app.pipeline.fanout import ResultFanout
+from app.pipeline.records import SystemEvent, SystemEventType
+from app.pipeline.service import Service
+from app.pipeline.stats import CameraStats, stats_document, status_lines
+from app.ring import FrameRing
+from app.supervisor.capture_watchdog import CaptureWatchdog
+from app.supervisor.procinfo import rss_mb
+from app.supervisor.sd_notify import SystemdNotifier, watchdog_pings
+from app.supervisor.workers import WorkerSupervisor
+from app.tracking.stage import TrackingStage
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.25  # supervision period: stats rates, capture watchdog, worker checks, end of finite sources
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSummary:
+    """What a finished run reports: per-camera stats (`CameraStats.as_dict`), supervisor counts, exit code."""
+
+    cameras: dict[str, dict]
+    worker_restarts: int
+    worker_recycles: int
+    exit_code: int  # 0, or 3 when worker restarts exceeded the budget
+    duration_s: float
+
+
+class LivePipeline:
+    """Cameras, rings, the supervised inference worker and the services, run on one asyncio loop.
+
+    Args:
+        cfg: The whole config. `model.conf`/`model.iou` are updated by `set_thresholds` so a replacement
+            worker starts with them.
+        services: Receivers of results and events, in delivery order (JSON lines, MQTT, HTTP, bench recorders).
+        duration_s: Stop after this many seconds (None: until a signal, `request_stop` or finite sources end).
+
+    It implements `PipelineControl` for its services.
+    """
+
+    def __init__(self, cfg: VigilConfig, services: list[Service] | None = None, *, duration_s: float | None = None):
+        self.cfg = cfg
+        self.services = list(services or [])
+        self.duration_s = duration_s
+        self.rings: dict[str, FrameRing] = {}
+        self.captures: dict[str, CaptureLoop] = {}
+        self.stats: dict[str, CameraStats] = {}
+        self.tracking = TrackingStage(cfg)
+        self.fanout = ResultFanout(self.services, [self.tracking])
+        self.supervisor = WorkerSupervisor(cfg, self._worker_spec, self, self._frames_waiting)
+        self.capture_watchdog = CaptureWatchdog(cfg.watchdog.capture_timeout_s, self._on_capture_restart)
+        self.notifier = SystemdNotifier()
+        self.system_events = 0
+        self.last_system_event: dict | None = None
+        self.exit_code = 0
+        self._disabled: set[str] = set()
+        self._results = 0
+        self._started = 0.0
+        self._progress_mono = 0.0  # last result of any worker (health, systemd watchdog pings)
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- the run, in boot order ---------------------------------------------------------------
+
+    async def run(self) -> PipelineSummary:
+        """Run until stopped; returns the summary. Signals SIGINT/SIGTERM stop it cleanly.
+
+        Raises:
+            PipelineError: The first worker could not start, or a service could not (e.g. a port in use).
+        """
+        self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
+        self._install_signal_handlers()
+        try:
+            self._open_rings_and_captures()
+            for service in self.services:
+                await service.start(self)
+            try:
+                await self.supervisor.start()
+            except WorkerStartError as exc:
+                raise PipelineError(f"inference worker failed to start: {exc}") from exc
+            tasks = [
+                asyncio.create_task(self._supervise(), name="supervise"),
+                asyncio.create_task(
+                    status_lines(self.cfg.output.status_interval_s, self.stats, self._model_status, self.notifier),
+                    name="status",
+                ),
+                asyncio.create_task(watchdog_pings(self.notifier, self._results_flowing), name="sd-watchdog"),
+            ]
+            if self.duration_s is not None:
+                self._loop.call_later(self.duration_s, self.request_stop, f"duration {self.duration_s} s reached")
+            await self._stop.wait()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await self._shutdown()
+        return PipelineSummary(
+            cameras={n: s.as_dict() for n, s in self.stats.items()},
+            worker_restarts=self.supervisor.restarts,
+            worker_recycles=self.supervisor.recycles,
+            exit_code=self.exit_code,
+            duration_s=time.monotonic() - self._started,
+        )
+
+    def _install_signal_handlers(self) -> None:
+        assert self._loop is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
+
+    def _open_rings_and_captures(self) -> None:
+        for cam in self.cfg.cameras:
+            ring = FrameRing.create(cam.ring_slots, cam.max_height, cam.max_width)
+            self.rings[cam.name] = ring
+            counters = CaptureCounters()
+            self.stats[cam.name] = CameraStats(cam.name, counters)
+            loop = CaptureLoop(cam, ring, counters, write_lock=threading.Lock(), faults=self.cfg.debug.faults)
+            self.captures[cam.name] = loop
+            loop.start()
+
+    def _worker_spec(self, worker_id: int, standby: bool) -> WorkerSpec:
+        faults = self.cfg.debug.faults
+        if not standby and faults.standby_load_delay_s:
+            faults = faults.model_copy(update={"standby_load_delay_s": 0.0})
+        return WorkerSpec(
+            worker_id=worker_id,
+            model=self.cfg.model,
+            rings=tuple((name, ring.spec) for name, ring in self.rings.items()),
+            log_level=self.cfg.log_level,
+            disabled_cameras=tuple(sorted(self._disabled)),
+            faults=faults,
+            standby=standby,
+        )
+
+    async def _supervise(self) -> None:
+        """Every tick: stats rates, the worker supervisor, the capture watchdog, the end of finite sources.
+        Nothing here waits: a replace or recycle runs as the supervisor's own task."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            for s in self.stats.values():
+                s.tick()
+            if self._stop.is_set():
+                return
+            self.supervisor.check()
+            self.capture_watchdog.check(self.captures, self.rings)
+            if self.captures and all(c.finished for c in self.captures.values()):
+                # Finite sources (files without loop): stop once the newest frame has been answered.
+                done = all(self.stats[n].last_seq >= self.rings[n].latest_seq for n in self.rings)
+                idle = all(time.monotonic() - s.last_result_mono > 2.0 for s in self.stats.values())
+                if done or idle:
+                    self.request_stop("all sources finished")
+
+    def _model_status(self) -> str:
+        """` | model yolov3-tiny-coco 416x416 onnxruntime`: what serves, quoted in every status line."""
+        info = self.supervisor.info
+        if info is None:
+            return " | model loading"
+        h, w = info.imgsz
+        return f" | model {Path(self.cfg.model.path).stem} {w}x{h} {info.backend.name}"
+
+    async def _shutdown(self) -> None:
+        for cap in self.captures.values():
+            cap.stop()
+        await self.supervisor.stop()
+        for service in self.services:
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(service).__name__)
+        for cap in self.captures.values():
+            cap.join(timeout=2.0)
+        for ring in self.rings.values():
+            ring.close()
+            ring.unlink()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    # ---- what the supervisor reports (WorkerListener) -----------------------------------------
+
+    def on_worker_result(self, result: FrameResult) -> None:
+        """Count the result and deliver it through the stages to the services (stale answers are dropped)."""
+        now_ns = time.monotonic_ns()
+        self._progress_mono = time.monotonic()
+        self._results += 1
+        if self._results == 1:
+            self.notifier.ready(f"first result after {time.monotonic() - self._started:.1f} s")
+        stats = self.stats[result.camera]
+        if result.frame.seq <= stats.last_seq:
+            return  # a stale answer (e.g. from a worker being replaced): the newer one is already out
+        dropped, _ = stats.record(result, now_ns)
+        self.fanout.result(result, now_ns, dropped)
+
+    def on_worker_frame_error(self, error: WorkerFrameError) -> None:
+        """Count a frame the worker could not process."""
+        self.stats[error.camera].errors += 1
+        log.warning("worker %d: frame %d of %s failed: %s", error.worker_id, error.seq, error.camera, error.error)
+
+    def on_worker_ready(self, ready: WorkerReady) -> None:
+        """A worker serves now: stages and services learn its labels."""
+        self.fanout.model_ready(ready.names)
+
+    def on_supervisor_event(self, kind: SystemEventType, reason: str) -> None:
+        """A restart, recycle or backend change, to the log, the stats and every service."""
+        self._system_event(kind, reason)
+
+    def on_give_up(self, reason: str) -> None:
+        """Too many restarts: exit 3 so the service manager restarts Vigil."""
+        self.exit_code = 3
+        self.request_stop(reason)
+
+    def _on_capture_restart(self, camera: str, reason: str) -> None:
+        self._system_event("capture_restart", reason, camera)
+
+    def _system_event(self, kind: SystemEventType, reason: str, camera: str | None = None) -> None:
+        self.system_events += 1
+        event = SystemEvent(kind, reason, camera)
+        self.last_system_event = event.as_dict()
+        log.warning("%s%s: %s", kind, f" ({camera})" if camera else "", reason)
+        self.fanout.system_event(event)
+
+    def _frames_waiting(self) -> bool:
+        """Some camera with detection on has a frame newer than its last result."""
+        return any(
+            ring.latest_seq > self.stats[name].last_seq
+            for name, ring in self.rings.items()
+            if name not in self._disabled
+        )
+
+    def _results_flowing(self) -> bool:
+        return (
+            bool(self._results) and time.monotonic() - self._progress_mono < self.cfg.watchdog.notify_max_result_age_s
+        )
+
+    # ---- control API (PipelineControl: MQTT commands, HTTP, tests) ----------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """End the run (idempotent); `run` returns after a clean shutdown."""
+        if not self._stop.is_set():
+            log.info("stopping: %s", reason)
+            self.notifier.stopping()
+            self._stop.set()
+
+    def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
+        """Detector thresholds (0..1) for every camera, now and for any later worker."""
+        if conf is not None:
+            self.cfg.model.conf = conf  # so a replacement worker starts with it too
+        if iou is not None:
+            self.cfg.model.iou = iou
+        self.supervisor.send(SetThresholds(conf, iou))
+
+    def set_detection(self, camera: str, enabled: bool) -> None:
+        """Detection on or off for one camera; off ends its tracked objects (`end` events to the services)."""
+        (self._disabled.discard if enabled else self._disabled.add)(camera)
+        self.supervisor.send(SetDetection(camera, enabled))
+        for event in self.tracking.set_detection(camera, enabled):
+            self.fanout.event(camera, event)
+
+    def object_counts(self, camera: str) -> Mapping[str, int]:
+        """Announced tracked objects of a camera per label, plus `all`."""
+        return self.tracking.counts(camera)
+
+    @property
+    def worker_restarts(self) -> int:
+        """Workers replaced after dying or stalling, so far."""
+        return self.supervisor.restarts
+
+    @property
+    def worker_recycles(self) -> int:
+        """Blue-green recycles completed so far."""
+        return self.supervisor.recycles
+
+    @property
+    def worker_info(self) -> WorkerReady | None:
+        """The serving worker's ready message (pid, backend, labels, input size); None before the first."""
+        return self.supervisor.info
+
+    def last_result_age_s(self) -> float | None:
+        """Seconds since the newest result of any worker; None before the first."""
+        return time.monotonic() - self._progress_mono if self._progress_mono else None
+
+    def stats_document(self) -> dict:
+        """The stats message (schema 1): pipeline figures plus every service's own section."""
+        worker = self.supervisor.stats(self.cfg.model.path, self.last_system_event)
+        uptime_s = round(time.monotonic() - self._started, 1) if self._started else 0.0
+        return stats_document(self.cfg.device_id, uptime_s, worker, rss_mb(None), self.stats.values(),
+                              self.fanout.stats_sections())  # fmt: skip
