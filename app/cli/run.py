@@ -7,15 +7,11 @@ import asyncio
 import sys
 
 from app.cli.common import UsageError, add_config_args, load_config_args, positive_seconds, setup_logging
-from app.config import ConfigError, VigilConfig, dump_config
+from app.config import ConfigError, dump_config
 
 
-def _services(cfg: VigilConfig) -> list:
-    """The enabled main-loop services (MQTT, HTTP/WebRTC), imported only when configured.
-
-    Raises:
-        ConfigError: a secret file, certificate or token a service cannot use.
-    """
+def _services(cfg) -> list:
+    """The enabled main-loop services (MQTT, HTTP/WebRTC), imported only when configured."""
     services: list = []
     if cfg.mqtt.enabled:
         from app.mqtt.service import MqttService
