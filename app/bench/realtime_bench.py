@@ -469,11 +469,11 @@ def _say(msg: str) -> None:
 
 
 def bench_realtime(opts: RealtimeOptions) -> dict:
-    from app.bench.runner import _read_frames
+    from app.bench.common import read_frames
 
     base = realtime_config(opts, opts.sizes[0])
     cam_fps = camera_fps(base)
-    frames = _read_frames(str(base.cameras[0].source), min(opts.backend_frames, 30))
+    frames = read_frames(str(base.cameras[0].source), min(opts.backend_frames, 30))
     out: dict = {
         "config": opts.config,
         "model": base.model.path,

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from app.bench.common import BenchError
 from app.bench.realtime_bench import DEFAULT_CONFIG, DEFAULT_DECODE_SWEEP, DEFAULT_SWEEP
-from app.bench.runner import MODES
-from app.cli.common import setup_logging
+from app.bench.runner import MODE_NAMES
+from app.cli.common import UsageError, setup_logging
 from app.config import DEFAULT_MODEL_PATH, DEFAULT_SAMPLE_VIDEO
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the `--modes` and print their results."""
+    """Run the `--modes` and print their results; an option the bench refuses is a usage error."""
     from app.bench.runner import run_bench
 
     setup_logging(args.log_level or "warning")
-    return run_bench(args)
+    try:
+        run_bench(args)
+    except BenchError as exc:
+        raise UsageError(str(exc)) from exc
+    return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default=DEFAULT_SAMPLE_VIDEO)
     p.add_argument("--frames", type=int, default=30, help="frames per round of the backend/ultralytics/detect modes")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of those modes (fps: median)")
-    p.add_argument("--modes", default="backend,ultralytics,detect,live", help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--modes", default="backend,ultralytics,detect,live", help=f"comma list of {', '.join(MODE_NAMES)}")
     p.add_argument("--live-seconds", type=float, default=60.0)
     p.add_argument("--soak-frames", type=int, default=1000, help="results to collect in the soak mode")
     p.add_argument("--mqtt-seconds", type=float, default=20.0, help="seconds per MQTT run")
