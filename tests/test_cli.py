@@ -232,6 +232,58 @@ def test_an_unexpected_failure_is_still_one_error_line(monkeypatch, capsys) -> N
     assert err.startswith("error: check: disk on fire") and "hunter2" not in err and "Traceback" not in err
 
 
+def test_a_usage_error_is_one_error_line_and_exit_2(monkeypatch, capsys) -> None:
+    """Commands raise UsageError; main() alone prints it as `error: <message>` and exits 2."""
+    import app.cli
+    from app.cli.common import UsageError
+
+    def refuse(args) -> int:
+        raise UsageError("no frames could be read from nowhere.mp4")
+
+    parser = app.cli.build_parser()
+    monkeypatch.setattr(app.cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["check"].set_defaults(func=refuse)
+    assert app.cli.main(["check"]) == 2
+    assert capsys.readouterr().err == "error: no frames could be read from nowhere.mp4\n"
+
+
+def test_load_config_args_names_the_bad_key(monkeypatch, tmp_path: Path) -> None:
+    import argparse
+
+    from app.cli.common import UsageError, add_config_args, load_config_args
+
+    monkeypatch.chdir(tmp_path)  # with no --config, configs/default.yaml of the working directory is the config
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "default.yaml").write_text("cameras:\n  - name: porch\n    source: cam.mp4\n")
+    parser = argparse.ArgumentParser()
+    add_config_args(parser)
+    cfg = load_config_args(parser.parse_args(["--set", "model.conf=0.5"]))
+    assert cfg.cameras[0].name == "porch" and cfg.model.conf == 0.5
+    with pytest.raises(UsageError, match=r"^invalid config: configs/default\.yaml: model\.bogus: unknown key$"):
+        load_config_args(parser.parse_args(["--set", "model.bogus=1"]))
+
+
+def test_only_the_command_line_imports_it() -> None:
+    """Layering: app.cli sits on top; no module below it (engine, bench, mqtt, assets...) imports it back."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO / "app").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.startswith("app/cli/") or rel == "app/__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            if any(n == "app.cli" or n.startswith("app.cli.") for n in names):
+                offenders.append(f"{rel}:{node.lineno}")
+    assert offenders == []
+
+
 def test_detect_truncated_video(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
     data = small_video.read_bytes()
     cut = tmp_path / "cut.mp4"

@@ -14,15 +14,11 @@ import time
 
 import numpy as np
 
+from app.bench.common import live_summary, percentiles
 from app.config import ModelConfig
 
 RATIO_GOAL = 1.3
 BUDGET_MS = 16.0
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, float)
-    return {f"p{q}": round(float(np.percentile(a, q)), 2) for q in (50, 95, 99)}
 
 
 def engine_times(model: ModelConfig, frames: list[np.ndarray], rounds: int = 3) -> tuple[list[float], str]:
@@ -46,11 +42,9 @@ def engine_times(model: ModelConfig, frames: list[np.ndarray], rounds: int = 3) 
 
 
 def bench_engine(model: ModelConfig, source: str, frames: list[np.ndarray], live_seconds: float) -> dict:
-    from app.bench.runner import live_summary
-
     engine_ms, served_by = engine_times(model, frames)
-    summary = live_summary(model, source, live_seconds)
-    turn, ages = summary.picked_to_received_ms[2:], summary.frame_ages_ms[2:]  # skip the pre-steady frames
+    _, samples = live_summary(model, source, live_seconds)
+    turn, ages = samples.picked_to_received_ms[2:], samples.frame_ages_ms[2:]  # skip the pre-steady frames
     engine = percentiles(engine_ms)
     e2e = percentiles(turn)
     ratio = round(e2e["p99"] / engine["p50"], 3)

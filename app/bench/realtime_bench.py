@@ -188,7 +188,7 @@ class _Window(ServiceBase):
         self.warmup_s, self.seconds = warmup_s, seconds
         self.pipe = None
         self.first: float | None = None
-        self.start: float | None = None
+        self.window_start: float | None = None
         self.end: float | None = None
         self.samples: list[tuple[float, ...]] = []
         self.dropped = 0
@@ -212,9 +212,9 @@ class _Window(ServiceBase):
             return
         if self.first is None:
             self.first = now
-        if self.start is None:
+        if self.window_start is None:
             if now - self.first >= self.warmup_s:
-                self.start = now
+                self.window_start = now
                 self._mark(now)
             return
         lat = record.latency_ms()
@@ -226,7 +226,7 @@ class _Window(ServiceBase):
              (received_ns - r.done_mono_ns) / 1e6, lat["frame_age"])
         )  # fmt: skip
         self.dropped += record.dropped_before
-        if now - self.start >= self.seconds:
+        if now - self.window_start >= self.seconds:
             self.end = now
             self._mark(now)
             self.pipe.request_stop("bench window done")
@@ -469,11 +469,11 @@ def _say(msg: str) -> None:
 
 
 def bench_realtime(opts: RealtimeOptions) -> dict:
-    from app.bench.runner import _read_frames
+    from app.bench.common import read_frames
 
     base = realtime_config(opts, opts.sizes[0])
     cam_fps = camera_fps(base)
-    frames = _read_frames(str(base.cameras[0].source), min(opts.backend_frames, 30))
+    frames = read_frames(str(base.cameras[0].source), min(opts.backend_frames, 30))
     out: dict = {
         "config": opts.config,
         "model": base.model.path,

@@ -29,52 +29,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.bench.realtime_bench import DEFAULT_CONFIG, DEFAULT_DECODE_SWEEP, DEFAULT_SWEEP
+from app.bench.common import BenchError, _live_config, live_summary, read_frames
+from app.bench.recorders import RssSampler, StopAfterResults
 from app.bench.report import machine_info, write_markdown
-from app.config import DEFAULT_MODEL_PATH, DEFAULT_SAMPLE_VIDEO, ModelConfig, VigilConfig
+from app.config import ModelConfig
 
 log = logging.getLogger(__name__)
-
-MODES = (
-    "backend", "ultralytics", "detect", "live", "soak", "mqtt-rate", "mqtt-cost", "recycle", "leak", "preview", "int8",
-    "engine", "realtime",
-)  # fmt: skip
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL_PATH)
-    p.add_argument("--source", default=DEFAULT_SAMPLE_VIDEO)
-    p.add_argument("--frames", type=int, default=30, help="frames per round of the backend/ultralytics/detect modes")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of those modes (fps: median)")
-    p.add_argument("--modes", default="backend,ultralytics,detect,live", help=f"comma list of {', '.join(MODES)}")
-    p.add_argument("--live-seconds", type=float, default=60.0)
-    p.add_argument("--soak-frames", type=int, default=1000, help="results to collect in the soak mode")
-    p.add_argument("--mqtt-seconds", type=float, default=20.0, help="seconds per MQTT run")
-    p.add_argument("--preview-seconds", type=float, default=20.0, help="window per viewer count (preview mode)")
-    p.add_argument("--preview-rounds", type=int, default=2, help="interleaved rounds of 0/1/4 viewers")
-    p.add_argument("--recycle-seconds", type=float, default=600.0, help="length of the recycle soak")
-    p.add_argument("--recycle-every-s", type=float, default=60.0, help="periodic recycle interval in that soak")
-    p.add_argument("--threads", type=int, default=None,
-                   help="model.threads (default: 0 = all cores; realtime: the config's)")  # fmt: skip
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="the config the realtime mode runs")
-    p.add_argument("--realtime-sizes", default="416,320", help="model sizes of the realtime mode (comma list)")
-    p.add_argument("--realtime-seconds", type=float, default=20.0, help="measured window per realtime round")
-    p.add_argument("--realtime-warmup", type=float, default=2.0, help="seconds of results skipped per live run")
-    p.add_argument("--sweep", default=DEFAULT_SWEEP,
-                   help="realtime mode: THREADS:on|off (spin_wait) pairs to compare at the first size")  # fmt: skip
-    p.add_argument("--decode-sweep", default=DEFAULT_DECODE_SWEEP,
-                   help="realtime mode: file decoder threadings (PyAV TYPE[:THREADS]) to compare live")  # fmt: skip
-    p.add_argument("--sweep-seconds", type=float, default=10.0, help="window per sweep run (0 = no sweep)")
-    p.add_argument("--sweep-rounds", type=int, default=2)
-    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="S",
-                   help="realtime mode on a shared machine: wait up to S s for other processes to go quiet "
-                        "before each measurement, and repeat disturbed ones (up to --quiet-retries)")  # fmt: skip
-    p.add_argument("--quiet-retries", type=int, default=2)
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"), help="model.backend")
-    p.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"), help="TensorRT engine precision")
-    p.add_argument("--engine-dir", default="engines", help="TensorRT engine cache")
-    p.add_argument("--json", action="store_true", help="print one machine-readable JSON object")
-    p.add_argument("--markdown", default=None, metavar="FILE", help="write/replace the results section in FILE")
 
 
 def _summary(rounds: list[tuple[list[float], float, int]]) -> dict:
@@ -92,22 +52,6 @@ def _summary(rounds: list[tuple[list[float], float, int]]) -> dict:
             "p99": round(float(np.percentile(lat, 99)), 2),
         },
     }
-
-
-def _read_frames(source: str, n: int) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(source)
-    frames: list[np.ndarray] = []
-    while len(frames) < n:
-        ok, frame = cap.read()
-        if not ok:
-            if not frames:
-                raise SystemExit(f"error: cannot read frames from {source}")
-            cap.release()
-            cap = cv2.VideoCapture(source)  # loop short files
-            continue
-        frames.append(frame)
-    cap.release()
-    return frames
 
 
 def _timed(iterable: Iterable[object]) -> tuple[list[float], float, int]:
@@ -129,7 +73,7 @@ def backend_runner(model: ModelConfig, source: str, n: int) -> Runner:
     from app.inference.detector import Detector
 
     det = Detector.from_config(model)
-    tensors = [det.preprocess(f)[0] for f in _read_frames(source, n)]
+    tensors = [det.preprocess(f)[0] for f in read_frames(source, n)]
     det.warmup(2)
     return lambda: _timed(det.backend.infer(t) for t in tensors)
 
@@ -145,7 +89,7 @@ def ultralytics_runner(model: ModelConfig, source: str, n: int) -> Runner | None
 
     ultralytics_logs_to_stderr()
     yolo = YOLO(model.path, task="detect")
-    yolo.predict(_read_frames(source, 1)[0], conf=model.conf, iou=model.iou, verbose=False)
+    yolo.predict(read_frames(source, 1)[0], conf=model.conf, iou=model.iou, verbose=False)
 
     def run() -> tuple[list[float], float, int]:
         stream = yolo.predict(source, stream=True, conf=model.conf, iou=model.iou, verbose=False)
@@ -170,29 +114,10 @@ def detect_runner(model: ModelConfig, source: str, n: int) -> Runner:
     return run
 
 
-def _live_config(model: ModelConfig, source: str) -> VigilConfig:
-    return VigilConfig.model_validate(
-        {
-            "device_id": "bench",
-            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
-            "model": model.model_dump(),
-            "output": {"json_lines": False, "status_interval_s": 0},
-        }
-    )
-
-
-def live_summary(model: ModelConfig, source: str, seconds: float):
-    """Run the live pipeline on `source` (looped, real time) for `seconds`, recording per-frame samples."""
-    from app.pipeline.live import LivePipeline
-
-    pipe = LivePipeline(_live_config(model, source), [], duration_s=seconds, record_samples=True)
-    return asyncio.run(pipe.run())
-
-
 def bench_live(model: ModelConfig, source: str, seconds: float) -> dict:
-    summary = live_summary(model, source, seconds)
+    summary, samples = live_summary(model, source, seconds)
     cam = summary.cameras["bench"]
-    ages, inf = summary.frame_ages_ms[2:], summary.inference_ms[2:]  # skip the first, pre-steady frames
+    ages, inf = samples.frame_ages_ms[2:], samples.inference_ms[2:]  # skip the first, pre-steady frames
     cap = cv2.VideoCapture(source)
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     cap.release()
@@ -225,13 +150,14 @@ def bench_soak(model: ModelConfig, source: str, frames: int) -> dict:
     from app.pipeline.live import LivePipeline
 
     cfg = _live_config(model, source)
-    pipe = LivePipeline(cfg, [], max_results=frames, rss_sample_s=1.0)
+    rss = RssSampler(1.0)
+    pipe = LivePipeline(cfg, [StopAfterResults(frames), rss])
     summary = asyncio.run(pipe.run())
     out: dict = {
         "frames_processed": summary.cameras["bench"]["frames_processed"],
         "seconds": round(summary.duration_s, 1),
     }
-    for proc, samples in summary.rss_mb.items():
+    for proc, samples in rss.rss_mb.items():
         steady = samples[len(samples) // 10 :]  # after warm-up
         if len(steady) < 2:
             continue
@@ -246,99 +172,7 @@ def bench_soak(model: ModelConfig, source: str, frames: int) -> dict:
     return out
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        print(f"error: unknown mode(s) {sorted(unknown)}; choose from {MODES}", file=sys.stderr)
-        return 2
-    for p in (args.model, args.source):
-        if not Path(p).is_file():
-            print(f"error: {p} does not exist (run `vigil assets fetch`)", file=sys.stderr)
-            return 2
-    if "realtime" in modes:
-        from app.bench.realtime_bench import parse_decode_sweep, parse_sweep
-
-        if not Path(args.config).is_file():
-            print(f"error: config {args.config} does not exist", file=sys.stderr)
-            return 2
-        try:
-            parse_sweep(args.sweep)
-            parse_decode_sweep(args.decode_sweep)
-            if not [int(s) for s in args.realtime_sizes.split(",") if s.strip()]:
-                raise ValueError("--realtime-sizes is empty")
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    threads = 0 if args.threads is None else args.threads
-    model = ModelConfig(path=args.model, threads=threads, backend=args.backend, precision=args.precision,
-                        engine_dir=args.engine_dir)  # fmt: skip
-    results: dict = {"machine": machine_info(), "model": args.model, "source": args.source, "modes": {}}
-    # The pipeline modes first, in a process that has loaded nothing else (main-process RSS is real).
-    if "realtime" in modes:
-        results["modes"]["realtime"] = _announce("realtime", _bench_realtime(args))
-    if "live" in modes:
-        results["modes"]["live"] = _announce("live", bench_live(model, args.source, args.live_seconds))
-    if "soak" in modes:
-        results["modes"]["soak"] = _announce("soak", bench_soak(model, args.source, args.soak_frames))
-    if "recycle" in modes or "leak" in modes:
-        from app.bench.recycle_bench import bench_recycle
-
-        if "recycle" in modes:
-            results["modes"]["recycle"] = _announce(
-                "recycle", bench_recycle(model, args.source, args.recycle_seconds, args.recycle_every_s)
-            )
-        if "leak" in modes:
-            results["modes"]["leak"] = _announce("leak", bench_recycle(model, args.source, 90, 0, leak_mb=2.0))
-    if "engine" in modes:
-        from app.bench.engine_bench import bench_engine
-
-        results["modes"]["engine"] = _announce(
-            "engine", bench_engine(model, args.source, _read_frames(args.source, args.frames), args.live_seconds)
-        )
-    if "int8" in modes:
-        from app.bench.int8_bench import bench_int8
-
-        results["modes"]["int8"] = _announce("int8", bench_int8(model, args.source))
-    if "preview" in modes:
-        from app.bench.preview_bench import bench_preview
-
-        results["modes"]["preview"] = _announce(
-            "preview", bench_preview(model, args.source, args.preview_seconds, args.preview_rounds)
-        )
-    if "mqtt-rate" in modes:
-        from app.bench.mqtt_bench import bench_mqtt_rate
-
-        results["modes"]["mqtt-rate"] = _announce("mqtt-rate", bench_mqtt_rate(args.mqtt_seconds))
-    if "mqtt-cost" in modes:
-        from app.bench.mqtt_bench import bench_mqtt_cost
-
-        results["modes"]["mqtt-cost"] = _announce(
-            "mqtt-cost", bench_mqtt_cost(model, args.source, args.mqtt_seconds, args.rounds)
-        )
-    factories = {"backend": backend_runner, "ultralytics": ultralytics_runner, "detect": detect_runner}
-    runners = {m: factories[m](model, args.source, args.frames) for m in factories if m in modes}
-    runners = {m: r for m, r in runners.items() if r is not None}
-    rounds: dict[str, list] = {m: [] for m in runners}
-    for i in range(args.rounds):  # interleaved, so drift of a noisy machine hits every mode alike
-        for m, run in runners.items():
-            rounds[m].append(run())
-            print(f"bench: round {i + 1}/{args.rounds} {m}: {rounds[m][-1][2] / rounds[m][-1][1]:.3f} fps",
-                  file=sys.stderr)  # fmt: skip
-    for m, r in rounds.items():
-        results["modes"][m] = _announce(m, _summary(r))
-    results["ratios"] = _ratios(results["modes"])
-    if args.json:
-        print(json.dumps(results, indent=1))
-    else:
-        _print_table(results)
-    if args.markdown:
-        write_markdown(Path(args.markdown), results)
-        print(f"bench: wrote {args.markdown}", file=sys.stderr)
-    return 0
-
-
-def _bench_realtime(args: argparse.Namespace) -> dict:
+def _bench_realtime(model: ModelConfig, args: argparse.Namespace) -> dict:
     from app.bench.realtime_bench import RealtimeOptions, bench_realtime, parse_decode_sweep, parse_sweep
 
     opts = RealtimeOptions(
@@ -359,6 +193,140 @@ def _bench_realtime(args: argparse.Namespace) -> dict:
         threads=args.threads,
     )
     return bench_realtime(opts)
+
+
+def _bench_recycle(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.recycle_bench import bench_recycle
+
+    return bench_recycle(model, args.source, args.recycle_seconds, args.recycle_every_s)
+
+
+def _bench_leak(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.recycle_bench import bench_recycle
+
+    return bench_recycle(model, args.source, 90, 0, leak_mb=2.0)
+
+
+def _bench_engine(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.engine_bench import bench_engine
+
+    return bench_engine(model, args.source, read_frames(args.source, args.frames), args.live_seconds)
+
+
+def _bench_int8(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.int8_bench import bench_int8
+
+    return bench_int8(model, args.source)
+
+
+def _bench_preview(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.preview_bench import bench_preview
+
+    return bench_preview(model, args.source, args.preview_seconds, args.preview_rounds)
+
+
+def _bench_mqtt_rate(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.mqtt_bench import bench_mqtt_rate
+
+    return bench_mqtt_rate(args.mqtt_seconds)
+
+
+def _bench_mqtt_cost(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.mqtt_bench import bench_mqtt_cost
+
+    return bench_mqtt_cost(model, args.source, args.mqtt_seconds, args.rounds)
+
+
+Mode = Callable[[ModelConfig, argparse.Namespace], dict]
+"""A mode run once: the model config and the `vigil bench` options in, its JSON-able result out."""
+
+RunnerFactory = Callable[[ModelConfig, str, int], Runner | None]
+"""A mode timed in rounds: (model, source, frames per round) -> the round to repeat, or None to skip it."""
+
+ROUND_MODES: dict[str, RunnerFactory] = {
+    "backend": backend_runner,
+    "ultralytics": ultralytics_runner,
+    "detect": detect_runner,
+}
+"""The modes timed in interleaved rounds on the same frames, after the others (so that drift of a noisy machine
+hits every one of them alike)."""
+
+MODES: dict[str, Mode] = {
+    "realtime": _bench_realtime,
+    "live": lambda model, args: bench_live(model, args.source, args.live_seconds),
+    "soak": lambda model, args: bench_soak(model, args.source, args.soak_frames),
+    "recycle": _bench_recycle,
+    "leak": _bench_leak,
+    "engine": _bench_engine,
+    "int8": _bench_int8,
+    "preview": _bench_preview,
+    "mqtt-rate": _bench_mqtt_rate,
+    "mqtt-cost": _bench_mqtt_cost,
+}
+"""The modes run once each, in this order, before the round modes: the pipeline modes first, in a process that
+has loaded nothing else (main-process RSS is real)."""
+
+MODE_NAMES = (*ROUND_MODES, *MODES)
+"""Every mode `--modes` accepts."""
+
+
+def _check_args(args: argparse.Namespace, modes: list[str]) -> None:
+    """Refuse what the bench cannot run before running anything (raises BenchError)."""
+    unknown = set(modes) - set(MODE_NAMES)
+    if unknown:
+        raise BenchError(f"unknown mode(s) {sorted(unknown)}; choose from {MODE_NAMES}")
+    for p in (args.model, args.source):
+        if not Path(p).is_file():
+            raise BenchError(f"{p} does not exist (run `vigil assets fetch`)")
+    if "realtime" in modes:
+        from app.bench.realtime_bench import parse_decode_sweep, parse_sweep
+
+        if not Path(args.config).is_file():
+            raise BenchError(f"config {args.config} does not exist")
+        try:
+            parse_sweep(args.sweep)
+            parse_decode_sweep(args.decode_sweep)
+            if not [int(s) for s in args.realtime_sizes.split(",") if s.strip()]:
+                raise ValueError("--realtime-sizes is empty")
+        except ValueError as exc:
+            raise BenchError(str(exc)) from exc
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    """Run the `--modes` of `vigil bench` (options as `app.cli.bench` parses them), print the results (a table,
+    or JSON with `--json`), write the `--markdown` section, and return the results.
+
+    Raises:
+        BenchError: an unknown mode, a missing model, source or config, a bad sweep, an unreadable source.
+    """
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    _check_args(args, modes)
+    threads = 0 if args.threads is None else args.threads
+    model = ModelConfig(path=args.model, threads=threads, backend=args.backend, precision=args.precision,
+                        engine_dir=args.engine_dir)  # fmt: skip
+    results: dict = {"machine": machine_info(), "model": args.model, "source": args.source, "modes": {}}
+    for name, mode in MODES.items():
+        if name in modes:
+            results["modes"][name] = _announce(name, mode(model, args))
+    runners = {m: factory(model, args.source, args.frames) for m, factory in ROUND_MODES.items() if m in modes}
+    runners = {m: r for m, r in runners.items() if r is not None}
+    rounds: dict[str, list] = {m: [] for m in runners}
+    for i in range(args.rounds):  # interleaved, so drift of a noisy machine hits every mode alike
+        for m, run in runners.items():
+            rounds[m].append(run())
+            print(f"bench: round {i + 1}/{args.rounds} {m}: {rounds[m][-1][2] / rounds[m][-1][1]:.3f} fps",
+                  file=sys.stderr)  # fmt: skip
+    for m, r in rounds.items():
+        results["modes"][m] = _announce(m, _summary(r))
+    results["ratios"] = _ratios(results["modes"])
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        _print_table(results)
+    if args.markdown:
+        write_markdown(Path(args.markdown), results)
+        print(f"bench: wrote {args.markdown}", file=sys.stderr)
+    return results
 
 
 def _announce(mode: str, res: dict) -> dict:

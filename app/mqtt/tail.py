@@ -1,14 +1,14 @@
-"""`vigil mqtt tail`: watch what the appliance publishes, one readable line per message."""
+"""`vigil mqtt tail`: watch what the appliance publishes, one readable line per message.
+
+The command line (`app.cli.mqtt`) parses the options; this module connects, prints and says why it ended."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import threading
 from datetime import datetime
 
-from app.cli_types import positive_int, positive_seconds
 from app.config import VigilConfig
 
 
@@ -35,14 +35,20 @@ def render(topic: str, payload: bytes, retained: bool) -> str:
     return f"{stamp} {topic}{flag} {body}"
 
 
-def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
+class TailError(Exception):
+    """Why the tail ended other than as asked, phrased for the user (the CLI prints it as its `error:` line)."""
 
 
 def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float | None, out=sys.stdout) -> int:
-    """0 once --count messages arrived, --timeout passed or Ctrl-C came after the broker accepted us; anything
-    that ends it otherwise (refused, unreachable, TLS, connection lost, no answer) is one `error:` line, 2."""
+    """Print the messages of `topics` (default: `<base>/#`) on `cfg`'s broker to `out`, one line each.
+
+    Returns normally once `count` messages arrived, `timeout` seconds passed or Ctrl-C came after the broker
+    accepted us, with the number of messages printed.
+
+    Raises:
+        TailError: anything that ends it otherwise (bad TLS/password config, refused, unreachable, TLS
+            handshake, subscription refused, connection lost, no answer within `timeout`).
+    """
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -61,9 +67,9 @@ def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float 
             client.tls_set(ca_certs=m.tls.ca_file, certfile=m.tls.cert_file, keyfile=m.tls.key_file)
             client.tls_insecure_set(m.tls.insecure)
     except MqttConfigError as exc:
-        return _fail(f"invalid config: {exc}")
+        raise TailError(f"invalid config: {exc}") from exc
     except (OSError, ValueError) as exc:  # a certificate or key file ssl cannot use
-        return _fail(f"invalid config: mqtt.tls: {exc}")
+        raise TailError(f"invalid config: mqtt.tls: {exc}") from exc
     seen = 0
     done = threading.Event()
     accepted = threading.Event()
@@ -118,7 +124,7 @@ def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float 
     try:
         client.connect(m.host, m.port)
     except OSError as exc:  # refused, unreachable, unknown host, TLS handshake or certificate
-        return _fail(f"cannot connect to {where}: {connect_error_text(exc)}")
+        raise TailError(f"cannot connect to {where}: {connect_error_text(exc)}") from exc
 
     def network() -> None:
         # paho's own loop thread dies silently on an exception (in a callback or the protocol): run the
@@ -139,23 +145,6 @@ def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float 
     done.set()  # from here on our own disconnect is no failure
     client.disconnect()
     thread.join(5)
-    return _fail(failure[0]) if failure else 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction, load) -> None:
-    p = subparsers.add_parser("mqtt", help="MQTT tools")
-    sub = p.add_subparsers(dest="mqtt_command", required=True, metavar="ACTION")
-    t = sub.add_parser("tail", help="subscribe to the appliance's topics and print them readably")
-    t.add_argument("--config", "-c", default=None)
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--topic", action="append", default=[], help="topic filter (default: <base>/#)")
-    t.add_argument("--count", type=positive_int, default=None, help="exit after N messages")
-    t.add_argument("--timeout", type=positive_seconds, default=None, help="exit after S seconds")
-
-    def run(args: argparse.Namespace) -> int:
-        cfg = load(args)
-        if isinstance(cfg, int):
-            return cfg
-        return tail(cfg, args.topic, args.count, args.timeout)
-
-    t.set_defaults(func=run)
+    if failure:
+        raise TailError(failure[0])
+    return seen

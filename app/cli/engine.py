@@ -1,5 +1,6 @@
 """`vigil engine build` (ONNX -> validated, cached TensorRT engine, on the device itself) and
-`vigil engine calibrate` (INT8 Q/DQ ONNX with an accuracy gate)."""
+`vigil engine calibrate` (INT8 Q/DQ ONNX with an accuracy gate), and `vigil engine ensure` (what
+vigil-engine.service runs). The work is `app.engine`'s; these commands choose the inputs and report."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from app.cli.common import DEFAULT_CONFIG, UsageError, add_config_args, load_config_args
 from app.config import DEFAULT_MODEL_PATH, DEFAULT_SAMPLE_VIDEO
 from app.engine.calibrate import DEFAULT_RECIPE, PLACEMENTS
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    """Build, validate and cache a TensorRT engine for this GPU; prints its path."""
     from app.engine.builder import BuildOptions, EngineBuildError, build_engine
     from app.engine.calibrate import evenly_spaced_frames
 
@@ -21,15 +24,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     except ValueError:
         frames = []
     if not frames:
-        print(f"error: no frames could be read from {args.source}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no frames could be read from {args.source}")
     legacy = Path("calibration") / args.legacy_calibrator if args.legacy_calibrator else None
     opts = BuildOptions(args.precision, args.imgsz, args.workspace_mb, args.dla_core, legacy)
     try:
         engine = build_engine(Path(args.model), Path(args.engine_dir), opts, frames)
     except EngineBuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from exc
     print(engine)
     return 0
 
@@ -39,14 +40,11 @@ def cmd_ensure(args: argparse.Namespace) -> int:
     when the TensorRT path is wanted and possible; a CPU box or an ONNX Runtime config has nothing to do."""
     from app.backends import ENGINE_SUFFIXES, cached_engine
     from app.backends.tensorrt import tensorrt_available
-    from app.cli import _fail, _load
     from app.engine.builder import BuildOptions, EngineBuildError, build_engine
     from app.engine.cache import CacheMiss
     from app.engine.calibrate import evenly_spaced_frames
 
-    cfg = _load(args)
-    if isinstance(cfg, int):
-        return cfg
+    cfg = load_config_args(args)
     m = cfg.model
     if m.backend == "onnxruntime" or Path(m.path).suffix in ENGINE_SUFFIXES:
         print(f"ok: nothing to build (model.backend {m.backend}, model.path {m.path})")
@@ -54,7 +52,7 @@ def cmd_ensure(args: argparse.Namespace) -> int:
     usable, why = tensorrt_available()
     if not usable:
         if m.backend == "tensorrt":
-            return _fail(f"model.backend tensorrt, but {why}")
+            raise UsageError(f"model.backend tensorrt, but {why}")
         print(f"ok: no engine needed: ONNX Runtime will serve ({why})")
         return 0
     try:
@@ -69,23 +67,20 @@ def cmd_ensure(args: argparse.Namespace) -> int:
         print(f"ok: built {cached_engine(m)}")  # looked up again: only a validated engine counts
     except (EngineBuildError, CacheMiss) as exc:
         if m.backend == "tensorrt":
-            return _fail(f"no usable TensorRT engine: {exc}")
+            raise UsageError(f"no usable TensorRT engine: {exc}") from exc
         print(f"ok: ONNX Runtime will serve: the engine build did not give a usable engine ({exc})")
         return 0
     return 0
 
 
-def _calibration_source(args: argparse.Namespace) -> tuple[str | int, str] | int:
+def _calibration_source(args: argparse.Namespace) -> tuple[str | int, str]:
     """Where `vigil engine calibrate` takes frames from when it has none: the configured camera (cameras[0] of
     --config, or of the default config when present, through the normal loader), else the sample video."""
-    from app.cli import DEFAULT_CONFIG, _load
     from app.config import redact_url
 
     if args.config is None and not Path(DEFAULT_CONFIG).is_file():
         return DEFAULT_SAMPLE_VIDEO, f"the sample video {DEFAULT_SAMPLE_VIDEO} (no {DEFAULT_CONFIG} here)"
-    cfg = _load(args)
-    if isinstance(cfg, int):
-        return cfg
+    cfg = load_config_args(args)
     cam = cfg.cameras[0]
     where = args.config or DEFAULT_CONFIG
     return cam.source, f"the configured camera source ({where}, cameras[0] {cam.name}: {redact_url(str(cam.source))})"
@@ -126,13 +121,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
     out_dir = Path("calibration") / args.name
     if args.from_video and not _extract(args.from_video, args.frames, out_dir, str(args.from_video)):
-        return 2
+        return 2  # _extract said why
     frames = load_frames(out_dir)
     if len(frames) < 10 and not args.from_video:
-        picked = _calibration_source(args)
-        if isinstance(picked, int):
-            return picked
-        source, what = picked
+        source, what = _calibration_source(args)
         print(f"vigil engine: {out_dir} has {len(frames)} frames: extracting up to {args.frames} from {what}",
               file=sys.stderr)  # fmt: skip
         got = _extract(source, args.frames, out_dir, what)
@@ -143,8 +135,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             _extract(DEFAULT_SAMPLE_VIDEO, args.frames, out_dir, f"the sample video {DEFAULT_SAMPLE_VIDEO}")
         frames = load_frames(out_dir)
     if len(frames) < 10:
-        print(f"error: {out_dir} has {len(frames)} frames; extract some with --from-video", file=sys.stderr)
-        return 2
+        raise UsageError(f"{out_dir} has {len(frames)} frames; extract some with --from-video")
     every = max(2, args.holdout_every)
     held = frames[every - 1 :: every]
     calib = [f for i, f in enumerate(frames) if i % every != every - 1]
@@ -198,7 +189,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
         Path(str(path) + ".json").write_text(json.dumps(reports[target], indent=1))
         print(json.dumps(reports[target]))
-        if not ok:
+        if not ok:  # said here, not raised: the other target is still gated and reported, then exit 2
             print(f"error: the {target} INT8 model failed the accuracy gate (F1 {a.f1:.3f}, confidence shift "
                   f"{a.mean_confidence_shift:.3f}); do not deploy it: try more in-domain frames, another --method, "
                   "or more float layers (--float-modules, --keep-first-convs)", file=sys.stderr)  # fmt: skip
@@ -236,7 +227,8 @@ def _modules(text: str) -> tuple[int, ...] | str:
         raise argparse.ArgumentTypeError(f"expected module numbers, auto, head-feeders or none, not {text!r}") from None
 
 
-def add_cli(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add `engine build`, `engine ensure` and `engine calibrate` to the `vigil` subcommands."""
     e = sub.add_parser("engine", help="TensorRT engines (needs the `gpu` extra or JetPack)")
     esub = e.add_subparsers(dest="engine_cmd", required=True)
     b = esub.add_parser("build", help="build, validate and cache a TensorRT engine for this GPU")
@@ -254,8 +246,7 @@ def add_cli(sub) -> None:
     b.add_argument("--frames", type=int, default=100, help="validation frames")
     b.set_defaults(func=cmd_build)
     n = esub.add_parser("ensure", help="build the configured model's engine if TensorRT wants one and none is cached")
-    n.add_argument("--config", "-c", default=None)
-    n.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_args(n)
     n.add_argument("--source", default=DEFAULT_SAMPLE_VIDEO, help="video for the validation frames")
     n.add_argument("--frames", type=int, default=100, help="validation frames")
     n.set_defaults(func=cmd_ensure)
@@ -268,8 +259,7 @@ def add_cli(sub) -> None:
     c.add_argument("--imgsz", type=int, default=None,
                    help="input size of a dynamic model (default: the model's own, from its metadata)")  # fmt: skip
     c.add_argument("--from-video", default=None, help="extract frames from this video into calibration/<name>/")
-    c.add_argument("--config", "-c", default=None, help="config whose cameras[0] gives frames when there are none")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    add_config_args(c, config_help="config whose cameras[0] gives frames when there are none")
     c.add_argument("--frames", type=int, default=500, help="frames to extract (every --holdout-every-th is held out)")
     c.add_argument("--name", default="default", help="calibration set name (calibration/<name>/)")
     c.add_argument("--target", choices=("both", "tensorrt", "cpu"), default="both",

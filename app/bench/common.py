@@ -1,0 +1,64 @@
+"""What several `vigil bench` modes share: the bench error, frames read from the source, the live pipeline run
+on the bench config, and latency percentiles. Mode modules import from here, never from each other."""
+
+from __future__ import annotations
+
+import asyncio
+
+import cv2
+import numpy as np
+
+from app.bench.recorders import SampleRecorder
+from app.config import ModelConfig, VigilConfig
+from app.pipeline.live import LivePipeline, PipelineSummary
+
+
+class BenchError(ValueError):
+    """The bench cannot run as asked (unknown mode, missing file, bad option, unreadable source); the message
+    is phrased for the user (the CLI prints it as its `error:` line)."""
+
+
+def read_frames(source: str, n: int) -> list[np.ndarray]:
+    """The first `n` frames of `source` (BGR, HxWx3 uint8), looping a file shorter than that.
+
+    Raises:
+        BenchError: `source` gave no frame at all.
+    """
+    cap = cv2.VideoCapture(source)
+    frames: list[np.ndarray] = []
+    while len(frames) < n:
+        ok, frame = cap.read()
+        if not ok:
+            if not frames:
+                raise BenchError(f"cannot read frames from {source}")
+            cap.release()
+            cap = cv2.VideoCapture(source)  # loop short files
+            continue
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def _live_config(model: ModelConfig, source: str) -> VigilConfig:
+    """One camera `bench` on `source`, looped at its real rate, no JSON lines and no status line."""
+    return VigilConfig.model_validate(
+        {
+            "device_id": "bench",
+            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+            "model": model.model_dump(),
+            "output": {"json_lines": False, "status_interval_s": 0},
+        }
+    )
+
+
+def live_summary(model: ModelConfig, source: str, seconds: float) -> tuple[PipelineSummary, SampleRecorder]:
+    """Run the live pipeline on `source` (looped, real time) for `seconds`; its summary and per-frame samples."""
+    samples = SampleRecorder()
+    pipe = LivePipeline(_live_config(model, source), [samples], duration_s=seconds)
+    return asyncio.run(pipe.run()), samples
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p95 and p99 of `values` (ms), rounded to 0.01."""
+    a = np.asarray(values, float)
+    return {f"p{q}": round(float(np.percentile(a, q)), 2) for q in (50, 95, 99)}

@@ -1,0 +1,55 @@
+"""`vigil` command line. Results go to stdout, logs to stderr, errors are one clear line (exit 2).
+
+Each subcommand group lives in its own module (`run`, `detect`, `bench`, `export`, `assets`, `engine`, `mqtt`)
+with `add_parser(sub)` and its `cmd_*` functions. Commands raise `UsageError` for anything the user must fix;
+`main` is the one place that prints `error: ...` and picks the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from app import __version__
+from app.cli import assets, bench, detect, engine, export, mqtt, run
+from app.cli.common import UsageError
+from app.config import redact_url
+
+log = logging.getLogger("vigil")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `vigil` parser: every subcommand sets `func`, which takes the parsed args and returns the exit status."""
+    p = argparse.ArgumentParser(prog="vigil", description="Real-time object detection for camera appliances.")
+    p.add_argument("--version", action="version", version=f"vigil {__version__}")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (run, detect, bench, export, assets, engine, mqtt):
+        group.add_parser(sub)
+    return p
+
+
+def _error(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `vigil` with `argv` (default: the process's). Returns the exit status: 0, 2 for any error, 130 on Ctrl-C."""
+    # FFmpeg inside OpenCV prints its own errors ("moov atom not found") to stderr; ours say it better.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")  # decode errors are ours to report
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        return _error(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last line of defence: no command ends in a traceback
+        log.debug("%s failed", args.command, exc_info=True)
+        detail = redact_url(str(exc)) or type(exc).__name__
+        return _error(f"{args.command}: {detail} ({type(exc).__name__}; --log-level debug shows where)")
