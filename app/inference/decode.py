@@ -16,7 +16,7 @@ from enum import Enum
 
 import numpy as np
 
-from app.inference.preprocess import LetterboxGeometry
+from app.letterbox import LetterboxGeometry
 from app.messages import Detections
 
 MAX_WH = 7680  # class offset for class-aware NMS; larger than any input side

@@ -14,7 +14,7 @@ from app.backends.base import StagedFrame
 from app.config import ModelConfig
 from app.inference.decode import DecodeParams, YoloDecoder
 from app.inference.model_info import ModelInfo, ModelShapeError
-from app.inference.preprocess import LetterboxGeometry, Preprocessor, check_frame
+from app.letterbox import LetterboxGeometry, Preprocessor, check_frame
 from app.messages import BackendState, Detections, StageTimings
 
 log = logging.getLogger(__name__)
