@@ -12,7 +12,6 @@ import logging
 import ssl
 import sys
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -20,6 +19,7 @@ from aiohttp import web
 from app.config import ConfigError, VigilConfig, redact
 from app.messages import FrameResult
 from app.pipeline.runner import PipelineError
+from app.secret_files import read_secret_file
 from app.web import ice
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
 from app.web.encoder import EncodedFrame, PreviewEncoder
@@ -40,13 +40,6 @@ class HttpConfigError(ConfigError):
     pass
 
 
-def _read_secret(path: str, key: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise HttpConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
-
-
 class WebService:
     def __init__(self, cfg: VigilConfig) -> None:
         self.cfg = cfg
@@ -56,7 +49,7 @@ class WebService:
         except TokenError as exc:
             raise HttpConfigError(str(exc)) from exc
         self.ice_credentials = {
-            i: _read_secret(s.credential_file, f"http.ice_servers.{i}.credential_file")
+            i: read_secret_file(s.credential_file, f"http.ice_servers.{i}.credential_file")
             for i, s in enumerate(self.hcfg.ice_servers) if s.credential_file
         }  # fmt: skip
         self.ssl_context: ssl.SSLContext | None = None
