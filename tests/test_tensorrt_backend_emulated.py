@@ -18,7 +18,7 @@ from app.backends.tensorrt import TensorRTBackend, use_zero_copy
 from app.config import ModelConfig
 from app.engine.calibrate import evenly_spaced_frames
 from app.inference.detector import Detector
-from app.messages import Detections
+from app.types import Detections
 
 
 @pytest.fixture(scope="module")

@@ -207,7 +207,7 @@ def test_explicit_backends_fail_clearly(tiny_model: Path, tmp_path: Path) -> Non
 
 def test_agreement_f1_and_confidence_shift() -> None:
     from app.engine.agreement import agreement
-    from app.messages import Detections
+    from app.types import Detections
 
     def dets(rows):
         a = np.asarray(rows, np.float32).reshape(-1, 6)

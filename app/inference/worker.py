@@ -20,18 +20,17 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from app.config import FaultsConfig, ModelConfig
-from app.messages import (
+from app.inference.protocol import (
     BackendChanged,
-    FrameResult,
     SetDetection,
     SetThresholds,
-    StageTimings,
     StopWorker,
     WorkerFailed,
     WorkerFrameError,
     WorkerReady,
 )
 from app.ring import FrameRing, FrameView, RingSpec
+from app.types import FrameResult, StageTimings
 
 if TYPE_CHECKING:
     from app.inference.detector import Detector

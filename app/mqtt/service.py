@@ -17,12 +17,12 @@ import numpy as np
 from app.clock import iso_utc
 from app.colors import class_color_bgr
 from app.config import VigilConfig
-from app.messages import Detections, FrameResult
 from app.mqtt.discovery import discovery_messages
 from app.mqtt.link import MqttLink
 from app.mqtt.topics import Topics, dumps, envelope
 from app.tracking.iou_tracker import IouTracker
 from app.tracking.objects import ObjectEvent, ObjectLifecycle
+from app.types import Detections, FrameResult
 
 if TYPE_CHECKING:
     from app.pipeline.runner import LivePipeline

@@ -17,7 +17,7 @@ import numpy as np
 from app.capture.sources import Frame, FrameSource
 from app.inference.detector import Detector
 from app.letterbox import LetterboxGeometry
-from app.messages import Detections, StageTimings
+from app.types import Detections, StageTimings
 
 _END = object()
 

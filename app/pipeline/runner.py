@@ -27,11 +27,8 @@ import psutil
 
 from app.capture.loop import CaptureLoop
 from app.config import VigilConfig
-from app.inference.worker import WorkerHandle, WorkerSpec, WorkerStartError
-from app.messages import (
+from app.inference.protocol import (
     BackendChanged,
-    CaptureCounters,
-    FrameResult,
     SetDetection,
     SetThresholds,
     StartServing,
@@ -40,11 +37,13 @@ from app.messages import (
     WorkerFrameError,
     WorkerReady,
 )
+from app.inference.worker import WorkerHandle, WorkerSpec, WorkerStartError
 from app.mqtt.topics import envelope
 from app.pipeline.sinks import Sink, result_record
 from app.pipeline.stats import CameraStats
 from app.ring import FrameRing
 from app.supervisor.sd_notify import SystemdNotifier
+from app.types import CaptureCounters, FrameResult
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from app.clock import iso_utc
-from app.messages import FrameResult
+from app.types import FrameResult
 
 
 def result_record(r: FrameResult, names: dict[int, str], received_mono_ns: int, dropped_before: int) -> dict:

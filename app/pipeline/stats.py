@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.messages import CaptureCounters, FrameResult
+from app.types import CaptureCounters, FrameResult
 
 
 class Rolling:

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.messages import FrameResult
+from app.types import FrameResult
 
 # Seconds. Stages on CPU run 1-400 ms; on a GPU engine 1-20 ms: both ends need resolution.
 STAGE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.016, 0.025, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 2.5)

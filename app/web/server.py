@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from app.config import ConfigError, VigilConfig, redact
-from app.messages import FrameResult
 from app.pipeline.runner import PipelineError
 from app.secret_files import read_secret_file
+from app.types import FrameResult
 from app.web import ice
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
 from app.web.encoder import EncodedFrame, PreviewEncoder
