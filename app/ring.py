@@ -29,7 +29,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from app.messages import FrameMeta
+from app.types import FrameMeta
 
 log = logging.getLogger(__name__)
 

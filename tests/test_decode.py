@@ -16,7 +16,7 @@ from app.inference.decode import (
     nms,
     resolve_nms_roles,
 )
-from app.inference.preprocess import LetterboxGeometry
+from app.letterbox import LetterboxGeometry
 
 
 def dense(rows: list[list[float]], anchors: int = 20, nc: int = 2) -> np.ndarray:

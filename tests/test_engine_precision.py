@@ -18,7 +18,7 @@ from app.engine.calibrate import evenly_spaced_frames, quantize
 from app.engine.legacy_calibrator import CalibrationBatches, CalibrationCache, entropy_calibrator
 from app.engine.precision import PrecisionError, fp16_onnx, is_qdq, plan_precision
 from app.inference.detector import Detector
-from app.inference.preprocess import Preprocessor
+from app.letterbox import Preprocessor
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from cuda_emulation import run_host_kernel
 
 from app.backends.gpu_preprocess import ARG_TYPES, KERNEL_SOURCE_PATH, PAD, GpuLetterbox, LetterboxLaunch
 from app.engine.calibrate import evenly_spaced_frames
-from app.inference.preprocess import LetterboxGeometry, Preprocessor
+from app.letterbox import LetterboxGeometry, Preprocessor
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from app.config import ModelConfig
 from app.inference.decode import DecodeParams, OutputLayout, YoloDecoder
 from app.inference.detector import Detector
 from app.inference.model_info import ModelInfo, ModelShapeError, anchor_counts, round_to_stride
-from app.messages import Detections
+from app.types import Detections
 
 FRAMES = (40, 80, 120)  # frames of the sample video where the default model sees people
 ONE = {0: "person"}

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app.inference.preprocess import PAD_VALUE, LetterboxGeometry, Preprocessor
+from app.letterbox import PAD_VALUE, LetterboxGeometry, Preprocessor
 
 
 def reference_letterbox(img: np.ndarray, new: int = 640) -> np.ndarray:

@@ -13,12 +13,12 @@ import onnxruntime as ort
 import pytest
 from cuda_emulation import Emulator, HostLetterbox
 
+from app.backends.plan_file import with_header
 from app.backends.tensorrt import TensorRTBackend, use_zero_copy
 from app.config import ModelConfig
 from app.engine.calibrate import evenly_spaced_frames
-from app.engine.plan_file import with_header
 from app.inference.detector import Detector
-from app.messages import Detections
+from app.types import Detections
 
 
 @pytest.fixture(scope="module")

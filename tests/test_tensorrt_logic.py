@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from app.backends import BackendError, load_backend
+from app.backends.engine_cache import CacheMiss, EngineKey, Manifest, Validation, lookup, now_iso, write_manifest
+from app.backends.plan_file import read_plan, split_plan, with_header
 from app.backends.tensorrt_io import IoTensor, bind, plan_io, set_addresses
 from app.config import ModelConfig
-from app.engine.cache import CacheMiss, EngineKey, Manifest, Validation, lookup, now_iso, write_manifest
-from app.engine.plan_file import read_plan, split_plan, with_header
 
 KEY = EngineKey("ab" * 32, "fp16", (1, 3, 640, 640), "8.7", "10.3.0")
 
@@ -207,7 +207,7 @@ def test_explicit_backends_fail_clearly(tiny_model: Path, tmp_path: Path) -> Non
 
 def test_agreement_f1_and_confidence_shift() -> None:
     from app.engine.agreement import agreement
-    from app.messages import Detections
+    from app.types import Detections
 
     def dets(rows):
         a = np.asarray(rows, np.float32).reshape(-1, 6)
@@ -309,7 +309,7 @@ def test_engine_input_size_follows_the_model_and_the_stride(fall_model: Path, tm
     at model.imgsz rounded up to the stride (650 -> 672, 700 -> 704, as Ultralytics' check_imgsz)."""
     from onnx_models import dynamic_yolov8_model
 
-    from app.engine.cache import engine_input_size
+    from app.backends.engine_cache import engine_input_size
 
     assert engine_input_size(fall_model, None) == 640
     assert engine_input_size(fall_model, 416) == 640, "a fixed input cannot be resized"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from app.config import AlertRule
-from app.messages import Detections
 from app.tracking.iou_tracker import IouTracker
 from app.tracking.objects import ObjectLifecycle
+from app.types import Detections
 
 NAMES = {0: "Normal", 1: "Fall"}
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.messages import Detections
 from app.tracking.iou_tracker import IouTracker
+from app.types import Detections
 
 
 def load_detections(video: str, cache: Path) -> list[Detections]:

@@ -3,7 +3,7 @@
 
 The reference is `cv2.dnn.readNetFromDarknet` (OpenCV 4; OpenCV 5 removed the Darknet reader), run in a
 throwaway virtual environment in /tmp with `opencv-python-headless<5` and numpy, on exactly the tensors
-Vigil feeds its models (app.inference.preprocess: letterbox to 416x416, pad 114, RGB, /255). For each
+Vigil feeds its models (app.letterbox: letterbox to 416x416, pad 114, RGB, /255). For each
 image the tool:
 
 1. takes OpenCV's raw head tensors (the linear convolutions feeding each [yolo] layer) and decodes them in
@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 from app.assets import fetch, sha256_file  # noqa: E402
 from app.darknet import parse_cfg, parse_names, probe_input  # noqa: E402
 from app.inference.decode import DecodeParams, OutputLayout, YoloDecoder  # noqa: E402
-from app.inference.preprocess import Preprocessor  # noqa: E402
+from app.letterbox import Preprocessor  # noqa: E402
 
 VIDEO_FRAMES = (0, 60, 125, 200)
 ULTRALYTICS_IMAGES = ("bus.jpg", "zidane.jpg")
@@ -271,7 +271,7 @@ def main() -> int:
         "imgsz": IMGSZ,
         "conf": CONF,
         "iou": IOU,
-        "preprocess": "app.inference.preprocess.Preprocessor((416, 416)): letterbox, pad 114, RGB, /255",
+        "preprocess": "app.letterbox.Preprocessor((416, 416)): letterbox, pad 114, RGB, /255",
         "cases": cases,
         "probe": {
             "input": "app.darknet.probe_input((416, 416))",

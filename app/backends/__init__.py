@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from app.backends.base import Backend, BackendError, TensorSpec
+from app.backends.engine_cache import CacheMiss, cached_engine
 from app.config import ModelConfig
 
 __all__ = ["Backend", "BackendError", "TensorSpec", "load_backend", "onnxruntime_backend"]
@@ -32,22 +33,6 @@ def _tensorrt(path: str | Path, cfg: ModelConfig) -> Backend:
     return backend
 
 
-def cached_engine(cfg: ModelConfig) -> Path:
-    """The validated engine for this ONNX on this GPU and TensorRT; raises CacheMiss saying why not."""
-    import pycuda.driver as cuda
-    import tensorrt as trt
-
-    from app.assets import sha256_file
-    from app.engine.cache import EngineKey, engine_input_size, lookup
-
-    cuda.init()
-    major, minor = cuda.Device(cfg.tensorrt.device).compute_capability()
-    size = engine_input_size(cfg.path, cfg.imgsz)
-    key = EngineKey(sha256_file(cfg.path), cfg.precision, (1, 3, size, size), f"{major}.{minor}", trt.__version__,
-                    cfg.tensorrt.dla_core)  # fmt: skip
-    return lookup(cfg.engine_dir, Path(cfg.path).stem, key)
-
-
 def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
     """A loaded backend and the reason it was chosen (logged and shown in stats). `auto` falls back to ONNX
     Runtime on the same model whenever the TensorRT path is unavailable or fails to load."""
@@ -60,8 +45,6 @@ def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
     if cfg.backend == "tensorrt":
         if is_engine:
             return _tensorrt(path, cfg), "configured"
-        from app.engine.cache import CacheMiss
-
         try:
             return _tensorrt(cached_engine(cfg), cfg), "configured (cached engine)"
         except ImportError as exc:
@@ -77,8 +60,6 @@ def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
         return _tensorrt(path, cfg), "auto: TensorRT engine file"
     if not ok:
         return onnxruntime_backend(cfg), f"auto: ONNX Runtime ({why})"
-    from app.engine.cache import CacheMiss
-
     try:
         engine = cached_engine(cfg)
     except CacheMiss as miss:

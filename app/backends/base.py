@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.inference.preprocess import LetterboxGeometry, Preprocessor
+from app.letterbox import LetterboxGeometry, Preprocessor
 
 
 class BackendError(RuntimeError):

@@ -11,7 +11,7 @@ from typing import TypeVar
 import numpy as np
 
 from app.backends.base import Backend, StagedFrame, TensorSpec
-from app.inference.preprocess import LetterboxGeometry
+from app.letterbox import LetterboxGeometry
 
 T = TypeVar("T")
 

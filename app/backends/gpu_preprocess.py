@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.inference.preprocess import PAD_VALUE, LetterboxGeometry
+from app.letterbox import PAD_VALUE, LetterboxGeometry
 
 log = logging.getLogger(__name__)
 

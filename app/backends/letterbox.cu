@@ -1,6 +1,6 @@
 // Letterbox + bilinear resize + BGR->RGB + /255 + HWC->NCHW in one pass, for the TensorRT backend.
 //
-// The output must equal the CPU path (app/inference/preprocess.py: cv2.resize INTER_LINEAR into the ROI,
+// The output must equal the CPU path (app/letterbox.py: cv2.resize INTER_LINEAR into the ROI,
 // pad 114, cv2.dnn.blobFromImage) bit for bit, so the resize below reproduces OpenCV's uint8 INTER_LINEAR
 // arithmetic rather than textbook float bilinear:
 //   * source coordinates in double, `(float)((d + 0.5) * scale - 0.5)` with scale = 1 / (dst / src), as

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from app.backends.base import Backend, BackendError, StagedFrame, TensorSpec
+from app.backends.plan_file import read_plan
 from app.backends.tensorrt_io import IoTensor, bind, plan_io, set_addresses
-from app.engine.plan_file import read_plan
-from app.inference.preprocess import LetterboxGeometry
+from app.letterbox import LetterboxGeometry
 
 log = logging.getLogger(__name__)
 

@@ -99,9 +99,9 @@ def bench_mqtt_rate(seconds: float, fps: float = 30.0) -> dict:
     does every detections message arrive, and what does one result cost the main loop?"""
     import numpy as np
 
-    from app.messages import Detections, FrameMeta, FrameResult, StageTimings
     from app.mqtt.service import MqttService
     from app.pipeline.records import ResultRecord
+    from app.types import Detections, FrameMeta, FrameResult, StageTimings
 
     broker = LocalBroker()
     try:

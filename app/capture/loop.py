@@ -19,8 +19,8 @@ from app.capture.backoff import Backoff
 from app.capture.ffmpeg import fit_size
 from app.capture.sources import FrameSource, SourceError, open_source
 from app.config import CameraConfig, FaultsConfig, redact_url
-from app.messages import CaptureCounters
 from app.ring import FrameRing
+from app.types import CaptureCounters
 
 log = logging.getLogger(__name__)
 

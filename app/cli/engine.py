@@ -38,10 +38,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_ensure(args: argparse.Namespace) -> int:
     """What vigil-engine.service runs: make sure the configured model has a validated engine for this GPU
     when the TensorRT path is wanted and possible; a CPU box or an ONNX Runtime config has nothing to do."""
-    from app.backends import ENGINE_SUFFIXES, cached_engine
+    from app.backends import ENGINE_SUFFIXES
+    from app.backends.engine_cache import CacheMiss, cached_engine
     from app.backends.tensorrt import tensorrt_available
     from app.engine.builder import BuildOptions, EngineBuildError, build_engine
-    from app.engine.cache import CacheMiss
     from app.engine.calibrate import evenly_spaced_frames
 
     cfg = load_config_args(args)

@@ -1,1 +1,2 @@
-"""TensorRT engines: cache keys and manifests, plan files, the builder (needs TensorRT)."""
+"""TensorRT engine build tooling: the builder, INT8 calibration, precision checks, the agreement gate, and
+`vigil engine`. The runtime half (engine cache lookup, plan files) lives in `app.backends`."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.inference.decode import box_iou_one_to_many
-from app.messages import Detections
+from app.types import Detections
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from app.assets import sha256_file
+from app.backends.engine_cache import EngineKey, Manifest, Validation, now_iso, write_manifest
 from app.engine.agreement import agreement
-from app.engine.cache import EngineKey, Manifest, Validation, now_iso, write_manifest
 from app.engine.precision import PrecisionError, plan_precision
 
 log = logging.getLogger(__name__)

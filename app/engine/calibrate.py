@@ -30,7 +30,7 @@ import numpy as np
 
 from app.assets import sha256_file
 from app.engine.cpu_features import host_cpu_int8_isa, needs_reduce_range
-from app.inference.preprocess import Preprocessor
+from app.letterbox import Preprocessor
 
 EXCLUDE_POLICIES = ("head", "head-post", "none")
 # Who runs the Q/DQ file. TensorRT takes only signed, symmetric INT8 (zero point 0) and float biases:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.inference.preprocess import Preprocessor
+from app.letterbox import Preprocessor
 
 log = logging.getLogger(__name__)
 

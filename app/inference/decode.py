@@ -16,8 +16,8 @@ from enum import Enum
 
 import numpy as np
 
-from app.inference.preprocess import LetterboxGeometry
-from app.messages import Detections
+from app.letterbox import LetterboxGeometry
+from app.types import Detections
 
 MAX_WH = 7680  # class offset for class-aware NMS; larger than any input side
 MAX_NMS = 30000  # boxes fed into NMS at most

@@ -14,8 +14,9 @@ from app.backends.base import StagedFrame
 from app.config import ModelConfig
 from app.inference.decode import DecodeParams, YoloDecoder
 from app.inference.model_info import ModelInfo, ModelShapeError
-from app.inference.preprocess import LetterboxGeometry, Preprocessor, check_frame
-from app.messages import BackendState, Detections, StageTimings
+from app.inference.protocol import BackendState
+from app.letterbox import LetterboxGeometry, Preprocessor, check_frame
+from app.types import Detections, StageTimings
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from app.inference.decode import (
     format_shape,
     resolve_nms_roles,
 )
-from app.inference.preprocess import Preprocessor
+from app.letterbox import Preprocessor
 
 __all__ = ["LAYOUT_CHOICES", "MAX_IMGSZ", "ModelInfo", "ModelShapeError", "round_to_stride"]
 

@@ -17,20 +17,24 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 from app.config import FaultsConfig, ModelConfig
-from app.messages import (
+from app.inference.protocol import (
     BackendChanged,
-    FrameResult,
     SetDetection,
     SetThresholds,
-    StageTimings,
     StopWorker,
     WorkerFailed,
     WorkerFrameError,
     WorkerReady,
 )
-from app.ring import FrameRing, RingSpec
+from app.ring import FrameRing, FrameView, RingSpec
+from app.types import FrameResult, StageTimings
+
+if TYPE_CHECKING:
+    from app.inference.detector import Detector
+    from app.inference.faults import FaultInjector
 
 log = logging.getLogger(__name__)
 
@@ -104,77 +108,120 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat=
         msg = conn.recv()
         if isinstance(msg, StopWorker):
             return
-    last_seq = {cam: 0 for cam, _ in rings}
-    disabled: set[str] = set(spec.disabled_cameras)
-    start = 0
-    errors = 0
-    backend_state = detector.backend_state()
     try:
-        while not stop.is_set():
-            if conn.poll():
-                msg = conn.recv()
-                if isinstance(msg, StopWorker):
-                    log.info("stopping: %s", msg.reason)
-                    return
-                if isinstance(msg, SetThresholds):
-                    detector.set_thresholds(msg.conf, msg.iou)
-                elif isinstance(msg, SetDetection):
-                    (disabled.discard if msg.enabled else disabled.add)(msg.camera)
-                continue
-            picked = None
-            for k in range(len(rings)):  # round-robin so one busy camera cannot starve the others
-                i = (start + k) % len(rings)
-                cam, ring = rings[i]
-                if cam in disabled:
-                    continue
-                view = ring.read_latest(last_seq[cam])
-                if view is not None:
-                    picked = (cam, view)
-                    start = i + 1
-                    break
-            if picked is None:
-                time.sleep(spec.idle_sleep_s)
-                continue
-            cam, view = picked
-            picked_ns = time.monotonic_ns()
-            meta = view.meta
-            try:
-                tensor, geometry, pre_ms = detector.prepare(view.image)
-                if not view.is_valid():
-                    continue  # overwritten while we read it: take the newer frame instead
-                outputs, inf_ms = detector.infer(tensor)
-                det, post_ms = detector.decode(outputs, geometry)
-            except Exception as exc:
-                errors += 1
-                last_seq[cam] = meta.seq
-                conn.send(WorkerFrameError(spec.worker_id, cam, meta.seq, f"{type(exc).__name__}: {exc}"))
-                if errors >= MAX_CONSECUTIVE_ERRORS:
-                    log.error("%d consecutive inference errors; exiting for a restart", errors)
-                    raise SystemExit(3) from exc
-                continue
-            errors = 0
-            last_seq[cam] = meta.seq
-            if (now_state := detector.backend_state()) != backend_state:
-                backend_state = now_state
-                conn.send(BackendChanged(spec.worker_id, now_state))
-            if heartbeat is not None:
-                heartbeat.value = time.monotonic()  # last successful inference, read by the supervisor
-            conn.send(
-                FrameResult(
-                    camera=cam,
-                    frame=meta,
-                    detections=det,
-                    timings=StageTimings(pre_ms, inf_ms, post_ms),
-                    picked_mono_ns=picked_ns,
-                    done_mono_ns=time.monotonic_ns(),
-                    worker_id=spec.worker_id,
-                )
-            )
-            faults.after_frame()
+        _ServingLoop(spec, conn, detector, rings, faults, heartbeat).run(stop)
     finally:
         for _, ring in rings:
             ring.close()
         detector.close()
+
+
+class _ServingLoop:
+    """What a serving worker keeps between frames: where each ring was read up to, the round-robin position,
+    the cameras switched off, the run of consecutive errors and the backend state last reported."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        conn: Connection,
+        detector: Detector,
+        rings: list[tuple[str, FrameRing]],
+        faults: FaultInjector,
+        heartbeat=None,
+    ) -> None:
+        self.spec = spec
+        self.conn = conn
+        self.detector = detector
+        self.rings = rings
+        self.faults = faults
+        self.heartbeat = heartbeat
+        self.last_seq = {cam: 0 for cam, _ in rings}
+        self.disabled: set[str] = set(spec.disabled_cameras)
+        self.next_ring = 0
+        self.errors = 0
+        self.backend_state = detector.backend_state()
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set or the parent sends StopWorker; control messages go before frames."""
+        while not stop.is_set():
+            if self.conn.poll():
+                if not self._apply_control(self.conn.recv()):
+                    return
+                continue
+            picked = self._pick_frame()
+            if picked is None:
+                time.sleep(self.spec.idle_sleep_s)
+                continue
+            self._infer_one(*picked)
+
+    def _apply_control(self, msg: object) -> bool:
+        """Apply one message from the parent; False when it asks the worker to stop."""
+        if isinstance(msg, StopWorker):
+            log.info("stopping: %s", msg.reason)
+            return False
+        if isinstance(msg, SetThresholds):
+            self.detector.set_thresholds(msg.conf, msg.iou)
+        elif isinstance(msg, SetDetection):
+            (self.disabled.discard if msg.enabled else self.disabled.add)(msg.camera)
+        return True
+
+    def _pick_frame(self) -> tuple[str, FrameView] | None:
+        """The newest unseen frame of the next camera that has one, or None when no ring has a new frame."""
+        n = len(self.rings)
+        for k in range(n):  # round-robin so one busy camera cannot starve the others
+            i = (self.next_ring + k) % n
+            cam, ring = self.rings[i]
+            if cam in self.disabled:
+                continue
+            view = ring.read_latest(self.last_seq[cam])
+            if view is not None:
+                self.next_ring = i + 1
+                return cam, view
+        return None
+
+    def _infer_one(self, cam: str, view: FrameView) -> None:
+        """Prepare, infer and decode one frame and send its FrameResult (or a WorkerFrameError).
+
+        Raises:
+            SystemExit: After MAX_CONSECUTIVE_ERRORS failed frames in a row (exit code 3), so the supervisor
+                replaces the worker.
+        """
+        picked_ns = time.monotonic_ns()
+        meta = view.meta
+        detector = self.detector
+        try:
+            tensor, geometry, pre_ms = detector.prepare(view.image)
+            if not view.is_valid():
+                return  # overwritten while we read it: take the newer frame instead
+            outputs, inf_ms = detector.infer(tensor)
+            det, post_ms = detector.decode(outputs, geometry)
+        except Exception as exc:
+            self.errors += 1
+            self.last_seq[cam] = meta.seq
+            self.conn.send(WorkerFrameError(self.spec.worker_id, cam, meta.seq, f"{type(exc).__name__}: {exc}"))
+            if self.errors >= MAX_CONSECUTIVE_ERRORS:
+                log.error("%d consecutive inference errors; exiting for a restart", self.errors)
+                raise SystemExit(3) from exc
+            return
+        self.errors = 0
+        self.last_seq[cam] = meta.seq
+        if (now_state := detector.backend_state()) != self.backend_state:
+            self.backend_state = now_state
+            self.conn.send(BackendChanged(self.spec.worker_id, now_state))
+        if self.heartbeat is not None:
+            self.heartbeat.value = time.monotonic()  # last successful inference, read by the supervisor
+        self.conn.send(
+            FrameResult(
+                camera=cam,
+                frame=meta,
+                detections=det,
+                timings=StageTimings(pre_ms, inf_ms, post_ms),
+                picked_mono_ns=picked_ns,
+                done_mono_ns=time.monotonic_ns(),
+                worker_id=self.spec.worker_id,
+            )
+        )
+        self.faults.after_frame()
 
 
 class WorkerHandle:

@@ -31,6 +31,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from app.config import ConfigError, MqttConfig
+from app.secret_files import SecretFileError, read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,9 @@ def read_password(cfg: MqttConfig) -> str | None:
     """The broker password from a file or the environment; never from the config file itself."""
     if cfg.password_file:
         try:
-            return Path(cfg.password_file).read_text().strip()
-        except OSError as exc:
-            raise MqttConfigError(f"mqtt.password_file: cannot read {cfg.password_file}: {exc.strerror}") from exc
+            return read_secret_file(cfg.password_file, "mqtt.password_file")
+        except SecretFileError as exc:
+            raise MqttConfigError(str(exc)) from exc  # the type callers catch; the text is the reader's
     if cfg.password_env:
         value = os.environ.get(cfg.password_env)
         if value is None:

@@ -18,7 +18,6 @@ from app.clock import iso_utc
 from app.colors import class_color_bgr
 from app.config import VigilConfig
 from app.envelope import envelope
-from app.messages import Detections, FrameResult
 from app.mqtt.discovery import discovery_messages
 from app.mqtt.link import MqttLink
 from app.mqtt.topics import Topics, dumps
@@ -26,6 +25,7 @@ from app.pipeline.records import ResultRecord, SystemEvent
 from app.pipeline.service import PipelineControl, ServiceBase
 from app.tracking.iou_tracker import IouTracker
 from app.tracking.objects import ObjectEvent, ObjectLifecycle
+from app.types import Detections, FrameResult
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from app.messages import FrameResult
 from app.pipeline.records import ResultRecord, SystemEvent
 from app.pipeline.service import Service
+from app.types import FrameResult
 
 if TYPE_CHECKING:
     from app.tracking.objects import ObjectEvent

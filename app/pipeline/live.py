@@ -23,8 +23,8 @@ from pathlib import Path
 
 from app.capture.loop import CaptureLoop
 from app.config import VigilConfig
+from app.inference.protocol import SetDetection, SetThresholds, WorkerFrameError, WorkerReady
 from app.inference.worker import WorkerSpec, WorkerStartError
-from app.messages import CaptureCounters, FrameResult, SetDetection, SetThresholds, WorkerFrameError, WorkerReady
 from app.pipeline.errors import PipelineError
 from app.pipeline.fanout import ResultFanout
 from app.pipeline.records import SystemEvent, SystemEventType
@@ -36,6 +36,7 @@ from app.supervisor.procinfo import rss_mb
 from app.supervisor.sd_notify import SystemdNotifier, watchdog_pings
 from app.supervisor.workers import WorkerSupervisor
 from app.tracking.stage import TrackingStage
+from app.types import CaptureCounters, FrameResult
 
 log = logging.getLogger(__name__)
 

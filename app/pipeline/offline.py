@@ -16,8 +16,8 @@ import numpy as np
 
 from app.capture.sources import Frame, FrameSource
 from app.inference.detector import Detector
-from app.inference.preprocess import LetterboxGeometry
-from app.messages import Detections, StageTimings
+from app.letterbox import LetterboxGeometry
+from app.types import Detections, StageTimings
 
 _END = object()
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from app.clock import iso_utc
-from app.messages import Detections, FrameResult
+from app.types import Detections, FrameResult
 
 if TYPE_CHECKING:
     from app.tracking.objects import ObjectEvent

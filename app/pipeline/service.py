@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from app.messages import WorkerReady
+    from app.inference.protocol import WorkerReady
     from app.pipeline.records import ResultRecord, SystemEvent
     from app.pipeline.stats import CameraStats
     from app.ring import FrameRing

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.envelope import envelope
-from app.messages import CaptureCounters, FrameResult
 from app.supervisor.sd_notify import SystemdNotifier
+from app.types import CaptureCounters, FrameResult
 
 log = logging.getLogger(__name__)
 

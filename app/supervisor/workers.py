@@ -21,19 +21,12 @@ from dataclasses import replace
 from typing import Protocol
 
 from app.config import VigilConfig
+from app.inference.protocol import BackendChanged, StartServing, StopWorker, WorkerFailed, WorkerFrameError, WorkerReady
 from app.inference.worker import WorkerHandle, WorkerSpec, WorkerStartError
-from app.messages import (
-    BackendChanged,
-    FrameResult,
-    StartServing,
-    StopWorker,
-    WorkerFailed,
-    WorkerFrameError,
-    WorkerReady,
-)
 from app.pipeline.records import SystemEventType
 from app.supervisor.policy import RecyclePolicy, RestartBudget
 from app.supervisor.procinfo import process_health, rss_mb, set_nice
+from app.types import FrameResult
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.messages import Detections
+from app.types import Detections
 
 
 class ByteTrack:

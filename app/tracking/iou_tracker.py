@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.messages import Detections
+from app.types import Detections
 
 
 @dataclass(slots=True)

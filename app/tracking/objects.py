@@ -15,7 +15,7 @@ import numpy as np
 
 from app.clock import iso_utc
 from app.config import AlertRule
-from app.messages import Detections
+from app.types import Detections
 
 
 @dataclass(slots=True)

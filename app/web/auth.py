@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.config import HttpConfig
 from app.netaddr import is_loopback
+from app.secret_files import SecretFileError, read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,9 @@ def resolve_token(cfg: HttpConfig) -> TokenSource:
     required = cfg.require_token if cfg.require_token is not None else not is_loopback(cfg.host)
     if cfg.token_file:
         try:
-            token = Path(cfg.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise TokenError(f"http.token_file: cannot read {cfg.token_file}: {exc.strerror}") from exc
+            token = read_secret_file(cfg.token_file, "http.token_file")
+        except SecretFileError as exc:
+            raise TokenError(str(exc)) from exc
         if len(token) < 16:
             raise TokenError("http.token_file: the token must be at least 16 characters")
         return TokenSource(token, f"http.token_file {cfg.token_file}")

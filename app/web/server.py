@@ -13,7 +13,6 @@ import ssl
 import sys
 from collections.abc import Mapping
 from importlib import resources
-from pathlib import Path
 
 from aiohttp import web
 
@@ -21,6 +20,7 @@ from app.config import ConfigError, VigilConfig, redact
 from app.pipeline.errors import PipelineError
 from app.pipeline.records import ResultRecord, SystemEvent
 from app.pipeline.service import PipelineControl, ServiceBase
+from app.secret_files import read_secret_file
 from app.web import ice
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
 from app.web.encoder import EncodedFrame, PreviewEncoder
@@ -38,13 +38,6 @@ class HttpConfigError(ConfigError):
     pass
 
 
-def _read_secret(path: str, key: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise HttpConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
-
-
 class WebService(ServiceBase):
     def __init__(self, cfg: VigilConfig) -> None:
         self.cfg = cfg
@@ -54,7 +47,7 @@ class WebService(ServiceBase):
         except TokenError as exc:
             raise HttpConfigError(str(exc)) from exc
         self.ice_credentials = {
-            i: _read_secret(s.credential_file, f"http.ice_servers.{i}.credential_file")
+            i: read_secret_file(s.credential_file, f"http.ice_servers.{i}.credential_file")
             for i, s in enumerate(self.hcfg.ice_servers) if s.credential_file
         }  # fmt: skip
         self.ssl_context: ssl.SSLContext | None = None

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 from app.backends import load_backend
+from app.backends.engine_cache import Manifest, manifest_path
+from app.backends.plan_file import read_plan, with_header
 from app.backends.tensorrt import tensorrt_available
 from app.config import ModelConfig
 from app.engine.agreement import agreement
 from app.engine.builder import BuildOptions, build_engine
-from app.engine.cache import Manifest, manifest_path
 from app.engine.calibrate import DEFAULT_RECIPE, YOLOV8_RECIPE, evenly_spaced_frames, quantize
-from app.engine.plan_file import read_plan, with_header
 from app.inference.detector import Detector
-from app.inference.preprocess import Preprocessor
+from app.letterbox import Preprocessor
 
 _OK, _WHY = tensorrt_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _OK, reason=f"GPU suite: {_WHY}")]

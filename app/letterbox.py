@@ -3,6 +3,9 @@
 Parity matters more than elegance here: a one-pixel difference in padding moves every box, so the
 rounding rules below are Ultralytics' own (`round(d - 0.1)` / `round(d + 0.1)`, per-axis gains from the
 rounded resized size).
+
+A leaf module (numpy and OpenCV only): the backends letterbox with it too (host fallback, GPU kernel
+parameters), and they must not depend on `app.inference`, which sits above them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Versioned engine cache: an engine is only ever loaded for the exact model, precision, input shape,
 GPU and TensorRT it was built for. A manifest beside each engine records how it was built and whether
-it passed validation against ONNX Runtime; an engine that has not passed is never used."""
+it passed validation against ONNX Runtime; an engine that has not passed is never used.
+
+The runtime looks engines up here (`cached_engine`); the build tooling in `app.engine` writes them and
+their manifests through the same key and format, so both sides depend on this module and not on each other."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from app.config import ModelConfig
 
 Precision = Literal["fp32", "fp16", "int8"]
 MANIFEST_VERSION = 1
@@ -140,3 +145,18 @@ def lookup(cache_dir: str | Path, model_stem: str, key: EngineKey) -> Path:
 def _diff(a: EngineKey, b: EngineKey) -> str:
     da, db = asdict(a), asdict(b)
     return ", ".join(f"{k}: {da[k]} != {db[k]}" for k in da if da[k] != db[k]) or "digest"
+
+
+def cached_engine(cfg: ModelConfig) -> Path:
+    """The validated engine for this ONNX on this GPU and TensorRT; raises CacheMiss saying why not."""
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    from app.assets import sha256_file
+
+    cuda.init()
+    major, minor = cuda.Device(cfg.tensorrt.device).compute_capability()
+    size = engine_input_size(cfg.path, cfg.imgsz)
+    key = EngineKey(sha256_file(cfg.path), cfg.precision, (1, 3, size, size), f"{major}.{minor}", trt.__version__,
+                    cfg.tensorrt.dla_core)  # fmt: skip
+    return lookup(cfg.engine_dir, Path(cfg.path).stem, key)

@@ -1,7 +1,7 @@
-"""Messages that cross process and module boundaries.
+"""Vigil's domain types: detections, frames and their timings, capture counters, and a worker's result.
 
 Detections stay as numpy arrays inside the pipeline (cheap to pickle over the worker pipe) and become
-JSON-ready dicts only at the sinks.
+JSON-ready dicts only at the sinks. The messages that steer a worker are in `app.inference.protocol`.
 """
 
 from __future__ import annotations
@@ -85,82 +85,6 @@ class FrameResult:
     picked_mono_ns: int  # when the worker took the frame from the ring
     done_mono_ns: int  # when decode/NMS finished
     worker_id: int
-
-
-# ---- worker control protocol (per-worker pipe, never a shared queue) ----
-
-
-@dataclass(frozen=True, slots=True)
-class BackendState:
-    """Which runtime serves a worker's frames and why; stats, /stats and MQTT show it, so a GPU that
-    failed over to the CPU is visible from the dashboard, not only in the worker's log."""
-
-    name: str
-    providers: tuple[str, ...]
-    reason: str
-    failovers: int = 0
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "providers": list(self.providers), "reason": self.reason,
-                "failovers": self.failovers}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerReady:
-    worker_id: int
-    backend: BackendState
-    names: dict[int, str]
-    imgsz: tuple[int, int]
-    warmup_ms: float
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerFailed:
-    """Fatal: the worker could not start (bad model, missing file). It exits after sending this."""
-
-    worker_id: int
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerFrameError:
-    """One frame failed; the worker goes on."""
-
-    worker_id: int
-    camera: str
-    seq: int
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class BackendChanged:
-    """The worker's backend changed while serving (failover to ONNX Runtime, or back to the GPU)."""
-
-    worker_id: int
-    backend: BackendState
-
-
-@dataclass(frozen=True, slots=True)
-class StopWorker:
-    reason: str = "shutdown"
-
-
-@dataclass(frozen=True, slots=True)
-class StartServing:
-    """Blue-green: a warmed-up standby worker starts taking frames (the old one has just stopped)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SetDetection:
-    camera: str
-    enabled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SetThresholds:
-    conf: float | None = None
-    iou: float | None = None
 
 
 @dataclass(slots=True)
