@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PATH = "engines/yolov3-tiny-coco.onnx"  # Darknet YOLOv3-tiny, COCO (vigil assets fetch)
 DEFAULT_SAMPLE_VIDEO = "calibration/samples/bikes.mp4"
@@ -154,23 +158,32 @@ class MqttConfig(_Strict):
     detections: bool = Field(True, description="publish <base>/<camera>/detections per processed frame")
     detections_max_rate_hz: float = Field(10.0, gt=0, description="detections messages per camera per second")
     detections_only_when_detected: bool = False
-    event_update_interval_s: float = Field(5.0, gt=0, description="at most one 'update' per object this often")
-    track_lost_s: float = Field(2.0, gt=0, description="an object unseen this long ends")
-    min_hits: int = Field(2, ge=1, description="detections before an object is announced ('new')")
-    alerts: list[AlertRule] = Field(default_factory=list)
-    snapshot: bool = Field(True, description="retained JPEG of the latest event frame with boxes")
     stats_interval_s: float = Field(10.0, gt=0)
     discovery: bool = Field(True, description="Home Assistant MQTT discovery")
     discovery_prefix: str = "homeassistant"
-    tracker: Literal["iou", "bytetrack"] = Field(
-        "iou", description="iou (built in) or bytetrack (needs the `tracking` extra); see README for the measurement"
-    )
 
     @model_validator(mode="after")
     def _password_one_source(self) -> MqttConfig:
         if self.password_file and self.password_env:
             raise ValueError("give password_file or password_env, not both")
         return self
+
+
+class TrackingConfig(_Strict):
+    """Tracking and the object lifecycle (new / update / end / alert events), for every camera."""
+
+    tracker: Literal["iou", "bytetrack"] = Field(
+        "iou", description="iou (built in) or bytetrack (needs the `tracking` extra); see README for the measurement"
+    )
+    min_hits: int = Field(2, ge=1, description="detections before an object is announced ('new')")
+    track_lost_s: float = Field(2.0, gt=0, description="an object unseen this long ends")
+    event_update_interval_s: float = Field(5.0, gt=0, description="at most one 'update' per object this often")
+    alerts: list[AlertRule] = Field(default_factory=list)
+    snapshot: bool = Field(True, description="retained JPEG of the latest event frame with boxes")
+
+
+# Keys that lived under `mqtt:` before tracking became a pipeline stage; accepted there for one release.
+MOVED_TO_TRACKING = ("tracker", "min_hits", "track_lost_s", "event_update_interval_s", "alerts", "snapshot")
 
 
 class IceServer(_Strict):
@@ -261,9 +274,37 @@ class VigilConfig(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tracking_keys_under_mqtt(cls, data: Any) -> Any:
+        """Moves the deprecated `mqtt.<key>` spellings of the tracking keys to `tracking.<key>`, with a warning.
+
+        Raises:
+            ValueError: Both spellings of a key are given, with different values.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("mqtt"), dict):
+            return data
+        moved = [key for key in MOVED_TO_TRACKING if key in data["mqtt"]]
+        tracking = data.get("tracking") or {}
+        if not moved or not isinstance(tracking, dict):
+            return data  # nothing to move, or a malformed `tracking` that its own validation reports
+        data, mqtt, tracking = dict(data), dict(data["mqtt"]), dict(tracking)  # the caller's dicts stay as they were
+        for key in moved:
+            value = mqtt.pop(key)
+            if key in tracking and tracking[key] != value:
+                raise ValueError(f"mqtt.{key} and tracking.{key} are both set, to different values; "
+                                 f"mqtt.{key} is deprecated: keep tracking.{key} only")  # fmt: skip
+            tracking.setdefault(key, value)
+            message = f"mqtt.{key} is deprecated: use tracking.{key}"
+            log.warning("config: %s", message)
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
+        data["mqtt"], data["tracking"] = mqtt, tracking
+        return data
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> VigilConfig:

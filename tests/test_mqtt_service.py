@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from broker import Broker, Subscriber
 from conftest import REPO, wait_until
 
@@ -23,12 +24,18 @@ from app.pipeline.live import LivePipeline
 BASE = "vigil/dev"
 
 
-def vigil_config(model: Path, video: Path, port: int, **mqtt) -> VigilConfig:
+def vigil_config(model: Path, video: Path, port: int, *, tracking_under_mqtt: bool = False, **mqtt) -> VigilConfig:
+    """The test config; `tracking_under_mqtt` spells the tracking keys the deprecated way (`mqtt.min_hits`)."""
     m = {
-        "enabled": True, "port": port, "stats_interval_s": 1, "detections_max_rate_hz": 5, "min_hits": 2,
-        "event_update_interval_s": 2, "reconnect_min_s": 0.5, "reconnect_max_s": 1,
+        "enabled": True, "port": port, "stats_interval_s": 1, "detections_max_rate_hz": 5,
+        "reconnect_min_s": 0.5, "reconnect_max_s": 1,
+    }  # fmt: skip
+    tracking = {
+        "min_hits": 2, "event_update_interval_s": 2,
         "alerts": [{"label": "person", "min_confidence": 0.5, "min_duration_s": 0.5}],
     }  # fmt: skip
+    if tracking_under_mqtt:
+        m, tracking = {**m, **tracking}, {}
     m.update(mqtt)
     return VigilConfig.model_validate(
         {
@@ -37,6 +44,7 @@ def vigil_config(model: Path, video: Path, port: int, **mqtt) -> VigilConfig:
             "model": {"path": str(model), "threads": 1},
             "output": {"json_lines": False, "status_interval_s": 0},
             "mqtt": m,
+            "tracking": tracking,
         }
     )
 
@@ -47,7 +55,9 @@ def payloads(sub: Subscriber, topic: str) -> list[dict]:
 
 def test_topic_contract_commands_and_discovery(tiny_model: Path, small_video: Path, broker: Broker) -> None:
     sub = Subscriber(broker, "#")
-    cfg = vigil_config(tiny_model, small_video, broker.port)
+    # The deprecated spelling (`mqtt.min_hits`, `mqtt.alerts`, ...) still drives the whole contract below.
+    with pytest.warns(DeprecationWarning, match="use tracking"):
+        cfg = vigil_config(tiny_model, small_video, broker.port, tracking_under_mqtt=True)
     mqtt = MqttService(cfg)
     pipe = LivePipeline(cfg, [mqtt], duration_s=30)
     marks: dict[str, float] = {}

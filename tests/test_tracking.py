@@ -1,13 +1,17 @@
-"""The IoU tracker and the object lifecycle that turns tracks into new/update/end/alert events."""
+"""The IoU tracker, the object lifecycle that turns tracks into new/update/end/alert events, and the tracking
+stage that runs both per camera on the pipeline's records."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from app.config import AlertRule
+from app.config import AlertRule, VigilConfig
+from app.pipeline.records import ResultRecord
 from app.tracking.iou_tracker import IouTracker
 from app.tracking.objects import ObjectLifecycle
-from app.types import Detections
+from app.tracking.stage import TrackingStage, make_tracker
+from app.types import Detections, FrameMeta, FrameResult, StageTimings
 
 NAMES = {0: "Normal", 1: "Fall"}
 
@@ -81,8 +85,6 @@ def test_unannounced_objects_end_silently() -> None:
 
 
 def test_bytetrack_adapter_when_installed() -> None:
-    import pytest
-
     pytest.importorskip("trackers", reason="the optional `tracking` extra is not installed")
     from app.tracking.bytetrack import ByteTrack
 
@@ -92,13 +94,101 @@ def test_bytetrack_adapter_when_installed() -> None:
 
 
 def test_tracker_choice_from_config() -> None:
-    import pytest
-
-    from app.mqtt.service import make_tracker
-
     assert isinstance(make_tracker("iou", 2.0), IouTracker)
     try:
         import trackers  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="tracking"):
             make_tracker("bytetrack", 2.0)
+
+
+# ---- the tracking stage -----------------------------------------------------------------------------
+
+
+def stage_config(**tracking) -> VigilConfig:
+    return VigilConfig.model_validate(
+        {"cameras": [{"name": "door", "source": "x.mp4"}, {"name": "yard", "source": "y.mp4"}], "tracking": tracking}
+    )
+
+
+def record(cam: str, t: float, det: Detections, seq: int = 1) -> ResultRecord:
+    """A result of `cam` received at monotonic `t` seconds, 640x480."""
+    ns = int(t * 1e9)
+    meta = FrameMeta(seq, seq - 1, t, ns, 1_700_000_000 + t, 480, 640)
+    return ResultRecord(FrameResult(cam, meta, det, StageTimings(1, 5, 1), ns, ns, 1), NAMES, ns, 0)
+
+
+def feed(stage: TrackingStage, frames: list[tuple[float, Detections]], cam: str = "door") -> list[ResultRecord]:
+    return [stage.process(record(cam, t, d, seq=i + 1)) for i, (t, d) in enumerate(frames)]
+
+
+def test_stage_records_carry_track_ids_events_and_counts_and_the_input_stays_as_it_was() -> None:
+    rule = {"label": "Fall", "min_confidence": 0.6, "min_duration_s": 1.0}
+    stage = TrackingStage(stage_config(min_hits=2, event_update_interval_s=100, track_lost_s=2.0, alerts=[rule]),
+                          wall_clock=lambda: 1_700_000_000.0)  # fmt: skip
+    frames = [(t * 0.25, dets((100, 100, 200, 300, 0.8, 0))) for t in range(4)]  # Normal for 1 s
+    frames += [(1.0 + t * 0.25, dets((100, 150, 260, 300, 0.9, 1))) for t in range(8)]  # then fallen for 2 s
+    frames += [(3.0 + t * 0.25, dets()) for t in range(12)]  # then gone for 3 s
+    stage.on_model_ready(NAMES)
+    records = [record("door", t, d, seq=i + 1) for i, (t, d) in enumerate(frames)]
+    out = [stage.process(r) for r in records]
+    assert all(r.tracker_id is None and r.events == () and r.object_counts == {} for r in records), "left as is"
+    track = int(out[0].tracker_id[0])
+    assert track >= 1 and all(r.tracker_id.tolist() == [track] for r in out[:12]), "one object, one id"
+    assert out[0].as_json()["detections"][0]["track_id"] == track  # JSON lines see the id
+    kinds = [(i, e.type) for i, r in enumerate(out) for e in r.events]
+    assert kinds == [(1, "new"), (4, "update"), (8, "alert"), (20, "end")]  # alert 1 s after the fall at t=1.0
+    assert out[4].events[0].reason == "label changed" and out[8].events[0].rule.label == "Fall"
+    assert out[1].events[0].obj["first_seen"] == "2023-11-14T22:13:20.000Z", "the injected wall clock"
+    assert dict(out[0].object_counts) == {"Normal": 0, "Fall": 0, "all": 0}  # not announced yet
+    assert dict(out[1].object_counts) == {"Normal": 1, "Fall": 0, "all": 1}
+    assert dict(out[19].object_counts) == {"Normal": 0, "Fall": 1, "all": 1}
+    assert dict(out[20].object_counts) == {"Normal": 0, "Fall": 0, "all": 0}
+    assert dict(stage.counts("door")) == {"Normal": 0, "Fall": 0, "all": 0}
+    assert out[-1].tracker_id.shape == (0,) and out[-1].events == ()
+
+
+def test_stage_tracks_each_camera_on_its_own_and_nothing_before_a_model_serves() -> None:
+    stage = TrackingStage(stage_config(min_hits=1))
+    before = record("door", 0.0, dets((0, 0, 50, 50, 0.9, 0)))
+    assert stage.process(before) is before and stage.counts("door") == {}
+    stage.on_model_ready(NAMES)
+    door = feed(stage, [(0.0, dets((0, 0, 50, 50, 0.9, 0)))], cam="door")
+    yard = feed(stage, [(0.0, dets((0, 0, 50, 50, 0.9, 1)))], cam="yard")
+    assert [e.type for e in door[0].events] == ["new"] and [e.type for e in yard[0].events] == ["new"]
+    assert stage.counts("door")["Normal"] == 1 and stage.counts("yard") == {"Normal": 0, "Fall": 1, "all": 1}
+
+
+def test_stage_detection_switched_off_ends_the_objects_and_tracks_nothing_until_on() -> None:
+    stage = TrackingStage(stage_config(min_hits=1, track_lost_s=2.0))
+    stage.on_model_ready(NAMES)
+    person = dets((100, 100, 200, 300, 0.8, 0))
+    feed(stage, [(0.0, person), (0.25, person)])
+    assert stage.counts("door")["all"] == 1
+    ended = stage.set_detection("door", False)
+    assert [(e.type, e.reason, e.obj["label"]) for e in ended] == [("end", "detection switched off", "Normal")]
+    assert stage.counts("door")["all"] == 0
+    assert stage.set_detection("door", False) == [], "already off: nothing more ends"
+    late = record("door", 0.5, person)  # an answer in flight when detection went off
+    assert stage.process(late) is late, "off: passed through, no track ids, no events"
+    assert stage.set_detection("door", True) == [] and stage.set_detection("nocam", False) == []
+    (again,) = feed(stage, [(1.0, person)])
+    assert [e.type for e in again.events] == ["new"] and again.object_counts["all"] == 1
+
+
+def test_stage_keeps_detections_out_of_every_track_out_of_the_lifecycle() -> None:
+    """ByteTrack gives 0 to detections it keeps out of every track: they stay in the record (no track id)
+    and never become objects."""
+
+    class HalfTracker:
+        def update(self, det: Detections, t: float) -> np.ndarray:
+            return np.array([7, 0][: len(det)], np.int64)
+
+    stage = TrackingStage(stage_config(min_hits=1))
+    stage._trackers["door"] = HalfTracker()
+    stage.on_model_ready(NAMES)
+    (r,) = feed(stage, [(0.0, dets((0, 0, 50, 50, 0.9, 0), (100, 100, 150, 150, 0.4, 1)))])
+    assert r.tracker_id.tolist() == [7, 0] and len(r.detections) == 2
+    assert [d["track_id"] for d in r.detections_list()] == [7, None]
+    assert [(e.type, e.obj["id"], e.obj["label"]) for e in r.events] == [("new", 7, "Normal")]
+    assert dict(r.object_counts) == {"Normal": 1, "Fall": 0, "all": 1}

@@ -96,11 +96,14 @@ def _run(cfg: VigilConfig, seconds: float) -> dict:
 
 def bench_mqtt_rate(seconds: float, fps: float = 30.0) -> dict:
     """The MQTT service alone, fed 30 results/s (3 people each) with no rate limit, one subscriber:
-    does every detections message arrive, and what does one result cost the main loop?"""
+    does every detections message arrive, and what does one result cost the main loop? The cost is the
+    main loop's whole turn per result: the tracking stage, then MQTT publishing its events and the record,
+    through the pipeline's fan-out."""
     import numpy as np
 
     from app.mqtt.service import MqttService
-    from app.pipeline.records import ResultRecord
+    from app.pipeline.fanout import ResultFanout
+    from app.tracking.stage import TrackingStage
     from app.types import Detections, FrameMeta, FrameResult, StageTimings
 
     broker = LocalBroker()
@@ -108,8 +111,9 @@ def bench_mqtt_rate(seconds: float, fps: float = 30.0) -> dict:
         counter = Counter(broker.port, "vigil/bench/cam/detections")
         cfg = _config(ModelConfig(), "unused.mp4", fps, broker.port, max_rate=1000.0)
         svc = MqttService(cfg)
+        fanout = ResultFanout([svc], [TrackingStage(cfg)])
         svc.link.start()
-        svc.on_model_ready({0: "Normal", 1: "Fall"})
+        fanout.model_ready({0: "Normal", 1: "Fall"})
         deadline = time.monotonic() + 10
         while not svc.link.stats.connected and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -126,7 +130,7 @@ def bench_mqtt_rate(seconds: float, fps: float = 30.0) -> dict:
             r = FrameResult("cam", FrameMeta(i + 1, i, i / fps, now, time.time(), 272, 640), det,
                             StageTimings(1, 5, 1), now, now, 1)  # fmt: skip
             c0 = time.perf_counter()
-            svc.on_result(ResultRecord(r, svc.names, now, 0))
+            fanout.result(r, now, 0)  # tracking, then MQTT's on_event per event and on_result
             cost.append((time.perf_counter() - c0) * 1000)
             time.sleep(max(0.0, t0 + (i + 1) / fps - time.monotonic()))
         wall = time.monotonic() - t0

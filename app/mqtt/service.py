@@ -1,6 +1,9 @@
 """Publishes the pipeline to MQTT: detections, tracked-object events, counts, snapshots, stats, discovery,
 and takes commands. Runs in the main process's asyncio loop and never blocks it: every publish is a
-non-blocking hand-off to the link (QoS 0 straight to paho, QoS>0 into the bounded outbox)."""
+non-blocking hand-off to the link (QoS 0 straight to paho, QoS>0 into the bounded outbox).
+
+Tracking and the object lifecycle are a pipeline stage (`app.tracking.stage`): this service only publishes
+what the records and events carry, and turns commands into calls of the pipeline's control API."""
 
 from __future__ import annotations
 
@@ -8,37 +11,35 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from app.boxes import normalized_xyxy_list
 from app.clock import iso_utc
-from app.colors import class_color_bgr
 from app.config import VigilConfig
+from app.draw import draw_detections
 from app.envelope import envelope
 from app.mqtt.discovery import discovery_messages
 from app.mqtt.link import MqttLink
 from app.mqtt.topics import Topics, dumps
 from app.pipeline.records import ResultRecord, SystemEvent
 from app.pipeline.service import PipelineControl, ServiceBase
-from app.tracking.iou_tracker import IouTracker
-from app.tracking.objects import ObjectEvent, ObjectLifecycle
-from app.types import Detections, FrameResult
+from app.tracking.objects import ObjectEvent
 
 log = logging.getLogger(__name__)
 
 
-def make_tracker(kind: str, max_age_s: float):
-    if kind == "bytetrack":
-        from app.tracking.bytetrack import ByteTrack
-
-        return ByteTrack(max_age_s=max_age_s)
-    return IouTracker(max_age_s=max_age_s)
-
-
 class MqttService(ServiceBase):
+    """The MQTT topic contract (README "MQTT"): a publisher of the pipeline's records and events, and the
+    command topics routed to the pipeline's control API.
+
+    Args:
+        cfg: The whole config (`mqtt` broker and publishing keys, `tracking.snapshot`, cameras, model).
+    """
+
     def __init__(self, cfg: VigilConfig) -> None:
         self.cfg = cfg
         self.mcfg = cfg.mqtt
@@ -46,14 +47,16 @@ class MqttService(ServiceBase):
         self.topics = Topics(self.mcfg.base_topic or f"vigil/{cfg.device_id}")
         self.cameras = [c.name for c in cfg.cameras]
         self.names: dict[int, str] = {}
-        self.enabled = dict.fromkeys(self.cameras, True)
+        self.enabled = dict.fromkeys(self.cameras, True)  # the detect switches as echoed on `detect/state`
         self.conf = cfg.model.conf
         self.rejected_commands = 0
         self.events_published = 0
-        self._trackers = {c: make_tracker(self.mcfg.tracker, self.mcfg.track_lost_s) for c in self.cameras}
-        self._objects: dict[str, ObjectLifecycle] = {}
         self._last_counts: dict[str, dict[str, int]] = {}
         self._last_detections = dict.fromkeys(self.cameras, 0.0)
+        self._commands: dict[str, Callable[[str, str, str], bool]] = {
+            "detect": self._cmd_detect,
+            "confidence": self._cmd_confidence,
+        }
         self._pipeline: PipelineControl | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats_task: asyncio.Task | None = None
@@ -69,27 +72,20 @@ class MqttService(ServiceBase):
     # ---- lifecycle (called by the pipeline) ---------------------------------------------------
 
     async def start(self, pipeline: PipelineControl) -> None:
+        """Connect (in the background) and start the stats loop."""
         self._pipeline = pipeline
         self._loop = asyncio.get_running_loop()
         self.link.start()
         self._stats_task = asyncio.create_task(self._stats_loop(), name="mqtt-stats")
 
     def on_model_ready(self, names: Mapping[int, str]) -> None:
+        """A model with other labels serves: re-announce discovery, switches and (fresh) counts."""
         if names != self.names:
             self.names = dict(names)
-            self._objects = {
-                c: ObjectLifecycle(
-                    self.names,
-                    min_hits=self.mcfg.min_hits,
-                    update_interval_s=self.mcfg.event_update_interval_s,
-                    lost_s=self.mcfg.track_lost_s,
-                    alerts=self.mcfg.alerts,
-                )
-                for c in self.cameras
-            }
             self._publish_state()
 
     async def stop(self) -> None:
+        """Stop the stats loop, then the link (it publishes `offline` and disconnects)."""
         if self._stats_task is not None:
             self._stats_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -103,90 +99,83 @@ class MqttService(ServiceBase):
             payload = envelope(self.device_id, cam, type=event.type, reason=event.reason, at=iso_utc(event.at))
             self.link.publish(self.topics.system(cam), dumps(payload), qos=1)
 
-    # ---- results -> messages ------------------------------------------------------------------
+    # ---- records and events -> messages -------------------------------------------------------
 
-    def on_result(self, rec: ResultRecord) -> None:
-        result = rec.result
-        record = {"seq": result.frame.seq, "frame": result.frame.index,
-                  "captured_at": iso_utc(result.frame.captured_wall), "detections": rec.detections_list(),
-                  "latency_ms": rec.latency_ms()}  # fmt: skip
-        cam = result.camera
-        if not self.enabled.get(cam, True) or cam not in self._objects:
-            return
-        mono, wall = time.monotonic(), time.time()
-        det = result.detections
-        ids = self._trackers[cam].update(det, mono)
-        for d, tid in zip(record["detections"], ids.tolist()):
-            d["track_id"] = tid or None
-        if not ids.all():  # ByteTrack leaves some detections out of every track: they are no object
-            keep = ids > 0
-            det, ids = Detections(det.xyxy[keep], det.confidence[keep], det.class_id[keep]), ids[keep]
-        self._publish_detections(record, result, mono)
-        wh = (result.frame.width, result.frame.height)
-        events = self._objects[cam].update(det, ids, wh, mono, wall)
-        for ev in events:
-            self._publish_event(cam, ev, record)
-        if any(ev.type in ("new", "alert") for ev in events) and self.mcfg.snapshot:
-            self._publish_snapshot(cam, result, [ev.obj for ev in events])
-        self._publish_counts(cam)
-
-    def _publish_detections(self, record: dict, result: FrameResult, mono: float) -> None:
-        cam = result.camera
-        if not self.mcfg.detections or (self.mcfg.detections_only_when_detected and not record["detections"]):
-            return
-        if mono - self._last_detections[cam] < 1.0 / self.mcfg.detections_max_rate_hz:
-            return
-        self._last_detections[cam] = mono
-        w, h = result.frame.width, result.frame.height
-        for d in record["detections"]:
-            x1, y1, x2, y2 = d["box"]
-            d["box_normalized"] = [round(x1 / w, 4), round(y1 / h, 4), round(x2 / w, 4), round(y2 / h, 4)]
-        payload = envelope(
-            self.device_id, cam, seq=record["seq"], frame=record["frame"], captured_at=record["captured_at"],
-            width=w, height=h, detections=record["detections"], latency_ms=record["latency_ms"],
-        )  # fmt: skip
-        self.link.publish(self.topics.detections(cam), dumps(payload), qos=0)
-
-    def _publish_event(self, cam: str, ev: ObjectEvent, record: dict) -> None:
-        fields: dict = {"type": ev.type, "object": ev.obj, "captured_at": record["captured_at"],
-                        "latency_ms": record["latency_ms"]}  # fmt: skip
-        if ev.reason:
-            fields["reason"] = ev.reason
-        if ev.rule is not None:
-            fields["alert"] = ev.rule.model_dump()
-        self.link.publish(self.topics.events(cam), dumps(envelope(self.device_id, cam, **fields)),
+    def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None) -> None:
+        """One object event on `<base>/<camera>/events`, with the capture time and latency of the frame that
+        caused it (None and {} when none did: detection switched off)."""
+        fields: dict = {
+            "type": event.type, "object": event.obj,
+            "captured_at": iso_utc(record.result.frame.captured_wall) if record is not None else None,
+            "latency_ms": record.latency_ms() if record is not None else {},
+        }  # fmt: skip
+        if event.reason:
+            fields["reason"] = event.reason
+        if event.rule is not None:
+            fields["alert"] = event.rule.model_dump()
+        self.link.publish(self.topics.events(camera), dumps(envelope(self.device_id, camera, **fields)),
                           qos=self.mcfg.qos_events)  # fmt: skip
         self.events_published += 1
 
-    def _publish_counts(self, cam: str, force: bool = False) -> None:
-        lifecycle = self._objects.get(cam)
-        if lifecycle is None:
+    def on_result(self, record: ResultRecord) -> None:
+        """One tracked frame: its detections (rate-limited), a snapshot when an object appeared or alerted, and
+        the counts that changed. Untracked frames (detection off for the camera, no model yet) publish nothing."""
+        if record.tracker_id is None:
             return
-        counts = lifecycle.counts()
+        self._publish_detections(record)
+        if self.cfg.tracking.snapshot and any(ev.type in ("new", "alert") for ev in record.events):
+            self._publish_snapshot(record)
+        self._publish_counts(record.camera, record.object_counts)
+
+    def _publish_detections(self, record: ResultRecord) -> None:
+        cam = record.camera
+        if not self.mcfg.detections or (self.mcfg.detections_only_when_detected and not len(record.detections)):
+            return
+        mono = time.monotonic()
+        if mono - self._last_detections[cam] < 1.0 / self.mcfg.detections_max_rate_hz:
+            return
+        self._last_detections[cam] = mono
+        frame = record.result.frame
+        w, h = frame.width, frame.height
+        detections = record.detections_list()  # a fresh list: adding keys leaves the shared record as it is
+        for d, box_normalized in zip(detections, normalized_xyxy_list([d["box"] for d in detections], w, h)):
+            d["box_normalized"] = box_normalized
+        payload = envelope(
+            self.device_id, cam, seq=frame.seq, frame=frame.index, captured_at=iso_utc(frame.captured_wall),
+            width=w, height=h, detections=detections, latency_ms=record.latency_ms(),
+        )  # fmt: skip
+        self.link.publish(self.topics.detections(cam), dumps(payload), qos=0)
+
+    def _publish_counts(self, cam: str, counts: Mapping[str, int], force: bool = False) -> None:
+        """Retained `<base>/<camera>/<label>/count` for each label whose count changed (all with `force`)."""
         last = self._last_counts.get(cam, {})
         for label, n in counts.items():
             if force or last.get(label) != n:
                 self.link.publish(self.topics.count(cam, label), str(n), qos=1, retain=True)
-        self._last_counts[cam] = counts
+        self._last_counts[cam] = dict(counts)
 
-    def _publish_snapshot(self, cam: str, result: FrameResult, objects: list[dict]) -> None:
+    def _object_counts(self, cam: str) -> Mapping[str, int]:
+        return self._pipeline.object_counts(cam) if self._pipeline is not None else {}
+
+    def _publish_snapshot(self, record: ResultRecord) -> None:
+        """Retained JPEG of the frame with the boxes of the objects this frame's events are about."""
         pipeline = self._pipeline
+        cam = record.camera
         ring = pipeline.rings.get(cam) if pipeline is not None else None
         if ring is None:
             return
         # The exact frame if the ring still holds it, else the newest (a few frames later at most).
-        view = ring.read_seq(result.frame.seq) or ring.read_latest()
+        view = ring.read_seq(record.result.frame.seq) or ring.read_latest()
         if view is None:
             return
         image = view.copy()
         if image is None:
             return
         image = np.ascontiguousarray(image)
-        for obj in objects:
-            x1, y1, x2, y2 = (int(v) for v in obj["box"])
-            cv2.rectangle(image, (x1, y1), (x2, y2), class_color_bgr(obj["class_id"]), 2)
-            cv2.putText(image, f"{obj['label']} {obj['confidence']:.2f} #{obj['id']}", (x1, max(12, y1 - 4)),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+        objects = [ev.obj for ev in record.events]
+        draw_detections(image, [o["box"] for o in objects], [o["label"] for o in objects],
+                        [o["class_id"] for o in objects], [o["confidence"] for o in objects],
+                        track_ids=[o["id"] for o in objects])  # fmt: skip
         ok, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
         if ok:
             self.link.publish(self.topics.snapshot(cam), jpg.tobytes(), qos=0, retain=True)
@@ -209,7 +198,7 @@ class MqttService(ServiceBase):
         for cam in self.cameras:
             self.link.publish(self.topics.detect_state(cam), "ON" if self.enabled[cam] else "OFF", qos=1, retain=True)
             self.link.publish(self.topics.confidence_state(cam), f"{self.conf:g}", qos=1, retain=True)
-            self._publish_counts(cam, force=True)
+            self._publish_counts(cam, self._object_counts(cam), force=True)
 
     def stats_section(self) -> tuple[str, dict]:
         """This service's part of the stats document (MQTT `<base>/stats`, HTTP `/api/stats`)."""
@@ -235,26 +224,35 @@ class MqttService(ServiceBase):
             self._loop.call_soon_threadsafe(self.command, topic, payload)
 
     def command(self, topic: str, payload: bytes) -> bool:
-        """Applies one command message; invalid ones are logged, counted and ignored."""
+        """Applies one command message (`<base>/<camera>/<command>/set`); invalid ones are logged, counted and
+        ignored.
+
+        Returns:
+            True when applied, False when rejected.
+        """
         parsed = self.topics.parse_command(topic)
         text = payload.decode("utf-8", "replace").strip()
-        if parsed is None or parsed[0] not in self.enabled:
+        if parsed is None or parsed[0] not in self.enabled or parsed[1] not in self._commands:
             return self._reject(topic, text, "unknown camera or command")
         cam, kind = parsed
-        if kind == "detect":
-            if text.upper() not in ("ON", "OFF"):
-                return self._reject(topic, text, "expected ON or OFF")
-            on = text.upper() == "ON"
-            if not on and self.enabled[cam] and cam in self._objects:
-                for ev in self._objects[cam].end_all("detection switched off"):
-                    self._publish_event(cam, ev, {"captured_at": None, "latency_ms": {}})
-                self._publish_counts(cam)
-            self.enabled[cam] = on
-            if self._pipeline is not None:
-                self._pipeline.set_detection(cam, on)
-            self.link.publish(self.topics.detect_state(cam), "ON" if on else "OFF", qos=1, retain=True)
-            log.info("mqtt: detection %s for %s", "on" if on else "off", cam)
-            return True
+        return self._commands[kind](cam, topic, text)
+
+    def _cmd_detect(self, cam: str, topic: str, text: str) -> bool:
+        """`ON`/`OFF` (any case): switch the camera's detection and echo it on `detect/state`."""
+        if text.upper() not in ("ON", "OFF"):
+            return self._reject(topic, text, "expected ON or OFF")
+        on = text.upper() == "ON"
+        self.enabled[cam] = on
+        if self._pipeline is not None:
+            # Switching off ends the camera's objects: their `end` events come back through `on_event`.
+            self._pipeline.set_detection(cam, on)
+            self._publish_counts(cam, self._pipeline.object_counts(cam))
+        self.link.publish(self.topics.detect_state(cam), "ON" if on else "OFF", qos=1, retain=True)
+        log.info("mqtt: detection %s for %s", "on" if on else "off", cam)
+        return True
+
+    def _cmd_confidence(self, cam: str, topic: str, text: str) -> bool:
+        """A number in (0, 1): the detector's confidence threshold, echoed on every camera's `confidence/state`."""
         try:
             conf = float(text)
         except ValueError:

@@ -14,7 +14,9 @@ class ByteTrack:
             import supervision as sv
             from trackers import ByteTrackTracker
         except ImportError as exc:
-            raise ImportError("mqtt.tracker: bytetrack needs the `tracking` extra: pip install '.[tracking]'") from exc
+            raise ImportError(
+                "tracking.tracker: bytetrack needs the `tracking` extra: pip install '.[tracking]'"
+            ) from exc
         self._sv = sv
         # Thresholds follow this model's confidences (0.25-0.75); the package's 0.7 activation would
         # ignore most people.

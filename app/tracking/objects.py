@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
+from app.boxes import normalized_xyxy_list
 from app.clock import iso_utc
 from app.config import AlertRule
 from app.types import Detections
@@ -37,8 +39,8 @@ class TrackedObject:
     alert_since: dict[str, float] = field(default_factory=dict)  # rule label -> start of confident stretch
 
     def as_dict(self, frame_wh: tuple[int, int]) -> dict:
+        """The object as events carry it; `frame_wh` (pixels) scales `box_normalized`."""
         w, h = frame_wh
-        x1, y1, x2, y2 = self.box
         return {
             "id": self.track_id,
             "label": self.label,
@@ -46,16 +48,29 @@ class TrackedObject:
             "confidence": round(self.confidence, 4),
             "best_confidence": round(self.best_confidence, 4),
             "box": [round(v, 1) for v in self.box],
-            "box_normalized": [round(x1 / w, 4), round(y1 / h, 4), round(x2 / w, 4), round(y2 / h, 4)],
+            "box_normalized": normalized_xyxy_list([self.box], w, h)[0],
             "first_seen": iso_utc(self.first_seen_wall),
             "last_seen": iso_utc(self.last_seen_wall),
             "duration_s": round(self.last_seen_mono - self.first_seen_mono, 2),
         }
 
 
+ObjectEventType = Literal["new", "update", "end", "alert"]
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectEvent:
-    type: str  # new | update | end | alert
+    """Something happened to a tracked object.
+
+    Attributes:
+        type: `new` (announced after `min_hits` sightings), `update` (label changed, or periodic), `end`
+            (unseen for `lost_s`, or detection switched off), `alert` (a rule held).
+        obj: The object as `TrackedObject.as_dict` gives it (JSON-ready).
+        reason: Why, for `update` ("label changed", "periodic"), `end` by command and `alert`; else "".
+        rule: The alert rule that fired (`alert` only).
+    """
+
+    type: ObjectEventType
     obj: dict
     reason: str = ""
     rule: AlertRule | None = None

@@ -24,8 +24,8 @@ import av
 import cv2
 import numpy as np
 
-from app.colors import class_color_bgr
 from app.config import HttpConfig
+from app.draw import draw_detections
 from app.ring import FrameRing
 
 log = logging.getLogger(__name__)
@@ -94,15 +94,17 @@ def preview_size(width: int, height: int, target_width: int) -> tuple[int, int]:
 
 
 def draw_boxes(image: np.ndarray, boxes: list[dict]) -> None:
-    """Server-side overlay (http.server_side_boxes): boxes in normalised coordinates."""
+    """Server-side overlay (http.server_side_boxes), drawn in place.
+
+    Args:
+        image: `(H, W, 3)` uint8 BGR preview frame.
+        boxes: The page's box dicts: `label`, `confidence`, `box_norm` (`[x1, y1, x2, y2]`, 0..1 of the
+            frame) and `class_id` (0 when absent).
+    """
     h, w = image.shape[:2]
-    for b in boxes:
-        x1, y1, x2, y2 = b["box_norm"]
-        p1, p2 = (int(x1 * w), int(y1 * h)), (int(x2 * w), int(y2 * h))
-        color = class_color_bgr(b.get("class_id", 0))
-        cv2.rectangle(image, p1, p2, color, 2)
-        cv2.putText(image, f"{b['label']} {b['confidence']:.2f}", (p1[0], max(12, p1[1] - 4)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+    xyxy = np.asarray([b["box_norm"] for b in boxes], np.float64).reshape(-1, 4) * np.array([w, h, w, h], np.float64)
+    draw_detections(image, xyxy, [b["label"] for b in boxes], [b.get("class_id", 0) for b in boxes],
+                    [b["confidence"] for b in boxes])  # fmt: skip
 
 
 class Vp8Encoder:

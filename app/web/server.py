@@ -16,6 +16,7 @@ from importlib import resources
 
 from aiohttp import web
 
+from app.boxes import normalized_xyxy_list
 from app.config import ConfigError, VigilConfig, redact
 from app.pipeline.errors import PipelineError
 from app.pipeline.records import ResultRecord, SystemEvent
@@ -134,12 +135,11 @@ class WebService(ServiceBase):
         if not viewers and not self.hcfg.server_side_boxes:
             return
         w, h = max(1, result.frame.width), max(1, result.frame.height)
+        detections = record.detections_list()
         boxes = [
-            {"class_id": d["class_id"], "label": d["label"], "confidence": d["confidence"],
-             "box_norm": [round(d["box"][0] / w, 4), round(d["box"][1] / h, 4),
-                          round(d["box"][2] / w, 4), round(d["box"][3] / h, 4)]}
-            for d in record.detections_list()
-        ]  # fmt: skip
+            {"class_id": d["class_id"], "label": d["label"], "confidence": d["confidence"], "box_norm": norm}
+            for d, norm in zip(detections, normalized_xyxy_list([d["box"] for d in detections], w, h))
+        ]
         self._overlay[result.camera] = boxes
         latency = record.latency_ms()
         msg = {
