@@ -22,6 +22,8 @@ test: $(VENV)/.test assets
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check app tests tools
 	$(VENV)/bin/ruff format --check app tests tools
+	@# mypy reads its targets (app/) and strictness from [tool.mypy] in pyproject.toml.
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.test assets
 	$(VENV)/bin/vigil bench --markdown docs/BENCHMARKS.md

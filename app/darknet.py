@@ -31,10 +31,14 @@ Anything else in a cfg raises UnsupportedCfgError naming the section, its line a
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = [
     "DarknetError",
@@ -68,18 +72,28 @@ class UnsupportedCfgError(DarknetError):
 
 @dataclass(frozen=True)
 class Section:
+    """One ``[section]`` of a cfg with its raw ``key=value`` options."""
+
     kind: str  # "net", "convolutional", ...
     options: dict[str, str]
     line: int  # 1-based line of the [header]
     index: int = -1  # layer index as Darknet counts it ([net] is -1)
 
     def where(self) -> str:
+        """Where the section is, for error messages: ``[kind] at line N (layer I)``."""
         return f"[{self.kind}] at line {self.line}" + (f" (layer {self.index})" if self.index >= 0 else "")
 
 
 def parse_cfg(text: str) -> list[Section]:
-    """Sections in file order, as Darknet's read_cfg reads them: all whitespace removed from a line, lines
-    starting with '#' or ';' skipped, `key=value` options. The first section must be [net] (or [network])."""
+    """Parse a Darknet cfg into sections in file order, as Darknet's read_cfg (parser.c) reads them.
+
+    All whitespace is removed from a line, lines starting with '#' or ';' are skipped, options are
+    `key=value`. The first section must be [net] (or [network]).
+
+    Raises:
+        DarknetError: A malformed header or option, an option before any section or given twice, no [net]
+            first (or a second one), or no layers.
+    """
     sections: list[Section] = []
     kind: str | None = None
     options: dict[str, str] = {}
@@ -213,6 +227,8 @@ def _check_options(sec: Section) -> None:
 
 @dataclass(frozen=True)
 class Header:
+    """The weights file header: version, images seen in training, and its own size in bytes (16 or 20)."""
+
     major: int
     minor: int
     revision: int
@@ -221,7 +237,17 @@ class Header:
 
 
 def read_weights(data: bytes | bytearray | memoryview) -> tuple[Header, np.ndarray]:
-    """(header, float32 array of everything after it). Fails if the float section is not whole floats."""
+    """Split a Darknet weights file into its header and its float32 values.
+
+    Args:
+        data: The whole ``.weights`` file.
+
+    Returns:
+        ``(header, floats)``: ``floats`` is a 1-D float32 array of everything after the header.
+
+    Raises:
+        DarknetError: Shorter than a header, or the rest is not a whole number of float32 values.
+    """
     data = memoryview(data)
     if len(data) < 16:
         raise DarknetError(f"weights file of {len(data)} bytes is too short for a Darknet header")
@@ -279,7 +305,7 @@ class _Layer:
     c: int
     h: int
     w: int
-    attrs: dict[str, object] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)  # per layer kind: ints, lists, strs, bools
 
 
 def _conv_plan(sec: Section, c: int, h: int, w: int) -> _Layer:
@@ -408,8 +434,10 @@ def _plan(sections: Sequence[Section], in_hw: tuple[int, int], in_c: int) -> lis
 
 
 def _check_size_independent(sections: Sequence[Section], nominal: list[_Layer], in_c: int) -> None:
-    """The graph is emitted once with dynamic H, W: every padding and stride must be the same at any input
-    that is a multiple of the model's largest stride, or the graph would be right at one size only."""
+    """Check every padding and stride is the same at any input that is a multiple of the largest stride.
+
+    The graph is emitted once with dynamic H, W; otherwise it would be right at one size only.
+    """
     max_stride = max(int(layer.attrs["stride"]) for layer in nominal if layer.sec.kind == "yolo")
     for k in (1, 2, 3, 5, 7, 19):
         other = _plan(sections, (k * max_stride, k * max_stride), in_c)
@@ -449,9 +477,28 @@ def convert(
     *,
     bn_eps: str = "opencv",
     metadata: Mapping[str, str] | None = None,
-):
-    """An onnx.ModelProto for a Darknet YOLO detector. `metadata` adds to (and may override) the metadata
-    written from the cfg: names, stride, imgsz, task, description."""
+) -> onnx.ModelProto:
+    """Convert a Darknet YOLO detector to ONNX (see the module docstring for the graph and its rules).
+
+    Args:
+        cfg: The ``.cfg`` text.
+        weights: The whole ``.weights`` file; every float must be consumed.
+        names: Class names, one per class of the [yolo] layers.
+        bn_eps: ``"opencv"`` (sqrt(var + eps), the default) or ``"darknet"`` (sqrt(var) + eps).
+        metadata: Adds to (and may override) the metadata written from the cfg: names, stride, imgsz, task,
+            description.
+
+    Returns:
+        The checked model: input ``images`` ``[B, 3, H, W]`` float32 RGB 0..1, output ``output0``
+        ``[B, 4 + C, N]`` (cx, cy, w, h in input pixels, then class scores).
+
+    Raises:
+        ValueError: An unknown ``bn_eps``.
+        DarknetError: A malformed cfg or weights file, weights that do not match the cfg, or a names count
+            that differs from the classes.
+        UnsupportedCfgError: A layer type or option this converter does not implement, channels other than
+            3, no [yolo] layer, or [yolo] layers that disagree on the class count.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -485,7 +532,7 @@ def convert(
         inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def node(op: str, inputs: list[str], name: str, **attrs) -> str:
+    def node(op: str, inputs: list[str], name: str, **attrs: Any) -> str:
         nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
 
@@ -514,11 +561,11 @@ def convert(
                 y = node("LeakyRelu", [y], f"leaky{i}", alpha=LEAKY_SLOPE)
         elif kind == "maxpool":
             k, s = int(a["size"]), int(a["stride"])
-            pads = list(a["pads"])  # type: ignore[call-overload]
+            pads = list(a["pads"])
             y = node("MaxPool", [x], f"maxpool{i}", kernel_shape=[k, k], strides=[s, s], pads=pads)
         elif kind == "upsample":
-            s = float(a["stride"])
-            scales = const(f"upsample{i}.scales", np.array([1, 1, s, s], np.float32))
+            factor = float(a["stride"])
+            scales = const(f"upsample{i}.scales", np.array([1, 1, factor, factor], np.float32))
             y = node(
                 "Resize",
                 [x, "", scales],
@@ -528,7 +575,7 @@ def convert(
                 nearest_mode="floor",
             )
         elif kind == "route":
-            srcs = [outputs[j] for j in a["sources"]]  # type: ignore[attr-defined]
+            srcs = [outputs[j] for j in a["sources"]]
             y = srcs[0] if len(srcs) == 1 else node("Concat", srcs, f"route{i}", axis=1)
         elif kind == "shortcut":
             y = node("Add", [x, outputs[int(a["source"])]], f"shortcut{i}")
@@ -576,7 +623,7 @@ def convert(
     return model
 
 
-def _yolo_head(node, const, head: _Layer, nc: int) -> str:
+def _yolo_head(node: Callable[..., str], const: Callable[[str, np.ndarray], str], head: _Layer, nc: int) -> str:
     """[B, A*(5+C), H, W] raw -> [B, 4+C, H*W*A] decoded: cells row-major, anchors innermost."""
     i = head.sec.index
     a = head.attrs
@@ -636,10 +683,15 @@ def _triangle(t: np.ndarray) -> np.ndarray:
 
 
 def probe_input(hw: tuple[int, int] = (416, 416)) -> np.ndarray:
-    """A deterministic [1, 3, H, W] float32 image in 0..1 (colour ramps, discs and bars) that makes a COCO
-    detector respond at every stride (YOLOv3-tiny at 416: 0.64 from the stride-32 head, 0.26 from the
-    stride-16 one). Closed-form from +, -, x, /, floor and rounding only, no RNG and no transcendental
-    functions (whose last bit varies with the CPU and numpy build): the same bytes everywhere."""
+    """A deterministic [1, 3, H, W] float32 RGB image in 0..1 (colour ramps, discs and bars).
+
+    It makes a COCO detector respond at every stride (YOLOv3-tiny at 416: 0.64 from the stride-32 head,
+    0.26 from the stride-16 one). Closed-form from +, -, x, /, floor and rounding only, no RNG and no
+    transcendental functions (whose last bit varies with the CPU and numpy build): the same bytes everywhere.
+
+    Args:
+        hw: ``(height, width)`` in pixels.
+    """
     h, w = hw
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
     u, v = x / max(w - 1, 1), y / max(h - 1, 1)

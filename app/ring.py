@@ -26,6 +26,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from typing import cast
 
 import numpy as np
 
@@ -50,7 +51,15 @@ def _align(n: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class RingSpec:
-    """Everything a reader needs to attach; picklable for spawned workers."""
+    """Everything a reader needs to attach; picklable for spawned workers.
+
+    Attributes:
+        name: Shared-memory segment name (the file under /dev/shm).
+        slots: Number of frame slots; a frame is overwritten ``slots`` frames after it was written.
+        max_height: Largest frame height in pixels a slot holds.
+        max_width: Largest frame width in pixels a slot holds.
+        channels: Bytes per pixel (3 for BGR).
+    """
 
     name: str
     slots: int
@@ -60,14 +69,17 @@ class RingSpec:
 
     @property
     def slot_pixels(self) -> int:
+        """Pixel bytes per slot: ``max_height * max_width * channels``."""
         return self.max_height * self.max_width * self.channels
 
     @property
     def slot_stride(self) -> int:
+        """Bytes from one slot's header to the next: the 64-byte header plus the pixels, 64-byte aligned."""
         return SLOT_HEADER + _align(self.slot_pixels)
 
     @property
     def nbytes(self) -> int:
+        """Size in bytes of the whole shared-memory block (global header plus all slots)."""
         return ALIGN + self.slots * self.slot_stride
 
 
@@ -76,7 +88,13 @@ class RingGoneError(FileNotFoundError):
 
 
 class FrameView:
-    """A zero-copy view of one slot; valid only while the writer has not rewritten the slot."""
+    """A zero-copy view of one slot; valid only while the writer has not rewritten the slot.
+
+    Attributes:
+        meta: The frame's sequence number, source index, pts (s), capture times (monotonic ns, wall s) and size.
+        image: ``(H, W, C)`` uint8 (BGR for cameras), read-only and backed by the shared memory: the writer
+            may overwrite it at any time, so check ``is_valid()`` after using it or take ``copy()``.
+    """
 
     __slots__ = ("_generation", "_ring", "_slot", "image", "meta")
 
@@ -88,15 +106,36 @@ class FrameView:
         self.image = image
 
     def is_valid(self) -> bool:
+        """Whether the slot still holds this frame (the writer has not started rewriting it since the read)."""
         return int(self._ring._slot_ints[self._slot][0]) == self._generation
 
     def copy(self) -> np.ndarray | None:
+        """Copy the pixels out of shared memory.
+
+        Returns:
+            An owned ``(H, W, C)`` uint8 copy, or None if the writer rewrote the slot during the copy (the copy
+            may be torn, so it is discarded).
+        """
         out = self.image.copy()
         return out if self.is_valid() else None
 
 
 class FrameRing:
-    def __init__(self, spec: RingSpec, buf: memoryview, owner: bool, closer) -> None:
+    """One camera's ring of frame slots in shared memory: a single writer, any number of readers.
+
+    Build one with ``create`` (the owner, in the capture process) or ``attach`` (a reader, from a ``RingSpec``
+    sent to another process). Also a context manager: leaving it closes and, for the owner, unlinks.
+
+    Args:
+        spec: Geometry and name of the block.
+        buf: The mapped block, at least ``spec.nbytes`` long.
+        owner: True for the creator, which alone unlinks the segment.
+        closer: What ``close()`` closes after releasing ``buf``: the ``SharedMemory`` (owner) or the ``mmap``.
+    """
+
+    def __init__(
+        self, spec: RingSpec, buf: memoryview, owner: bool, closer: shared_memory.SharedMemory | mmap.mmap
+    ) -> None:
         self._spec = spec
         self._buf = buf
         self._owner = owner
@@ -119,6 +158,22 @@ class FrameRing:
 
     @classmethod
     def create(cls, slots: int, max_height: int, max_width: int, channels: int = 3, prefix: str = "vigil") -> FrameRing:
+        """Create a new zeroed ring in shared memory, owned by this process.
+
+        Args:
+            slots: Number of frame slots, at least 2 (one being written while a reader holds another).
+            max_height: Largest frame height in pixels that ``write`` accepts.
+            max_width: Largest frame width in pixels that ``write`` accepts.
+            channels: Bytes per pixel (3 for BGR).
+            prefix: Start of the segment name, which continues ``-<pid>-<random hex>``.
+
+        Returns:
+            The owning ring; ``spec`` is what readers in other processes pass to ``attach``.
+
+        Raises:
+            ValueError: ``slots`` is below 2.
+            OSError: The segment could not be created (for example /dev/shm is full).
+        """
         if slots < 2:
             raise ValueError("a frame ring needs at least 2 slots")
         name = f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -126,12 +181,24 @@ class FrameRing:
         # The owner stays registered with multiprocessing's resource tracker on purpose: if this process
         # is SIGKILLed, the tracker unlinks the segment so /dev/shm does not fill up across restarts.
         shm = shared_memory.SharedMemory(name=name, create=True, size=spec.nbytes)
-        ring = cls(spec, shm.buf, owner=True, closer=shm)
+        ring = cls(spec, cast(memoryview, shm.buf), owner=True, closer=shm)
         ring._header[:] = [MAGIC, LAYOUT_VERSION, slots, max_height, max_width, channels, 0, 0]
         return ring
 
     @classmethod
     def attach(cls, spec: RingSpec) -> FrameRing:
+        """Map an existing ring, created by another process, for reading.
+
+        Args:
+            spec: The owner's ``ring.spec``.
+
+        Returns:
+            A non-owning ring; closing it leaves the segment in place.
+
+        Raises:
+            RingGoneError: The segment no longer exists (its owner exited and it was unlinked).
+            ValueError: The segment is smaller than ``spec`` says or is not a ring of this layout version.
+        """
         # Not SharedMemory(name=...): before Python 3.13 it registers the segment with the resource
         # tracker that spawned children share with their parent, and the child's unregister (or exit)
         # would unlink the parent's segment or drop its crash protection (CPython issue 82300).
@@ -157,14 +224,17 @@ class FrameRing:
 
     @property
     def spec(self) -> RingSpec:
+        """What a reader needs to ``attach`` to this ring."""
         return self._spec
 
     @property
     def name(self) -> str:
+        """Shared-memory segment name."""
         return self._spec.name
 
     @property
     def latest_seq(self) -> int:
+        """Sequence number of the newest complete frame, read from shared memory; 0 before the first write."""
         return int(self._header[_LATEST])
 
     # ---- writer -------------------------------------------------------------------------------
@@ -172,6 +242,22 @@ class FrameRing:
     def write(
         self, image: np.ndarray, *, index: int, pts: float, captured_mono_ns: int, captured_wall: float
     ) -> FrameMeta:
+        """Copy a frame into the next slot and publish it as the latest (seqlock: generation odd, write, even).
+
+        Args:
+            image: ``(H, W, C)`` uint8 (BGR for cameras) with ``C == spec.channels``, ``H <= max_height`` and
+                ``W <= max_width``; smaller frames are stored compactly.
+            index: Frame index within the source (restarts when a file loops).
+            pts: Presentation time in the source, in seconds.
+            captured_mono_ns: ``time.monotonic_ns()`` when the frame was read.
+            captured_wall: ``time.time()`` at the same instant, in seconds.
+
+        Returns:
+            The stored frame's metadata; its ``seq`` is the previous one plus 1.
+
+        Raises:
+            ValueError: ``image`` is not 3-D uint8, has the wrong channel count or is larger than the slots.
+        """
         s = self._spec
         if image.ndim != 3 or image.dtype != np.uint8:
             raise ValueError(f"frame must be HxWxC uint8, got shape {image.shape} dtype {image.dtype}")
@@ -196,7 +282,17 @@ class FrameRing:
     # ---- readers ------------------------------------------------------------------------------
 
     def read_latest(self, after_seq: int = 0) -> FrameView | None:
-        """The newest complete frame with seq > after_seq, as a zero-copy view; None if there is none."""
+        """Take the newest complete frame, as a zero-copy view.
+
+        Frames between ``after_seq`` and the newest are skipped: readers only ever want the latest.
+
+        Args:
+            after_seq: The last seq this reader handled; only a newer frame is returned.
+
+        Returns:
+            A view of the newest frame with ``seq > after_seq``, or None if there is none yet, or if the writer
+            kept rewriting the slot through ``READ_RETRIES`` attempts.
+        """
         s = self._spec
         for _ in range(READ_RETRIES):
             seq = int(self._header[_LATEST])
@@ -217,7 +313,15 @@ class FrameRing:
         return None
 
     def read_seq(self, seq: int) -> FrameView | None:
-        """Frame `seq` if the ring still holds it (it is overwritten `slots` frames later)."""
+        """Look up one frame by sequence number, as a zero-copy view.
+
+        Args:
+            seq: The frame's sequence number (from its ``FrameMeta``).
+
+        Returns:
+            The frame, or None if ``seq`` is not positive, or the ring no longer holds it (it is overwritten
+            ``slots`` frames later), or its slot is being rewritten.
+        """
         if seq <= 0:
             return None
         s = self._spec
@@ -236,6 +340,10 @@ class FrameRing:
     # ---- lifetime -----------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Unmap the block from this process; idempotent. The segment itself stays until ``unlink``.
+
+        Views still held keep the mapping alive until they are dropped.
+        """
         if self._closed:
             return
         self._closed = True
@@ -248,7 +356,8 @@ class FrameRing:
             log.debug("frame ring %s closed with views alive", self._spec.name)
 
     def unlink(self) -> None:
-        if not self._owner:
+        """Remove the segment from /dev/shm (owner only; a no-op for readers and when already gone)."""
+        if not self._owner or not isinstance(self._closer, shared_memory.SharedMemory):
             return
         with contextlib.suppress(FileNotFoundError):
             self._closer.unlink()  # SharedMemory.unlink also drops the resource-tracker registration

@@ -35,7 +35,8 @@ def _tensorrt(path: str | Path, cfg: ModelConfig) -> Backend:
 
 def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
     """A loaded backend and the reason it was chosen (logged and shown in stats). `auto` falls back to ONNX
-    Runtime on the same model whenever the TensorRT path is unavailable or fails to load."""
+    Runtime on the same model whenever the TensorRT path is unavailable or fails to load.
+    """
     path = Path(cfg.path)
     is_engine = path.suffix in ENGINE_SUFFIXES
     if cfg.backend == "onnxruntime":

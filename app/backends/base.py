@@ -28,7 +28,8 @@ class TensorSpec:
 class StagedFrame:
     """A frame copied out of the ring for a backend that letterboxes on its device: the BGR uint8 pixels
     (page-locked when the backend staged them, so the upload is DMA) and where they go in the model input.
-    The copy is what makes it safe: the ring slot may be overwritten as soon as the copy is checked."""
+    The copy is what makes it safe: the ring slot may be overwritten as soon as the copy is checked.
+    """
 
     image: np.ndarray
     geometry: LetterboxGeometry

@@ -3,7 +3,8 @@ GPU and TensorRT it was built for. A manifest beside each engine records how it 
 it passed validation against ONNX Runtime; an engine that has not passed is never used.
 
 The runtime looks engines up here (`cached_engine`); the build tooling in `app.engine` writes them and
-their manifests through the same key and format, so both sides depend on this module and not on each other."""
+their manifests through the same key and format, so both sides depend on this module and not on each other.
+"""
 
 from __future__ import annotations
 

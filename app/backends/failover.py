@@ -1,5 +1,8 @@
-"""Run-time failover: a GPU backend that keeps failing (CUDA error, out of memory) hands over to ONNX
-Runtime on the same model, with the same outputs; the GPU is tried again later."""
+"""Run-time failover: a GPU backend that keeps failing hands over to ONNX Runtime on the same model.
+
+The failures meant are a CUDA error or running out of memory. The fallback gives the same outputs; the
+GPU is tried again later.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,21 @@ log = logging.getLogger(__name__)
 
 
 class FailoverBackend(Backend):
+    """Serves from ``primary`` until it fails ``max_failures`` times in a row, then from a fallback.
+
+    The failing call that trips the failover is retried on the fallback, so the frame is not lost; earlier
+    failures propagate to the caller. After ``retry_after_s`` seconds (monotonic) on the fallback the
+    primary is tried again (reloaded first when ``reload_primary`` is given), and a single failure then
+    sends it back. Inputs, outputs and metadata are always the primary's.
+
+    Args:
+        primary: The loaded GPU backend.
+        fallback: Builds the fallback backend; called (and loaded) on the first failover only.
+        max_failures: Consecutive inference failures that trigger the failover.
+        retry_after_s: Seconds on the fallback before the primary is tried again.
+        reload_primary: Builds a fresh primary for a retry; None reuses the old one.
+    """
+
     def __init__(
         self,
         primary: Backend,
@@ -43,39 +61,53 @@ class FailoverBackend(Backend):
 
     @property
     def name(self) -> str:  # type: ignore[override]
+        """The name of the backend serving now."""
         return self.active.name
 
     def load(self) -> None:
+        """Load the primary."""
         self.primary.load()
 
     @property
     def inputs(self) -> list[TensorSpec]:
+        """The primary's inputs."""
         return self.primary.inputs
 
     @property
     def outputs(self) -> list[TensorSpec]:
+        """The primary's outputs (the fallback runs the same model)."""
         return self.primary.outputs
 
     @property
     def metadata(self) -> dict[str, str]:
+        """The primary's model metadata."""
         return self.primary.metadata
 
     @property
     def providers(self) -> list[str]:
+        """The providers of the backend serving now."""
         return self.active.providers
 
     @property
     def preprocesses_on_device(self) -> bool:
+        """Whether the primary letterboxes on its device (then frames are staged even while on the fallback)."""
         return self.primary.preprocesses_on_device
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run the serving backend on a ``(1, 3, H, W)`` RGB 0..1 batch; outputs in ``outputs`` order.
+
+        Raises:
+            Exception: The primary's error while below ``max_failures``, or any error of the fallback.
+        """
         return self._serve(lambda b: b.infer(batch))
 
     def stage(self, image: np.ndarray, geometry: LetterboxGeometry) -> StagedFrame:
+        """Stage a ``(H, W, 3)`` uint8 BGR frame with the serving backend (failures count, successes don't)."""
         # a copy that worked says nothing about the GPU: only inference successes reset the failure count
         return self._serve(lambda b: b.stage(image, geometry), proves_health=False)
 
     def infer_frame(self, frame: StagedFrame) -> list[np.ndarray]:
+        """Run the serving backend on a staged frame; outputs in ``outputs`` order."""
         # A frame staged for the GPU is still a frame: the fallback letterboxes it on the host.
         return self._serve(lambda b: b.infer_frame(frame))
 
@@ -121,6 +153,7 @@ class FailoverBackend(Backend):
         log.info("retrying %s", self.primary.name)
 
     def close(self) -> None:
+        """Close the primary and, if it was built, the fallback."""
         self.primary.close()
         if self.fallback is not None:
             self.fallback.close()

@@ -1,5 +1,6 @@
-"""Letterbox preprocessing on the GPU: one CUDA kernel (letterbox.cu) from the uint8 BGR frame to the
-engine's NCHW RGB input, bit-identical to the CPU `Preprocessor`.
+"""Letterbox preprocessing on the GPU: one CUDA kernel, bit-identical to the CPU `Preprocessor`.
+
+The kernel (letterbox.cu) goes from the uint8 BGR frame to the engine's NCHW RGB input.
 
 `LetterboxLaunch` is plain Python on purpose: the launch parameters are derived from the CPU path's own
 `LetterboxGeometry`, and the host test runs the kernel body with exactly these values, so what the test
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +57,12 @@ class LetterboxLaunch:
 
     @classmethod
     def from_geometry(cls, geometry: LetterboxGeometry, block: tuple[int, int] = (32, 8)) -> LetterboxLaunch:
+        """Derive the launch from the CPU path's geometry for one source size.
+
+        Args:
+            geometry: Source size, model input size, resized size and padding offsets (pixels).
+            block: CUDA block ``(x, y)`` in threads; the grid covers the model input, one thread per pixel.
+        """
         src_h, src_w = geometry.src_hw
         dst_h, dst_w = geometry.dst_hw
         new_w, new_h = geometry.resized_wh
@@ -96,7 +104,19 @@ class LetterboxLaunch:
 
 
 class GpuLetterbox:
-    """The compiled kernel for one engine input dtype; launches on the caller's stream and context."""
+    """The compiled kernel for one engine input dtype; launches on the caller's stream and context.
+
+    Compiles with nvcc through pycuda on construction, so a CUDA context must be current.
+
+    Args:
+        dtype: The engine input dtype, float32 or float16.
+        cache_dir: Where pycuda caches the compiled kernel; None uses pycuda's default cache, and an
+            unwritable folder compiles without a cache.
+        block: CUDA block ``(x, y)`` in threads.
+
+    Raises:
+        ValueError: ``dtype`` is neither float32 nor float16.
+    """
 
     def __init__(
         self, dtype: np.typing.DTypeLike, *, cache_dir: Path | None = None, block: tuple[int, int] = (32, 8)
@@ -122,8 +142,15 @@ class GpuLetterbox:
         self._fn = module.get_function(KERNELS[dt])
         self._cached: tuple[LetterboxGeometry, LetterboxLaunch] | None = None  # the geometry rarely changes
 
-    def launch(self, src_ptr: int, dst_ptr: int, geometry: LetterboxGeometry, stream) -> None:
-        """Enqueue the kernel: `src_ptr` holds the HxWx3 uint8 frame, `dst_ptr` the (1,3,H,W) input."""
+    def launch(self, src_ptr: int, dst_ptr: int, geometry: LetterboxGeometry, stream: Any) -> None:
+        """Enqueue the kernel on ``stream``; returns before it runs.
+
+        Args:
+            src_ptr: Device address of the contiguous ``(H, W, 3)`` uint8 BGR frame.
+            dst_ptr: Device address of the ``(1, 3, h, w)`` RGB 0..1 input in this kernel's dtype.
+            geometry: The frame's letterbox (its ``src_hw`` must be the frame's size).
+            stream: The ``pycuda.driver.Stream`` to launch on (pycuda ships no types).
+        """
         if self._cached is None or self._cached[0] != geometry:
             self._cached = (geometry, LetterboxLaunch.from_geometry(geometry, self.block))
         p = self._cached[1]

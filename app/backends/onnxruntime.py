@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,15 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 class OnnxRuntimeBackend(Backend):
+    """An ONNX model in an ONNX Runtime session: GPU providers first when allowed and present, then CPU.
+
+    Args:
+        path: The ``.onnx`` file.
+        threads: Intra-op threads; 0 lets ONNX Runtime use one per physical core.
+        spin_wait: Let idle intra-op threads spin (lower latency, busier CPU).
+        allow_gpu: Try the TensorRT and CUDA execution providers when onnxruntime-gpu offers them.
+    """
+
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, *, threads: int = 0, spin_wait: bool = True, allow_gpu: bool = True) -> None:
@@ -32,7 +42,7 @@ class OnnxRuntimeBackend(Backend):
         self.threads = threads
         self.spin_wait = spin_wait
         self.allow_gpu = allow_gpu
-        self._session = None
+        self._session: Any = None  # onnxruntime.InferenceSession once loaded (onnxruntime ships no types)
         self._inputs: list[TensorSpec] = []
         self._outputs: list[TensorSpec] = []
         self._meta: dict[str, str] = {}
@@ -40,6 +50,12 @@ class OnnxRuntimeBackend(Backend):
         self._output_names: list[str] = []
 
     def load(self) -> None:
+        """Create the session and read the model's inputs, outputs and metadata.
+
+        Raises:
+            BackendError: The file does not exist, ONNX Runtime cannot load it, a tensor has an unsupported
+                type, or the model has other than one input.
+        """
         import onnxruntime as ort
 
         if not self.path.is_file():
@@ -73,26 +89,42 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def inputs(self) -> list[TensorSpec]:
+        """The model's single image input (empty before ``load``)."""
         return self._inputs
 
     @property
     def outputs(self) -> list[TensorSpec]:
+        """The model's outputs in model order (empty before ``load``)."""
         return self._outputs
 
     @property
     def metadata(self) -> dict[str, str]:
+        """The model's custom metadata map (Ultralytics writes names, stride, imgsz, task...)."""
         return self._meta
 
     @property
     def providers(self) -> list[str]:
+        """Execution providers of the session in priority order; empty before ``load``."""
         return list(self._session.get_providers()) if self._session is not None else []
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run the session.
+
+        Args:
+            batch: ``(1, 3, H, W)`` RGB 0..1 in the input's dtype (``inputs[0].dtype``).
+
+        Returns:
+            Every output, in ``outputs`` order.
+
+        Raises:
+            BackendError: Called before ``load()``. ONNX Runtime's own errors propagate unchanged.
+        """
         if self._session is None:
             raise BackendError("backend used before load()")
         return self._session.run(self._output_names, {self._input_name: batch})
 
     def close(self) -> None:
+        """Drop the session (its memory is freed when the last reference goes)."""
         self._session = None
 
 

@@ -48,7 +48,8 @@ def tensorrt_available() -> tuple[bool, str]:
 @dataclass(slots=True)
 class _Buffer:
     """A host array and the device address the engine or kernel uses for it. Mapped (zero-copy) buffers
-    have no device allocation: the address is the host memory's own GPU mapping."""
+    have no device allocation: the address is the host memory's own GPU mapping.
+    """
 
     host: np.ndarray
     device_ptr: int
@@ -281,7 +282,8 @@ class TensorRTBackend(Backend):
 
 def use_zero_copy(setting: str, integrated: bool) -> bool:
     """Mapped host memory pays off where the GPU shares the host's DRAM (Jetson); on a discrete GPU every
-    kernel access would cross PCIe, so `auto` only maps on integrated GPUs."""
+    kernel access would cross PCIe, so `auto` only maps on integrated GPUs.
+    """
     if setting not in ("auto", "on", "off"):
         raise BackendError(f"model.tensorrt.zero_copy must be auto, on or off, not {setting!r}")
     return setting == "on" or (setting == "auto" and integrated)

@@ -1,10 +1,14 @@
-"""TensorRT 10 I/O planning: which tensors an engine has, their dtypes and concrete shapes, and the
-order in which an execution context is told about them. Pure logic over the engine API (no CUDA), so
-it is tested on CPU against a stand-in of that API; the backend feeds it real engines on a GPU."""
+"""TensorRT 10 I/O planning: an engine's tensors, their dtypes and concrete shapes, and the binding order.
+
+The binding order is the order in which an execution context is told about them. Pure logic over the
+engine API (no CUDA), so it is tested on CPU against a stand-in of that API; the backend feeds it real
+engines on a GPU. The engine, context and ``trt`` module are typed ``Any``: tensorrt ships no types.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +17,8 @@ from app.backends.base import BackendError
 
 @dataclass(frozen=True, slots=True)
 class IoTensor:
+    """One engine input or output with a concrete shape."""
+
     name: str
     is_input: bool
     dtype: np.dtype
@@ -20,10 +26,11 @@ class IoTensor:
 
     @property
     def nbytes(self) -> int:
+        """Size in bytes of the whole tensor (its device buffer)."""
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
 
-def _input_shape(engine, name: str, dims: tuple[int, ...], input_hw: tuple[int, int] | None) -> tuple[int, ...]:
+def _input_shape(engine: Any, name: str, dims: tuple[int, ...], input_hw: tuple[int, int] | None) -> tuple[int, ...]:
     if all(d > 0 for d in dims):
         return dims
     if len(dims) != 4:
@@ -38,9 +45,24 @@ def _input_shape(engine, name: str, dims: tuple[int, ...], input_hw: tuple[int, 
     return tuple(want)
 
 
-def plan_io(engine, trt, input_hw: tuple[int, int] | None = None) -> tuple[list[IoTensor], list[IoTensor]]:
-    """Inputs with concrete shapes (batch 1, `input_hw` or the profile's max) and outputs with the shapes
-    the engine reports for them; output dims still dynamic are resolved by `bind` once inputs are set."""
+def plan_io(engine: Any, trt: Any, input_hw: tuple[int, int] | None = None) -> tuple[list[IoTensor], list[IoTensor]]:
+    """List an engine's inputs with concrete shapes and its outputs with the shapes it reports.
+
+    Output dims still dynamic are resolved by `bind` once inputs are set.
+
+    Args:
+        engine: A deserialized ``trt.ICudaEngine``.
+        trt: The ``tensorrt`` module (or a stand-in in tests).
+        input_hw: ``(height, width)`` for a dynamic input; None takes the optimisation profile's maximum.
+            Inputs get batch 1.
+
+    Returns:
+        ``(inputs, outputs)`` in engine order.
+
+    Raises:
+        BackendError: Not exactly one input, no outputs, an input dtype other than float32/float16/uint8, a
+            dynamic input that is not NCHW, or a wanted shape outside profile 0.
+    """
     inputs: list[IoTensor] = []
     outputs: list[IoTensor] = []
     for i in range(engine.num_io_tensors):
@@ -61,9 +83,22 @@ def plan_io(engine, trt, input_hw: tuple[int, int] | None = None) -> tuple[list[
     return inputs, outputs
 
 
-def bind(context, inputs: list[IoTensor], outputs: list[IoTensor]) -> list[IoTensor]:
-    """Set every input shape first (TensorRT only knows output shapes after that), then read the outputs'
-    concrete shapes back from the context."""
+def bind(context: Any, inputs: list[IoTensor], outputs: list[IoTensor]) -> list[IoTensor]:
+    """Set every input shape on an execution context, then read the outputs' concrete shapes back.
+
+    Inputs come first because TensorRT only knows output shapes after that.
+
+    Args:
+        context: A ``trt.IExecutionContext``.
+        inputs: From ``plan_io``.
+        outputs: From ``plan_io``.
+
+    Returns:
+        The outputs with every dimension concrete.
+
+    Raises:
+        BackendError: The context rejects an input shape, or an output is still dynamic.
+    """
     for t in inputs:
         if not context.set_input_shape(t.name, t.shape):
             raise BackendError(f"engine rejected input shape {t.shape} for {t.name!r}")
@@ -76,7 +111,17 @@ def bind(context, inputs: list[IoTensor], outputs: list[IoTensor]) -> list[IoTen
     return resolved
 
 
-def set_addresses(context, tensors: list[IoTensor], addresses: dict[str, int]) -> None:
+def set_addresses(context: Any, tensors: list[IoTensor], addresses: dict[str, int]) -> None:
+    """Point each tensor of an execution context at its device buffer.
+
+    Args:
+        context: A ``trt.IExecutionContext``.
+        tensors: The tensors to bind (inputs and outputs).
+        addresses: Device address per tensor name.
+
+    Raises:
+        BackendError: A tensor has no address, or the context rejects one.
+    """
     for t in tensors:
         if t.name not in addresses:
             raise BackendError(f"no device buffer for tensor {t.name!r}")

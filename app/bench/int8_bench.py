@@ -1,9 +1,12 @@
-"""INT8 (Q/DQ, run by ONNX Runtime on CPU) against FP32 on the same model: agreement on held-out frames
-(never used for calibration), on two splits of the source (calibrate on even frames spread over the whole
-clip, score on the odd ones, and the reverse) because one box moves F1 by ~0.4% on a short clip; and speed,
-backend only, interleaved in rounds. Variants: target (the TensorRT file or its CPU twin) x placement x what
-stays float, "auto" being `vigil engine calibrate`'s module search on the split's calibration frames.
-All classes are scored, as `vigil engine calibrate`'s gate does (not the config's class filter)."""
+"""INT8 (Q/DQ, run by ONNX Runtime on CPU) against FP32 on the same model: agreement and speed.
+
+Agreement is measured on held-out frames (never used for calibration), on two splits of the source
+(calibrate on even frames spread over the whole clip, score on the odd ones, and the reverse) because one
+box moves F1 by ~0.4% on a short clip; and speed, backend only, interleaved in rounds. Variants: target
+(the TensorRT file or its CPU twin) x placement x what stays float, "auto" being `vigil engine
+calibrate`'s module search on the split's calibration frames. All classes are scored, as `vigil engine
+calibrate`'s gate does (not the config's class filter).
+"""
 
 from __future__ import annotations
 
@@ -42,6 +45,19 @@ VARIANTS: dict[str, dict] = {
 
 def bench_int8(model: ModelConfig, source: str, calib: int = 125, rounds: int = 5,
                variants: dict[str, dict] | None = None) -> dict:  # fmt: skip
+    """Compare each INT8 variant with FP32 on both splits of `source`.
+
+    Args:
+        model: The FP32 model (run on ONNX Runtime, all classes).
+        source: A video file; every frame is read.
+        calib: Calibration frames per split, spread over the split's half.
+        rounds: Interleaved speed rounds.
+        variants: Name -> ``quantize()`` options; None runs VARIANTS.
+
+    Returns:
+        Per variant: F1, mAP50 and confidence shift against FP32 for each split, the splits on which the
+        gate (GATE_F1, GATE_SHIFT) passes, and fps (frames per second, median of rounds) relative to FP32.
+    """
     from app.engine.agreement import agreement, map50
     from app.engine.calibrate import calibrate_ranges, evenly_spaced_frames, quantize, search_float_modules
     from app.inference.detector import Detector

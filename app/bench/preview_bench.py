@@ -30,7 +30,22 @@ class _Count(ServiceBase):
         self.n += 1
 
 
-def bench_preview(model: ModelConfig, source: str, seconds: float, rounds: int, counts=(0, 1, 4)) -> dict:
+def bench_preview(
+    model: ModelConfig, source: str, seconds: float, rounds: int, counts: tuple[int, ...] = (0, 1, 4)
+) -> dict:
+    """Measure the preview's cost in windows of 0, 1 and 4 viewers (``counts``), interleaved over rounds.
+
+    Args:
+        model: The model config the pipeline runs.
+        source: The looping video the camera reads (paced in real time).
+        seconds: Length of each measured window.
+        rounds: How many times every viewer count is measured.
+        counts: Viewer counts; must include 0 (the baseline).
+
+    Returns:
+        Per count: processed fps (median and per round), relative to 0 viewers, main-process CPU % (also per
+        viewer), and the viewers' latency, frames and CPU; then one latency window at normal priority.
+    """
     from app.pipeline.live import LivePipeline
     from app.web.server import WebService
 
@@ -74,7 +89,9 @@ def bench_preview(model: ModelConfig, source: str, seconds: float, rounds: int, 
         out = subprocess.run([sys.executable, *argv], capture_output=True, text=True).stdout
         latency = json.loads(out.splitlines()[-1])
     finally:
-        pipe._loop.call_soon_threadsafe(pipe.request_stop, "bench done")
+        loop = pipe._loop
+        assert loop is not None  # run() set it before the first result came
+        loop.call_soon_threadsafe(pipe.request_stop, "bench done")
         thread.join(30)
     res: dict = {"seconds_per_window": seconds, "rounds": rounds, "preview": "640 px, 15 fps, VP8 shared encoder"}
     base_fps = statistics.median(per[0]["fps"])

@@ -14,6 +14,7 @@ import os
 import statistics
 import sys
 import time
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 import av
@@ -21,13 +22,17 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from app.web import ice
 
+if TYPE_CHECKING:
+    from aiortc.codecs.base import Decoder
+    from aiortc.mediastreams import MediaStreamTrack
+
 U32 = 2**32
 
 
 class _CountingDecoder:
     """Stands in for VP8 decoding in the bench viewer: one placeholder frame per complete frame."""
 
-    def decode(self, encoded_frame) -> list:
+    def decode(self, encoded_frame: Any) -> list[av.VideoFrame]:  # aiortc's JitterFrame
         frame = av.VideoFrame(16, 16, "yuv420p")
         frame.pts = encoded_frame.timestamp
         return [frame]
@@ -36,7 +41,8 @@ class _CountingDecoder:
 def _skip_decoding() -> None:
     import aiortc.rtcrtpreceiver as receiver
 
-    receiver.get_decoder = lambda codec: _CountingDecoder()
+    # duck-typed: the receiver only calls decode()
+    receiver.get_decoder = lambda codec: cast("Decoder", _CountingDecoder())
 
 
 async def _viewer(url: str, seconds: float) -> dict:
@@ -55,7 +61,12 @@ async def _viewer(url: str, seconds: float) -> dict:
 
     channel.on("message", on_message)
     got_track: asyncio.Future = asyncio.get_running_loop().create_future()
-    pc.on("track", lambda t: got_track.done() or got_track.set_result(t))
+
+    def on_track(track: MediaStreamTrack) -> None:
+        if not got_track.done():
+            got_track.set_result(track)
+
+    pc.on("track", on_track)
     ice.install()
     with ice.host_addresses(["127.0.0.1"]):
         await pc.setLocalDescription(await pc.createOffer())

@@ -25,9 +25,10 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import psutil
@@ -49,6 +50,8 @@ DEFAULT_DECODE_SWEEP = "AUTO,SLICE,NONE:1"  # file decoder threading tried in th
 
 @dataclass
 class RealtimeOptions:
+    """What `vigil bench --modes realtime` runs (the CLI's flags); times in seconds."""
+
     config: str = DEFAULT_CONFIG
     model: str | None = None  # replaces the config's model.path
     source: str | None = None  # replaces the first camera's source
@@ -180,13 +183,15 @@ def _thread_cpu_s(native_id: int | None) -> float | None:
 
 
 class _Window(ServiceBase):
-    """A sink that skips the warm-up, keeps per-result samples for `seconds`, then stops the pipeline;
-    at the window's edges it reads the capture counter and the CPU time of the main process, the capture
-    thread and the worker."""
+    """A service that skips the warm-up, keeps per-result samples for `seconds`, then stops the pipeline.
+
+    At the window's edges it reads the capture counter and the CPU time of the main process, the capture
+    thread and the worker.
+    """
 
     def __init__(self, warmup_s: float, seconds: float) -> None:
         self.warmup_s, self.seconds = warmup_s, seconds
-        self.pipe = None
+        self.pipe: Any = None  # the LivePipeline it measures and stops (set before the run starts)
         self.first: float | None = None
         self.window_start: float | None = None
         self.end: float | None = None
@@ -280,8 +285,11 @@ def live_window(cfg: VigilConfig, seconds: float, warmup_s: float) -> dict:
 
 
 def backend_round(model: ModelConfig, frames: list[np.ndarray], n: int) -> dict:
-    """The limit: the backend alone on tensors letterboxed beforehand (loaded per round and closed after,
-    so no idle ONNX Runtime thread pool sits in the bench process while the live pipeline runs)."""
+    """Measure the limit: the backend alone on tensors letterboxed beforehand.
+
+    The model is loaded per round and closed after, so no idle ONNX Runtime thread pool sits in the bench
+    process while the live pipeline runs.
+    """
     from app.inference.detector import Detector
 
     det = Detector.from_config(model)
@@ -308,9 +316,12 @@ def backend_round(model: ModelConfig, frames: list[np.ndarray], n: int) -> dict:
 
 
 def decode_cost(cfg: VigilConfig, frames: int = 250) -> dict:
-    """Capture decode per frame with nothing else running: AvSource as the capture loop opens it, then raw
-    PyAV with each decoder threading (same bgr24 conversion). CPU ms is the process's CPU time (all
-    decoder threads) per frame: what decode takes from the cores the detector shares."""
+    """Measure capture decode per frame with nothing else running.
+
+    First AvSource as the capture loop opens it, then raw PyAV with each decoder threading (same bgr24
+    conversion). CPU ms is the process's CPU time (all decoder threads) per frame: what decode takes from
+    the cores the detector shares.
+    """
     from app.capture.ffmpeg import AvSource, fit_size
 
     cam = cfg.cameras[0]
@@ -382,8 +393,11 @@ def other_cpu_pct(seconds: float = 1.0) -> float:
 
 
 def wait_quiet(max_s: float) -> float:
-    """Wait until other processes use under QUIET_OTHER_PCT for 2 s in a row (or `max_s` passed); returns
-    the seconds waited."""
+    """Wait until other processes use under QUIET_OTHER_PCT for 2 s in a row (or `max_s` passed).
+
+    Returns:
+        The seconds waited, to 0.1 s.
+    """
     t0 = time.monotonic()
     quiet, said = 0, False
     while time.monotonic() - t0 < max_s:
@@ -400,9 +414,15 @@ def _other(res: dict) -> float | None:
     return res["cpu_pct"]["other"] if "cpu_pct" in res else res.get("other_cpu_pct")
 
 
-def measured(opts: RealtimeOptions, what: str, fn, *args) -> dict:
-    """`fn(*args)` on a quiet machine when --quiet-wait is on: waits first, and repeats a disturbed measurement
-    (other processes above QUIET_OTHER_PCT meanwhile) up to quiet_retries times, keeping the last."""
+def measured(opts: RealtimeOptions, what: str, fn: Callable[..., dict], *args: Any) -> dict:
+    """Run `fn(*args)` on a quiet machine when --quiet-wait is on.
+
+    It waits first, and repeats a disturbed measurement (other processes above QUIET_OTHER_PCT meanwhile) up
+    to quiet_retries times, keeping the last.
+
+    Returns:
+        ``fn``'s result with ``disturbed``, ``attempts`` and ``quiet_wait_s`` added.
+    """
     waited = 0.0
     attempts = 1 + (opts.quiet_retries if opts.quiet_wait_s > 0 else 0)
     for attempt in range(attempts):
@@ -421,9 +441,9 @@ def measured(opts: RealtimeOptions, what: str, fn, *args) -> dict:
 # ---- the mode -----------------------------------------------------------------------------------------
 
 
-def _med(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return round(statistics.median(values), 3) if values else None
+def _med(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 3) if present else None
 
 
 def _merge_live(runs: list[dict]) -> dict:
@@ -469,6 +489,12 @@ def _say(msg: str) -> None:
 
 
 def bench_realtime(opts: RealtimeOptions) -> dict:
+    """Run the realtime mode: decode cost, then interleaved live and bare-backend rounds per size, then sweeps.
+
+    Returns:
+        The report: per size the processed fps against the limit (the slower of camera and bare backend),
+        frame age percentiles (ms) against the bound, stage times and CPU shares; and the goals.
+    """
     from app.bench.common import read_frames
 
     base = realtime_config(opts, opts.sizes[0])
@@ -509,7 +535,7 @@ def bench_realtime(opts: RealtimeOptions) -> dict:
         r = _merge_live(live[size])
         backend_fps = _med([b["fps"] for b in bare[size]])
         backend_ms = _med([b["ms_p50"] for b in bare[size]])
-        limit = min(cam_fps, backend_fps)
+        limit = min(cam_fps, cast(float, backend_fps))  # None only with --rounds 0, which fails here as before
         inf = r["inference_ms_p50_undisturbed"]
         bound = 2 * inf + bound_frame_ms if inf is not None else None
         p99 = r["frame_age_ms_undisturbed"]["p99"]
@@ -543,8 +569,11 @@ def bench_realtime(opts: RealtimeOptions) -> dict:
 
 
 def bench_sweep(opts: RealtimeOptions, frames: list[np.ndarray]) -> dict:
-    """At the first size, interleaved: live processed fps and backend fps for each (threads, spin_wait), and
-    live processed fps for each file decoder threading (with the config's threads and spin_wait)."""
+    """Sweep runtime settings at the first size, interleaved.
+
+    Live processed fps and backend fps for each (threads, spin_wait), and live processed fps for each file
+    decoder threading (with the config's threads and spin_wait).
+    """
     from app.capture import ffmpeg
 
     size = opts.sizes[0]

@@ -1,5 +1,6 @@
 """Measurement services for `vigil bench` and tests, plugged into a `LivePipeline` like any other service,
-so production runs carry none of this (compare roboflow/inference's injected `PipelineWatchDog`)."""
+so production runs carry none of this (compare roboflow/inference's injected `PipelineWatchDog`).
+"""
 
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ class RssSampler(ServiceBase):
 
 class SwitchTimes(ServiceBase):
     """Monotonic instants (s) at which a new worker became the serving one after the first (recycles and
-    restarts), from `on_model_ready`."""
+    restarts), from `on_model_ready`.
+    """
 
     def __init__(self) -> None:
         self.times: list[float] = []

@@ -1,6 +1,7 @@
 """Recycling benchmark: the live pipeline with the worker replaced blue-green every N seconds (or on an
 injected leak), measuring the longest gap in results around each switch against 2x the median interval,
-lost capture sequence beyond latest-frame drops, and main-process RSS over the whole run."""
+lost capture sequence beyond latest-frame drops, and main-process RSS over the whole run.
+"""
 
 from __future__ import annotations
 

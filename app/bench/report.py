@@ -22,6 +22,7 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
 
 
 def machine_info() -> dict:
+    """Describe this machine for a report: date (UTC), CPU model, cores, memory (GiB), OS, versions, ISA flags."""
     cpu = platform.processor() or ""
     model_name = ""
     flags: set[str] = set()
@@ -49,6 +50,7 @@ def machine_info() -> dict:
 
 
 def render(results: dict) -> str:
+    """Render the core modes of a bench run as the Markdown block between BEGIN and END (fps, latency in ms)."""
     m = results["machine"]
     lines = [
         BEGIN,
@@ -183,6 +185,7 @@ def _ms(v: float | None) -> str:
 
 
 def render_realtime(results: dict) -> str:
+    """Render the realtime mode as its own Markdown block between REALTIME_BEGIN and REALTIME_END."""
     m, rt = results["machine"], results["modes"]["realtime"]
     fps = rt["camera_fps"]
     lines = [
@@ -327,9 +330,11 @@ def _replace_block(text: str, begin: str, end: str, block: str) -> str:
 
 
 def write_markdown(path: Path, results: dict) -> None:
-    """Replace the generated section(s) (or append them), leaving hand-written text alone. The core block
-    holds every mode but those with a block of their own (realtime); each block is rewritten only by a run
-    that has figures for it."""
+    """Replace the generated section(s) (or append them), leaving hand-written text alone.
+
+    The core block holds every mode but those with a block of their own (realtime); each block is rewritten
+    only by a run that has figures for it. The file and its folder are created if missing.
+    """
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     modes = results["modes"]
     core = {k: v for k, v in modes.items() if k not in OWN_BLOCK_MODES}

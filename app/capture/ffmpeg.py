@@ -54,7 +54,16 @@ def declared_shortfall(read: int, declared: int) -> bool:
 
 
 class AvSource(FrameSource):
-    """A video file (`kind="file"`) or a network stream (`kind="stream"`: rtsp, rtmp, http(s))."""
+    """A video file (`kind="file"`) or a network stream (`kind="stream"`: rtsp, rtmp, http(s)).
+
+    Frames come at their decoded size (scaled down to ``fit_within`` if set), so a mid-stream resolution
+    change is seen and counted in ``resolution_changes``.
+
+    Args:
+        target: File path or stream URL (may hold credentials; descriptions redact them).
+        kind: ``"file"`` or ``"stream"``.
+        is_live: True for streams: pts becomes seconds since open, and reads time out after STREAM_TIMEOUT_S.
+    """
 
     def __init__(self, target: str, *, kind: str, is_live: bool) -> None:
         super().__init__()
@@ -72,6 +81,12 @@ class AvSource(FrameSource):
         self._t0 = 0.0
 
     def open(self) -> None:
+        """Open the container and its first video stream; a file must also decode its first frame.
+
+        Raises:
+            SourceError: The file is missing or unreadable, FFmpeg cannot open the target, it has no video
+                stream, or a file decodes no frame at all.
+        """
         self.close()
         if self.kind == "file":
             _check_readable_file(Path(self.target))
@@ -108,6 +123,13 @@ class AvSource(FrameSource):
             self._pending = first
 
     def read(self) -> Frame | None:
+        """Decode the next frame.
+
+        Returns:
+            The frame as ``(H, W, 3)`` uint8 BGR with its index and pts in seconds (from the file's first
+            frame; for live streams, since open), or None at the end of the stream, after a read error or
+            after MAX_CONSECUTIVE_BAD undecodable packets (``shortfall`` says why a file ended early).
+        """
         if self._pending is not None:
             frame, self._pending = self._pending, None
             return frame
@@ -178,6 +200,7 @@ class AvSource(FrameSource):
             )
 
     def close(self) -> None:
+        """Close the container; idempotent, and ``open()`` may be called again."""
         self._frames = None
         self._pending = None
         if self._container is not None:

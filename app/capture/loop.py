@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import cv2
+import numpy as np
 
 from app.capture.backoff import Backoff
 from app.capture.ffmpeg import fit_size
@@ -34,6 +35,11 @@ class Pacer:
     Decode runs ahead and the frame waits here, so its capture timestamp is the moment it is due. A
     source that falls behind by more than a frame (slow decode) is resynchronised instead of bursting to
     catch up, and so is a pts that goes backwards or jumps ahead by more than MAX_PTS_GAP_S.
+
+    Args:
+        mode: ``"pts"`` to follow each frame's presentation time, a fixed rate in frames per second, or None
+            for no pacing (every ``delay`` is 0).
+        clock: Monotonic clock in seconds (injectable for tests).
     """
 
     def __init__(self, mode: float | Literal["pts"] | None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -64,6 +70,17 @@ class Pacer:
 
 
 class CaptureLoop(threading.Thread):
+    """The daemon thread that keeps one camera's frames flowing into its ring.
+
+    Args:
+        camera: The camera's config (source, size bound, pacing, looping, reconnect backoff).
+        ring: The ring it writes; frames larger than the ring's slots are downscaled first.
+        counters: Where it counts frames, failures and the last error for stats; a fresh one when None.
+        source_factory: Builds the source for ``camera.source`` on every (re)connect.
+        write_lock: Shared with a replacement loop of the same camera (see ``abandon``); a new lock when None.
+        faults: Fault injection settings (tests only); none injected when None.
+    """
+
     def __init__(
         self,
         camera: CameraConfig,
@@ -91,6 +108,7 @@ class CaptureLoop(threading.Thread):
         self._last_error = ""
 
     def stop(self) -> None:
+        """Ask the thread to finish; it stops at the next frame or backoff wait (join it to wait)."""
         self._stop_event.set()
 
     def abandon(self) -> None:
@@ -101,9 +119,14 @@ class CaptureLoop(threading.Thread):
 
     @property
     def stopping(self) -> bool:
+        """Whether ``stop()`` or ``abandon()`` was called."""
         return self._stop_event.is_set()
 
     def run(self) -> None:
+        """Open, read and reopen sources until stopped or a non-looping file ends (then ``finished`` is set).
+
+        Never raises: every error is counted and logged, then the source is reopened with backoff.
+        """
         try:
             while not self._stop_event.is_set():
                 source = self.source_factory(self.camera.source)
@@ -186,13 +209,15 @@ class CaptureLoop(threading.Thread):
         return "finished"
 
     def _pacing(self, source: FrameSource) -> float | Literal["pts"] | None:
-        """How a source is paced: not at all (live sources, `realtime: false`), at `camera.fps`, or by
-        each frame's presentation time, so variable-frame-rate files play as recorded."""
+        """How a source is paced: not at all (live sources, `realtime: false`), at `camera.fps`, or by pts.
+
+        Pacing by each frame's presentation time makes variable-frame-rate files play as recorded.
+        """
         if source.is_live or not self.camera.realtime:
             return None
         return self.camera.fps or "pts"
 
-    def _fit(self, image):
+    def _fit(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         size = fit_size((w, h), (self.camera.max_width, self.camera.max_height))
         if size == (w, h):

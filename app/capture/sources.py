@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -34,6 +35,8 @@ class SourceError(RuntimeError):
 
 @dataclass(slots=True)
 class Frame:
+    """One frame as a source delivers it, before pacing and the ring."""
+
     image: np.ndarray  # HxWx3 uint8 BGR
     index: int  # frame index within the source
     pts: float  # seconds within the source
@@ -41,7 +44,11 @@ class Frame:
 
 
 def as_bgr(image: np.ndarray | None) -> np.ndarray | None:
-    """Normalise a decoded image to HxWx3 uint8 BGR; None if it is not a usable frame."""
+    """Normalise a decoded image to HxWx3 uint8 BGR; None if it is not a usable frame.
+
+    Grey ``(H, W)`` or ``(H, W, 1)`` and BGRA ``(H, W, 4)`` are converted, uint16 samples keep their high
+    byte; other dtypes, shapes and empty arrays give None.
+    """
     if image is None or not isinstance(image, np.ndarray) or image.size == 0:
         return None
     if image.dtype != np.uint8:
@@ -75,7 +82,8 @@ def is_truncated_image(data: bytes | memoryview | np.ndarray) -> bool:
     Photo's video, a maker's trailer) is no truncation and an EOI inside an embedded thumbnail does not
     count. Other formats are not checked.
     """
-    b = bytes(memoryview(data).cast("B"))
+    # cast: numpy's stubs declare ndarray's buffer protocol (__buffer__) only for Python >= 3.12.
+    b = bytes(memoryview(cast(bytes, data)).cast("B"))
     if b[:3] == b"\xff\xd8\xff":
         return _jpeg_end(b) is None
     if b[:8] == b"\x89PNG\r\n\x1a\n":
@@ -156,6 +164,20 @@ def read_image(path: str | Path) -> np.ndarray | None:
 
 
 class FrameSource(ABC):
+    """A reader of frames from one camera, stream, file or folder; opened, read until None, closed.
+
+    Attributes:
+        description: Human-readable name for logs and errors, credentials redacted.
+        is_live: True for cameras and streams (reconnected when they end; never paced).
+        fps: The source's nominal frame rate, if it declares a plausible one (0 < fps < 1000).
+        corrupt: Unreadable frames or files skipped so far; the capture loop adds it to its counters and
+            resets it.
+        shortfall: Why a finite source ended early (a truncated file), if it did.
+        fit_within: ``(width, height)`` bound set by the capture loop; a source that can scale while it
+            converts does so (the loop downscales whatever still comes larger).
+        size: ``(width, height)`` of the last frame as decoded, before scaling, if known.
+    """
+
     description: str = ""
     is_live: bool = False
     fps: float | None = None
@@ -170,14 +192,27 @@ class FrameSource(ABC):
 
     @abstractmethod
     def open(self) -> None:
-        """Open the source; raises SourceError with a clear reason."""
+        """Open (or reopen) the source.
+
+        Raises:
+            SourceError: It cannot be opened; the message names it and says why.
+        """
 
     @abstractmethod
     def read(self) -> Frame | None:
-        """The next frame, or None at the end of the stream (or after too many bad frames)."""
+        """Read the next frame.
+
+        Returns:
+            The next frame (``image`` ``(H, W, 3)`` uint8 BGR), or None at the end of the stream or after
+            MAX_CONSECUTIVE_BAD bad frames in a row.
+
+        Raises:
+            SourceError: A single-image source cannot decode its file.
+        """
 
     @abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the source; idempotent."""
 
     def __enter__(self) -> FrameSource:
         self.open()
@@ -188,8 +223,16 @@ class FrameSource(ABC):
 
 
 class VideoCaptureSource(FrameSource):
-    """OpenCV VideoCapture for live devices: V4L2 cameras and GStreamer pipelines (files and network
-    streams go through FFmpeg directly, see `app.capture.ffmpeg`)."""
+    """OpenCV VideoCapture for live devices: V4L2 cameras and GStreamer pipelines.
+
+    Files and network streams go through FFmpeg directly, see `app.capture.ffmpeg`. Frame pts is seconds
+    since open, on the monotonic clock.
+
+    Args:
+        target: Camera index, device path or GStreamer pipeline ending in appsink.
+        kind: ``"camera"`` or ``"gstreamer"`` (which selects OpenCV's GStreamer backend).
+        is_live: Whether the capture loop treats its end as a disconnect.
+    """
 
     def __init__(self, target: str | int, *, kind: str, is_live: bool = True) -> None:
         super().__init__()
@@ -202,6 +245,11 @@ class VideoCaptureSource(FrameSource):
         self._t0 = 0.0
 
     def open(self) -> None:
+        """Open the device or pipeline.
+
+        Raises:
+            SourceError: OpenCV could not open it.
+        """
         self.close()
         if self.kind == "gstreamer":
             cap = cv2.VideoCapture(str(self.target), cv2.CAP_GSTREAMER)
@@ -217,13 +265,14 @@ class VideoCaptureSource(FrameSource):
         self._t0 = time.monotonic()
 
     def read(self) -> Frame | None:
+        """Read the next good frame, skipping and counting up to MAX_CONSECUTIVE_BAD bad ones; None after."""
         cap = self._cap
         if cap is None:
             return None
         bad = 0
         while bad < MAX_CONSECUTIVE_BAD:
-            ok, image = cap.read()
-            image = as_bgr(image) if ok else None
+            ok, raw = cap.read()
+            image = as_bgr(raw) if ok else None
             if image is None:
                 bad += 1
                 self.corrupt += 1
@@ -235,12 +284,19 @@ class VideoCaptureSource(FrameSource):
         return None
 
     def close(self) -> None:
+        """Release the capture device."""
         if self._cap is not None:
             self._cap.release()
             self._cap = None
 
 
 class ImageFileSource(FrameSource):
+    """One still image, delivered once as frame 0 (pts 0).
+
+    Args:
+        path: The image file (JPEG, PNG, WebP, BMP, TIFF).
+    """
+
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
@@ -248,11 +304,21 @@ class ImageFileSource(FrameSource):
         self._done = False
 
     def open(self) -> None:
+        """Check the file exists; decoding happens on ``read``.
+
+        Raises:
+            SourceError: ``path`` is not a file.
+        """
         if not self.path.is_file():
             raise SourceError(f"image file {self.path} does not exist")
         self._done = False
 
     def read(self) -> Frame | None:
+        """Decode the image on the first call; None after.
+
+        Raises:
+            SourceError: The file is not a whole, decodable image (it is also counted as corrupt).
+        """
         if self._done:
             return None
         self._done = True
@@ -263,11 +329,17 @@ class ImageFileSource(FrameSource):
         return Frame(image, 0, 0.0, file=self.path.name)
 
     def close(self) -> None:
+        """End the source (``read`` returns None until reopened)."""
         self._done = True
 
 
 class ImageFolderSource(FrameSource):
-    """Image files of a folder in name order; files that fail to decode are skipped and counted."""
+    """Image files of a folder in name order; files that fail to decode are skipped and counted.
+
+    Args:
+        path: The folder; only files with an IMAGE_EXTENSIONS suffix are read, subfolders are not.
+        fps: Rate the frames' pts are spaced at (frame n has pts ``n / fps`` seconds).
+    """
 
     def __init__(self, path: Path, fps: float = 1.0) -> None:
         super().__init__()
@@ -279,6 +351,11 @@ class ImageFolderSource(FrameSource):
         self._index = 0
 
     def open(self) -> None:
+        """List the folder's images (once per open: later additions are seen on the next open).
+
+        Raises:
+            SourceError: ``path`` is not a folder or holds no image files.
+        """
         if not self.path.is_dir():
             raise SourceError(f"image folder {self.path} does not exist")
         self._files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
@@ -288,6 +365,7 @@ class ImageFolderSource(FrameSource):
         self._index = 0
 
     def read(self) -> Frame | None:
+        """Decode the next readable image, skipping and counting undecodable ones; None after the last."""
         while self._pos < len(self._files):
             f = self._files[self._pos]
             self._pos += 1
@@ -302,6 +380,7 @@ class ImageFolderSource(FrameSource):
         return None
 
     def close(self) -> None:
+        """End the source (``read`` returns None until reopened)."""
         self._pos = len(self._files)
 
 
@@ -312,6 +391,13 @@ def open_source(source: str | int) -> FrameSource:
     node), whatever characters its name has: `alarm!.mp4` is a file, not a GStreamer pipeline. Only a
     string that names nothing on disk is read as a camera index, a stream URL or, when it links
     elements with ' ! ' (or names an appsink), a pipeline.
+
+    Args:
+        source: A camera index, device node, file or folder path, ``file://`` or stream URL, or GStreamer
+            pipeline.
+
+    Returns:
+        The matching source, not yet opened; problems such as a missing file surface on ``open()``.
     """
     if isinstance(source, int):
         return VideoCaptureSource(source, kind="camera", is_live=True)

@@ -1,6 +1,7 @@
 """`vigil engine build` (ONNX -> validated, cached TensorRT engine, on the device itself) and
 `vigil engine calibrate` (INT8 Q/DQ ONNX with an accuracy gate), and `vigil engine ensure` (what
-vigil-engine.service runs). The work is `app.engine`'s; these commands choose the inputs and report."""
+vigil-engine.service runs). The work is `app.engine`'s; these commands choose the inputs and report.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_ensure(args: argparse.Namespace) -> int:
     """What vigil-engine.service runs: make sure the configured model has a validated engine for this GPU
-    when the TensorRT path is wanted and possible; a CPU box or an ONNX Runtime config has nothing to do."""
+    when the TensorRT path is wanted and possible; a CPU box or an ONNX Runtime config has nothing to do.
+    """
     from app.backends import ENGINE_SUFFIXES
     from app.backends.engine_cache import CacheMiss, cached_engine
     from app.backends.tensorrt import tensorrt_available
@@ -75,7 +77,8 @@ def cmd_ensure(args: argparse.Namespace) -> int:
 
 def _calibration_source(args: argparse.Namespace) -> tuple[str | int, str]:
     """Where `vigil engine calibrate` takes frames from when it has none: the configured camera (cameras[0] of
-    --config, or of the default config when present, through the normal loader), else the sample video."""
+    --config, or of the default config when present, through the normal loader), else the sample video.
+    """
     from app.config import redact_url
 
     if args.config is None and not Path(DEFAULT_CONFIG).is_file():
@@ -102,7 +105,8 @@ def _extract(source: str | int, n: int, out_dir: Path, what: str) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Frames -> Q/DQ INT8 ONNX for TensorRT and for ONNX Runtime's CPU kernels (one calibration) -> accuracy
-    gate on frames that were not used for calibration. With no frames yet, they are extracted first."""
+    gate on frames that were not used for calibration. With no frames yet, they are extracted first.
+    """
     import json
 
     from app.config import ModelConfig

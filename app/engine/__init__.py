@@ -1,2 +1,3 @@
 """TensorRT engine build tooling: the builder, INT8 calibration, precision checks, the agreement gate, and
-`vigil engine`. The runtime half (engine cache lookup, plan files) lives in `app.backends`."""
+`vigil engine`. The runtime half (engine cache lookup, plan files) lives in `app.backends`.
+"""

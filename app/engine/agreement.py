@@ -1,6 +1,8 @@
-"""Detection agreement between two runs of a model (engine vs ONNX Runtime, INT8 vs FP32): F1 at an IoU
-threshold with the reference's boxes as ground truth, plus the mean confidence shift of matched boxes.
-This is the gate an engine must pass before it is used."""
+"""Detection agreement between two runs of a model (engine vs ONNX Runtime, INT8 vs FP32).
+
+F1 at an IoU threshold with the reference's boxes as ground truth, plus the mean confidence shift of
+matched boxes. This is the gate an engine must pass before it is used.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from app.types import Detections
 
 @dataclass(frozen=True)
 class Agreement:
+    """Match counts and rates of a candidate run against a reference run; rates in 0..1."""
+
     f1: float
     precision: float
     recall: float
@@ -23,11 +27,27 @@ class Agreement:
     mean_confidence_shift: float  # |candidate - reference| over matched boxes
 
     def as_dict(self) -> dict:
+        """The fields as a JSON-ready dict, floats rounded to 4 decimals (for manifests and reports)."""
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
 
 
 def agreement(reference: list[Detections], candidate: list[Detections], iou: float = 0.5) -> Agreement:
-    """Greedy class-aware matching per frame, highest candidate confidence first (as mAP matching)."""
+    """Match candidate boxes to reference boxes per frame and score the agreement.
+
+    Greedy class-aware matching per frame, highest candidate confidence first (as mAP matching); each
+    reference box matches at most once.
+
+    Args:
+        reference: Detections of the reference run, one per frame (treated as ground truth).
+        candidate: Detections of the run under test on the same frames, same order.
+        iou: Least IoU for a match, 0..1.
+
+    Returns:
+        F1, precision, recall (1.0 when there is nothing to get wrong), counts and mean confidence shift.
+
+    Raises:
+        ValueError: The two lists differ in length.
+    """
     tp = n_ref = n_cand = 0
     shifts: list[float] = []
     for ref, cand in zip(reference, candidate, strict=True):
@@ -51,8 +71,22 @@ def agreement(reference: list[Detections], candidate: list[Detections], iou: flo
 
 
 def map50(reference: list[Detections], candidate: list[Detections], iou: float = 0.5) -> float:
-    """mAP at IoU 0.5 of `candidate` against `reference` as pseudo-labels (all-point interpolated AP,
-    averaged over the classes the reference contains)."""
+    """MAP at IoU 0.5 of `candidate` against `reference` as pseudo-labels.
+
+    All-point interpolated AP (Pascal VOC 2010+ style, not COCO's 101-point sampling), averaged over the
+    classes the reference contains.
+
+    Args:
+        reference: Detections taken as ground truth, one per frame.
+        candidate: Detections under test on the same frames, same order.
+        iou: Least IoU for a true positive, 0..1.
+
+    Returns:
+        mAP in 0..1; 1.0 when the reference has no boxes.
+
+    Raises:
+        ValueError: The two lists differ in length.
+    """
     classes = sorted({int(c) for r in reference for c in r.class_id})
     aps = []
     for cls in classes:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,12 +28,22 @@ F1_GATE = {"fp32": 0.99, "fp16": 0.98, "int8": 0.95}
 
 
 class EngineBuildError(RuntimeError):
-    pass
+    """An engine could not be built: TensorRT or pycuda missing, a precision plan refused, a parse or build failure."""
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    precision: str = "fp16"
+    """How to build an engine.
+
+    Attributes:
+        precision: ``fp32``, ``fp16`` or ``int8`` (int8 needs a Q/DQ ONNX, or the legacy calibrator).
+        imgsz: Square input side in pixels for a dynamic ONNX input (the optimisation profile's only shape).
+        workspace_mb: TensorRT builder workspace limit in MiB.
+        dla_core: Jetson DLA core to build for (with GPU fallback); None builds for the GPU.
+        legacy_calibration_dir: Frames for the deprecated implicit INT8 calibrator (TensorRT 10 only).
+    """
+
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"
     imgsz: int = 640
     workspace_mb: int = 2048
     dla_core: int | None = None
@@ -44,6 +55,25 @@ def _say(msg: str) -> None:
 
 
 def build_engine(onnx: Path, engine_dir: Path, opts: BuildOptions, validation_frames: list[np.ndarray]) -> Path:
+    """Build a TensorRT engine for this GPU, validate it against ONNX Runtime and write its manifest.
+
+    Progress goes to stderr. The engine is written even when validation fails; the manifest records the
+    verdict and the runtime refuses an engine whose validation failed.
+
+    Args:
+        onnx: The source model.
+        engine_dir: Where the engine, its manifest and the timing cache go (created if missing).
+        opts: Precision, input size, workspace, DLA core, legacy calibration frames.
+        validation_frames: ``(H, W, 3)`` uint8 BGR frames both runtimes detect on for the F1 gate.
+
+    Returns:
+        Path of the engine, named by its cache key (model hash, precision, shape, compute capability,
+        TensorRT version, DLA core).
+
+    Raises:
+        EngineBuildError: TensorRT or pycuda is missing, the precision cannot be built from this ONNX, the
+            parser rejects the model, TensorRT cannot build it, or the legacy calibration folder is empty.
+    """
     try:
         import pycuda.driver as cuda
         import tensorrt as trt
@@ -59,7 +89,7 @@ def build_engine(onnx: Path, engine_dir: Path, opts: BuildOptions, validation_fr
         raise EngineBuildError(str(exc)) from exc
     _say(plan.note)
     key = EngineKey(sha256_file(onnx), opts.precision, (1, 3, opts.imgsz, opts.imgsz), f"{major}.{minor}",
-                    trt.__version__, opts.dla_core)  # type: ignore[arg-type]  # fmt: skip
+                    trt.__version__, opts.dla_core)  # fmt: skip
     engine_dir.mkdir(parents=True, exist_ok=True)
     engine_path = engine_dir / key.filename(onnx.stem)
     t0 = time.monotonic()
@@ -122,6 +152,20 @@ def build_engine(onnx: Path, engine_dir: Path, opts: BuildOptions, validation_fr
 
 
 def validate(onnx: Path, engine: Path, opts: BuildOptions, frames: list[np.ndarray]) -> Validation:
+    """Compare an engine's detections with ONNX Runtime's on the same frames.
+
+    Args:
+        onnx: The source model (the reference, run on ONNX Runtime).
+        engine: The built engine.
+        opts: Gives the precision, whose F1 gate applies (F1_GATE).
+        frames: ``(H, W, 3)`` uint8 BGR frames.
+
+    Returns:
+        F1 at IoU 0.5 of the engine against ONNX Runtime, and whether it meets the gate.
+
+    Raises:
+        BackendError: Either model cannot be loaded.
+    """
     from app.config import ModelConfig
     from app.inference.detector import Detector
 
@@ -132,7 +176,7 @@ def validate(onnx: Path, engine: Path, opts: BuildOptions, frames: list[np.ndarr
     return Validation(a.f1 >= gate, "F1@IoU0.5 vs ONNX Runtime", a.f1, gate, len(frames), a.as_dict())
 
 
-def _legacy_calibrator(trt, cuda, onnx: Path, opts: BuildOptions):
+def _legacy_calibrator(trt: Any, cuda: Any, onnx: Path, opts: BuildOptions) -> Any:
     from app.engine.calibrate import load_frames
     from app.engine.legacy_calibrator import CalibrationBatches, CalibrationCache, entropy_calibrator
 
@@ -146,23 +190,25 @@ def _legacy_calibrator(trt, cuda, onnx: Path, opts: BuildOptions):
     return entropy_calibrator(trt, cuda, CalibrationBatches(frames, hw), cache)
 
 
-def _progress_monitor(trt, say: Callable[[str], None]):
+def _progress_monitor(trt: Any, say: Callable[[str], None]) -> Any:
     class Progress(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self._last = 0.0
 
-        def phase_start(self, phase_name, parent_phase, num_steps):  # TensorRT 10 order (bindings docstring)
+        def phase_start(  # TensorRT 10 order (bindings docstring)
+            self, phase_name: str, parent_phase: str | None, num_steps: int
+        ) -> None:
             say(f"  {phase_name} ({num_steps} steps)")
 
-        def step_complete(self, phase_name, step):
+        def step_complete(self, phase_name: str, step: int) -> bool:
             now = time.monotonic()
             if now - self._last > 5:
                 self._last = now
                 say(f"  {phase_name}: step {step}")
             return True  # False would cancel the build
 
-        def phase_finish(self, phase_name):
+        def phase_finish(self, phase_name: str) -> None:
             pass
 
     return Progress()

@@ -1,7 +1,9 @@
-"""INT8 by explicit quantization: Q/DQ ONNX files made with ONNX Runtime's static quantization from
-in-domain frames preprocessed exactly like inference. One calibration (activation ranges of every tensor,
-calibrate_ranges) gives two files: the TensorRT one (what TensorRT builds as INT8: TensorRT 11 has no other
-INT8 path) and its CPU twin for ONNX Runtime's integer kernels (TARGET_OPTIONS: where each puts Q/DQ).
+"""INT8 by explicit quantization: Q/DQ ONNX files made with ONNX Runtime's static quantization.
+
+They are made from in-domain frames preprocessed exactly like inference. One calibration (activation
+ranges of every tensor, calibrate_ranges) gives two files: the TensorRT one (what TensorRT builds as INT8:
+TensorRT 11 has no other INT8 path) and its CPU twin for ONNX Runtime's integer kernels (TARGET_OPTIONS:
+where each puts Q/DQ).
 
 Quantizing the whole YOLO graph collapses its confidences: the detect head (box decode, the final concat and
 sigmoid) needs float range. `exclude` picks what of it stays float:
@@ -22,8 +24,10 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import cv2
 import numpy as np
@@ -31,6 +35,9 @@ import numpy as np
 from app.assets import sha256_file
 from app.engine.cpu_features import host_cpu_int8_isa, needs_reduce_range
 from app.letterbox import Preprocessor
+
+if TYPE_CHECKING:
+    import onnx
 
 EXCLUDE_POLICIES = ("head", "head-post", "none")
 # Who runs the Q/DQ file. TensorRT takes only signed, symmetric INT8 (zero point 0) and float biases:
@@ -60,9 +67,20 @@ TARGET_OPTIONS: dict[str, dict] = {
 
 class Progress:
     """A long step's progress on stderr, one line at a time: `vigil engine: <what>: 12/64, 8 s, ~35 s left`.
-    Prints the first step, then at most one line every `every_s` seconds, and the last step."""
 
-    def __init__(self, what: str, total: int, *, stream=None, every_s: float = 2.0, enabled: bool = True) -> None:
+    Prints the first step, then at most one line every `every_s` seconds, and the last step.
+
+    Args:
+        what: The step's name.
+        total: Steps expected (may be raised later by assigning ``total``).
+        stream: Where lines go; None is stderr at print time.
+        every_s: Least seconds between two lines.
+        enabled: False prints nothing (counting still works).
+    """
+
+    def __init__(
+        self, what: str, total: int, *, stream: TextIO | None = None, every_s: float = 2.0, enabled: bool = True
+    ) -> None:
         self.what, self.total, self.every_s, self.enabled = what, max(int(total), 0), every_s, enabled
         self.stream = stream
         self.done = 0
@@ -70,9 +88,11 @@ class Progress:
         self._last = -1e9
 
     def elapsed(self) -> float:
+        """Seconds since construction (monotonic)."""
         return time.monotonic() - self.t0
 
     def step(self, n: int = 1, note: str = "") -> None:
+        """Count ``n`` steps done; print a line if it is the first, the last, or ``every_s`` has passed."""
         self.done += n
         now = time.monotonic()
         if self.done >= self.total or self.done == n or now - self._last >= self.every_s:
@@ -80,6 +100,7 @@ class Progress:
             self.say(note)
 
     def say(self, note: str = "") -> None:
+        """Print the progress line now, with an optional note in parentheses."""
         if not self.enabled:
             return
         el = self.elapsed()
@@ -106,7 +127,14 @@ class FrameSet:
 
 
 def evenly_spaced_frames(video: str | Path, n: int, progress: Progress | None = None) -> list[tuple[int, np.ndarray]]:
-    """(index, frame) for `n` frames spread evenly over `video` (all of them when it has fewer)."""
+    """Read `n` frames spread evenly over `video` (all of them when it has fewer).
+
+    Returns:
+        ``(frame index, (H, W, 3) uint8 BGR frame)`` pairs in file order.
+
+    Raises:
+        ValueError: OpenCV cannot read a frame count (not a video file).
+    """
     cap = cv2.VideoCapture(str(video))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     if total <= 0:
@@ -136,13 +164,22 @@ LIVE_KEEP_EVERY = 5
 
 
 def source_frames(source: str | int, n: int, progress: Progress | None = None) -> list[tuple[int, np.ndarray]]:
-    """(index, frame) for up to `n` frames of a camera source as app.capture opens it: a video file evenly
-    spread, an image folder evenly picked, a live source every LIVE_KEEP_EVERY-th frame as it arrives."""
+    """Read up to `n` frames of a camera source as app.capture opens it.
+
+    A video file is spread evenly, an image folder picked evenly, a live source sampled every
+    LIVE_KEEP_EVERY-th frame as it arrives.
+
+    Returns:
+        ``(frame index, (H, W, 3) uint8 BGR frame)`` pairs in source order.
+
+    Raises:
+        SourceError: The source cannot be opened.
+    """
     from app.capture.sources import open_source
 
     src = open_source(source)
     if getattr(src, "kind", "") == "file" and not getattr(src, "is_live", False):
-        return evenly_spaced_frames(source, n, progress)
+        return evenly_spaced_frames(str(source), n, progress)
     live = bool(getattr(src, "is_live", False))
     src.open()
     try:
@@ -171,27 +208,45 @@ def source_frames(source: str | int, n: int, progress: Progress | None = None) -
 
 
 def extract_frames(video: str | int | Path, n: int, out_dir: str | Path, progress: Progress | None = None) -> FrameSet:
-    """Frames of `video` (a file, or any camera source: source_frames) as PNG into `out_dir`, with a record
-    of which and from what (a source URL with its credentials masked)."""
+    """Save frames of `video` as PNG into `out_dir`, with a record of which and from what (frames.json).
+
+    Args:
+        video: A video file, or any camera source (see ``source_frames``); a URL is recorded with its
+            credentials masked.
+        n: Frames wanted.
+        out_dir: Created if missing; files are ``frame_<index>.png``.
+        progress: Progress to advance, if any.
+
+    Returns:
+        The record written to ``out_dir/frames.json`` (the source hash only for files).
+    """
     from app.config import redact_url
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files, got = [], []
     is_file = isinstance(video, Path) or (isinstance(video, str) and Path(video).is_file())
-    picked = evenly_spaced_frames(video, n, progress) if is_file else source_frames(video, n, progress)
+    if is_file:
+        picked = evenly_spaced_frames(str(video), n, progress)
+    else:  # a camera index or a source string (a Path always counts as a file)
+        picked = source_frames(cast("str | int", video), n, progress)
     for i, frame in picked:
         name = f"frame_{i:06d}.png"
         cv2.imwrite(str(out / name), frame)
         files.append(name)
         got.append(i)
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    fs = FrameSet(redact_url(str(video)), sha256_file(video) if is_file else "", got, files, created)
+    fs = FrameSet(redact_url(str(video)), sha256_file(str(video)) if is_file else "", got, files, created)
     (out / "frames.json").write_text(json.dumps(asdict(fs), indent=1))
     return fs
 
 
 def load_frames(directory: str | Path) -> list[np.ndarray]:
+    """Read calibration frames back: those frames.json lists, else every PNG in name order.
+
+    Returns:
+        ``(H, W, 3)`` uint8 BGR frames; unreadable files are skipped.
+    """
     d = Path(directory)
     record = d / "frames.json"
     names = json.loads(record.read_text())["files"] if record.is_file() else sorted(p.name for p in d.glob("*.png"))
@@ -206,7 +261,7 @@ _DARKNET_NODE = re.compile(r"^(?:conv|leaky|maxpool|upsample|route|shortcut|yolo
 _DARKNET_HEAD = re.compile(r"^yolo\d+\.")
 
 
-def _is_darknet(model) -> bool:
+def _is_darknet(model: onnx.ModelProto) -> bool:
     return any(_DARKNET_HEAD.match(n.name) for n in model.graph.node)
 
 
@@ -215,9 +270,12 @@ def _module(node_name: str, darknet: bool = False) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _head_node_names(model) -> set[str]:
-    """Every node of the detect head: the last /model.N/ module of an Ultralytics export; the yolo layers'
-    decode of a Darknet conversion and what joins their outputs (output0)."""
+def _head_node_names(model: onnx.ModelProto) -> set[str]:
+    """Every node of the detect head.
+
+    That is the last /model.N/ module of an Ultralytics export; the yolo layers' decode of a Darknet
+    conversion and what joins their outputs (output0).
+    """
     nodes = model.graph.node
     if _is_darknet(model):
         head = {n.name for n in nodes if _DARKNET_HEAD.match(n.name)}
@@ -237,16 +295,22 @@ def _head_node_names(model) -> set[str]:
     return {n.name for n in nodes if _module(n.name) == last}
 
 
-def node_modules(model) -> dict[str, int]:
+def node_modules(model: onnx.ModelProto) -> dict[str, int]:
     """Node name -> module number (Ultralytics /model.N/, Darknet layer index) for the nodes that have one."""
     darknet = _is_darknet(model)
     return {n.name: m for n in model.graph.node if (m := _module(n.name, darknet)) is not None}
 
 
-def head_feeders(model) -> tuple[int, ...]:
-    """The modules whose outputs the detect head reads (YOLOv8: 15, 18, 21; YOLO11: 16, 19, 22; YOLOv3-tiny
-    from Darknet: 15, 22, the 1x1 prediction convolutions): the feature maps every box and score is
-    computed from, where quantization error costs the most."""
+def head_feeders(model: onnx.ModelProto) -> tuple[int, ...]:
+    """The modules whose outputs the detect head reads, in ascending order.
+
+    YOLOv8: 15, 18, 21; YOLO11: 16, 19, 22; YOLOv3-tiny from Darknet: 15, 22, the 1x1 prediction
+    convolutions. These are the feature maps every box and score is computed from, where quantization
+    error costs the most.
+
+    Raises:
+        ValueError: The model is neither an Ultralytics export nor a Darknet conversion.
+    """
     head = _head_node_names(model)
     modules = node_modules(model)
     producer = {out: n.name for n in model.graph.node for out in n.output}
@@ -260,8 +324,12 @@ def head_feeders(model) -> tuple[int, ...]:
     return tuple(sorted(feeders))
 
 
-def head_nodes(model, policy: str) -> list[str]:
-    """Names of the nodes that stay float under `policy`."""
+def head_nodes(model: onnx.ModelProto, policy: str) -> list[str]:
+    """Names of the nodes that stay float under `policy` (an EXCLUDE_POLICIES name), in graph order.
+
+    Raises:
+        ValueError: The detect head cannot be found (policy other than "none").
+    """
     if policy == "none":
         return []
     head = _head_node_names(model)
@@ -271,7 +339,7 @@ def head_nodes(model, policy: str) -> list[str]:
     return [n.name for n in nodes if n.op_type != "Conv" or "/dfl/" in n.name]
 
 
-def quantizable_modules(model, excluded: list[str] | set[str] = ()) -> tuple[int, ...]:
+def quantizable_modules(model: onnx.ModelProto, excluded: Collection[str] = ()) -> tuple[int, ...]:
     """Modules with a convolution that is not excluded: what a sensitivity search can keep float."""
     modules = node_modules(model)
     skip = set(excluded)
@@ -308,8 +376,10 @@ SEARCH_F1_MARGIN, SEARCH_SHIFT_MARGIN = 0.015, 0.005
 
 
 class _Reader:
-    """Feeds calibration frames to ONNX Runtime, preprocessed exactly like the live pipeline, in ranges
-    (`set_range`): ORT then calibrates chunk by chunk and merges, so memory holds one chunk's activations."""
+    """Feeds calibration frames to ONNX Runtime, preprocessed exactly like the live pipeline, in ranges.
+
+    With `set_range`, ORT calibrates chunk by chunk and merges, so memory holds one chunk's activations.
+    """
 
     def __init__(self, input_name: str, input_hw: tuple[int, int], frames: list[np.ndarray]) -> None:
         self._pre = Preprocessor(input_hw)
@@ -323,7 +393,7 @@ class _Reader:
     def set_range(self, start_index: int, end_index: int) -> None:
         self._it = iter(self._frames[start_index:end_index])
 
-    def get_next(self):
+    def get_next(self) -> dict[str, np.ndarray] | None:
         frame = next(self._it, None)
         if frame is None:
             return None
@@ -334,9 +404,14 @@ class _Reader:
         self._it = iter(self._frames)
 
 
-def model_input_hw(model, imgsz: int | None = None) -> tuple[int, int]:
-    """The input (h, w) the detector runs `model` at (app.inference.model_info's rules): a fixed input's own,
-    else `imgsz` or the metadata imgsz, on the stride grid."""
+def model_input_hw(model: onnx.ModelProto, imgsz: int | None = None) -> tuple[int, int]:
+    """The input (h, w) in pixels the detector runs `model` at, by app.inference.model_info's rules.
+
+    A fixed input's own size, else `imgsz` or the metadata imgsz, on the stride grid.
+
+    Raises:
+        ModelShapeError: The size is not usable.
+    """
     from app.backends.base import TensorSpec
     from app.inference.model_info import _input_hw, _stride
 
@@ -355,9 +430,12 @@ _ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percent
 
 
 @contextlib.contextmanager
-def _quiet_ort():
-    """ONNX Runtime's quantizer prints progress to stdout (where `vigil engine calibrate` writes its JSON
-    reports) and warns about pre-processing on every call; our own progress lines replace both."""
+def _quiet_ort() -> Iterator[None]:
+    """Silence ONNX Runtime's quantizer inside the block.
+
+    It prints progress to stdout (where `vigil engine calibrate` writes its JSON reports) and warns about
+    pre-processing on every call; our own progress lines replace both.
+    """
     import logging
 
     class _Drop(logging.Filter):
@@ -389,8 +467,25 @@ def _local_copy(onnx_in: str | Path, folder: Path) -> Path:
 
 def calibrate_ranges(onnx_in: str | Path, frames: list[np.ndarray], cache: str | Path, *, method: str = "percentile",
                      percentile: float = 99.999, imgsz: int | None = None, progress: bool = True) -> Path:  # fmt: skip
-    """Activation ranges of every float tensor of `onnx_in` over `frames`, chunk by chunk, into `cache` (ONNX
-    Runtime's calibration cache): one calibration serves every target, placement and module set."""
+    """Calibrate the activation ranges of every float tensor of `onnx_in` over `frames`, chunk by chunk.
+
+    One calibration serves every target, placement and module set.
+
+    Args:
+        onnx_in: The float model.
+        frames: ``(H, W, 3)`` uint8 BGR calibration frames, preprocessed like inference.
+        cache: Where ONNX Runtime's calibration cache (JSON ranges) is written; folders are created.
+        method: A CALIBRATION_METHODS name.
+        percentile: For "percentile": the share of each tensor's values the range covers, in percent.
+        imgsz: Input side for a dynamic model (see ``model_input_hw``).
+        progress: Print progress lines on stderr.
+
+    Returns:
+        ``cache`` as a Path.
+
+    Raises:
+        ValueError: No frames, or an unknown method.
+    """
     import onnx
     from onnxruntime.quantization.calibrate import (
         CalibrationDataReader,
@@ -455,7 +550,16 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
     every op ONNX Runtime can; `conv_outputs` False leaves a Conv's output float (only its input and weights
     are quantized); `symmetric_activations` False gives asymmetric uint8 activations (target "cpu" only: TensorRT takes
     symmetric INT8 only). `float_modules` "auto" runs search_float_modules on `frames` against the gate
-    `min_f1` / `max_shift` first (what `vigil engine calibrate` does); its findings go in the settings."""
+    `min_f1` / `max_shift` first (what `vigil engine calibrate` does); its findings go in the settings.
+
+    Returns:
+        The settings, also written to ``<onnx_out>.json``.
+
+    Raises:
+        ValueError: An unknown method, exclude policy, target or placement; reduce_range or asymmetric
+            activations for target "tensorrt"; float_modules that are neither module numbers, "auto" nor
+            "head-feeders"; no frames when they are needed (no ranges cache yet, or "auto").
+    """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as _quantize_static
@@ -467,7 +571,7 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
         )
     if placement is not None and placement not in PLACEMENTS:
         raise ValueError(f"placement one of {tuple(PLACEMENTS)}, not {placement!r}")
-    where = (PLACEMENTS[placement] or TARGET_OPTIONS.get(target, {})) if placement else PLACEMENTS["all"]
+    where = (PLACEMENTS[placement] or TARGET_OPTIONS.get(target, {})) if placement else cast(dict, PLACEMENTS["all"])
     conv_only = where["conv_only"] if conv_only is None else conv_only
     conv_outputs = where["conv_outputs"] if conv_outputs is None else conv_outputs
     if symmetric_activations is None:
@@ -501,9 +605,11 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
             if not Path(ranges_cache).is_file():
                 calibrate_ranges(onnx_in, frames, ranges_cache, method=method, percentile=percentile, imgsz=imgsz,
                                  progress=progress)  # fmt: skip
-            recipe = {"method": method, "percentile": percentile, "exclude": exclude, "per_channel": per_channel,
-                      "keep_first_convs": keep_first_convs, "conv_only": conv_only, "conv_outputs": conv_outputs,
-                      "symmetric_activations": symmetric_activations}  # fmt: skip
+            recipe: dict[str, Any] = {
+                "method": method, "percentile": percentile, "exclude": exclude, "per_channel": per_channel,
+                "keep_first_convs": keep_first_convs, "conv_only": conv_only, "conv_outputs": conv_outputs,
+                "symmetric_activations": symmetric_activations,
+            }  # fmt: skip
             search = search_float_modules(onnx_in, frames, ranges_cache=Path(ranges_cache), target=target,
                                           recipe=recipe, min_f1=min_f1, max_shift=max_shift, imgsz=imgsz,
                                           reduce_range=reduce_range, progress=progress)  # fmt: skip
@@ -570,8 +676,13 @@ def quantize(onnx_in: str | Path, onnx_out: str | Path, frames: list[np.ndarray]
 
 
 def module_conv_flops(onnx_in: str | Path, imgsz: int | None = None) -> tuple[dict[int, float], float]:
-    """Convolution FLOPs per module at the model's input size, and of the whole model (shapes from one
-    inference on a blank input)."""
+    """Count convolution FLOPs per module at the model's input size, and of the whole model.
+
+    Output shapes come from one ONNX Runtime inference on a blank input; a multiply-add counts as 2 FLOPs.
+
+    Returns:
+        ``({module: FLOPs}, total FLOPs)``; convolutions outside any module count only in the total.
+    """
     import onnx
     import onnxruntime as ort
     from onnx import helper
@@ -609,7 +720,8 @@ def search_float_modules(onnx_in: str | Path, frames: list[np.ndarray], *, range
     longest prefix of the ranking that still clears the gate on the frames (F1 >= min_f1 + f1_margin,
     shift <= max_shift - shift_margin) is found by bisection: those modules are quantized, the rest stay
     float. Scored on the calibration frames (evenly picked, SEARCH_FRAMES at most), never the held-out ones.
-    Returns the float modules with what was measured (ranking, sensitivity, each prefix tried, int8 FLOPs)."""
+    Returns the float modules with what was measured (ranking, sensitivity, each prefix tried, int8 FLOPs).
+    """
     import onnx
 
     from app.config import ModelConfig
@@ -697,8 +809,14 @@ def search_float_modules(onnx_in: str | Path, frames: list[np.ndarray], *, range
 
 def speedup_vs_fp32(fp32: str | Path, int8: str | Path, frames: list[np.ndarray], *, rounds: int = 3,
                     imgsz: int | None = None) -> dict:  # fmt: skip
-    """Backend-only speed of `int8` against `fp32` on ONNX Runtime: the same prepared tensors, interleaved
-    rounds, medians (a shared machine shifts single rounds; interleaving shares the noise out)."""
+    """Measure the backend-only speed of `int8` against `fp32` on ONNX Runtime.
+
+    The same prepared tensors, interleaved rounds, medians (a shared machine shifts single rounds;
+    interleaving shares the noise out).
+
+    Returns:
+        ``{"fp32_fps", "int8_fps", "speedup", "rounds", "frames"}``; fps are frames per second (medians).
+    """
     import statistics
 
     from app.config import ModelConfig

@@ -37,23 +37,36 @@ def has_vnni(flags: str) -> bool:
 
 
 def is_x86(machine: str) -> bool:
+    """Whether a ``platform.machine()`` string names an x86 CPU (32 or 64 bit)."""
     return machine.strip().lower() in X86_MACHINES
 
 
 def cpu_int8_isa(flags: str, machine: str) -> str:
-    """X86_VNNI, X86_NO_VNNI (u8s8 kernels saturate: quantize with reduce_range) or NOT_X86 (no change)."""
+    """Classify the CPU's int8 path from its flags and machine name.
+
+    Returns:
+        X86_VNNI, X86_NO_VNNI (u8s8 kernels saturate: quantize with reduce_range) or NOT_X86 (no change).
+    """
     if not is_x86(machine):
         return NOT_X86
     return X86_VNNI if has_vnni(flags) else X86_NO_VNNI
 
 
 def needs_reduce_range(isa: str) -> bool:
+    """Whether weights must be quantized to 7 bits (``reduce_range``) for this ``cpu_int8_isa`` answer."""
     return isa == X86_NO_VNNI
 
 
 def host_cpu_int8_isa(cpuinfo: str | Path = "/proc/cpuinfo", machine: str | None = None) -> str:
-    """cpu_int8_isa of this machine. An x86 box whose flags cannot be read counts as without VNNI (the safe
-    side: 7-bit weights cost a little accuracy everywhere, saturation costs a lot where it happens)."""
+    """Run cpu_int8_isa on this machine.
+
+    An x86 box whose flags cannot be read counts as without VNNI (the safe side: 7-bit weights cost a
+    little accuracy everywhere, saturation costs a lot where it happens).
+
+    Args:
+        cpuinfo: The cpuinfo file to read (injectable for tests).
+        machine: Machine name; None uses ``platform.machine()``.
+    """
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:

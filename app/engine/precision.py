@@ -22,6 +22,8 @@ class PrecisionError(ValueError):
 
 @dataclass(frozen=True)
 class PrecisionPlan:
+    """What the builder parses and how, for one precision and TensorRT major version."""
+
     onnx: Path  # what the parser reads
     flags: tuple[str, ...]  # trt.BuilderFlag names to set
     strongly_typed: bool  # create the network with NetworkDefinitionCreationFlag.STRONGLY_TYPED
@@ -30,6 +32,10 @@ class PrecisionPlan:
 
 
 def is_qdq(onnx_path: Path) -> bool:
+    """Whether the ONNX graph has QuantizeLinear/DequantizeLinear nodes (an explicitly quantized model).
+
+    Only the graph is read, not external weight files.
+    """
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -37,8 +43,14 @@ def is_qdq(onnx_path: Path) -> bool:
 
 
 def fp16_onnx(src: Path, work_dir: Path) -> Path:
-    """`src` with FP16 weights and activations and float32 inputs/outputs, cached in `work_dir` by the
-    source's hash (a changed model is converted again)."""
+    """Make `src` with FP16 weights and activations and float32 inputs/outputs.
+
+    Converted with ONNX Runtime's ``convert_float_to_float16``, cached in `work_dir` by the source's hash
+    (a changed model is converted again).
+
+    Returns:
+        Path of the FP16 copy, ``<stem>.fp16-<hash12>.onnx`` in ``work_dir``.
+    """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -56,6 +68,22 @@ def fp16_onnx(src: Path, work_dir: Path) -> Path:
 def plan_precision(
     onnx_path: Path, precision: str, trt_major: int, work_dir: Path, *, legacy_int8: bool = False
 ) -> PrecisionPlan:
+    """Decide which ONNX to parse and which builder flags to set.
+
+    Args:
+        onnx_path: The model to build.
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        trt_major: TensorRT major version (11 and later are strongly typed).
+        work_dir: Where an FP16 copy is cached (TensorRT 11 FP16 only).
+        legacy_int8: Allow INT8 by the deprecated implicit calibrator for a non-Q/DQ model (TensorRT 10 only).
+
+    Returns:
+        The plan, with a one-line note for the build log and the manifest.
+
+    Raises:
+        PrecisionError: INT8 from a model without Q/DQ nodes (unless legacy on TensorRT 10), legacy INT8 on
+            TensorRT 11+, a Q/DQ model at another precision, or an unknown precision.
+    """
     qdq = is_qdq(onnx_path)
     if precision == "int8":
         if qdq:

@@ -1,7 +1,9 @@
-"""YOLO output decoding: dense heads (v8/v11, [1, 4+C, N]) with class-aware NMS, YOLOv5-style heads
-([1, N, 5+C]: cx, cy, w, h, objectness, class scores) through the same NMS, NMS-free / end-to-end heads
-([1, N, 6]: x1, y1, x2, y2, score, class), and TensorRT engines with the EfficientNMS_TRT plugin built in
-(four outputs: count, boxes, scores, classes), mapped back to source pixels.
+"""YOLO output decoding for the four head layouts, mapped back to source pixels.
+
+Dense heads (v8/v11, [1, 4+C, N]) with class-aware NMS, YOLOv5-style heads ([1, N, 5+C]: cx, cy, w, h,
+objectness, class scores) through the same NMS, NMS-free / end-to-end heads ([1, N, 6]: x1, y1, x2, y2,
+score, class), and TensorRT engines with the EfficientNMS_TRT plugin built in (four outputs: count, boxes,
+scores, classes).
 
 Semantics follow Ultralytics' `non_max_suppression` (strict `>` on thresholds, best class per box,
 class offset trick for class-aware NMS, `max_det` after NMS) so our boxes match the reference.
@@ -25,6 +27,8 @@ _INT32_MAX = np.iinfo(np.int32).max
 
 
 class OutputLayout(str, Enum):
+    """How a model's outputs encode detections (the value is the config and cache spelling)."""
+
     DENSE = "dense"  # [1, 4 + C, N], boxes cx,cy,w,h in input pixels, per-class scores
     END2END = "end2end"  # [1, N, 6], boxes x1,y1,x2,y2 in input pixels, score, class id
     # YOLOv5 export (also v7, and exporters that copy it): [1, N, 5 + C], boxes cx,cy,w,h in input pixels,
@@ -42,8 +46,11 @@ class ModelShapeError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class NmsOutputRoles:
-    """Which model output holds each EfficientNMS tensor. Exporters disagree on order and names, so this is
-    worked out once from shapes and dtypes at load (resolve_nms_roles) instead of assumed."""
+    """Which model output (index into the outputs list) holds each EfficientNMS tensor.
+
+    Exporters disagree on order and names, so this is worked out once from shapes and dtypes at load
+    (resolve_nms_roles) instead of assumed.
+    """
 
     count: int
     boxes: int
@@ -53,6 +60,17 @@ class NmsOutputRoles:
 
 @dataclass(frozen=True, slots=True)
 class DecodeParams:
+    """Thresholds and filters applied while decoding, as in Ultralytics' ``predict``.
+
+    Attributes:
+        conf: Keep scores strictly above this, 0..1.
+        iou: NMS suppresses boxes whose IoU with a better one is strictly above this, 0..1 (not used for
+            heads that are already NMS'd).
+        max_det: At most this many detections per image, best first.
+        classes: Keep only these class ids; None keeps all.
+        agnostic: NMS across classes instead of per class.
+    """
+
     conf: float = 0.25
     iou: float = 0.7
     max_det: int = 300
@@ -74,6 +92,7 @@ _NMS_EXPECTED = (
 
 
 def format_shape(shape: Sequence[Dim]) -> str:
+    """A shape for messages, e.g. ``[1, 84, 8400]`` or ``[batch, 84, anchors]``."""
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
@@ -89,7 +108,17 @@ def resolve_nms_roles(outputs: Sequence[tuple[str, Sequence[Dim], np.dtype]]) ->
 
     Boxes are the one [1, K, 4]; the count is [1, 1] or [1]; scores and classes are [1, K] and scores must
     be float. Among the assignments the shapes allow, an integer count and integer classes are preferred
-    (some exporters emit float classes), then names; whatever is still ambiguous raises ModelShapeError.
+    (some exporters emit float classes), then names.
+
+    Args:
+        outputs: ``(name, shape, dtype)`` of each model output in model order; dimensions may be dynamic.
+
+    Returns:
+        The index of each role in ``outputs``.
+
+    Raises:
+        ModelShapeError: Not four outputs, not exactly one boxes output, no assignment that fits, or one
+            that is still ambiguous after dtypes and names.
     """
     described = ", ".join(f"{name!r} {format_shape(shape)} {np.dtype(dt).name}" for name, shape, dt in outputs)
 
@@ -140,6 +169,7 @@ def resolve_nms_roles(outputs: Sequence[tuple[str, Sequence[Dim], np.dtype]]) ->
 
 
 def box_iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one ``(4,)`` xyxy box with each of ``(N, 4)`` xyxy boxes: ``(N,)`` in 0..1."""
     x1 = np.maximum(box[0], boxes[:, 0])
     y1 = np.maximum(box[1], boxes[:, 1])
     x2 = np.minimum(box[2], boxes[:, 2])
@@ -151,7 +181,16 @@ def box_iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float) -> np.ndarray:
-    """Greedy NMS; returns kept indices in descending score order. Suppresses IoU > iou_thres."""
+    """Greedy NMS, as Ultralytics' (torchvision ``nms`` semantics): suppresses IoU strictly above iou_thres.
+
+    Args:
+        boxes: ``(N, 4)`` xyxy; offset per class beforehand for class-aware NMS.
+        scores: ``(N,)`` scores; ties keep their input order.
+        iou_thres: IoU threshold, 0..1.
+
+    Returns:
+        ``(K,)`` int64 indices into ``boxes`` of the kept boxes, in descending score order.
+    """
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
     while order.size:
@@ -175,7 +214,17 @@ def _xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
 
 
 def decode_dense(pred: np.ndarray, num_classes: int, p: DecodeParams) -> Detections:
-    """pred: [4 + C (+extra), N] for one image; returns boxes in model-input pixels."""
+    """Decode one image of a dense (v8/v11) head: best class per anchor, class-aware NMS.
+
+    Args:
+        pred: ``(4 + C (+ extra), N)`` for one image: cx, cy, w, h in model-input pixels, then C class
+            scores 0..1 (extra rows, such as mask coefficients, are ignored).
+        num_classes: C.
+        p: Thresholds and filters.
+
+    Returns:
+        Detections with xyxy in model-input pixels, best first.
+    """
     scores_all = pred[4 : 4 + num_classes]
     best = scores_all.max(axis=0)
     cand = np.flatnonzero(best > p.conf)
@@ -187,9 +236,19 @@ def decode_dense(pred: np.ndarray, num_classes: int, p: DecodeParams) -> Detecti
 
 
 def decode_yolov5(pred: np.ndarray, num_classes: int, p: DecodeParams) -> Detections:
-    """pred: [N, 5 + C (+extra)] (cx, cy, w, h, objectness, class scores) for one image; boxes in model-input
-    pixels. As YOLOv5's own non_max_suppression: rows with objectness > conf are candidates, their score is
-    objectness * class score (best class), kept when > conf, then the dense head's NMS and max_det."""
+    """Decode one image of a YOLOv5-style head, as YOLOv5's own ``non_max_suppression`` (utils/general.py).
+
+    Rows with objectness > conf are candidates, their score is objectness * class score (best class), kept
+    when > conf, then the dense head's NMS and max_det.
+
+    Args:
+        pred: ``(N, 5 + C (+ extra))``: cx, cy, w, h in model-input pixels, objectness, C class scores.
+        num_classes: C.
+        p: Thresholds and filters.
+
+    Returns:
+        Detections with xyxy in model-input pixels, best first.
+    """
     obj = pred[:, 4]
     cand = np.flatnonzero(obj > p.conf)
     if cand.size == 0:
@@ -244,16 +303,37 @@ def _select_rows(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, p: 
 
 
 def decode_end2end(pred: np.ndarray, p: DecodeParams) -> Detections:
-    """pred: [N, 6] (x1, y1, x2, y2, score, class) for one image, already NMS'd by the model."""
+    """Decode one image of an NMS-free / end-to-end head (rows already NMS'd by the model).
+
+    Args:
+        pred: ``(N, 6)``: x1, y1, x2, y2 in model-input pixels, score, class id (often float).
+        p: Thresholds and filters (``iou`` and ``agnostic`` do not apply).
+
+    Returns:
+        Detections in the model's row order, xyxy in model-input pixels; non-finite, inverted or invalid-class
+        rows dropped.
+    """
     return _select_rows(pred[:, :4], pred[:, 4], pred[:, 5], p)
 
 
 def decode_efficient_nms(
     count: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, p: DecodeParams
 ) -> Detections:
-    """One image of EfficientNMS_TRT output: count [1, 1] or [1], boxes [1, K, 4] (x1, y1, x2, y2 in input
-    pixels), scores and classes [1, K], sorted by score. Only the first `count` rows are written; the rest
-    is whatever the buffer held before."""
+    """Decode one image of EfficientNMS_TRT output (sorted by score by the plugin).
+
+    Only the first `count` rows are written; the rest is whatever the buffer held before, so it is never
+    read. A count that is negative, NaN or beyond K is clamped.
+
+    Args:
+        count: ``[1, 1]`` or ``[1]`` number of valid rows (int or float).
+        boxes: ``[1, K, 4]`` x1, y1, x2, y2 in model-input pixels.
+        scores: ``[1, K]`` scores 0..1.
+        classes: ``[1, K]`` class ids (int or float).
+        p: Thresholds and filters (``iou`` and ``agnostic`` do not apply).
+
+    Returns:
+        Detections with xyxy in model-input pixels.
+    """
     boxes = boxes.reshape(-1, 4)
     scores, classes = scores.reshape(-1), classes.reshape(-1)
     n = float(count.reshape(-1)[0]) if count.size else 0.0
@@ -264,7 +344,15 @@ def decode_efficient_nms(
 
 
 class YoloDecoder:
-    """Decodes the raw outputs of one image and maps boxes to the source frame."""
+    """Decodes the raw outputs of one image and maps boxes to the source frame.
+
+    Args:
+        layout: The model's head layout (from ``ModelInfo``).
+        num_classes: Number of classes C.
+        params: Thresholds and filters; replaced as a whole when they change at run time.
+        roles: For EFFICIENT_NMS, which output is which (``ModelInfo.output_roles``); guessed from the
+            arrays on the first call when None.
+    """
 
     def __init__(
         self,
@@ -282,6 +370,19 @@ class YoloDecoder:
         self.roles = roles
 
     def __call__(self, outputs: Sequence[np.ndarray], geometry: LetterboxGeometry) -> Detections:
+        """Decode one image.
+
+        Args:
+            outputs: Every model output, in model order, each with batch dimension 1.
+            geometry: The letterbox the frame was preprocessed with.
+
+        Returns:
+            Detections in source-frame pixels (xyxy ``(N, 4)`` float32, clipped to the frame).
+
+        Raises:
+            TypeError: ``outputs`` is a single array instead of the list of outputs.
+            ModelShapeError: EfficientNMS outputs whose roles cannot be resolved or do not fit.
+        """
         if isinstance(outputs, np.ndarray):
             # The old interface took outputs[0]; indexing an array here would silently decode the wrong axis
             raise TypeError("YoloDecoder takes the list of all model outputs, not one array")

@@ -1,5 +1,8 @@
-"""Detector = backend + preprocessing + decode. Stages are separate methods so callers can overlap them
-(`vigil detect` prepares frame n+1 while frame n is in the backend)."""
+"""Detector = backend + preprocessing + decode.
+
+Stages are separate methods so callers can overlap them (`vigil detect` prepares frame n+1 while frame n
+is in the backend).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +30,16 @@ def resolve_classes(wanted: list[int | str] | None, names: dict[int, str]) -> tu
     Entries the model does not have are logged once as a warning (the default config lists COCO labels,
     and a model of one's own may have only some of them). When none of the entries is a class of the
     model, nothing could ever be detected: that raises ModelShapeError naming the model's labels.
+
+    Args:
+        wanted: Labels and/or ids (ids may be digit strings); None means every class.
+        names: The model's ``{class id: label}``; when empty, any id is accepted.
+
+    Returns:
+        The matching class ids, first occurrence order, duplicates dropped; None when ``wanted`` is None.
+
+    Raises:
+        ModelShapeError: No entry of ``wanted`` is a class of the model.
     """
     if wanted is None:
         return None
@@ -53,6 +66,17 @@ def _ms_since(t0: float) -> float:
 
 
 class Detector:
+    """One model ready to run: letterbox preprocessing, a backend, and the YOLO decoder of its head.
+
+    Stage times are wall-clock milliseconds (``time.perf_counter``).
+
+    Args:
+        backend: A loaded backend; the detector owns and closes it.
+        info: What the model's inputs and outputs are (from ``ModelInfo.from_backend``).
+        params: Initial decode thresholds and filters.
+        reason: Why this backend was chosen, for stats.
+    """
+
     def __init__(self, backend: Backend, info: ModelInfo, params: DecodeParams, reason: str = "") -> None:
         self.backend = backend
         self.info = info
@@ -62,6 +86,19 @@ class Detector:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> Detector:
+        """Load the configured model on the configured (or automatically chosen) backend.
+
+        Args:
+            cfg: The ``model`` config section.
+
+        Returns:
+            The detector; the backend is closed again if anything after loading it fails.
+
+        Raises:
+            BackendError: No backend can run the model (missing file or engine, runtime unavailable).
+            ModelShapeError: The model is not a decodable YOLO detector, or ``cfg.classes`` names none of
+                its classes.
+        """
         backend, reason = load_backend(cfg)
         try:
             info = ModelInfo.from_backend(backend, cfg.imgsz, cfg.layout)
@@ -89,15 +126,19 @@ class Detector:
 
     @property
     def names(self) -> dict[int, str]:
+        """The model's ``{class id: label}``."""
         return self.info.names
 
     @property
     def params(self) -> DecodeParams:
+        """The decode thresholds and filters now in force."""
         return self.decoder.params
 
     def backend_state(self) -> BackendState:
-        """What serves now and why: after a run-time failover the failover's own account replaces the
-        reason the backend was chosen at load."""
+        """What serves now and why.
+
+        After a run-time failover the failover's own account replaces the reason the backend was chosen at load.
+        """
         from app.backends.failover import FailoverBackend
 
         b = self.backend
@@ -107,12 +148,25 @@ class Detector:
         return BackendState(b.name, tuple(b.providers), reason, failovers)
 
     def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
+        """Change the confidence and/or NMS IoU threshold (0..1) from the next decode on; None keeps one."""
         p = self.decoder.params
         self.decoder.params = replace(p, conf=p.conf if conf is None else conf, iou=p.iou if iou is None else iou)
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray | StagedFrame, LetterboxGeometry, float]:
-        """The model input for `image`: the letterboxed tensor, or, when the backend letterboxes on its
-        device, the frame staged for upload (one host copy; the rest happens in `infer`)."""
+        """Build the model input for one frame.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 BGR frame of any size.
+
+        Returns:
+            ``(input, geometry, ms)``: the input is the letterboxed ``(1, 3, h, w)`` RGB 0..1 tensor in the
+            model's input dtype (usually float32), or, when the backend letterboxes on its device, the frame
+            staged for upload (one host copy; the rest happens in ``infer``). ``geometry`` maps boxes back to
+            ``image``; ``ms`` is the time taken.
+
+        Raises:
+            ValueError: ``image`` is not ``(H, W, 3)`` uint8.
+        """
         t0 = time.perf_counter()
         if self.backend.preprocesses_on_device:
             check_frame(image)
@@ -122,24 +176,63 @@ class Detector:
         return tensor, geometry, _ms_since(t0)
 
     def infer(self, tensor: np.ndarray | StagedFrame) -> tuple[list[np.ndarray], float]:
+        """Run the backend on what ``prepare`` returned.
+
+        Args:
+            tensor: The prepared input (tensor or staged frame).
+
+        Returns:
+            ``(outputs, ms)``: the raw model outputs in model order (batch dimension 1), and the time taken.
+
+        Raises:
+            BackendError: The backend failed to run (a failover backend first tries its fallback).
+        """
         t0 = time.perf_counter()
-        staged = isinstance(tensor, StagedFrame)
-        outputs = self.backend.infer_frame(tensor) if staged else self.backend.infer(tensor)
+        outputs = self.backend.infer_frame(tensor) if isinstance(tensor, StagedFrame) else self.backend.infer(tensor)
         return outputs, _ms_since(t0)
 
     def decode(self, outputs: list[np.ndarray], geometry: LetterboxGeometry) -> tuple[Detections, float]:
+        """Turn raw outputs into detections in source-frame pixels.
+
+        Args:
+            outputs: What ``infer`` returned.
+            geometry: What ``prepare`` returned for the same frame.
+
+        Returns:
+            ``(detections, ms)``: xyxy ``(N, 4)`` float32 pixels of the original frame (clipped), confidence
+            ``(N,)`` float32, class_id ``(N,)`` int32, best first; and the time taken.
+
+        Raises:
+            ModelShapeError: The outputs do not fit the model's head layout (EfficientNMS roles).
+        """
         t0 = time.perf_counter()
         det = self.decoder(outputs, geometry)
         return det, _ms_since(t0)
 
     def detect(self, image: np.ndarray) -> tuple[Detections, StageTimings]:
+        """Run ``prepare``, ``infer`` and ``decode`` on one frame.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 BGR frame.
+
+        Returns:
+            Detections in ``image``'s pixels and the three stage times in ms.
+
+        Raises:
+            ValueError: ``image`` is not ``(H, W, 3)`` uint8.
+            BackendError: The backend failed.
+        """
         tensor, geometry, pre = self.prepare(image)
         outputs, inf = self.infer(tensor)
         det, post = self.decode(outputs, geometry)
         return det, StageTimings(pre, inf, post)
 
     def warmup(self, runs: int) -> float:
-        """Run the backend on a blank frame so the first real frame does not pay for lazy init."""
+        """Run the whole pipeline ``runs`` times on a grey frame so the first real frame does not pay for lazy init.
+
+        Returns:
+            Total time taken, in ms.
+        """
         t0 = time.perf_counter()
         h, w = self.info.input_hw
         blank = np.full((h, w, 3), 114, np.uint8)
@@ -148,4 +241,5 @@ class Detector:
         return _ms_since(t0)
 
     def close(self) -> None:
+        """Release the backend (sessions, engines, device memory)."""
         self.backend.close()

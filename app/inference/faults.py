@@ -1,5 +1,7 @@
-"""debug.faults inside the worker: leak, hang, die or make the backend fail on purpose, so the watchdog
-and the backend failover are tested for real. Never on in production."""
+"""debug.faults inside the worker: leak, hang, die or make the backend fail on purpose.
+
+This way the watchdog and the backend failover are tested for real. Never on in production.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +18,14 @@ log = logging.getLogger(__name__)
 
 
 class FailingBackend(Backend):
-    """Wraps a working backend and raises on every call after `after` frames, like a GPU that hit a
-    sticky CUDA error; it stands in for the primary of a failover, the real backend serves otherwise."""
+    """Wraps a working backend and raises on every call after `after` frames, like a sticky CUDA error.
+
+    It stands in for the primary of a failover; the real backend serves otherwise.
+
+    Args:
+        inner: The working backend it delegates to.
+        after: Calls of ``infer`` that succeed; every later one raises.
+    """
 
     def __init__(self, inner: Backend, after: int) -> None:
         self.inner = inner
@@ -26,41 +34,67 @@ class FailingBackend(Backend):
         self.name = f"{inner.name}+faults"
 
     def load(self) -> None:
+        """Load the wrapped backend."""
         self.inner.load()
 
     @property
     def inputs(self) -> list[TensorSpec]:
+        """The wrapped backend's inputs."""
         return self.inner.inputs
 
     @property
     def outputs(self) -> list[TensorSpec]:
+        """The wrapped backend's outputs."""
         return self.inner.outputs
 
     @property
     def metadata(self) -> dict[str, str]:
+        """The wrapped backend's model metadata."""
         return self.inner.metadata
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run the wrapped backend, until the call count passes ``after``.
+
+        Raises:
+            BackendError: Always once more than ``after`` calls were made ("device lost").
+        """
         self.calls += 1
         if self.calls > self.after:
             raise BackendError("fault injection: device lost")
         return self.inner.infer(batch)
 
     def close(self) -> None:
+        """Close the wrapped backend."""
         self.inner.close()
 
 
 class FaultInjector:
+    """Applies ``debug.faults`` in the worker: a failing backend at load, leaks, stalls and crashes per frame.
+
+    Args:
+        cfg: The fault settings; every fault is off by default.
+    """
+
     def __init__(self, cfg: FaultsConfig) -> None:
         self.cfg = cfg
         self.frames = 0
         self._leaked: list[np.ndarray] = []
 
     def wrap_backend(self, backend: Backend, model: ModelConfig, warmup_runs: int) -> Backend:
-        """With backend_fail_after_frames: the loaded backend becomes a failing primary behind the same
-        failover that guards a TensorRT engine, with ONNX Runtime on the same model as the fallback.
+        """Put the loaded backend behind a failing wrapper when ``backend_fail_after_frames`` is set.
 
-        With standby_load_delay_s (set only for blue-green standbys): loading takes that much longer.
+        The failing wrapper becomes the primary behind the same failover that guards a TensorRT engine, with
+        ONNX Runtime on the same model as the fallback.
+
+        Args:
+            backend: The loaded backend.
+            model: The model config the ONNX Runtime fallback loads.
+            warmup_runs: Warm-up inferences the worker runs first; they do not count toward the frames.
+
+        Returns:
+            ``backend`` unchanged when the fault is off, else the failover.
+
+        With ``standby_load_delay_s`` (set only for blue-green standbys) loading takes that much longer.
         """
         if self.cfg.standby_load_delay_s:
             log.warning("fault injection: slow standby load, %.1f s more", self.cfg.standby_load_delay_s)
@@ -74,6 +108,11 @@ class FaultInjector:
         return FailoverBackend(failing, lambda: onnxruntime_backend(model), retry_after_s=self.cfg.backend_retry_s)
 
     def after_frame(self) -> None:
+        """Count a processed frame and inject what is due.
+
+        Leaks ``leak_mb_per_frame`` MiB of resident memory, stalls ``stall_s`` seconds once at
+        ``stall_after_frames``, and exits the process with status 70 at ``crash_after_frames``.
+        """
         c = self.cfg
         self.frames += 1
         if c.leak_mb_per_frame:

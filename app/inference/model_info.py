@@ -1,5 +1,7 @@
-"""What we need to know about a detector model, read from its I/O and metadata, validated up front so a
-wrong model fails at load with its shape named, not with an IndexError mid-stream."""
+"""What we need to know about a detector model, read from its I/O and metadata, validated up front.
+
+Validating at load means a wrong model fails with its shape named, not with an IndexError mid-stream.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeGuard, cast
 
 import numpy as np
 
@@ -39,10 +42,24 @@ _HOW_TO_CHOOSE = "set model.layout to 'yolov5' or 'end2end'"
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """num_classes is what the model's head says; for heads that only carry class ids (END2END,
-    EFFICIENT_NMS) it is len(names) from the metadata, or 0 when there are none (TensorRT engines from
-    third-party exporters usually have none): 0 means unknown, and ids then show as their number
-    (Detections.to_list falls back to str(id)). layout_reason says how the layout was recognised."""
+    """A detector model's input, head layout and classes, as the preprocessor and decoder need them.
+
+    Attributes:
+        input_name: Name of the image input.
+        input_hw: ``(height, width)`` in pixels the model runs at (fixed by the model, or chosen for a
+            dynamic input).
+        input_dtype: Input tensor dtype (float32, or float16 for half-precision models).
+        layout: How the outputs encode detections.
+        num_classes: What the model's head says; for heads that only carry class ids (END2END,
+            EFFICIENT_NMS) it is len(names) from the metadata, or 0 when there are none (TensorRT engines
+            from third-party exporters usually have none): 0 means unknown, and ids then show as their
+            number (Detections.to_list falls back to str(id)).
+        names: ``{class id: label}`` from the metadata, else ``class0``... for the head's classes.
+        stride: Largest feature-map stride (input sides of dynamic models are multiples of it).
+        task: Ultralytics task from the metadata; always ``detect`` here.
+        output_roles: EFFICIENT_NMS only: which output index holds what.
+        layout_reason: How the layout was recognised (for the load log).
+    """
 
     input_name: str
     input_hw: tuple[int, int]
@@ -57,9 +74,25 @@ class ModelInfo:
 
     @classmethod
     def from_backend(cls, backend: Backend, imgsz: int | None = None, layout: str = "auto") -> ModelInfo:
-        """`imgsz` applies to dynamic inputs (rounded up to the model's stride); `layout` is model.layout:
-        'auto' recognises the head from metadata, output shape and, where those leave a [1, N, 6] output
-        open, the values of one inference on a grey frame."""
+        """Read and validate a loaded model's inputs, outputs and metadata.
+
+        Args:
+            backend: The loaded model; it may be run once on a grey frame (see ``layout``).
+            imgsz: Input side in pixels for dynamic inputs (rounded up to the model's stride; ignored with
+                a warning for fixed inputs); None uses the metadata's imgsz, else 640.
+            layout: ``model.layout``: ``auto`` recognises the head from metadata, output shape and, where
+                those leave a [1, N, 6] output open, the values of one inference on a grey frame; ``dense``,
+                ``end2end`` or ``yolov5`` force one.
+
+        Returns:
+            The model's description.
+
+        Raises:
+            ModelShapeError: An unknown ``layout``; an input that is not ``[1, 3, H, W]``; an unusable
+                ``imgsz``; a task other than ``detect``; no outputs; outputs that fit no YOLO head (or not the
+                forced layout); a [1, N, 6] output whose evidence is missing or disagrees; class columns
+                fewer than the metadata's names. The message names the offending shape.
+        """
         if layout not in LAYOUT_CHOICES:
             raise ModelShapeError(f"model.layout {layout!r} is not one of {', '.join(LAYOUT_CHOICES)}")
         meta = backend.metadata
@@ -97,14 +130,19 @@ class ModelInfo:
 
 
 def round_to_stride(size: int, stride: int) -> int:
-    """The input side a dynamic model runs at for `size`: rounded up to a multiple of `stride`, as
-    Ultralytics' check_imgsz does (650 -> 672 at stride 32)."""
+    """The input side a dynamic model runs at for `size`: rounded up to a multiple of `stride`.
+
+    As Ultralytics' check_imgsz does (650 -> 672 at stride 32); never below one stride.
+    """
     return max(math.ceil(size / stride), 1) * stride
 
 
 def _looks_like_efficient_nms(outputs: list[TensorSpec]) -> bool:
-    """Four outputs with a [.., K, 4] boxes tensor or an integer [.., 1] count: claim the model here, so that
-    a malformed NMS export fails naming all four shapes instead of being judged by its first output alone."""
+    """Four outputs with a [.., K, 4] boxes tensor or an integer [.., 1] count.
+
+    Such a model is claimed here, so that a malformed NMS export fails naming all four shapes instead of
+    being judged by its first output alone.
+    """
     if len(outputs) != 4:
         return False
     for o in outputs:
@@ -115,7 +153,7 @@ def _looks_like_efficient_nms(outputs: list[TensorSpec]) -> bool:
     return False
 
 
-def _static(dim: object) -> bool:
+def _static(dim: object) -> TypeGuard[int]:
     return isinstance(dim, int) and dim > 0
 
 
@@ -194,8 +232,11 @@ def _parse_names(raw: str | None) -> dict[int, str]:
 
 
 def _end2end_declared(meta: dict[str, str]) -> bool:
-    """Ultralytics writes end2end (8.4+) and args.nms (8.3+) into its exports; YOLOv5's export.py writes
-    only stride and names."""
+    """Whether the metadata declares an end-to-end/NMS export.
+
+    Ultralytics writes end2end (8.4+) and args.nms (8.3+) into its exports; YOLOv5's export.py writes
+    only stride and names.
+    """
     return meta.get("end2end") == "True" or "'nms': True" in meta.get("args", "")
 
 
@@ -254,7 +295,7 @@ def _forced_layout(out: TensorSpec, forced: str, names: dict[int, str]) -> tuple
 
 
 def _dense(out: TensorSpec, names: dict[int, str], bad: ModelShapeError) -> tuple[OutputLayout, int]:
-    nc = out.shape[1] - 4
+    nc = cast(int, out.shape[1]) - 4  # callers checked the dimension is static
     if nc < 1:
         raise bad
     if names and nc < len(names):
@@ -268,7 +309,7 @@ def _dense(out: TensorSpec, names: dict[int, str], bad: ModelShapeError) -> tupl
 
 
 def _yolov5(out: TensorSpec, names: dict[int, str]) -> tuple[OutputLayout, int]:
-    nc = out.shape[2] - 5
+    nc = cast(int, out.shape[2]) - 5  # callers checked the dimension is static
     if names and nc < len(names):
         hint = (
             " (it looks like a transposed YOLOv8 output [1, anchors, 4+classes], which Vigil does not read: "
@@ -284,9 +325,19 @@ def _yolov5(out: TensorSpec, names: dict[int, str]) -> tuple[OutputLayout, int]:
 
 
 def anchor_counts(input_hw: tuple[int, int], stride: int) -> set[int]:
-    """Rows of an anchor-grid head at this input: one cell per stride-s pixels at every level from the
-    smallest stride (8, or 4 for P2 models) up to the model's stride, times 1 (anchor-free) or 3 (YOLOv5's
-    anchors per cell). 640x640 at stride 32: 8400 or 25200."""
+    """Row counts an anchor-grid head can have at this input.
+
+    One cell per stride-s pixels at every level from the smallest stride (8, or 4 for P2 models) up to the
+    model's stride, times 1 (anchor-free) or 3 (YOLOv5's anchors per cell). 640x640 at stride 32: 8400 or
+    25200.
+
+    Args:
+        input_hw: ``(height, width)`` of the model input in pixels.
+        stride: The model's largest stride.
+
+    Returns:
+        Every plausible row count (for lowest strides 8 and 4, times 1 and 3).
+    """
     h, w = input_hw
     counts = set()
     for lowest in (8, 4):
@@ -303,11 +354,14 @@ def _end2end_or_yolov5(
     stride: int,
     probe: Callable[[], np.ndarray] | None,
 ) -> tuple[OutputLayout, int, str]:
-    """[1, N, 6] without metadata saying end-to-end: an end-to-end head (x1, y1, x2, y2, score, class) or a
-    one-class YOLOv5 head (cx, cy, w, h, objectness, class score). Independent evidence, each of which may
-    abstain: the class names (a YOLOv5 [.., 6] head holds one class), the row count (anchor grid of this
-    input or not) and the values of one inference. All that speak must agree; otherwise, or when none
-    speaks, the model is refused with the shape named, rather than decoded one way at a guess."""
+    """Tell apart the two heads of shape [1, N, 6] when the metadata does not say end-to-end.
+
+    The candidates are an end-to-end head (x1, y1, x2, y2, score, class) and a one-class YOLOv5 head (cx,
+    cy, w, h, objectness, class score). Independent evidence, each of which may abstain: the class names (a
+    YOLOv5 [.., 6] head holds one class), the row count (anchor grid of this input or not) and the values
+    of one inference. All that speak must agree; otherwise, or when none speaks, the model is refused with
+    the shape named, rather than decoded one way at a guess.
+    """
     votes: list[tuple[OutputLayout, str]] = []
     if len(names) >= 2:
         votes.append((OutputLayout.END2END, f"the metadata names {len(names)} classes"))
@@ -346,10 +400,12 @@ _TOL = 1e-3
 
 
 def _vote_by_values(pred: np.ndarray) -> tuple[OutputLayout, str] | None:
-    """Judge [.., N, 6] rows of an inference. End-to-end rows are boxes with x2 >= x1 and y2 >= y1 and an
-    integer class id; YOLOv5 rows have objectness and class score in 0..1 and w, h >= 0. A model whose rows
-    break one reading and fit the other is that other; when both fit (a one-class end-to-end head) or
-    neither does, the values abstain."""
+    """Judge [.., N, 6] rows of an inference as end-to-end or YOLOv5 rows; None to abstain.
+
+    End-to-end rows are boxes with x2 >= x1 and y2 >= y1 and an integer class id; YOLOv5 rows have
+    objectness and class score in 0..1 and w, h >= 0. A model whose rows break one reading and fit the
+    other is that other; when both fit (a one-class end-to-end head) or neither does, the values abstain.
+    """
     if pred.ndim < 2 or pred.shape[-1] != 6:
         return None
     rows = pred.reshape(-1, 6).astype(np.float64)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class BackendState:
     """Which runtime serves a worker's frames and why; stats, /stats and MQTT show it, so a GPU that
-    failed over to the CPU is visible from the dashboard, not only in the worker's log."""
+    failed over to the CPU is visible from the dashboard, not only in the worker's log.
+    """
 
     name: str
     providers: tuple[str, ...]

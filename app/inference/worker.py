@@ -118,7 +118,8 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat=
 
 class _ServingLoop:
     """What a serving worker keeps between frames: where each ring was read up to, the round-robin position,
-    the cameras switched off, the run of consecutive errors and the backend state last reported."""
+    the cameras switched off, the run of consecutive errors and the backend state last reported.
+    """
 
     def __init__(
         self,

@@ -18,6 +18,22 @@ def discovery_messages(
     labels: list[str],
     model_name: str,
 ) -> list[tuple[str, dict]]:
+    """Build the retained Home Assistant discovery configs for the whole appliance.
+
+    Per camera: for each label an occupancy binary sensor and a count sensor, a detection switch, a
+    confidence number (0.05..0.95), and sensors for processed fps, capture fps and inference p50 (ms).
+
+    Args:
+        prefix: Discovery prefix, usually ``homeassistant``.
+        device_id: The appliance's id (made ``topic_safe`` for the node id and unique ids).
+        topics: The appliance's topics the entities read and command.
+        cameras: Camera names.
+        labels: Class labels that get per-label entities.
+        model_name: Shown as the device model.
+
+    Returns:
+        ``(topic, config)`` pairs, ``topic`` being ``<prefix>/<component>/<node>/<object>/config``.
+    """
     node = topic_safe(device_id)
     device = {
         "identifiers": [f"vigil_{node}"],

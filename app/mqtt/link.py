@@ -91,7 +91,8 @@ def check_tls_files(cfg: MqttConfig) -> None:
 
 def connect_error_text(exc: BaseException) -> str:
     """Why a connection attempt failed, in words: the certificate check's own reason ("IP address mismatch,
-    certificate is not valid for '127.0.0.1'"), the socket's ("Connection refused"), else the exception's."""
+    certificate is not valid for '127.0.0.1'"), the socket's ("Connection refused"), else the exception's.
+    """
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"TLS certificate rejected: {exc.verify_message.rstrip('.')}"
     if isinstance(exc, ssl.SSLError):

@@ -3,7 +3,8 @@ and takes commands. Runs in the main process's asyncio loop and never blocks it:
 non-blocking hand-off to the link (QoS 0 straight to paho, QoS>0 into the bounded outbox).
 
 Tracking and the object lifecycle are a pipeline stage (`app.tracking.stage`): this service only publishes
-what the records and events carry, and turns commands into calls of the pipeline's control API."""
+what the records and events carry, and turns commands into calls of the pipeline's control API.
+"""
 
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ class MqttService(ServiceBase):
 
     def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None) -> None:
         """One object event on `<base>/<camera>/events`, with the capture time and latency of the frame that
-        caused it (None and {} when none did: detection switched off)."""
+        caused it (None and {} when none did: detection switched off).
+        """
         fields: dict = {
             "type": event.type, "object": event.obj,
             "captured_at": iso_utc(record.result.frame.captured_wall) if record is not None else None,
@@ -119,7 +121,8 @@ class MqttService(ServiceBase):
 
     def on_result(self, record: ResultRecord) -> None:
         """One tracked frame: its detections (rate-limited), a snapshot when an object appeared or alerted, and
-        the counts that changed. Untracked frames (detection off for the camera, no model yet) publish nothing."""
+        the counts that changed. Untracked frames (detection off for the camera, no model yet) publish nothing.
+        """
         if record.tracker_id is None:
             return
         self._publish_detections(record)
@@ -183,7 +186,7 @@ class MqttService(ServiceBase):
     # ---- state, discovery, stats --------------------------------------------------------------
 
     def _on_connected(self) -> None:
-        """paho's thread: re-announce everything retained, from the asyncio loop."""
+        """Paho's thread: re-announce everything retained, from the asyncio loop."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._publish_state)
 

@@ -1,6 +1,7 @@
 """`vigil mqtt tail`: watch what the appliance publishes, one readable line per message.
 
-The command line (`app.cli.mqtt`) parses the options; this module connects, prints and says why it ended."""
+The command line (`app.cli.mqtt`) parses the options; this module connects, prints and says why it ended.
+"""
 
 from __future__ import annotations
 

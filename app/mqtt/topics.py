@@ -14,44 +14,62 @@ def topic_safe(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Topics:
+    """Every topic under one base (``vigil/<device>`` by default); camera names are used as given.
+
+    Attributes:
+        base: Topic prefix without a trailing slash.
+    """
+
     base: str
 
     @property
     def status(self) -> str:
+        """``<base>/status``: retained ``online``/``offline`` (the Last Will), Home Assistant's availability."""
         return f"{self.base}/status"
 
     @property
     def stats(self) -> str:
+        """``<base>/stats``: the periodic JSON stats document of the whole appliance."""
         return f"{self.base}/stats"
 
     def detections(self, camera: str) -> str:
+        """``<base>/<camera>/detections``: one JSON message per processed frame (QoS 0)."""
         return f"{self.base}/{camera}/detections"
 
     def events(self, camera: str) -> str:
+        """``<base>/<camera>/events``: JSON object events (a tracked object appeared, changed, left)."""
         return f"{self.base}/{camera}/events"
 
     def count(self, camera: str, label: str) -> str:
+        """``<base>/<camera>/<label>/count``: retained object count; the label made ``topic_safe``, ``all`` kept."""
         return f"{self.base}/{camera}/{topic_safe(label) if label != 'all' else 'all'}/count"
 
     def snapshot(self, camera: str) -> str:
+        """``<base>/<camera>/snapshot``: retained JPEG (bytes, not JSON)."""
         return f"{self.base}/{camera}/snapshot"
 
     def system(self, camera: str) -> str:
+        """``<base>/<camera>/system``: JSON worker restarts, recycles and capture restarts affecting the camera."""
         return f"{self.base}/{camera}/system"
 
     def detect_set(self, camera: str) -> str:
+        """``<base>/<camera>/detect/set``: command topic, payload ``ON``/``OFF``."""
         return f"{self.base}/{camera}/detect/set"
 
     def detect_state(self, camera: str) -> str:
+        """``<base>/<camera>/detect/state``: retained ``ON``/``OFF``."""
         return f"{self.base}/{camera}/detect/state"
 
     def confidence_set(self, camera: str) -> str:
+        """``<base>/<camera>/confidence/set``: command topic, payload a threshold such as ``0.4``."""
         return f"{self.base}/{camera}/confidence/set"
 
     def confidence_state(self, camera: str) -> str:
+        """``<base>/<camera>/confidence/state``: retained current threshold (``%g``)."""
         return f"{self.base}/{camera}/confidence/state"
 
     def command_subscriptions(self) -> list[str]:
+        """Wildcard filters matching every camera's command topics."""
         return [f"{self.base}/+/detect/set", f"{self.base}/+/confidence/set"]
 
     def parse_command(self, topic: str) -> tuple[str, str] | None:
@@ -66,4 +84,5 @@ class Topics:
 
 
 def dumps(obj: dict) -> bytes:
+    """Compact JSON (no spaces) as UTF-8 bytes, the wire form of every JSON payload."""
     return json.dumps(obj, separators=(",", ":")).encode()

@@ -76,7 +76,8 @@ class ResultRecord:
 
     def detections_list(self) -> list[dict]:
         """Detections as JSON-ready dicts (`class_id`, `label`, `confidence`, `box` in pixels), a fresh list per
-        call; with `track_id` (None when untracked) once a tracking stage ran."""
+        call; with `track_id` (None when untracked) once a tracking stage ran.
+        """
         out = self.result.detections.to_list(self.names)
         if self.tracker_id is not None:
             for d, tid in zip(out, self.tracker_id.tolist()):

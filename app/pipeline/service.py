@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 class PipelineControl(Protocol):
     """What a running pipeline offers its services: its rings and stats, and the control API that MQTT
-    commands and HTTP requests share."""
+    commands and HTTP requests share.
+    """
 
     @property
     def rings(self) -> Mapping[str, FrameRing]:
@@ -94,7 +95,8 @@ class Service(Protocol):
 
     def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None) -> None:
         """A tracked-object event; `record` is the frame that caused it, None when none did (detection
-        switched off)."""
+        switched off).
+        """
         ...
 
     def on_system_event(self, event: SystemEvent) -> None:

@@ -167,7 +167,8 @@ def stats_document(
     sections: dict[str, dict],
 ) -> dict:
     """The stats message (schema 1) of MQTT `<base>/stats` and HTTP `/api/stats`: pipeline figures, the
-    worker's, per camera, plus each service's own section (`mqtt`, `webrtc`)."""
+    worker's, per camera, plus each service's own section (`mqtt`, `webrtc`).
+    """
     per_camera = {c.name: {k: v for k, v in c.as_dict().items() if k != "camera"} for c in cameras}
     return envelope(device_id, None, uptime_s=uptime_s, cameras=per_camera, worker=worker, main_rss_mb=main_rss_mb,
                     **sections)  # fmt: skip
@@ -177,7 +178,8 @@ async def status_lines(
     interval_s: float, stats: Mapping[str, CameraStats], suffix: Callable[[], str], notifier: SystemdNotifier
 ) -> None:
     """Every `interval_s`: one status line per camera (plus `suffix()`, what serves) to the log and to
-    systemd's STATUS=. Returns at once when `interval_s` <= 0; runs until cancelled."""
+    systemd's STATUS=. Returns at once when `interval_s` <= 0; runs until cancelled.
+    """
     if interval_s <= 0:
         return
     while True:

@@ -1,2 +1,3 @@
 """Keeping the service alive: the worker supervisor (restart, blue-green recycle), its pure policies, the
-capture watchdog, process facts (RSS, GPU memory, niceness) and systemd notification."""
+capture watchdog, process facts (RSS, GPU memory, niceness) and systemd notification.
+"""

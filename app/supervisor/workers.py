@@ -122,7 +122,8 @@ class WorkerSupervisor:
 
     def check(self) -> None:
         """One supervision step (the pipeline calls it every tick): start a replace for a missing, dead or
-        stalled worker, or a recycle when the recycle policy says so. Never blocks: both run as a task."""
+        stalled worker, or a recycle when the recycle policy says so. Never blocks: both run as a task.
+        """
         if self._stopping or self.busy:
             return
         reason = None
@@ -142,7 +143,8 @@ class WorkerSupervisor:
 
     def stats(self, model_path: str, last_system_event: dict | None) -> dict:
         """The stats document's `worker` section: pid, model, input size, backend, restarts, recycles, health,
-        the pipeline's last system event, RSS (MiB)."""
+        the pipeline's last system event, RSS (MiB).
+        """
         info = self.info
         return {
             "pid": info.pid if info else None,

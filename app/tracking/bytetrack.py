@@ -1,5 +1,7 @@
-"""ByteTrack from Roboflow's maintained `trackers` package, behind the same `update(det, t) -> ids` interface
-as the IoU tracker. Optional (`pip install '.[tracking]'`): `trackers` pulls the GUI build of OpenCV."""
+"""ByteTrack from Roboflow's maintained `trackers` package, behind the IoU tracker's `update(det, t) -> ids`.
+
+Optional (`pip install '.[tracking]'`): `trackers` pulls the GUI build of OpenCV.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,16 @@ from app.types import Detections
 
 
 class ByteTrack:
+    """ByteTrack (Zhang et al. 2022, via ``trackers.ByteTrackTracker``) with thresholds for this model.
+
+    Args:
+        fps: Expected result rate in frames per second (ByteTrack counts lost time in frames).
+        max_age_s: How long a lost track is kept, in seconds (``max_age_s * fps`` frames, at least 1).
+
+    Raises:
+        ImportError: The ``tracking`` extra (``trackers``, ``supervision``) is not installed.
+    """
+
     def __init__(self, fps: float = 5.0, max_age_s: float = 2.0) -> None:
         try:
             import supervision as sv
@@ -29,7 +41,16 @@ class ByteTrack:
         )
 
     def update(self, det: Detections, t: float) -> np.ndarray:
-        """Track id per detection; 0 where ByteTrack keeps a detection out of every track."""
+        """Assign a track id to every detection of one frame.
+
+        Args:
+            det: The frame's detections (``xyxy`` ``(N, 4)`` pixels, confidences, class ids).
+            t: Frame time in seconds (unused: ByteTrack counts frames; kept for the tracker interface).
+
+        Returns:
+            ``(N,)`` int64 track ids >= 1, in ``det``'s order; 0 where ByteTrack keeps a detection out of every
+            track (for example one below its confidence thresholds).
+        """
         ids = np.zeros(len(det), np.int64)
         if not len(det):
             self._tracker.update(self._sv.Detections.empty())

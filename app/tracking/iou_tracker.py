@@ -26,6 +26,15 @@ class _Track:
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection over union of two box sets.
+
+    Args:
+        a: ``(N, 4)`` xyxy boxes (any float dtype, any consistent unit).
+        b: ``(M, 4)`` xyxy boxes.
+
+    Returns:
+        ``(N, M)`` IoU in 0..1 (float32 zeros when either set is empty); degenerate boxes give 0, not NaN.
+    """
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)), np.float32)
     x1 = np.maximum(a[:, None, 0], b[None, :, 0])
@@ -39,6 +48,13 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class IouTracker:
+    """Greedy IoU matching of detections to tracks moved by their smoothed velocity; class-agnostic.
+
+    Args:
+        iou_threshold: Least IoU (0..1) between a track's predicted box and a detection to match them.
+        max_age_s: A track not matched for longer than this (seconds) is dropped; its id is never reused.
+    """
+
     def __init__(self, iou_threshold: float = 0.2, max_age_s: float = 2.0) -> None:
         self.iou_threshold = iou_threshold
         self.max_age_s = max_age_s
@@ -46,7 +62,18 @@ class IouTracker:
         self._next_id = 1
 
     def update(self, det: Detections, t: float) -> np.ndarray:
-        """Assigns a track id to every detection (time `t` in seconds, monotonic)."""
+        """Assign a track id to every detection of one frame.
+
+        Pairs are taken in order of falling IoU, each track and detection at most once; unmatched detections
+        start new tracks.
+
+        Args:
+            det: The frame's detections (``xyxy`` ``(N, 4)`` pixels).
+            t: The frame's time in seconds on a monotonic clock; must not go backwards.
+
+        Returns:
+            ``(N,)`` int64 track ids, all >= 1, in ``det``'s order.
+        """
         self._tracks = [tr for tr in self._tracks if t - tr.last_t <= self.max_age_s]
         ids = np.zeros(len(det), np.int64)
         if self._tracks and len(det):

@@ -55,7 +55,8 @@ def _lower_priority(nice: int) -> None:
 
 class PacketQueue:
     """A viewer's inbox. A viewer that falls this far behind skips to the next keyframe: VP8 P-frames
-    are useless without their references, so dropping a few would only show garbage."""
+    are useless without their references, so dropping a few would only show garbage.
+    """
 
     def __init__(self, maxsize: int = 30) -> None:
         self._q: asyncio.Queue[EncodedFrame | None] = asyncio.Queue(maxsize)

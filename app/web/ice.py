@@ -46,6 +46,11 @@ def addresses_for(cfg: HttpConfig) -> list[str] | None:
 
 @contextlib.contextmanager
 def host_addresses(addresses: list[str] | None) -> Iterator[None]:
+    """Within the block (in this context only), offer these ICE host addresses; None offers every interface.
+
+    ``install()`` must have been called for it to take effect. IPv4 and IPv6 entries are filtered by what
+    aioice asks for.
+    """
     token = _addresses.set(addresses)
     try:
         yield

@@ -1,5 +1,8 @@
-"""Prometheus metrics: stage histograms observed per result, everything else read from the pipeline at
-scrape time (so a scrape costs nothing on the frame path)."""
+"""Prometheus metrics: stage histograms observed per result, everything else read at scrape time.
+
+Counters and gauges are read from the pipeline's stats document when scraped, so a scrape costs nothing
+on the frame path.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +68,11 @@ class _PipelineCollector(Collector):
 
 
 class Metrics:
-    """One registry per server (no process-global state): tests can run several side by side."""
+    """One registry per server (no process-global state): tests can run several side by side.
+
+    Args:
+        stats: Returns the pipeline's stats document; called on every scrape.
+    """
 
     def __init__(self, stats: Callable[[], dict]) -> None:
         self.registry = CollectorRegistry()
@@ -84,6 +91,7 @@ class Metrics:
         self.registry.register(_PipelineCollector(stats))
 
     def observe(self, record: ResultRecord) -> None:
+        """Add one frame's stage durations and frame age (ms in, seconds observed) to the histograms."""
         cam = record.camera
         t = record.result.timings
         self.stage.labels(cam, "preprocess").observe(t.preprocess_ms / 1e3)
@@ -92,4 +100,5 @@ class Metrics:
         self.frame_age.labels(cam).observe(record.frame_age_ms / 1e3)
 
     def render(self) -> bytes:
+        """The Prometheus text exposition of every metric, for ``GET /metrics``."""
         return generate_latest(self.registry)

@@ -6,7 +6,14 @@ import logging
 from dataclasses import dataclass
 
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.sdp import SessionDescription
 
 from app.config import HttpConfig
@@ -22,12 +29,27 @@ MAX_SDP_BYTES = 32 * 1024
 
 @dataclass(frozen=True)
 class Offer:
+    """A validated offer: SDP text of at most MAX_SDP_BYTES and a configured camera's name."""
+
     sdp: str
     camera: str
 
 
 def parse_offer(body: object, cameras: list[str]) -> Offer:
-    """Raises HTTPException with a JSON reason for anything but a plausible offer for a known camera."""
+    """Validate a client's offer body before aiortc parses it.
+
+    Args:
+        body: The decoded JSON body: ``{"sdp": str, "type": "offer", "camera": str}``; ``type`` defaults to
+            ``"offer"`` and ``camera`` to the first camera.
+        cameras: Names of the configured cameras, at least one.
+
+    Returns:
+        The offer.
+
+    Raises:
+        web.HTTPException: A JSON 400 (not an object, wrong type, not SDP, NUL characters), 413 (SDP longer
+            than MAX_SDP_BYTES) or 404 (unknown camera), built with ``json_error``.
+    """
     if not isinstance(body, dict):
         raise json_error(web.HTTPBadRequest, "the body must be a JSON object")
     sdp, kind, camera = body.get("sdp"), body.get("type", "offer"), body.get("camera", cameras[0])
@@ -46,6 +68,13 @@ def parse_offer(body: object, cameras: list[str]) -> Offer:
 
 
 def rtc_configuration(cfg: HttpConfig, credentials: dict[int, str]) -> RTCConfiguration:
+    """The peer connection configuration: the configured STUN/TURN servers.
+
+    Args:
+        cfg: HTTP config holding ``ice_servers``.
+        credentials: TURN credential per index into ``cfg.ice_servers`` (read from secret files); servers
+            without one get none.
+    """
     servers = [
         RTCIceServer(urls=s.urls, username=s.username, credential=credentials.get(i))
         for i, s in enumerate(cfg.ice_servers)
@@ -77,7 +106,25 @@ async def answer_offer(
     offer: Offer, cfg: HttpConfig, credentials: dict[int, str], encoder: PreviewEncoder,
     registry: ViewerRegistry, remote: str,
 ) -> tuple[Viewer, str]:  # fmt: skip
-    """Negotiate one viewer. The caller has reserved a slot; any failure closes the connection."""
+    """Negotiate one viewer: set the offer, add the VP8 preview track, answer.
+
+    The caller has reserved a slot in ``registry`` and adds the viewer after this returns.
+
+    Args:
+        offer: The validated offer.
+        cfg: HTTP config (ICE servers, which host addresses to offer).
+        credentials: TURN credential per ICE server index.
+        encoder: The camera's shared encoder the track subscribes to.
+        registry: Hands out the viewer id.
+        remote: The client's address, for logs.
+
+    Returns:
+        The viewer and the answer SDP.
+
+    Raises:
+        web.HTTPException: A JSON 400 when the SDP is malformed, has no video section, or the answer would
+            not carry VP8 video to the client. Any failure closes the connection before propagating.
+    """
     pc = RTCPeerConnection(rtc_configuration(cfg, credentials))
     viewer = Viewer(registry.next_id(), pc, offer.camera, remote)
     try:
@@ -93,7 +140,7 @@ async def answer_offer(
         pc.addTrack(viewer.track)
 
         @pc.on("datachannel")
-        def _channel(channel) -> None:
+        def _channel(channel: RTCDataChannel) -> None:
             if channel.label == "detections":
                 viewer.channel = channel
 

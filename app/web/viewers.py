@@ -40,6 +40,13 @@ class PreviewTrack(MediaStreamTrack):
         self._pts0: int | None = None
 
     async def recv(self) -> av.Packet:
+        """Wait for the encoder's next VP8 packet, with pts rebased to this viewer's first frame (90 kHz).
+
+        Also announces the frame on the viewer's DataChannel.
+
+        Raises:
+            MediaStreamError: The track was stopped or the encoder ended the stream (aiortc then stops sending).
+        """
         if self.readyState != "live" or self._queue is None:
             raise MediaStreamError
         frame = await self._queue.get()
@@ -55,6 +62,7 @@ class PreviewTrack(MediaStreamTrack):
         return packet
 
     def stop(self) -> None:
+        """Unsubscribe from the encoder and end the track."""
         if self._queue is not None:
             self._encoder.unsubscribe(self._queue)
             self._queue = None
@@ -62,6 +70,15 @@ class PreviewTrack(MediaStreamTrack):
 
 
 class Viewer:
+    """One preview viewer: its peer connection, video track and ``detections`` DataChannel.
+
+    Args:
+        viewer_id: Registry-wide id, for logs.
+        pc: The viewer's peer connection.
+        camera: Name of the camera it watches.
+        remote: The client's address, for logs.
+    """
+
     def __init__(self, viewer_id: int, pc: RTCPeerConnection, camera: str, remote: str) -> None:
         self.id = viewer_id
         self.pc = pc
@@ -76,6 +93,11 @@ class Viewer:
         self.expiry: asyncio.Task | None = None
 
     def send(self, message: dict) -> None:
+        """Send a JSON message on the DataChannel, best effort.
+
+        Dropped silently before the channel opens or after it closes; skipped and counted in
+        ``messages_skipped`` while more than CHANNEL_BUFFER_LIMIT bytes are queued.
+        """
         ch = self.channel
         if ch is None or ch.readyState != "open":
             return
@@ -86,11 +108,18 @@ class Viewer:
             ch.send(json.dumps(message, separators=(",", ":")))
 
     def on_video_frame(self, frame: EncodedFrame, pts: int) -> None:
+        """Announce a sent frame as ``{type: "frame", seq, pts, captured_at (wall ms), width, height}``.
+
+        Args:
+            frame: The encoded frame, carrying its ring seq and capture time.
+            pts: Its RTP timestamp as this viewer sees it (90 kHz ticks since the viewer's first frame).
+        """
         self.frames_sent += 1
         self.send({"type": "frame", "seq": frame.seq, "pts": pts, "captured_at": round(frame.captured_wall * 1e3, 1),
                    "width": frame.width, "height": frame.height})  # fmt: skip
 
     async def close(self) -> None:
+        """Stop the track, close the peer connection (errors ignored) and set ``closed``; safe to repeat."""
         if self.expiry is not None and self.expiry is not asyncio.current_task():
             self.expiry.cancel()
         if self.track is not None:
@@ -115,10 +144,16 @@ class ViewerRegistry:
         return len(self._viewers)
 
     def viewers(self, camera: str | None = None) -> list[Viewer]:
+        """Live viewers, of one camera or (None) of all."""
         return [v for v in self._viewers.values() if camera is None or v.camera == camera]
 
     def reserve(self) -> bool:
-        """A slot for an offer in negotiation, so concurrent offers cannot overshoot max_viewers."""
+        """Reserve a slot for an offer in negotiation, so concurrent offers cannot overshoot max_viewers.
+
+        Returns:
+            False (and counts ``rejected_full``) when live viewers plus reservations reach ``max_viewers``.
+            On True the caller must later ``add`` a viewer or ``release_reservation``.
+        """
         if len(self._viewers) + self._reserved >= self.max_viewers:
             self.rejected_full += 1
             return False
@@ -126,12 +161,19 @@ class ViewerRegistry:
         return True
 
     def next_id(self) -> int:
+        """A new viewer id, counting from 1."""
         return next(self._ids)
 
     def release_reservation(self) -> None:
+        """Give back a slot from ``reserve`` whose offer failed."""
         self._reserved = max(0, self._reserved - 1)
 
     def add(self, viewer: Viewer) -> None:
+        """Turn a reservation into a live viewer.
+
+        The viewer is removed when its connection fails or closes, or if it is not connected within
+        CONNECT_TIMEOUT_S. Must be called from the event loop.
+        """
         self.release_reservation()
         self._viewers[viewer.id] = viewer
         self.sessions += 1
@@ -155,10 +197,12 @@ class ViewerRegistry:
             await self.remove(viewer)
 
     async def remove(self, viewer: Viewer) -> None:
+        """Forget a viewer and close it; safe to call more than once."""
         if self._viewers.pop(viewer.id, None) is not None:
             log.info("viewer %d (%s) left after %.0f s", viewer.id, viewer.camera, time.monotonic() - viewer.created)
         await viewer.close()
 
     async def close_all(self) -> None:
+        """Remove and close every viewer (at shutdown)."""
         for v in list(self._viewers.values()):
             await self.remove(v)
