@@ -263,27 +263,6 @@ def test_load_config_args_names_the_bad_key(monkeypatch, tmp_path: Path) -> None
         load_config_args(parser.parse_args(["--set", "model.bogus=1"]))
 
 
-def test_only_the_command_line_imports_it() -> None:
-    """Layering: app.cli sits on top; no module below it (engine, bench, mqtt, assets...) imports it back."""
-    import ast
-
-    offenders = []
-    for path in sorted((REPO / "app").rglob("*.py")):
-        rel = path.relative_to(REPO).as_posix()
-        if rel.startswith("app/cli/") or rel == "app/__main__.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text(), rel)):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-            else:
-                continue
-            if any(n == "app.cli" or n.startswith("app.cli.") for n in names):
-                offenders.append(f"{rel}:{node.lineno}")
-    assert offenders == []
-
-
 def test_detect_truncated_video(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
     data = small_video.read_bytes()
     cut = tmp_path / "cut.mp4"

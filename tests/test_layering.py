@@ -54,7 +54,7 @@ CONTRACTS = {
     ),
     "web-does-not-reach-into-the-live-pipeline": Contract(
         ("app.web",),
-        ("app.pipeline.runner", "app.pipeline.live", "app.supervisor"),
+        ("app.pipeline.live", "app.supervisor"),
         (),
         "the HTTP side is a pipeline service: it uses the service contract, records, stats and errors from "
         "app.pipeline, not the composition or the worker supervision",

@@ -41,7 +41,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"invalid config: {exc}") from exc
     if cfg.output.json_lines:
         services.insert(0, JsonLinesSink(path=cfg.output.json_path))
-    pipeline = LivePipeline(cfg, services, duration_s=args.duration)
+    try:
+        pipeline = LivePipeline(cfg, services, duration_s=args.duration)
+    except ImportError as exc:  # tracking.tracker: bytetrack without the `tracking` extra
+        raise UsageError(f"invalid config: {exc}") from exc
     try:
         summary = asyncio.run(pipeline.run())
     except PipelineError as exc:

@@ -57,7 +57,10 @@ class ResultFanout:
         """One processed frame: run the stages, then hand events and the record to every service."""
         record = ResultRecord(r, self.names, received_mono_ns, dropped_before)
         for stage in self.stages:
-            record = stage.process(record)
+            try:
+                record = stage.process(record)
+            except Exception:  # a broken stage loses its enrichment for this frame, not the frame
+                log.exception("%s.process failed", type(stage).__name__)
         for event in record.events:
             self.event(record.camera, event, record)
         self._each("on_result", lambda s: s.on_result(record))
