@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
-from onnx_models import dense_constant_model, slow_dense_model  # noqa: E402
+from support.onnx_models import dense_constant_model, slow_dense_model  # noqa: E402
 
 from app.pipeline.records import ResultRecord  # noqa: E402
 from app.pipeline.service import ServiceBase  # noqa: E402
@@ -70,7 +70,7 @@ def slow_model(models_dir: Path) -> Path:
 @pytest.fixture
 def broker(tmp_path: Path):
     """A real mosquitto on a free loopback port, stopped after the test."""
-    from broker import Broker
+    from support.broker import Broker
 
     b = Broker(tmp_path).start()
     yield b
@@ -124,7 +124,7 @@ def vigil_shm_segments(pid: int | None = None) -> set[str]:
 @pytest.fixture(scope="session")
 def host_kernel(tmp_path_factory: pytest.TempPathFactory):
     """app/backends/letterbox.cu built for the host (ctypes library), for the GPU-path tests without a GPU."""
-    from cuda_emulation import build_host_kernel
+    from support.cuda_emulation import build_host_kernel
 
     dll = build_host_kernel(tmp_path_factory.mktemp("letterbox"))
     if dll is None:

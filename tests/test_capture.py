@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import make_video, wait_until
-from field_media import (
+from support.field_media import (
     jpeg_with_orientation,
     make_resolution_change_ts,
     make_truncated_mp4,

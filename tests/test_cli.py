@@ -14,8 +14,14 @@ import numpy as np
 import psutil
 import pytest
 from conftest import REPO, vigil_shm_segments
-from field_media import jpeg_with_orientation, make_resolution_change_ts, make_truncated_mp4, make_vfr, video_frames
-from onnx_models import wrong_shape_model
+from support.field_media import (
+    jpeg_with_orientation,
+    make_resolution_change_ts,
+    make_truncated_mp4,
+    make_vfr,
+    video_frames,
+)
+from support.onnx_models import wrong_shape_model
 
 VIGIL = [sys.executable, "-m", "app"]
 

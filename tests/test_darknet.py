@@ -23,9 +23,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import REPO
-from field_media import video_frames
 from numpy.lib.stride_tricks import sliding_window_view
-from parity import as_records, iou, parity_problems
+from support.field_media import video_frames
+from support.parity import as_records, iou, parity_problems
 
 from app.darknet import (
     DarknetError,

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import pytest
 from conftest import REPO, SAMPLE_VIDEO
-from parity import as_records, parity_problems
+from support.parity import as_records, parity_problems
 
 from app.assets import fetch
 from app.config import ModelConfig

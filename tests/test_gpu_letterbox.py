@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from cuda_emulation import run_host_kernel
+from support.cuda_emulation import run_host_kernel
 
 from app.backends.gpu_preprocess import ARG_TYPES, KERNEL_SOURCE_PATH, PAD, GpuLetterbox, LetterboxLaunch
 from app.engine.calibrate import evenly_spaced_frames

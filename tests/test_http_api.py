@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from web_harness import Served, web_config
+from support.web_harness import Served, web_config
 
 from app.config import redact
 from app.web.auth import resolve_token
@@ -228,7 +228,7 @@ def test_health_can_require_the_token(tiny_model: Path, small_video: Path, tmp_p
 def test_https_with_configured_certificate(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
     import ssl
 
-    from broker import make_tls
+    from support.broker import make_tls
 
     tls = make_tls(tmp_path)
     cfg = web_config(tiny_model, small_video, tls_cert_file=str(tls.cert), tls_key_file=str(tls.key))

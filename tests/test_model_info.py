@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx_models import NAMES, end2end_constant_model, wrong_shape_model
+from support.onnx_models import NAMES, end2end_constant_model, wrong_shape_model
 
 from app.backends import BackendError
 from app.config import ModelConfig

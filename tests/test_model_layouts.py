@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import pytest
 from conftest import REPO
-from onnx_models import (
+from pydantic import ValidationError
+from support.onnx_models import (
     NAMES,
     dense_constant_model,
     dynamic_yolov8_model,
@@ -23,7 +24,6 @@ from onnx_models import (
     rows_constant_model,
     yolov5_style_model,
 )
-from pydantic import ValidationError
 
 from app.backends import Backend, TensorSpec, onnxruntime_backend
 from app.config import ModelConfig

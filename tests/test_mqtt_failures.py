@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from broker import Broker, Subscriber, free_port, make_tls
 from conftest import REPO, wait_until
+from support.broker import Broker, Subscriber, free_port, make_tls
 
 from app.config import VigilConfig
 from app.mqtt.service import MqttService

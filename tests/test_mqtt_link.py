@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from broker import Broker, Subscriber, make_tls
 from conftest import wait_until
+from support.broker import Broker, Subscriber, make_tls
 
 from app.config import MqttConfig
 from app.mqtt.link import MqttConfigError, MqttLink

@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from broker import Broker, Subscriber
 from conftest import REPO, wait_until
+from support.broker import Broker, Subscriber
 
 from app.config import VigilConfig
 from app.mqtt.service import MqttService

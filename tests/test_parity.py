@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from field_media import video_frames
-from parity import as_records, parity_problems
+from support.field_media import video_frames
+from support.parity import as_records, parity_problems
 
 from app.config import ModelConfig
 from app.inference.detector import Detector

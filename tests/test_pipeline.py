@@ -112,7 +112,7 @@ def test_resolution_change_mid_stream_is_reported_at_the_new_size(
     tiny_model: Path, sample_video: Path, tmp_path: Path
 ) -> None:
     """Field case res_change.ts: results kept saying 640x272 and the new frames were squeezed."""
-    from field_media import make_resolution_change_ts, video_frames
+    from support.field_media import make_resolution_change_ts, video_frames
 
     video = make_resolution_change_ts(tmp_path / "rc.ts", video_frames(sample_video, range(0, 50, 5)), seconds=1.0)
     sink = Collect()

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from web_harness import Served, web_config
+from support.web_harness import Served, web_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)

@@ -385,7 +385,7 @@ def _stall_config(model: Path, source: str, **extra) -> VigilConfig:
 
 
 def test_a_camera_outage_longer_than_the_stall_timeout_is_not_a_stall(tiny_model: Path, sample_video: Path) -> None:
-    from camera_server import MjpegCamera
+    from support.camera_server import MjpegCamera
 
     cam = MjpegCamera(sample_video).start()
     sink = Collect()
@@ -412,7 +412,7 @@ def test_a_camera_outage_longer_than_the_stall_timeout_is_not_a_stall(tiny_model
 
 
 def test_detection_off_then_on_over_mqtt_is_not_a_stall(tiny_model: Path, small_video: Path, broker) -> None:
-    from broker import Subscriber
+    from support.broker import Subscriber
 
     from app.mqtt.service import MqttService
 
@@ -448,7 +448,7 @@ def test_detection_off_then_on_over_mqtt_is_not_a_stall(tiny_model: Path, small_
 def test_a_real_stall_is_still_detected_after_an_idle_camera(tiny_model: Path, sample_video: Path) -> None:
     """The other side of the rule: a frame that waits stall_timeout_s with no inference is a stall, even
     right after an outage (the worker hangs on the first frame back)."""
-    from camera_server import MjpegCamera
+    from support.camera_server import MjpegCamera
 
     cam = MjpegCamera(sample_video).start()
     cfg = _stall_config(tiny_model, cam.url, debug={"faults": {"stall_after_frames": 15, "stall_s": 120}})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from onnx_models import wrong_shape_model
+from support.onnx_models import wrong_shape_model
 
 
 def staged_units(tmp_path: Path) -> Path:

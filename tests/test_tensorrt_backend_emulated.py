@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from cuda_emulation import Emulator, HostLetterbox
+from support.cuda_emulation import Emulator, HostLetterbox
 
 from app.backends.plan_file import with_header
 from app.backends.tensorrt import TensorRTBackend, use_zero_copy

@@ -307,7 +307,7 @@ def test_build_progress_names_the_phase_not_its_parent() -> None:
 def test_engine_input_size_follows_the_model_and_the_stride(fall_model: Path, tmp_path: Path) -> None:
     """The engine cache key uses the size ONNX Runtime would serve: a fixed input as it is, a dynamic one
     at model.imgsz rounded up to the stride (650 -> 672, 700 -> 704, as Ultralytics' check_imgsz)."""
-    from onnx_models import dynamic_yolov8_model
+    from support.onnx_models import dynamic_yolov8_model
 
     from app.backends.engine_cache import engine_input_size
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import psutil
-from web_harness import Served, web_config
-from webrtc_client import Viewer
+from support.web_harness import Served, web_config
+from support.webrtc_client import Viewer
 
 U32 = 2**32
 
