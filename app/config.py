@@ -37,12 +37,16 @@ class _Strict(BaseModel):
 
 
 class ReconnectConfig(_Strict):
+    """Capture reconnect backoff (`cameras[].reconnect`): exponential from `initial_s` up to `max_s`, s."""
+
     initial_s: float = Field(0.5, gt=0, description="first retry delay")
     max_s: float = Field(30.0, gt=0, description="cap of the exponential backoff")
     factor: float = Field(2.0, ge=1.0)
 
 
 class CameraConfig(_Strict):
+    """One camera (`cameras[]`): its name, source (URL, device or file) and capture options."""
+
     name: TopicName = Field(..., description="unique camera name, used in topics and stats")
     source: str | int = Field(
         ...,
@@ -59,6 +63,8 @@ class CameraConfig(_Strict):
 
 
 class TensorRTConfig(_Strict):
+    """The `model.tensorrt` section: CUDA device, DLA core and the TensorRT backend's options."""
+
     device: int = Field(0, ge=0, description="CUDA device index")
     dla_core: int | None = Field(None, ge=0, description="Jetson DLA core the engine was built for (None: GPU)")
     gpu_preprocess: bool = Field(
@@ -74,6 +80,8 @@ class TensorRTConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """The `model` section: model file, backend, precision, thresholds and runtime options."""
+
     path: str = Field(DEFAULT_MODEL_PATH, description="ONNX model (or engine, with the TensorRT backend)")
     backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
         "auto", description="auto: a validated cached TensorRT engine when TensorRT and a GPU are present, else ORT"
@@ -108,12 +116,16 @@ class ModelConfig(_Strict):
 
 
 class OutputConfig(_Strict):
+    """The `output` section: JSON lines of results, to stdout or a file."""
+
     json_lines: bool = Field(True, description="print one JSON object per result")
     json_path: str | None = Field(None, description="write JSON lines here instead of stdout")
     status_interval_s: float = Field(5.0, ge=0, description="one-line status on stderr; 0 = off")
 
 
 class WorkerConfig(_Strict):
+    """The `worker` section: inference worker start and stop limits, s."""
+
     ready_timeout_s: float = Field(120.0, gt=0, description="model load + warm-up limit")
     stop_timeout_s: float = Field(5.0, gt=0, description="grace before a stopping worker is killed")
     restart_backoff_s: float = Field(1.0, gt=0)
@@ -121,6 +133,8 @@ class WorkerConfig(_Strict):
 
 
 class MqttTlsConfig(_Strict):
+    """The `mqtt.tls` section: CA, client certificate and key files, and hostname checking."""
+
     enabled: bool = Field(False, description="use TLS (also implied by ca_file)")
     ca_file: str | None = Field(None, description="CA bundle that signed the broker's certificate")
     cert_file: str | None = Field(None, description="client certificate (mutual TLS)")
@@ -135,12 +149,16 @@ class MqttTlsConfig(_Strict):
 
 
 class AlertRule(_Strict):
+    """One `tracking.alerts[]` rule: an object of `label` at or above `min_confidence` raises an alert."""
+
     label: str = Field(..., description="class label that raises the alert, e.g. Fall")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
     min_duration_s: float = Field(1.0, ge=0.0, description="seen continuously at least this long")
 
 
 class MqttConfig(_Strict):
+    """The `mqtt` section: broker, credentials, TLS, topics, QoS and the offline queue."""
+
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
@@ -187,12 +205,16 @@ MOVED_TO_TRACKING = ("tracker", "min_hits", "track_lost_s", "event_update_interv
 
 
 class IceServer(_Strict):
+    """One `http.ice_servers[]` entry: STUN/TURN URLs and TURN credentials."""
+
     urls: list[str] = Field(..., min_length=1, description="stun:/turn: URLs")
     username: str | None = None
     credential_file: str | None = Field(None, description="file holding the TURN credential (never logged)")
 
 
 class HttpConfig(_Strict):
+    """The `http` section: bind address, token, TLS, WebRTC preview and its encoder settings."""
+
     enabled: bool = Field(True, description="serve the preview page, the HTTP API and /metrics")
     host: str = Field("127.0.0.1", description="bind address; anything but loopback requires a token")
     port: int = Field(8080, ge=0, le=65535, description="0 = any free port (tests)")
@@ -228,6 +250,8 @@ class HttpConfig(_Strict):
 
 
 class WatchdogConfig(_Strict):
+    """The `watchdog` section: stall detection, the restart budget and the recycle policy."""
+
     stall_timeout_s: float = Field(30.0, gt=0, description="no result while frames wait -> restart the worker")
     max_restarts: int = Field(5, ge=0, description="worker restarts allowed within restart_window_s")
     restart_window_s: float = Field(600.0, gt=0, description="beyond max_restarts in this window: exit 3")
@@ -263,10 +287,14 @@ class FaultsConfig(_Strict):
 
 
 class DebugConfig(_Strict):
+    """The `debug` section: fault injection for tests and drills."""
+
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
 
 
 class VigilConfig(_Strict):
+    """The whole config file (`configs/*.yaml`); every section has defaults, unknown keys are errors."""
+
     device_id: TopicName = Field("vigil", description="appliance id, used in topics")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     cameras: list[CameraConfig] = Field(..., min_length=1)
@@ -320,6 +348,7 @@ class VigilConfig(_Strict):
 
 
 def format_validation_error(err: ValidationError) -> str:
+    """One line per pydantic error, `<dotted.key>: <message>`, with friendlier words for unknown and missing keys."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
@@ -345,6 +374,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(data: dict, path: list[str], value: Any) -> None:
+    """Set `value` at `path` (keys and list indices) in the raw config `data`, in place.
+
+    Missing mappings and lists are created on the way; index `len(list)` appends.
+
+    Raises:
+        ConfigError: an index into a non-list, an index past the end, or a key under a scalar.
+    """
     node: Any = data
     for i, part in enumerate(path):
         last = i == len(path) - 1
@@ -375,6 +411,15 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> VigilConfig:
+    """Load and validate a YAML config, after applying `--set key.path=value` overrides.
+
+    Args:
+        path: The YAML file; None for the defaults.
+        overrides: `key.path=value` strings, applied in order.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, an override is bad, or validation failed.
+    """
     data: Any = {}
     if path is not None:
         p = Path(path)
@@ -433,8 +478,10 @@ def redact_url(text: str) -> str:
 
 
 def redact(data: Any, *, secret_keys: bool = True) -> Any:
-    """Config as data with URL credentials masked (`redact_url`) in every string and, with `secret_keys`,
-    the values of secret-looking keys (password, token, credential, secret) replaced by `<redacted>`.
+    """Config as data with URL credentials masked (`redact_url`) in every string.
+
+    With `secret_keys`, the values of secret-looking keys (password, token, credential, secret) replaced by
+    `<redacted>`.
     """
     if isinstance(data, dict):
         return {
@@ -451,7 +498,8 @@ def redact(data: Any, *, secret_keys: bool = True) -> Any:
 
 
 def dump_config(cfg: VigilConfig) -> str:
-    """The effective config as YAML with URL credentials masked (it ends up in terminals and bug reports);
-    secret file paths and variable names stay visible, they are not secrets.
+    """The effective config as YAML with URL credentials masked (it ends up in terminals and bug reports).
+
+    Secret file paths and variable names stay visible, they are not secrets.
     """
     return yaml.safe_dump(redact(cfg.model_dump(mode="json"), secret_keys=False), sort_keys=False)

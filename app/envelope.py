@@ -1,5 +1,6 @@
-"""The fields every JSON payload Vigil publishes carries (MQTT messages, the HTTP stats document): the
-payload schema version, the device id, the camera where it concerns one, and when it was published.
+"""The fields every JSON payload Vigil publishes carries (MQTT messages, the HTTP stats document).
+
+The payload schema version, the device id, the camera where it concerns one, and when it was published.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ REQUIRED_METADATA = ("names", "stride", "imgsz", "task")
 
 
 class ExportError(RuntimeError):
-    pass
+    """The model cannot be exported: missing file, ultralytics not installed, or the export failed."""
 
 
 def export_onnx(
@@ -31,6 +31,22 @@ def export_onnx(
     nms: bool = False,
     output: str | Path | None = None,
 ) -> Path:
+    """Export an Ultralytics `.pt` model to ONNX with Vigil's metadata.
+
+    Args:
+        model: The `.pt` weights.
+        imgsz: Square input size, pixels.
+        half: Export FP16 weights.
+        dynamic: Dynamic batch and input size.
+        nms: Include NMS in the graph.
+        output: Where to write the `.onnx`; next to `model` when None.
+
+    Returns:
+        The path of the written ONNX file.
+
+    Raises:
+        ExportError: `model` does not exist, ultralytics is missing, or the export failed.
+    """
     src = Path(model)
     if not src.is_file():
         raise ExportError(f"model {src} does not exist")

@@ -30,6 +30,10 @@ class LetterboxGeometry:
 
     @classmethod
     def compute(cls, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> LetterboxGeometry:
+        """Scale (aspect kept, never cropped) and centre a `src_hw` frame in a `dst_hw` input.
+
+        Both sizes are (height, width) pixels.
+        """
         h, w = src_hw
         r = min(dst_hw[0] / h, dst_hw[1] / w)
         new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
@@ -50,6 +54,11 @@ class LetterboxGeometry:
 
 
 def check_frame(image: np.ndarray) -> None:
+    """Check that `image` is an `(H, W, 3)` uint8 BGR frame.
+
+    Raises:
+        ValueError: another shape or dtype.
+    """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 BGR image, got shape {image.shape} {image.dtype}")
 
@@ -68,6 +77,7 @@ class Preprocessor:
         self._canvas = np.full((input_hw[0], input_hw[1], 3), PAD_VALUE, np.uint8)
 
     def geometry_for(self, src_hw: tuple[int, int]) -> LetterboxGeometry:
+        """The geometry for a `src_hw` (height, width) frame, cached while the frame size stays the same."""
         g = self._geometry
         if g is None or g.src_hw != src_hw:
             g = LetterboxGeometry.compute(src_hw, self.input_hw)

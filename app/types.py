@@ -22,12 +22,18 @@ class Detections:
 
     @classmethod
     def empty(cls) -> Detections:
+        """No detections: `(0, 4)` float32 boxes, `(0,)` float32 confidences, `(0,)` int32 class ids."""
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int32))
 
     def __len__(self) -> int:
         return int(self.confidence.shape[0])
 
     def to_list(self, names: Mapping[int, str]) -> list[dict]:
+        """The detections as JSON-ready dicts, one per box.
+
+        Keys: `class_id`, `label` (from `names`, else the id), `confidence` (4 decimals), `box` (xyxy pixels,
+        1 decimal).
+        """
         out = []
         for box, conf, cid in zip(self.xyxy.tolist(), self.confidence.tolist(), self.class_id.tolist()):
             label = names.get(cid, str(cid))
@@ -57,15 +63,19 @@ class FrameMeta:
 
 @dataclass(frozen=True, slots=True)
 class StageTimings:
+    """Per-frame stage durations, ms: letterbox/normalise, model run, decode/NMS."""
+
     preprocess_ms: float
     inference_ms: float
     postprocess_ms: float
 
     @property
     def total_ms(self) -> float:
+        """Preprocess + inference + postprocess, ms."""
         return self.preprocess_ms + self.inference_ms + self.postprocess_ms
 
     def as_dict(self) -> dict[str, float]:
+        """The three stages (`preprocess`, `inference`, `postprocess`), ms rounded to 2 decimals."""
         return {
             "preprocess": round(self.preprocess_ms, 2),
             "inference": round(self.inference_ms, 2),

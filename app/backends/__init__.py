@@ -17,6 +17,11 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def onnxruntime_backend(cfg: ModelConfig) -> Backend:
+    """A loaded ONNX Runtime backend for `cfg.path`, with `cfg.threads` and `cfg.spin_wait`.
+
+    Raises:
+        BackendError: the model cannot be loaded.
+    """
     from app.backends.onnxruntime import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(cfg.path, threads=cfg.threads, spin_wait=cfg.spin_wait)
@@ -34,8 +39,9 @@ def _tensorrt(path: str | Path, cfg: ModelConfig) -> Backend:
 
 
 def load_backend(cfg: ModelConfig) -> tuple[Backend, str]:
-    """A loaded backend and the reason it was chosen (logged and shown in stats). `auto` falls back to ONNX
-    Runtime on the same model whenever the TensorRT path is unavailable or fails to load.
+    """A loaded backend and the reason it was chosen (logged and shown in stats).
+
+    `auto` falls back to ONNX Runtime on the same model whenever the TensorRT path is unavailable or fails to load.
     """
     path = Path(cfg.path)
     is_engine = path.suffix in ENGINE_SUFFIXES

@@ -16,19 +16,29 @@ class BackendError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
+    """One model input or output as the runtime declares it.
+
+    Attributes:
+        name: The tensor's name in the model.
+        shape: Dimensions; a str or None marks a dynamic one (e.g. "batch").
+        dtype: Element type (e.g. float32, float16, int32).
+    """
+
     name: str
     shape: tuple[int | str | None, ...]  # str/None for dynamic dimensions
     dtype: np.dtype
 
     def is_static(self) -> bool:
+        """True when every dimension is a positive int (no dynamic dimensions)."""
         return all(isinstance(d, int) and d > 0 for d in self.shape)
 
 
 @dataclass(slots=True)
 class StagedFrame:
-    """A frame copied out of the ring for a backend that letterboxes on its device: the BGR uint8 pixels
-    (page-locked when the backend staged them, so the upload is DMA) and where they go in the model input.
-    The copy is what makes it safe: the ring slot may be overwritten as soon as the copy is checked.
+    """A frame copied out of the ring for a backend that letterboxes on its device.
+
+    The BGR uint8 pixels (page-locked when the backend staged them, so the upload is DMA) and where they go in the model
+    input. The copy is what makes it safe: the ring slot may be overwritten as soon as the copy is checked.
     """
 
     image: np.ndarray
@@ -46,11 +56,13 @@ class Backend(ABC):
 
     @property
     @abstractmethod
-    def inputs(self) -> list[TensorSpec]: ...
+    def inputs(self) -> list[TensorSpec]:
+        """The model inputs, in model order (the first is the `(1, 3, H, W)` image tensor)."""
 
     @property
     @abstractmethod
-    def outputs(self) -> list[TensorSpec]: ...
+    def outputs(self) -> list[TensorSpec]:
+        """The model outputs, in model order; `infer` returns arrays in this order."""
 
     @property
     def metadata(self) -> dict[str, str]:

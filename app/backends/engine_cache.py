@@ -1,6 +1,8 @@
-"""Versioned engine cache: an engine is only ever loaded for the exact model, precision, input shape,
-GPU and TensorRT it was built for. A manifest beside each engine records how it was built and whether
-it passed validation against ONNX Runtime; an engine that has not passed is never used.
+"""Versioned engine cache.
+
+An engine is only ever loaded for the exact model, precision, input shape, GPU and TensorRT it was built for. A manifest
+beside each engine records how it was built and whether it passed validation against ONNX Runtime; an engine that has
+not passed is never used.
 
 The runtime looks engines up here (`cached_engine`); the build tooling in `app.engine` writes them and
 their manifests through the same key and format, so both sides depend on this module and not on each other.
@@ -23,6 +25,17 @@ MANIFEST_VERSION = 1
 
 @dataclass(frozen=True)
 class EngineKey:
+    """What a TensorRT engine was built from and for; equal keys may share one cached engine.
+
+    Attributes:
+        onnx_sha256: SHA-256 of the source ONNX file.
+        precision: The build precision (fp32, fp16, int8).
+        input_shape: The static input shape the engine was built for, e.g. (1, 3, 640, 640).
+        compute_capability: The GPU's compute capability, "8.6", "8.7" (Orin), ...
+        tensorrt_version: The TensorRT version that built it (engines are not portable across versions).
+        dla_core: The Jetson DLA core, None for the GPU.
+    """
+
     onnx_sha256: str
     precision: Precision
     input_shape: tuple[int, ...]
@@ -31,10 +44,12 @@ class EngineKey:
     dla_core: int | None = None
 
     def digest(self) -> str:
+        """Hex SHA-256 of the key's canonical JSON."""
         canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def filename(self, model_stem: str) -> str:
+        """The engine file name: `<stem>.<precision>.sm<cc>[.dla<n>].<digest[:12]>.engine`."""
         dla = f".dla{self.dla_core}" if self.dla_core is not None else ""
         sm = self.compute_capability.replace(".", "")
         return f"{model_stem}.{self.precision}.sm{sm}{dla}.{self.digest()[:12]}.engine"
@@ -69,6 +84,17 @@ def engine_input_size(onnx_path: str | Path, imgsz: int | None) -> int:
 
 @dataclass
 class Validation:
+    """The accuracy check of a built engine against ONNX Runtime.
+
+    Attributes:
+        passed: `value` met `threshold`.
+        metric: What was measured, e.g. "F1@IoU0.5 vs ONNX Runtime".
+        value: The measured value.
+        threshold: The value needed to pass.
+        frames: The number of frames compared.
+        detail: Extra figures for the report.
+    """
+
     passed: bool
     metric: str  # e.g. "F1@IoU0.5 vs ONNX Runtime"
     value: float
@@ -79,6 +105,19 @@ class Validation:
 
 @dataclass
 class Manifest:
+    """The JSON sidecar (`<engine>.json`) describing a cached engine.
+
+    Attributes:
+        key: What the engine was built from and for.
+        engine_file: The engine's file name.
+        onnx_path: The source ONNX file.
+        built_at: Build time, ISO 8601 UTC.
+        build_seconds: Build duration, s.
+        builder: Builder settings: workspace, flags, profile, calibration source, ...
+        validation: The accuracy check, None when not validated.
+        version: Manifest format version.
+    """
+
     key: EngineKey
     engine_file: str
     onnx_path: str
@@ -89,6 +128,7 @@ class Manifest:
     version: int = MANIFEST_VERSION
 
     def to_json(self) -> str:
+        """Indented JSON, with the key's digest added as `key_digest`."""
         data = asdict(self)
         data["key"]["input_shape"] = list(self.key.input_shape)
         data["key_digest"] = self.key.digest()
@@ -96,6 +136,7 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
+        """Parse `to_json` output (the stored `key_digest` is ignored and recomputed on demand)."""
         data = json.loads(text)
         data.pop("key_digest", None)
         key = data.pop("key")
@@ -105,10 +146,12 @@ class Manifest:
 
 
 def manifest_path(engine: str | Path) -> Path:
+    """The manifest next to an engine: `<engine>.json`."""
     return Path(str(engine) + ".json")
 
 
 def write_manifest(manifest: Manifest, engine: str | Path) -> Path:
+    """Write the manifest next to `engine` atomically (temp file, then rename); returns its path."""
     path = manifest_path(engine)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(manifest.to_json())
@@ -117,6 +160,7 @@ def write_manifest(manifest: Manifest, engine: str | Path) -> Path:
 
 
 def now_iso() -> str:
+    """The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 

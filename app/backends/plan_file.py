@@ -16,11 +16,22 @@ MAX_HEADER = 1 << 20  # Ultralytics' JSON is a few hundred bytes; a plan never s
 
 @dataclass(frozen=True)
 class PlanFile:
+    """A TensorRT engine file split into the serialized plan and its optional JSON header.
+
+    Attributes:
+        plan: The serialized engine, as TensorRT deserializes it.
+        metadata: Ultralytics' header (names, stride, imgsz, ...), None when the file had none.
+    """
+
     plan: bytes
     metadata: dict | None  # Ultralytics' header, if the file had one
 
 
 def split_plan(data: bytes) -> PlanFile:
+    """Split Ultralytics' `<int32 little-endian length><JSON>` header off a plan, if it has one.
+
+    Data without a valid header (length out of range, not a JSON object) is returned whole as the plan.
+    """
     if len(data) >= 4:
         (n,) = struct.unpack("<i", data[:4])
         if 2 <= n <= MAX_HEADER and len(data) > 4 + n and data[4:5] == b"{":
@@ -34,6 +45,7 @@ def split_plan(data: bytes) -> PlanFile:
 
 
 def read_plan(path: str | Path) -> PlanFile:
+    """Read an engine file and split it (see `split_plan`)."""
     return split_plan(Path(path).read_bytes())
 
 

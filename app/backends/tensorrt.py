@@ -1,5 +1,6 @@
-"""TensorRT runtime backend (TensorRT 10 I/O API + pycuda). Imported only when selected: the CPU
-appliance never needs tensorrt or pycuda installed.
+"""TensorRT runtime backend (TensorRT 10 I/O API + pycuda).
+
+Imported only when selected: the CPU appliance never needs tensorrt or pycuda installed.
 
 One CUDA context per worker process, created in `load()` (after spawn: never inherited), pushed and
 popped around every use so any thread may call `infer`. Host buffers are page-locked so copies are
@@ -17,6 +18,7 @@ import logging
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -24,6 +26,9 @@ from app.backends.base import Backend, BackendError, StagedFrame, TensorSpec
 from app.backends.plan_file import read_plan
 from app.backends.tensorrt_io import IoTensor, bind, plan_io, set_addresses
 from app.letterbox import LetterboxGeometry
+
+if TYPE_CHECKING:
+    from app.backends.gpu_preprocess import GpuLetterbox
 
 log = logging.getLogger(__name__)
 
@@ -47,32 +52,47 @@ def tensorrt_available() -> tuple[bool, str]:
 
 @dataclass(slots=True)
 class _Buffer:
-    """A host array and the device address the engine or kernel uses for it. Mapped (zero-copy) buffers
-    have no device allocation: the address is the host memory's own GPU mapping.
+    """A host array and the device address the engine or kernel uses for it.
+
+    Mapped (zero-copy) buffers have no device allocation: the address is the host memory's own GPU mapping.
     """
 
     host: np.ndarray
     device_ptr: int
-    device: object | None  # pycuda DeviceAllocation, None when mapped
+    device: Any  # pycuda DeviceAllocation (pycuda is untyped), None when mapped
 
-    def upload(self, stream) -> None:
+    def upload(self, stream: Any) -> None:
+        """Enqueue the host-to-device copy on the pycuda `stream`; a no-op for a mapped buffer."""
         if self.device is not None:
             import pycuda.driver as cuda
 
             cuda.memcpy_htod_async(self.device, self.host, stream)
 
-    def download(self, stream) -> None:
+    def download(self, stream: Any) -> None:
+        """Enqueue the device-to-host copy on the pycuda `stream`; a no-op for a mapped buffer."""
         if self.device is not None:
             import pycuda.driver as cuda
 
             cuda.memcpy_dtoh_async(self.host, self.device, stream)
 
     def free(self) -> None:
+        """Free the device allocation, if any (the context must be current)."""
         if self.device is not None:
             self.device.free()
 
 
 class TensorRTBackend(Backend):
+    """Runs a serialized TensorRT engine (`.plan`, see `vigil engine build`) on one CUDA device.
+
+    Args:
+        path: The engine file written by `vigil engine build` (plan plus Vigil's metadata header).
+        device: CUDA device ordinal.
+        gpu_preprocess: Letterbox/normalise raw frames on the GPU (`stage` / `infer_frame`) when the
+            engine's input is float32 or float16.
+        zero_copy: `auto`, `on` or `off`: use mapped host memory instead of device buffers (see
+            `use_zero_copy`).
+    """
+
     name = "tensorrt"
     MAX_SPARE_STAGING = 4  # spare page-locked frame buffers kept per frame size
 
@@ -84,20 +104,28 @@ class TensorRTBackend(Backend):
         self.gpu_preprocess = gpu_preprocess
         self.zero_copy = zero_copy
         self.mapped = False
-        self._ctx = None
-        self._engine = None
-        self._context = None
-        self._stream = None
+        # pycuda / tensorrt objects (both packages are untyped): the CUDA context, ICudaEngine,
+        # IExecutionContext and the stream; None until `load()` and after `close()`.
+        self._ctx: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
         self._inputs: list[IoTensor] = []
         self._outputs: list[IoTensor] = []
         self._buffers: dict[str, _Buffer] = {}
         self._meta: dict[str, str] = {}
-        self._letterbox = None  # GpuLetterbox when preprocessing on the GPU
-        self._frame_src: dict[tuple[int, ...], object] = {}  # device copy of a staged frame, per frame size
+        self._letterbox: GpuLetterbox | None = None  # when preprocessing on the GPU
+        self._frame_src: dict[tuple[int, ...], Any] = {}  # device copy of a staged frame, per frame size
         self._spare: dict[tuple[int, ...], list[np.ndarray]] = {}
         self._staged: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
     def load(self) -> None:
+        """Create the CUDA context, deserialize the engine and allocate its I/O buffers.
+
+        Raises:
+            BackendError: tensorrt or pycuda is missing, the engine file does not exist, or TensorRT cannot
+                deserialize it (built for another GPU or TensorRT version).
+        """
         try:
             import pycuda.driver as cuda
             import tensorrt as trt
@@ -150,7 +178,7 @@ class TensorRTBackend(Backend):
 
         host = self._host(shape, dtype)
         if self.mapped:
-            return _Buffer(host, int(host.base.get_device_pointer()), None)
+            return _Buffer(host, int(cast(Any, host.base).get_device_pointer()), None)
         device = cuda.mem_alloc(host.nbytes)
         return _Buffer(host, int(device), device)
 
@@ -162,26 +190,39 @@ class TensorRTBackend(Backend):
 
     @property
     def inputs(self) -> list[TensorSpec]:
+        """The engine's input tensors (name, shape, dtype); empty before `load()`."""
         return [TensorSpec(t.name, t.shape, t.dtype) for t in self._inputs]
 
     @property
     def outputs(self) -> list[TensorSpec]:
+        """The engine's output tensors (name, shape, dtype); empty before `load()`."""
         return [TensorSpec(t.name, t.shape, t.dtype) for t in self._outputs]
 
     @property
     def metadata(self) -> dict[str, str]:
+        """A copy of the metadata stored in the plan file's header (stringified values)."""
         return dict(self._meta)
 
     @property
     def providers(self) -> list[str]:
+        """One human-readable line: TensorRT, where preprocessing runs, and whether memory is mapped."""
         where = "GPU" if self._letterbox is not None else "CPU"
         return [f"TensorRT (preprocessing on the {where}{', zero-copy' if self.mapped else ''})"]
 
     @property
     def preprocesses_on_device(self) -> bool:
+        """True when the GPU letterbox kernel is loaded, so `infer_frame` takes raw frames."""
         return self._letterbox is not None
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run one preprocessed batch, shaped exactly as the engine's input (e.g. `(1, 3, H, W)` float32).
+
+        Returns:
+            Host copies of the outputs, in engine order; FP16 outputs widened to float32.
+
+        Raises:
+            BackendError: the backend is not loaded, the shape differs, or execution fails.
+        """
         self._require_loaded()
         inp = self._inputs[0]
         if batch.shape != inp.shape:
@@ -214,6 +255,11 @@ class TensorRTBackend(Backend):
         return StagedFrame(host, geometry)
 
     def infer_frame(self, frame: StagedFrame) -> list[np.ndarray]:
+        """Letterbox the staged `(H, W, 3)` uint8 BGR frame on the GPU and run the engine.
+
+        Falls back to the CPU path of `Backend.infer_frame` without GPU preprocessing; a frame staged by
+        another backend is re-staged first. The staging buffer is kept as a spare for the next frame.
+        """
         if self._letterbox is None:
             return super().infer_frame(frame)
         self._require_loaded()
@@ -223,7 +269,7 @@ class TensorRTBackend(Backend):
         try:
             host = frame.image
             if self.mapped:
-                src_ptr = int(host.base.get_device_pointer())
+                src_ptr = int(cast(Any, host.base).get_device_pointer())
             else:
                 import pycuda.driver as cuda
 
@@ -258,6 +304,7 @@ class TensorRTBackend(Backend):
             raise BackendError("the TensorRT backend is not loaded")
 
     def close(self) -> None:
+        """Free device memory and detach the CUDA context; a no-op when not loaded."""
         if self._ctx is None:
             return
         self._ctx.push()
@@ -281,8 +328,13 @@ class TensorRTBackend(Backend):
 
 
 def use_zero_copy(setting: str, integrated: bool) -> bool:
-    """Mapped host memory pays off where the GPU shares the host's DRAM (Jetson); on a discrete GPU every
+    """Decide whether to use mapped host memory for the `model.tensorrt.zero_copy` setting.
+
+    Mapped host memory pays off where the GPU shares the host's DRAM (Jetson); on a discrete GPU every
     kernel access would cross PCIe, so `auto` only maps on integrated GPUs.
+
+    Raises:
+        BackendError: `setting` is not `auto`, `on` or `off`.
     """
     if setting not in ("auto", "on", "off"):
         raise BackendError(f"model.tensorrt.zero_copy must be auto, on or off, not {setting!r}")

@@ -1,5 +1,7 @@
-"""What several `vigil bench` modes share: the bench error, frames read from the source, the live pipeline run
-on the bench config, and latency percentiles. Mode modules import from here, never from each other.
+"""What several `vigil bench` modes share.
+
+The bench error, frames read from the source, the live pipeline run on the bench config, and latency percentiles. Mode
+modules import from here, never from each other.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from app.pipeline.live import LivePipeline, PipelineSummary
 
 
 class BenchError(ValueError):
-    """The bench cannot run as asked (unknown mode, missing file, bad option, unreadable source); the message
-    is phrased for the user (the CLI prints it as its `error:` line).
+    """The bench cannot run as asked (unknown mode, missing file, bad option, unreadable source).
+
+    The message is phrased for the user (the CLI prints it as its `error:` line).
     """
 
 

@@ -42,6 +42,12 @@ def engine_times(model: ModelConfig, frames: list[np.ndarray], rounds: int = 3) 
 
 
 def bench_engine(model: ModelConfig, source: str, frames: list[np.ndarray], live_seconds: float) -> dict:
+    """Engine-only latency over `frames`, then a live run of `live_seconds` s on `source`.
+
+    Returns:
+        The mode's results: engine percentiles (ms), what served, and the live turnaround and frame-age
+        percentiles (ms, the first frames before steady state skipped).
+    """
     engine_ms, served_by = engine_times(model, frames)
     _, samples = live_summary(model, source, live_seconds)
     turn, ages = samples.picked_to_received_ms[2:], samples.frame_ages_ms[2:]  # skip the pre-steady frames

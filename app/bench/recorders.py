@@ -1,5 +1,7 @@
-"""Measurement services for `vigil bench` and tests, plugged into a `LivePipeline` like any other service,
-so production runs carry none of this (compare roboflow/inference's injected `PipelineWatchDog`).
+"""Measurement services for `vigil bench` and tests.
+
+They plug into a `LivePipeline` like any other service, so production runs carry none of this (compare
+roboflow/inference's injected `PipelineWatchDog`).
 """
 
 from __future__ import annotations
@@ -90,8 +92,10 @@ class RssSampler(ServiceBase):
 
 
 class SwitchTimes(ServiceBase):
-    """Monotonic instants (s) at which a new worker became the serving one after the first (recycles and
-    restarts), from `on_model_ready`.
+    """Records when each new worker took over serving, from `on_model_ready`.
+
+    `times` holds the monotonic instants (s) at which a new worker became the serving one after the first
+    (recycles and restarts).
     """
 
     def __init__(self) -> None:

@@ -1,6 +1,8 @@
-"""Recycling benchmark: the live pipeline with the worker replaced blue-green every N seconds (or on an
-injected leak), measuring the longest gap in results around each switch against 2x the median interval,
-lost capture sequence beyond latest-frame drops, and main-process RSS over the whole run.
+"""Recycling benchmark.
+
+The live pipeline with the worker replaced blue-green every N seconds (or on an injected leak), measuring the longest
+gap in results around each switch against 2x the median interval, lost capture sequence beyond latest-frame drops, and
+main-process RSS over the whole run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ class _Times(ServiceBase):
 
 
 def bench_recycle(model: ModelConfig, source: str, seconds: float, every_s: float, leak_mb: float = 0.0) -> dict:
+    """Run the live pipeline on `source` for `seconds` s while workers are recycled.
+
+        Recycles every `every_s` s, or, with `leak_mb`, lets an injected leak of that many MiB per frame trigger the
+        RSS-growth policy. Returns the gaps between results (ms; overall, per recycle, over 2x the median), the
+    recycle and restart counts, out-of-order results, and the main process's RSS (MiB).
+    """
     from app.pipeline.live import LivePipeline
 
     watchdog: dict = {"recycle_every_h": every_s / 3600} if not leak_mb else {

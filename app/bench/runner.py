@@ -79,6 +79,10 @@ def backend_runner(model: ModelConfig, source: str, n: int) -> Runner:
 
 
 def ultralytics_runner(model: ModelConfig, source: str, n: int) -> Runner | None:
+    """A runner for the Ultralytics reference predictor on `n` frames of `source`.
+
+    None when ultralytics is not installed.
+    """
     os.environ.setdefault("YOLO_OFFLINE", "1")  # no DNS probes from the reference either
     try:
         from ultralytics import YOLO
@@ -115,6 +119,7 @@ def detect_runner(model: ModelConfig, source: str, n: int) -> Runner:
 
 
 def bench_live(model: ModelConfig, source: str, seconds: float) -> dict:
+    """The live pipeline on `source` for `seconds` s: throughput, inference and frame-age percentiles (ms)."""
     summary, samples = live_summary(model, source, seconds)
     cam = summary.cameras["bench"]
     ages, inf = samples.frame_ages_ms[2:], samples.inference_ms[2:]  # skip the first, pre-steady frames
@@ -147,6 +152,12 @@ def bench_live(model: ModelConfig, source: str, seconds: float) -> dict:
 
 
 def bench_soak(model: ModelConfig, source: str, frames: int) -> dict:
+    """The live pipeline over `frames` frames of `source`, sampling each process's RSS once a second.
+
+    Returns:
+        Frames processed, duration (s) and, per process, RSS at start, end and max after warm-up (MiB) and
+        its growth (%).
+    """
     from app.pipeline.live import LivePipeline
 
     cfg = _live_config(model, source)
@@ -293,8 +304,10 @@ def _check_args(args: argparse.Namespace, modes: list[str]) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> dict:
-    """Run the `--modes` of `vigil bench` (options as `app.cli.bench` parses them), print the results (a table,
-    or JSON with `--json`), write the `--markdown` section, and return the results.
+    """Run the `--modes` of `vigil bench` (options as `app.cli.bench` parses them).
+
+    Prints the results (a table, or JSON with `--json`), writes the `--markdown` section, and returns the
+    results.
 
     Raises:
         BenchError: an unknown mode, a missing model, source or config, a bad sweep, an unreadable source.
@@ -308,8 +321,8 @@ def run_bench(args: argparse.Namespace) -> dict:
     for name, mode in MODES.items():
         if name in modes:
             results["modes"][name] = _announce(name, mode(model, args))
-    runners = {m: factory(model, args.source, args.frames) for m, factory in ROUND_MODES.items() if m in modes}
-    runners = {m: r for m, r in runners.items() if r is not None}
+    candidates = {m: factory(model, args.source, args.frames) for m, factory in ROUND_MODES.items() if m in modes}
+    runners = {m: r for m, r in candidates.items() if r is not None}
     rounds: dict[str, list] = {m: [] for m in runners}
     for i in range(args.rounds):  # interleaved, so drift of a noisy machine hits every mode alike
         for m, run in runners.items():
@@ -338,13 +351,14 @@ def _ratios(modes: dict) -> dict:
     def fps(m: str) -> float | None:
         return modes.get(m, {}).get("fps")
 
+    detect, backend, ultralytics = fps("detect"), fps("backend"), fps("ultralytics")
     out = {}
-    if fps("detect") and fps("backend"):
-        out["detect_vs_backend"] = round(fps("detect") / fps("backend"), 3)
-    if fps("detect") and fps("ultralytics"):
-        out["detect_vs_ultralytics"] = round(fps("detect") / fps("ultralytics"), 3)
-    if fps("ultralytics") and fps("backend"):
-        out["ultralytics_vs_backend"] = round(fps("ultralytics") / fps("backend"), 3)
+    if detect and backend:
+        out["detect_vs_backend"] = round(detect / backend, 3)
+    if detect and ultralytics:
+        out["detect_vs_ultralytics"] = round(detect / ultralytics, 3)
+    if ultralytics and backend:
+        out["ultralytics_vs_backend"] = round(ultralytics / backend, 3)
     return out
 
 

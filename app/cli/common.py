@@ -1,5 +1,7 @@
-"""What every `vigil` subcommand shares: the usage error that `main` turns into one line and exit 2, the
-`--config`/`--set` options and their loader, logging to stderr, and the argparse value types.
+"""What every `vigil` subcommand shares.
+
+The usage error that `main` turns into one line and exit 2, the `--config`/`--set` options and their loader, logging to
+stderr, and the argparse value types.
 
 A bad value is a usage error (one line, exit 2), never an empty run, an overflow deep inside a library or a
 silent default.

@@ -1,4 +1,6 @@
-"""`vigil engine build` (ONNX -> validated, cached TensorRT engine, on the device itself) and
+"""The `vigil engine` commands: build, calibrate and ensure.
+
+`vigil engine build` (ONNX -> validated, cached TensorRT engine, on the device itself) and
 `vigil engine calibrate` (INT8 Q/DQ ONNX with an accuracy gate), and `vigil engine ensure` (what
 vigil-engine.service runs). The work is `app.engine`'s; these commands choose the inputs and report.
 """
@@ -37,8 +39,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_ensure(args: argparse.Namespace) -> int:
-    """What vigil-engine.service runs: make sure the configured model has a validated engine for this GPU
-    when the TensorRT path is wanted and possible; a CPU box or an ONNX Runtime config has nothing to do.
+    """What vigil-engine.service runs.
+
+    Make sure the configured model has a validated engine for this GPU when the TensorRT path is wanted and possible; a
+    CPU box or an ONNX Runtime config has nothing to do.
     """
     from app.backends import ENGINE_SUFFIXES
     from app.backends.engine_cache import CacheMiss, cached_engine
@@ -76,8 +80,10 @@ def cmd_ensure(args: argparse.Namespace) -> int:
 
 
 def _calibration_source(args: argparse.Namespace) -> tuple[str | int, str]:
-    """Where `vigil engine calibrate` takes frames from when it has none: the configured camera (cameras[0] of
-    --config, or of the default config when present, through the normal loader), else the sample video.
+    """Where `vigil engine calibrate` takes frames from when it has none.
+
+    The configured camera (cameras[0] of --config, or of the default config when present, through the normal loader),
+    else the sample video.
     """
     from app.config import redact_url
 
@@ -104,7 +110,9 @@ def _extract(source: str | int, n: int, out_dir: Path, what: str) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Frames -> Q/DQ INT8 ONNX for TensorRT and for ONNX Runtime's CPU kernels (one calibration) -> accuracy
+    """`vigil engine calibrate`: INT8 Q/DQ ONNX files from calibration frames, then an accuracy gate.
+
+    Frames -> Q/DQ INT8 ONNX for TensorRT and for ONNX Runtime's CPU kernels (one calibration) -> accuracy
     gate on frames that were not used for calibration. With no frames yet, they are extracted first.
     """
     import json
@@ -199,12 +207,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                   "or more float layers (--float-modules, --keep-first-convs)", file=sys.stderr)  # fmt: skip
     if "cpu" in reports:  # its "reduce_range", "weight_bits" and "build_cpu" record which weight grid it got
         cpu = reports["cpu"]
-        why = {
+        build_cpu: str | None = cpu.get("build_cpu")
+        why_by_cpu: dict[str | None, str] = {
             X86_NO_VNNI: "this x86 CPU has no VNNI: ONNX Runtime's u8s8 kernels saturate on 8-bit weights here",
             X86_VNNI: "this x86 CPU has VNNI; an x86 CPU without it would saturate on 8-bit weights: calibrate on "
             "the deployment CPU",
             NOT_X86: "not x86: ONNX Runtime's Arm integer kernels do not saturate",
-        }.get(cpu.get("build_cpu"), "chosen by the caller")
+        }
+        why = why_by_cpu.get(build_cpu, "chosen by the caller")
         how = "auto" if cpu.get("reduce_range_auto") else "explicit"
         print(f"vigil engine: CPU file: {cpu['weight_bits']}-bit weights (reduce_range {cpu['reduce_range']}, "
               f"{how}): {why}", file=sys.stderr)  # fmt: skip

@@ -7,10 +7,10 @@ import asyncio
 import sys
 
 from app.cli.common import UsageError, add_config_args, load_config_args, positive_seconds, setup_logging
-from app.config import ConfigError, dump_config
+from app.config import ConfigError, VigilConfig, dump_config
 
 
-def _services(cfg) -> list:
+def _services(cfg: VigilConfig) -> list:
     """The enabled main-loop services (MQTT, HTTP/WebRTC), imported only when configured."""
     services: list = []
     if cfg.mqtt.enabled:

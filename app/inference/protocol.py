@@ -1,6 +1,8 @@
-"""The worker pipe protocol: what a worker reports (ready, failed, a failed frame, a backend change) and what
-the parent tells it (start serving, stop, thresholds, detection per camera). One pipe per worker, never a
-shared queue (see `app.inference.worker`); results themselves are `app.types.FrameResult`.
+"""The worker pipe protocol between the supervisor (parent) and each inference worker.
+
+What a worker reports (ready, failed, a failed frame, a backend change) and what the parent tells it (start
+serving, stop, thresholds, detection per camera). One pipe per worker, never a shared queue (see
+`app.inference.worker`); results themselves are `app.types.FrameResult`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class BackendState:
-    """Which runtime serves a worker's frames and why; stats, /stats and MQTT show it, so a GPU that
-    failed over to the CPU is visible from the dashboard, not only in the worker's log.
+    """Which runtime serves a worker's frames and why.
+
+    Stats, /stats and MQTT show it, so a GPU that failed over to the CPU is visible from the dashboard, not only in the
+    worker's log.
     """
 
     name: str
@@ -20,12 +24,24 @@ class BackendState:
     failovers: int = 0
 
     def as_dict(self) -> dict:
+        """JSON-ready form: name, providers (a list), reason and failover count."""
         return {"name": self.name, "providers": list(self.providers), "reason": self.reason,
                 "failovers": self.failovers}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerReady:
+    """The worker loaded and warmed up its model and is ready (or, in standby, waiting for StartServing).
+
+    Attributes:
+        worker_id: The worker's id, as in its WorkerSpec.
+        backend: The runtime that serves its frames.
+        names: Class id to label, from the model.
+        imgsz: The model's input size, (height, width) pixels.
+        warmup_ms: Total time of the warm-up runs, ms.
+        pid: The worker's process id.
+    """
+
     worker_id: int
     backend: BackendState
     names: dict[int, str]
@@ -62,6 +78,8 @@ class BackendChanged:
 
 @dataclass(frozen=True, slots=True)
 class StopWorker:
+    """Parent to worker: finish the current frame and exit; `reason` is logged."""
+
     reason: str = "shutdown"
 
 
@@ -72,11 +90,15 @@ class StartServing:
 
 @dataclass(frozen=True, slots=True)
 class SetDetection:
+    """Parent to worker: switch detection on or off for one camera (its frames are skipped while off)."""
+
     camera: str
     enabled: bool
 
 
 @dataclass(frozen=True, slots=True)
 class SetThresholds:
+    """Parent to worker: new confidence and/or NMS IoU thresholds (0..1); None leaves one unchanged."""
+
     conf: float | None = None
     iou: float | None = None

@@ -1,5 +1,7 @@
-"""The inference worker: a `spawn`ed process that owns the backend (one runtime/CUDA context per process),
-takes the newest frame of each camera's ring zero-copy, and answers over its own pipe.
+"""The inference worker process and the parent's handle on it.
+
+A `spawn`ed process that owns the backend (one runtime/CUDA context per process), takes the newest frame of each
+camera's ring zero-copy, and answers over its own pipe.
 
 Per-worker pipes, never a shared queue: a worker killed mid-read cannot leave a lock held that starves
 its replacement (Frigate's long-lived detector bug). Two workers can run at once (blue-green recycling):
@@ -9,6 +11,7 @@ each has its own pipe and reads the rings without taking anything from the other
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing as mp
 import os
@@ -42,11 +45,25 @@ MAX_CONSECUTIVE_ERRORS = 50  # then the worker gives up so the supervisor can re
 
 
 class WorkerStartError(RuntimeError):
-    pass
+    """A worker failed to load its model, exited, or was not ready in time during start."""
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
+    """Everything a spawned worker needs (picklable): its model, the rings to read and its start-up options.
+
+    Attributes:
+        worker_id: Id used in logs and in every message the worker sends.
+        model: The model and backend configuration.
+        rings: (camera name, shared-memory ring) pairs, read round-robin.
+        log_level: Python logging level name for the worker process.
+        idle_sleep_s: Poll period when no ring has a new frame, s.
+        disabled_cameras: Cameras whose detection starts switched off.
+        faults: Fault injection for tests and drills.
+        standby: After warm-up, wait for StartServing before taking frames (blue-green replacement).
+        env: Environment variables set in the worker before the backend loads.
+    """
+
     worker_id: int
     model: ModelConfig
     rings: tuple[tuple[str, RingSpec], ...]  # (camera name, ring)
@@ -58,7 +75,7 @@ class WorkerSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def worker_main(spec: WorkerSpec, conn: Connection, heartbeat=None) -> None:
+def worker_main(spec: WorkerSpec, conn: Connection, heartbeat: ctypes.c_double | None = None) -> None:
     """Entry point of the worker process."""
     logging.basicConfig(
         level=spec.log_level.upper(),
@@ -78,7 +95,7 @@ def worker_main(spec: WorkerSpec, conn: Connection, heartbeat=None) -> None:
             conn.close()
 
 
-def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat=None) -> None:
+def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat: ctypes.c_double | None = None) -> None:
     from app.inference.detector import Detector  # heavy imports after spawn, inside the child
     from app.inference.faults import FaultInjector
 
@@ -117,8 +134,10 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat=
 
 
 class _ServingLoop:
-    """What a serving worker keeps between frames: where each ring was read up to, the round-robin position,
-    the cameras switched off, the run of consecutive errors and the backend state last reported.
+    """What a serving worker keeps between frames.
+
+    Where each ring was read up to, the round-robin position, the cameras switched off, the run of consecutive errors
+    and the backend state last reported.
     """
 
     def __init__(
@@ -128,7 +147,7 @@ class _ServingLoop:
         detector: Detector,
         rings: list[tuple[str, FrameRing]],
         faults: FaultInjector,
-        heartbeat=None,
+        heartbeat: ctypes.c_double | None = None,
     ) -> None:
         self.spec = spec
         self.conn = conn
@@ -247,14 +266,21 @@ class WorkerHandle:
 
     @property
     def worker_id(self) -> int:
+        """The id from the worker's spec."""
         return self.spec.worker_id
 
     def start(self) -> None:
+        """Spawn the worker process; follow with `wait_ready`."""
         self.started_mono = time.monotonic()
         self.process.start()
         self._child_conn.close()  # keep only the child's copy, so its death shows up as EOF here
 
     def wait_ready(self, timeout: float) -> WorkerReady:
+        """Wait up to `timeout` s for the worker's WorkerReady.
+
+        Raises:
+            WorkerStartError: the worker reported WorkerFailed, exited, or was not ready in time.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.conn.poll(0.1):
@@ -275,13 +301,16 @@ class WorkerHandle:
         raise WorkerStartError(f"worker {self.worker_id} exited with code {self.process.exitcode} during start")
 
     def alive(self) -> bool:
+        """True while the worker process runs."""
         return self.process.is_alive()
 
     @property
     def last_inference_mono(self) -> float:
+        """`time.monotonic()` (s) of the worker's last successful inference; 0.0 before the first."""
         return float(self.heartbeat.value)
 
     def send(self, msg: object) -> bool:
+        """Send a protocol message to the worker; False when the pipe is closed (the worker is gone)."""
         try:
             self.conn.send(msg)
             return True

@@ -26,9 +26,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from app.config import ConfigError, MqttConfig
 from app.secret_files import SecretFileError, read_secret_file
@@ -40,11 +43,21 @@ REDELIVERY_TIMEOUT_S = 10.0  # after a reconnect, give paho this long to redeliv
 
 
 class MqttConfigError(ConfigError):
-    pass
+    """The MQTT settings cannot work: no password where one is named, a missing TLS file, ..."""
 
 
 @dataclass(slots=True)
 class Outgoing:
+    """A QoS>0 message waiting in the outbox or in flight (published, not yet acknowledged).
+
+    Attributes:
+        topic: The MQTT topic.
+        payload: The message body.
+        qos: 1 or 2.
+        retain: The broker keeps it as the topic's retained message.
+        seq: Enqueue order, used to put unacknowledged messages back in order after a reconnect.
+    """
+
     topic: str
     payload: bytes
     qos: int
@@ -54,6 +67,21 @@ class Outgoing:
 
 @dataclass(slots=True)
 class LinkStats:
+    """Counters and state of one MQTT link, reported in stats and /stats.
+
+    Attributes:
+        connected: The broker accepted the connection and it has not dropped since.
+        connects: Successful connections (CONNACK accepted).
+        disconnects: Connections lost after being accepted.
+        published: Messages handed to paho.
+        acked: QoS>0 messages the broker acknowledged.
+        dropped_offline_qos0: QoS 0 messages dropped while disconnected.
+        dropped_queue_full: Oldest QoS>0 messages dropped because the outbox reached `mqtt.offline_queue`.
+        last_error: Why the last connection attempt failed or dropped; "" once connected.
+        connected_since: Wall-clock time (s since the epoch) of the current connection, None if never.
+        extra: Counters the owning service adds.
+    """
+
     connected: bool = False
     connects: int = 0
     disconnects: int = 0
@@ -90,8 +118,10 @@ def check_tls_files(cfg: MqttConfig) -> None:
 
 
 def connect_error_text(exc: BaseException) -> str:
-    """Why a connection attempt failed, in words: the certificate check's own reason ("IP address mismatch,
-    certificate is not valid for '127.0.0.1'"), the socket's ("Connection refused"), else the exception's.
+    """Why a connection attempt failed, in words.
+
+    The certificate check's own reason ("IP address mismatch, certificate is not valid for '127.0.0.1'"), the
+    socket's ("Connection refused"), else the exception's.
     """
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"TLS certificate rejected: {exc.verify_message.rstrip('.')}"
@@ -109,6 +139,24 @@ _CONNACK_HINTS = {
 
 
 class MqttLink:
+    """A paho client that never blocks its caller: QoS>0 messages queue in an outbox while offline.
+
+    A sender thread keeps at most INFLIGHT_WINDOW messages unacknowledged and, after a reconnect, waits for
+    paho to redeliver what was in flight before sending more. The status topic carries `online` (retained)
+    and the last will `offline`.
+
+    Args:
+        cfg: The `mqtt` section: broker, credentials, TLS, backoff and the offline queue size.
+        client_id: MQTT client id.
+        status_topic: Topic of the retained `online`/`offline` availability message.
+        on_connected: Called (on paho's network thread) after each accepted connection.
+        on_message: Called with (topic, payload) for each message on `subscriptions`.
+        subscriptions: Topic filters subscribed at QoS 1 on every connect.
+
+    Raises:
+        MqttConfigError: the password cannot be read, a password without a username, or a missing TLS file.
+    """
+
     def __init__(
         self,
         cfg: MqttConfig,
@@ -116,7 +164,7 @@ class MqttLink:
         status_topic: str,
         *,
         on_connected: Callable[[], None] | None = None,
-        on_message: Callable[[str, bytes], None] | None = None,
+        on_message: Callable[[str, bytes | bytearray], None] | None = None,
         subscriptions: list[str] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -166,6 +214,7 @@ class MqttLink:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Connect in the background (paho's loop thread) and start the sender thread; never blocks."""
         host = self.cfg.host
         # First, so that a failure the network thread logs at once reads after it.
         tls = self.cfg.tls.enabled or self.cfg.tls.ca_file
@@ -218,10 +267,12 @@ class MqttLink:
             self._wake.notify()
 
     def pending(self) -> int:
+        """QoS>0 messages not yet acknowledged: queued plus in flight."""
         with self._lock:
             return len(self._outbox) + len(self._inflight)
 
     def queue_depth(self) -> int:
+        """QoS>0 messages queued and not yet handed to paho."""
         return len(self._outbox)
 
     def _send_loop(self) -> None:
@@ -272,7 +323,14 @@ class MqttLink:
 
     # ---- paho callbacks (network thread) ------------------------------------------------------
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             self._refused = True
             text = _CONNACK_HINTS.get(str(reason_code), str(reason_code))
@@ -296,7 +354,14 @@ class MqttLink:
                 self._redeliver_until = time.monotonic() + REDELIVERY_TIMEOUT_S
             self._wake.notify_all()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         with self._wake:
             was = self.stats.connected
             self.stats.connected = False
@@ -313,7 +378,7 @@ class MqttLink:
                 "retrying with backoff"
             )
 
-    def _on_connect_fail(self, client, userdata) -> None:
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         # paho passes no reason, but calls this from inside its `except OSError:` around the attempt: the
         # exception being handled is the reason (TLS certificate, refused, unreachable).
         exc = sys.exc_info()[1]
@@ -325,7 +390,9 @@ class MqttLink:
         else:
             self._error(f"mqtt: cannot connect to {where}; retrying with backoff")
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
+    ) -> None:
         with self._wake:
             if self._inflight.pop(mid, None) is not None:
                 self.stats.acked += 1
@@ -334,7 +401,7 @@ class MqttLink:
             self._check_redelivery()
             self._wake.notify()
 
-    def _on_message(self, client, userdata, message) -> None:
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self.on_message_cb is not None:
             try:
                 self.on_message_cb(message.topic, message.payload)

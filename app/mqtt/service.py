@@ -1,5 +1,7 @@
-"""Publishes the pipeline to MQTT: detections, tracked-object events, counts, snapshots, stats, discovery,
-and takes commands. Runs in the main process's asyncio loop and never blocks it: every publish is a
+"""Publishes the pipeline to MQTT and takes commands.
+
+Detections, tracked-object events, counts, snapshots, stats and discovery go out; commands come in. Runs in the main
+process's asyncio loop and never blocks it: every publish is a
 non-blocking hand-off to the link (QoS 0 straight to paho, QoS>0 into the bounded outbox).
 
 Tracking and the object lifecycle are a pipeline stage (`app.tracking.stage`): this service only publishes
@@ -34,8 +36,10 @@ log = logging.getLogger(__name__)
 
 
 class MqttService(ServiceBase):
-    """The MQTT topic contract (README "MQTT"): a publisher of the pipeline's records and events, and the
-    command topics routed to the pipeline's control API.
+    """The MQTT topic contract (README "MQTT").
+
+    A publisher of the pipeline's records and events, and the command topics routed to the pipeline's
+    control API.
 
     Args:
         cfg: The whole config (`mqtt` broker and publishing keys, `tracking.snapshot`, cameras, model).
@@ -103,8 +107,10 @@ class MqttService(ServiceBase):
     # ---- records and events -> messages -------------------------------------------------------
 
     def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None) -> None:
-        """One object event on `<base>/<camera>/events`, with the capture time and latency of the frame that
-        caused it (None and {} when none did: detection switched off).
+        """Publish one object event on `<base>/<camera>/events`.
+
+        It carries the capture time and latency of the frame that caused it (None and {} when none did:
+        detection switched off).
         """
         fields: dict = {
             "type": event.type, "object": event.obj,
@@ -120,8 +126,10 @@ class MqttService(ServiceBase):
         self.events_published += 1
 
     def on_result(self, record: ResultRecord) -> None:
-        """One tracked frame: its detections (rate-limited), a snapshot when an object appeared or alerted, and
-        the counts that changed. Untracked frames (detection off for the camera, no model yet) publish nothing.
+        """Publish one tracked frame's detections (rate-limited), snapshot and changed counts.
+
+        A snapshot goes out when an object appeared or alerted. Untracked frames (detection off for the camera, no model
+        yet) publish nothing.
         """
         if record.tracker_id is None:
             return
@@ -216,19 +224,21 @@ class MqttService(ServiceBase):
         }  # fmt: skip
 
     async def _stats_loop(self) -> None:
+        assert self._pipeline is not None  # set by start() before this task is created
         while True:
             await asyncio.sleep(self.mcfg.stats_interval_s)
             self.link.publish(self.topics.stats, dumps(self._pipeline.stats_document()), qos=0)
 
     # ---- commands -----------------------------------------------------------------------------
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes | bytearray) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.command, topic, payload)
 
-    def command(self, topic: str, payload: bytes) -> bool:
-        """Applies one command message (`<base>/<camera>/<command>/set`); invalid ones are logged, counted and
-        ignored.
+    def command(self, topic: str, payload: bytes | bytearray) -> bool:
+        """Applies one command message (`<base>/<camera>/<command>/set`).
+
+        Invalid ones are logged, counted and ignored.
 
         Returns:
             True when applied, False when rejected.

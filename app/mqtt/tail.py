@@ -9,11 +9,22 @@ import json
 import sys
 import threading
 from datetime import datetime
+from typing import TYPE_CHECKING, Any, TextIO
 
 from app.config import VigilConfig
 
+if TYPE_CHECKING:
+    from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
 
-def render(topic: str, payload: bytes, retained: bool) -> str:
+
+def render(topic: str, payload: bytes | bytearray, retained: bool) -> str:
+    """One output line: local time (ms), topic, `(retained)`, then a summary of the payload.
+
+    Track events and detection documents are summarised, other JSON is compacted, JPEG snapshots are shown
+    by size, anything else is printed as (UTF-8, replaced) text.
+    """
     stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
     flag = " (retained)" if retained else ""
     if payload[:3] == b"\xff\xd8\xff":
@@ -40,7 +51,9 @@ class TailError(Exception):
     """Why the tail ended other than as asked, phrased for the user (the CLI prints it as its `error:` line)."""
 
 
-def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float | None, out=sys.stdout) -> int:
+def tail(
+    cfg: VigilConfig, topics: list[str], count: int | None, timeout: float | None, out: TextIO = sys.stdout
+) -> int:
     """Print the messages of `topics` (default: `<base>/#`) on `cfg`'s broker to `out`, one line each.
 
     Returns normally once `count` messages arrived, `timeout` seconds passed or Ctrl-C came after the broker
@@ -82,7 +95,7 @@ def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float 
             failure.append(msg)
             done.set()
 
-    def on_connect(c, u, flags, rc, props) -> None:
+    def on_connect(c: Client, u: Any, flags: ConnectFlags, rc: ReasonCode, props: Properties | None) -> None:
         if rc.is_failure:
             fail(f"{where} refused the connection: {rc}")
             return
@@ -94,18 +107,18 @@ def tail(cfg: VigilConfig, topics: list[str], count: int | None, timeout: float 
                 return fail(f"--topic {t!r}: {exc}")
         print(f"watching {', '.join(subs)} on {where} (Ctrl-C to stop)", file=sys.stderr)
 
-    def on_subscribe(c, u, mid, reason_codes, props) -> None:
+    def on_subscribe(c: Client, u: Any, mid: int, reason_codes: list[ReasonCode], props: Properties | None) -> None:
         for rc in reason_codes:
             if rc.is_failure:  # e.g. the broker's ACL: nothing would ever arrive
                 fail(f"{where} refused the subscription to {', '.join(subs)}: {rc}")
 
-    def on_disconnect(c, u, flags, rc, props) -> None:
+    def on_disconnect(c: Client, u: Any, flags: DisconnectFlags, rc: ReasonCode, props: Properties | None) -> None:
         if accepted.is_set():
             fail(f"lost the connection to {where} ({rc})")
         else:  # e.g. a plain-text client on a TLS listener
             fail(f"{where} closed the connection before accepting it ({rc})")
 
-    def on_message(c, u, msg) -> None:
+    def on_message(c: Client, u: Any, msg: MQTTMessage) -> None:
         nonlocal seen
         if done.is_set():
             return  # messages racing the disconnect after --count

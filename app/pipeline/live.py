@@ -162,8 +162,10 @@ class LivePipeline:
         )
 
     async def _supervise(self) -> None:
-        """Every tick: stats rates, the worker supervisor, the capture watchdog, the end of finite sources.
-        Nothing here waits: a replace or recycle runs as the supervisor's own task.
+        """The periodic checks, once per tick.
+
+        Stats rates, the worker supervisor, the capture watchdog, the end of finite sources. Nothing here waits: a
+        replace or recycle runs as the supervisor's own task.
         """
         while True:
             await asyncio.sleep(TICK_S)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.backends.base import StagedFrame
 from app.capture.sources import Frame, FrameSource
 from app.inference.detector import Detector
 from app.letterbox import LetterboxGeometry
@@ -24,6 +25,14 @@ _END = object()
 
 @dataclass(frozen=True, slots=True)
 class OfflineResult:
+    """One frame of an offline run (file, images, bench) with its detections and stage timings.
+
+    Attributes:
+        frame: The source frame (`image` is `(H, W, 3)` uint8 BGR).
+        detections: Boxes in the frame's pixel coordinates.
+        timings: Preprocess, inference and postprocess time, ms.
+    """
+
     frame: Frame
     detections: Detections
     timings: StageTimings
@@ -32,7 +41,7 @@ class OfflineResult:
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     frame: Frame
-    tensor: np.ndarray
+    tensor: np.ndarray | StagedFrame  # what Detector.prepare returned
     geometry: LetterboxGeometry
     preprocess_ms: float
 
@@ -84,6 +93,10 @@ def detect_frames(
 
 
 def with_timeout_put(q: queue.Queue, item: object, stop: threading.Event) -> None:
+    """Put `item` on `q`, retrying every 0.1 s for up to 5 s.
+
+    Gives up silently after 5 s, or on a full queue once `stop` is set (the consumer is gone).
+    """
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:

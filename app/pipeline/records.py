@@ -75,8 +75,9 @@ class ResultRecord:
         return latency
 
     def detections_list(self) -> list[dict]:
-        """Detections as JSON-ready dicts (`class_id`, `label`, `confidence`, `box` in pixels), a fresh list per
-        call; with `track_id` (None when untracked) once a tracking stage ran.
+        """Detections as JSON-ready dicts (`class_id`, `label`, `confidence`, `box` in pixels).
+
+        A fresh list per call; with `track_id` (None when untracked) once a tracking stage ran.
         """
         out = self.result.detections.to_list(self.names)
         if self.tracker_id is not None:

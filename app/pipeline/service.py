@@ -1,5 +1,6 @@
-"""The one contract between the pipeline and what lives beside it in the main loop (MQTT, HTTP/WebRTC,
-JSON lines, bench recorders).
+"""The one contract between the pipeline and what lives beside it in the main loop.
+
+Those services are MQTT, HTTP/WebRTC, JSON lines and the bench recorders.
 
 Every hook is called from the asyncio loop and must not block it: a service writes, enqueues or hands off.
 One failing service never stops the pipeline or the other services (the fan-out logs and goes on).
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
 
 
 class PipelineControl(Protocol):
-    """What a running pipeline offers its services: its rings and stats, and the control API that MQTT
-    commands and HTTP requests share.
+    """What a running pipeline offers its services.
+
+    Its rings and stats, and the control API that MQTT commands and HTTP requests share.
     """
 
     @property
@@ -94,8 +96,9 @@ class Service(Protocol):
         ...
 
     def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None) -> None:
-        """A tracked-object event; `record` is the frame that caused it, None when none did (detection
-        switched off).
+        """A tracked-object event.
+
+        `record` is the frame that caused it, None when none did (detection switched off).
         """
         ...
 

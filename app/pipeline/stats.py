@@ -25,17 +25,20 @@ class Rolling:
         self._values: deque[float] = deque(maxlen=size)
 
     def add(self, v: float) -> None:
+        """Record one sample, ms; the oldest drops out past `size`."""
         self._values.append(v)
 
     def __len__(self) -> int:
         return len(self._values)
 
     def percentile(self, q: float) -> float | None:
+        """The `q`-th percentile (0..100) of the kept samples, ms; None with no samples."""
         if not self._values:
             return None
         return float(np.percentile(np.fromiter(self._values, float, len(self._values)), q))
 
     def summary(self) -> dict[str, float | None]:
+        """p50, p95 and p99 of the kept samples (ms, 2 decimals); None each with no samples."""
         if not self._values:
             return {"p50": None, "p95": None, "p99": None}
         a = np.fromiter(self._values, float, len(self._values))
@@ -51,11 +54,13 @@ class RateMeter:
         self._events: deque[tuple[float, int]] = deque()
 
     def add(self, n: int = 1, now: float | None = None) -> None:
+        """Count `n` events at `now` (monotonic s; `time.monotonic()` when None)."""
         now = time.monotonic() if now is None else now
         self._events.append((now, n))
         self._trim(now)
 
     def rate(self, now: float | None = None) -> float:
+        """Events per second over the last `window_s` s before `now` (monotonic s; now when None)."""
         now = time.monotonic() if now is None else now
         self._trim(now)
         if not self._events:
@@ -69,6 +74,11 @@ class RateMeter:
 
 @dataclass
 class CameraStats:
+    """Running figures of one camera: capture counters, results, drops, errors and rolling stage timings (ms).
+
+    `as_dict` is the camera's entry in the stats document; `status_line` its line in the log and systemd STATUS=.
+    """
+
     name: str
     capture: CaptureCounters
     processed: int = 0
@@ -143,6 +153,7 @@ class CameraStats:
         }
 
     def status_line(self) -> str:
+        """One short human-readable line: fps, inference and frame-age percentiles (ms), drops and errors."""
         s = self.as_dict()
         inf, age = s["inference_ms"], s["frame_age_ms"]
 
@@ -166,8 +177,9 @@ def stats_document(
     cameras: Iterable[CameraStats],
     sections: dict[str, dict],
 ) -> dict:
-    """The stats message (schema 1) of MQTT `<base>/stats` and HTTP `/api/stats`: pipeline figures, the
-    worker's, per camera, plus each service's own section (`mqtt`, `webrtc`).
+    """The stats message (schema 1) of MQTT `<base>/stats` and HTTP `/api/stats`.
+
+    Pipeline figures, the worker's, per camera, plus each service's own section (`mqtt`, `webrtc`).
     """
     per_camera = {c.name: {k: v for k, v in c.as_dict().items() if k != "camera"} for c in cameras}
     return envelope(device_id, None, uptime_s=uptime_s, cameras=per_camera, worker=worker, main_rss_mb=main_rss_mb,
@@ -177,8 +189,10 @@ def stats_document(
 async def status_lines(
     interval_s: float, stats: Mapping[str, CameraStats], suffix: Callable[[], str], notifier: SystemdNotifier
 ) -> None:
-    """Every `interval_s`: one status line per camera (plus `suffix()`, what serves) to the log and to
-    systemd's STATUS=. Returns at once when `interval_s` <= 0; runs until cancelled.
+    """Every `interval_s` s, log and send to systemd's STATUS= one status line per camera.
+
+    One status line per camera (plus `suffix()`, what serves) to the log and to systemd's STATUS=. Returns at once when
+    `interval_s` <= 0; runs until cancelled.
     """
     if interval_s <= 0:
         return

@@ -1,3 +1,5 @@
-"""Keeping the service alive: the worker supervisor (restart, blue-green recycle), its pure policies, the
-capture watchdog, process facts (RSS, GPU memory, niceness) and systemd notification.
+"""Keeping the service alive.
+
+The worker supervisor (restart, blue-green recycle), its pure policies, the capture watchdog, process facts (RSS, GPU
+memory, niceness) and systemd notification.
 """

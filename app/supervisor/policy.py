@@ -1,6 +1,7 @@
-"""The supervisor's decisions as pure, clock-injected objects: when to give up restarting a worker, how long
-to wait before the next restart, and when to recycle a healthy-looking worker. Nothing here spawns, sleeps
-or reads the clock, so every rule is unit-tested with made-up instants.
+"""The supervisor's decisions as pure, clock-injected objects.
+
+When to give up restarting a worker, how long to wait before the next restart, and when to recycle a healthy-looking
+worker. Nothing here spawns, sleeps or reads the clock, so every rule is unit-tested with made-up instants.
 
 Modelled on Frigate's `watchdog.py` (`MonitoredProcess.is_restarting_too_fast`): the restart budget is a
 window count, not a lifetime count, so a worker that crashes once a week is restarted forever while a crash
@@ -65,8 +66,10 @@ class RestartBudget:
 
 
 class RecyclePolicy:
-    """When a worker that still answers should be replaced blue-green: RSS above a limit, RSS growing faster
-    than a limit (least-squares slope over a sliding window, after a warm-up), or plain age.
+    """When a worker that still answers should be replaced blue-green.
+
+    RSS above a limit, RSS growing faster than a limit (least-squares slope over a sliding window, after a warm-up), or
+    plain age.
 
     Args:
         watchdog: `max_rss_mb`, `max_rss_growth_mb_per_hour`, `rss_warmup_s`, `rss_window_s`,

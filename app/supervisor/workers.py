@@ -1,5 +1,7 @@
-"""The worker supervisor: owns the serving inference worker, the side workers (a standby loading, a retiring
-one finishing its last frame) and the blue-green handover between them.
+"""The worker supervisor: the serving inference worker, its side workers, and the handover between them.
+
+It owns the serving worker, the side workers (a standby loading, a retiring one finishing its last frame)
+and the blue-green handover between them.
 
     start() -> serving worker ──(dead | stalled)──> replace: stop it, back off, start a new one
                               ──(RecyclePolicy)───> recycle: standby loads at low priority while the old one
@@ -121,8 +123,10 @@ class WorkerSupervisor:
         self._adopt(handle, ready)
 
     def check(self) -> None:
-        """One supervision step (the pipeline calls it every tick): start a replace for a missing, dead or
-        stalled worker, or a recycle when the recycle policy says so. Never blocks: both run as a task.
+        """One supervision step; the pipeline calls it every tick.
+
+        Starts a replace for a missing, dead or stalled worker, or a recycle when the recycle policy says so.
+        Never blocks: both run as a task.
         """
         if self._stopping or self.busy:
             return
@@ -142,8 +146,9 @@ class WorkerSupervisor:
             self._job = asyncio.create_task(self._recycle(recycle), name="worker-recycle")
 
     def stats(self, model_path: str, last_system_event: dict | None) -> dict:
-        """The stats document's `worker` section: pid, model, input size, backend, restarts, recycles, health,
-        the pipeline's last system event, RSS (MiB).
+        """The stats document's `worker` section.
+
+        Pid, model, input size, backend, restarts, recycles, health, the pipeline's last system event, RSS (MiB).
         """
         info = self.info
         return {
@@ -249,7 +254,9 @@ class WorkerSupervisor:
         if self.worker is None or now - self._last_health_check < HEALTH_CHECK_S:
             return None
         self._last_health_check = now
-        health = process_health(self.worker.process.pid)
+        pid = self.worker.process.pid
+        assert pid is not None  # the serving worker was started before it was adopted
+        health = process_health(pid)
         if health is None:
             return None
         self.health = health
@@ -292,8 +299,10 @@ class WorkerSupervisor:
         handle = WorkerHandle(self._spec(standby=True))
         handle.start()
         self._side_workers.add(handle)
+        standby_pid = handle.process.pid
+        assert standby_pid is not None  # set by handle.start()
         # Load and warm up at a lower CPU priority, so the serving worker keeps its pace meanwhile.
-        serving_nice = set_nice(handle.process.pid, STANDBY_NICE)
+        serving_nice = set_nice(standby_pid, STANDBY_NICE)
         try:
             ready = await loop.run_in_executor(None, handle.wait_ready, self.cfg.worker.ready_timeout_s)
         except WorkerStartError as exc:
@@ -313,7 +322,7 @@ class WorkerSupervisor:
         finally:
             self._handover = None
         if serving_nice is not None:
-            set_nice(handle.process.pid, serving_nice)  # needs RLIMIT_NICE (LimitNICE= in the unit)
+            set_nice(standby_pid, serving_nice)  # needs RLIMIT_NICE (LimitNICE= in the unit)
         handle.send(StartServing())
         self._side_workers.discard(handle)
         if old is not None:

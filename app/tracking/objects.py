@@ -22,6 +22,12 @@ from app.types import Detections
 
 @dataclass(slots=True)
 class TrackedObject:
+    """One tracked object's state across frames, keyed by the tracker's id.
+
+    Positions are `box` (xyxy pixels of the last frame), times are monotonic s (`*_mono`) and wall-clock s since
+    the epoch (`*_wall`); `announced` is set once it reached `min_hits` and its `new` event went out.
+    """
+
     track_id: int
     label: str
     class_id: int
@@ -77,6 +83,16 @@ class ObjectEvent:
 
 
 class ObjectLifecycle:
+    """Turns tracker output into object events: `new`, periodic `update`, `alert` and `end`.
+
+    Args:
+        names: Class id to label.
+        min_hits: Frames an object must be seen in before its `new` event (suppresses flicker).
+        update_interval_s: Minimum time between `update` events of one object, s.
+        lost_s: Time unseen after which an object ends, s.
+        alerts: Rules that raise `alert` events.
+    """
+
     def __init__(
         self,
         names: dict[int, str],
@@ -97,6 +113,15 @@ class ObjectLifecycle:
     def update(
         self, det: Detections, track_ids: np.ndarray, frame_wh: tuple[int, int], mono: float, wall: float
     ) -> list[ObjectEvent]:
+        """Fold one tracked frame into the objects and return the events it causes.
+
+        Args:
+            det: The frame's detections, `xyxy` `(N, 4)` float32 pixels.
+            track_ids: `(N,)` tracker ids, aligned with `det`.
+            frame_wh: Frame (width, height), pixels, for normalised boxes in events.
+            mono: The frame's capture time, monotonic s.
+            wall: The same instant, wall-clock s since the epoch.
+        """
         events: list[ObjectEvent] = []
         self._frame_wh = frame_wh
         for box, conf, cid, tid in zip(det.xyxy.tolist(), det.confidence.tolist(), det.class_id.tolist(),
@@ -152,6 +177,7 @@ class ObjectLifecycle:
         return events
 
     def counts(self) -> dict[str, int]:
+        """Announced objects per label (every model label, 0 when none), plus `all`."""
         c = Counter(o.label for o in self.objects.values() if o.announced)
         out = {label: c.get(label, 0) for label in self.names.values()}
         out["all"] = sum(c.values())

@@ -1,5 +1,7 @@
-"""Tracking and the object lifecycle as a pipeline stage: per camera, a result becomes a tracked result (track
-id per detection) plus object events (new, update, end, alert) that every service receives.
+"""Tracking and the object lifecycle as a pipeline stage.
+
+Per camera, a result becomes a tracked result (track id per detection) plus object events (new, update, end, alert) that
+every service receives.
 
 It runs for every result, whatever services are configured, so JSON lines, the web side and MQTT all see the
 same track ids, events and counts. MQTT only publishes them.

@@ -6,6 +6,7 @@ import hmac
 import logging
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +20,19 @@ TOKEN_FILENAME = "http-token"
 
 
 class TokenError(ValueError):
-    pass
+    """The configured token cannot be used: unreadable file, unset variable, or shorter than 16 characters."""
 
 
 @dataclass(frozen=True)
 class TokenSource:
+    """The API token in force and where it came from.
+
+    Attributes:
+        token: The token; None when none is required (loopback bind).
+        origin: Where it came from, for the log (never the token itself).
+        generated: True when it was generated into the state directory by this run.
+    """
+
     token: str | None  # None: no token needed
     origin: str  # where it came from, for the log (never the token itself)
     generated: bool = False
@@ -65,10 +74,12 @@ def resolve_token(cfg: HttpConfig) -> TokenSource:
 
 
 def token_matches(expected: str, presented: str | None) -> bool:
+    """Constant-time comparison; False when no token was presented."""
     return presented is not None and hmac.compare_digest(expected.encode(), presented.encode())
 
 
-def presented_token(headers, query) -> str | None:
+def presented_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    """The token of a request: `Authorization: Bearer <token>`, else the `token` query parameter, else None."""
     auth = headers.get("Authorization", "")
     if auth.startswith("Bearer "):
         return auth[7:].strip()

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import av
 import cv2
@@ -28,6 +29,9 @@ from app.config import HttpConfig
 from app.draw import draw_detections
 from app.ring import FrameRing
 
+if TYPE_CHECKING:
+    from av.video.codeccontext import VideoCodecContext
+
 log = logging.getLogger(__name__)
 
 VIDEO_CLOCK = 90_000  # RTP video clock (Hz)
@@ -36,6 +40,20 @@ TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 
 @dataclass(frozen=True, slots=True)
 class EncodedFrame:
+    """One VP8-encoded preview frame, shared by every viewer of the camera.
+
+    Attributes:
+        data: The encoded VP8 bitstream of the frame.
+        keyframe: True for an intra frame a new or lagging viewer can start decoding at.
+        pts: Presentation time in 90 kHz ticks of the capture clock.
+        seq: Ring sequence number of the source frame.
+        captured_wall: Capture time, wall clock (s since the epoch).
+        captured_mono_ns: Capture time, monotonic ns.
+        width: Encoded width, pixels (even).
+        height: Encoded height, pixels (even).
+        encode_ms: Time spent encoding (colour conversion included), ms.
+    """
+
     data: bytes
     keyframe: bool
     pts: int  # 90 kHz ticks of the capture clock
@@ -54,8 +72,10 @@ def _lower_priority(nice: int) -> None:
 
 
 class PacketQueue:
-    """A viewer's inbox. A viewer that falls this far behind skips to the next keyframe: VP8 P-frames
-    are useless without their references, so dropping a few would only show garbage.
+    """A viewer's inbox of encoded frames (at most `maxsize`).
+
+    A viewer that falls this far behind skips to the next keyframe: VP8 P-frames are useless without their references,
+    so dropping a few would only show garbage.
     """
 
     def __init__(self, maxsize: int = 30) -> None:
@@ -79,10 +99,12 @@ class PacketQueue:
             return False
 
     def close(self) -> None:
+        """Queue the end-of-stream marker (None), unless the queue is full."""
         with contextlib.suppress(asyncio.QueueFull):
             self._q.put_nowait(None)
 
     async def get(self) -> EncodedFrame | None:
+        """Wait for the next frame; None once the queue was closed."""
         return await self._q.get()
 
 
@@ -116,10 +138,10 @@ class Vp8Encoder:
         self.keyframe_frames = max(1, keyframe_frames)
         self.threads = threads
         self.cpu_used = cpu_used
-        self._ctx: av.CodecContext | None = None
+        self._ctx: VideoCodecContext | None = None
         self._size = (0, 0)
 
-    def _open(self, w: int, h: int) -> av.CodecContext:
+    def _open(self, w: int, h: int) -> VideoCodecContext:
         ctx = av.CodecContext.create("libvpx", "w")
         ctx.width, ctx.height = w, h
         ctx.pix_fmt = "yuv420p"
@@ -142,11 +164,21 @@ class Vp8Encoder:
         return ctx
 
     def encode(self, bgr: np.ndarray, pts: int, keyframe: bool) -> tuple[bytes, bool]:
+        """Encode one `(H, W, 3)` uint8 BGR frame (H and W even) as VP8.
+
+        Args:
+            bgr: The frame; a new size reopens the encoder and forces a keyframe.
+            pts: Presentation time, 90 kHz ticks.
+            keyframe: Force an intra frame.
+
+        Returns:
+            (the frame's packets concatenated, whether the output is a keyframe).
+        """
         h, w = bgr.shape[:2]
         if self._ctx is None or self._size != (w, h):
             self._ctx = self._open(w, h)
             keyframe = True
-        yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+        yuv = cast("np.ndarray[Any, np.dtype[np.uint8]]", cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420))
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = pts
         frame.time_base = TIME_BASE
@@ -188,9 +220,11 @@ class PreviewEncoder:
 
     @property
     def subscribers(self) -> int:
+        """The number of viewers watching now."""
         return len(self._subscribers)
 
     def subscribe(self) -> PacketQueue:
+        """Add a viewer: forces a keyframe and starts the encoding task if it is not running."""
         q = PacketQueue()
         self._subscribers.add(q)
         self._force_keyframe = True  # a new viewer can only start decoding at a keyframe
@@ -199,6 +233,7 @@ class PreviewEncoder:
         return q
 
     def unsubscribe(self, q: PacketQueue) -> None:
+        """Remove a viewer and close its queue; the last one leaving stops encoding."""
         self._subscribers.discard(q)
         q.close()
         if not self._subscribers and self._task is not None:
@@ -206,9 +241,11 @@ class PreviewEncoder:
             self._task = None
 
     def request_keyframe(self) -> None:
+        """Make the next encoded frame a keyframe (e.g. on a viewer's PLI)."""
         self._force_keyframe = True
 
     async def stop(self) -> None:
+        """Drop every viewer, cancel the encoding task and shut the encoder thread down."""
         for q in list(self._subscribers):
             self.unsubscribe(q)
         if self._task is not None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from importlib import resources
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from app.boxes import normalized_xyxy_list
 from app.config import ConfigError, VigilConfig, redact
@@ -36,10 +37,16 @@ OPEN_PATHS = ("/static/", "/favicon.ico")
 
 
 class HttpConfigError(ConfigError):
-    pass
+    """The `http` settings cannot work (token or TLS files)."""
 
 
 class WebService(ServiceBase):
+    """The HTTP side: preview page, JSON API, /metrics and WebRTC preview streams, as a pipeline service.
+
+    Args:
+        cfg: The whole config (`http` section, cameras).
+    """
+
     def __init__(self, cfg: VigilConfig) -> None:
         self.cfg = cfg
         self.hcfg = cfg.http
@@ -71,6 +78,11 @@ class WebService(ServiceBase):
     # ---- service protocol ---------------------------------------------------------------------
 
     async def start(self, pipeline: PipelineControl) -> None:
+        """Create a preview encoder per camera ring and start listening.
+
+        Raises:
+            PipelineError: the address cannot be bound.
+        """
         self._pipeline = pipeline
         for name, ring in pipeline.rings.items():
             overlay = (lambda n=name: self._overlay.get(n, [])) if self.hcfg.server_side_boxes else None
@@ -103,13 +115,16 @@ class WebService(ServiceBase):
             print(f"vigil: preview at {self.url}?token=<token from {tok.origin}>", file=sys.stderr, flush=True)
 
     def on_model_ready(self, names: Mapping[int, str]) -> None:
+        """Keep the new model's labels."""
         self.names = dict(names)
 
     def on_system_event(self, event: SystemEvent) -> None:
+        """Forward the system event to the camera's viewers (every viewer for worker events)."""
         for v in self.viewers.viewers(event.camera):
             v.send({"type": "system", "event": event.type, "reason": event.reason})
 
     async def stop(self) -> None:
+        """Close viewer sessions, stop the encoders and the HTTP server."""
         await self.viewers.close_all()
         for enc in self.encoders.values():
             await enc.stop()
@@ -118,6 +133,10 @@ class WebService(ServiceBase):
             self._runner = None
 
     def stats_section(self) -> tuple[str, dict]:
+        """This service's `webrtc` section of the stats document.
+
+        Viewers, sessions, rejected viewers, encoded frames and the last encode time (ms).
+        """
         enc_ms = [e.last_encode_ms for e in self.encoders.values() if e.last_encode_ms is not None]
         return "webrtc", {
             "viewers": len(self.viewers), "sessions": self.viewers.sessions,
@@ -129,6 +148,7 @@ class WebService(ServiceBase):
     # ---- results -----------------------------------------------------------------------------
 
     def on_result(self, record: ResultRecord) -> None:
+        """Update /metrics and send the frame's boxes (normalised 0..1 xyxy) to the camera's viewers and overlay."""
         result = record.result
         self.metrics.observe(record)
         viewers = self.viewers.viewers(result.camera)
@@ -157,6 +177,7 @@ class WebService(ServiceBase):
     # ---- HTTP ---------------------------------------------------------------------------------
 
     def build_app(self) -> web.Application:
+        """The aiohttp application: routes, static files, token auth and JSON errors middleware."""
         app = web.Application(client_max_size=self.hcfg.max_body_bytes, middlewares=[json_errors, self._auth])
         app.router.add_get("/", self._index)
         app.router.add_get("/health", self._health)
@@ -169,7 +190,7 @@ class WebService(ServiceBase):
         return app
 
     @web.middleware
-    async def _auth(self, request: web.Request, handler):
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         expected = self.token.token
         if expected is None or request.path.startswith(OPEN_PATHS):
             return await handler(request)
