@@ -44,7 +44,7 @@ def read_frames(source: str, n: int) -> list[np.ndarray]:
     return frames
 
 
-def _live_config(model: ModelConfig, source: str) -> VigilConfig:
+def live_config(model: ModelConfig, source: str) -> VigilConfig:
     """One camera `bench` on `source`, looped at its real rate, no JSON lines and no status line."""
     return VigilConfig.model_validate(
         {
@@ -59,7 +59,7 @@ def _live_config(model: ModelConfig, source: str) -> VigilConfig:
 def live_summary(model: ModelConfig, source: str, seconds: float) -> tuple[PipelineSummary, SampleRecorder]:
     """Run the live pipeline on `source` (looped, real time) for `seconds`; its summary and per-frame samples."""
     samples = SampleRecorder()
-    pipe = LivePipeline(_live_config(model, source), [samples], duration_s=seconds)
+    pipe = LivePipeline(live_config(model, source), [samples], duration_s=seconds)
     return asyncio.run(pipe.run()), samples
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.bench.common import BenchError, _live_config, live_summary, read_frames
+from app.bench.common import BenchError, live_config, live_summary, read_frames
 from app.bench.recorders import RssSampler, StopAfterResults
 from app.bench.report import machine_info, write_markdown
 from app.config import ModelConfig
@@ -160,7 +160,7 @@ def bench_soak(model: ModelConfig, source: str, frames: int) -> dict:
     """
     from app.pipeline.live import LivePipeline
 
-    cfg = _live_config(model, source)
+    cfg = live_config(model, source)
     rss = RssSampler(1.0)
     pipe = LivePipeline(cfg, [StopAfterResults(frames), rss])
     summary = asyncio.run(pipe.run())

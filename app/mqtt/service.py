@@ -52,7 +52,6 @@ class MqttService(ServiceBase):
         self.topics = Topics(self.mcfg.base_topic or f"vigil/{cfg.device_id}")
         self.cameras = [c.name for c in cfg.cameras]
         self.names: dict[int, str] = {}
-        self.enabled = dict.fromkeys(self.cameras, True)  # the detect switches as echoed on `detect/state`
         self.conf = cfg.model.conf
         self.rejected_commands = 0
         self.events_published = 0
@@ -207,7 +206,8 @@ class MqttService(ServiceBase):
             ):  # fmt: skip
                 self.link.publish(topic, dumps(cfg), qos=1, retain=True)
         for cam in self.cameras:
-            self.link.publish(self.topics.detect_state(cam), "ON" if self.enabled[cam] else "OFF", qos=1, retain=True)
+            on = self._pipeline.detection_enabled(cam) if self._pipeline is not None else True
+            self.link.publish(self.topics.detect_state(cam), "ON" if on else "OFF", qos=1, retain=True)
             self.link.publish(self.topics.confidence_state(cam), f"{self.conf:g}", qos=1, retain=True)
             self._publish_counts(cam, self._object_counts(cam), force=True)
 
@@ -245,7 +245,7 @@ class MqttService(ServiceBase):
         """
         parsed = self.topics.parse_command(topic)
         text = payload.decode("utf-8", "replace").strip()
-        if parsed is None or parsed[0] not in self.enabled or parsed[1] not in self._commands:
+        if parsed is None or parsed[0] not in self.cameras or parsed[1] not in self._commands:
             return self._reject(topic, text, "unknown camera or command")
         cam, kind = parsed
         return self._commands[kind](cam, topic, text)
@@ -255,7 +255,6 @@ class MqttService(ServiceBase):
         if text.upper() not in ("ON", "OFF"):
             return self._reject(topic, text, "expected ON or OFF")
         on = text.upper() == "ON"
-        self.enabled[cam] = on
         if self._pipeline is not None:
             # Switching off ends the camera's objects: their `end` events come back through `on_event`.
             self._pipeline.set_detection(cam, on)

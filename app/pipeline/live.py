@@ -289,6 +289,10 @@ class LivePipeline:
         for event in self.tracking.set_detection(camera, enabled):
             self.fanout.event(camera, event)
 
+    def detection_enabled(self, camera: str) -> bool:
+        """Whether detection is on for a camera."""
+        return camera not in self._disabled
+
     def object_counts(self, camera: str) -> Mapping[str, int]:
         """Announced tracked objects of a camera per label, plus `all`."""
         return self.tracking.counts(camera)

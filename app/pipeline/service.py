@@ -56,6 +56,10 @@ class PipelineControl(Protocol):
         """Switch detection for one camera; switching off ends its tracked objects (`end` events)."""
         ...
 
+    def detection_enabled(self, camera: str) -> bool:
+        """Whether detection is on for a camera (the one switch every control surface reads)."""
+        ...
+
     def object_counts(self, camera: str) -> Mapping[str, int]:
         """Announced tracked objects of a camera per label, plus `all`."""
         ...

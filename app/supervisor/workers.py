@@ -107,7 +107,9 @@ class WorkerSupervisor:
         return self._job is not None and not self._job.done()
 
     async def start(self) -> None:
-        """Start the first worker and make it the serving one.
+        """Start a worker (the first one, or a replacement) and make it the serving one.
+
+        While it loads it counts as a side worker, so a `stop()` meanwhile stops it too.
 
         Raises:
             WorkerStartError: It failed to load its model or was not ready within `worker.ready_timeout_s`.
@@ -115,11 +117,13 @@ class WorkerSupervisor:
         loop = asyncio.get_running_loop()
         handle = WorkerHandle(self._spec(standby=False))
         handle.start()
+        self._side_workers.add(handle)
         try:
             ready = await loop.run_in_executor(None, handle.wait_ready, self.cfg.worker.ready_timeout_s)
         except WorkerStartError:
-            await loop.run_in_executor(None, handle.stop, 1.0, "failed start")
+            await self._stop_worker(handle, 1.0, "failed start")
             raise
+        self._side_workers.discard(handle)
         self._adopt(handle, ready)
 
     def check(self) -> None:
@@ -180,7 +184,7 @@ class WorkerSupervisor:
                 await self._job
         if self.worker is not None:
             await self._stop_worker(self.worker, self.cfg.worker.stop_timeout_s, "shutdown")
-        for side in list(self._side_workers):  # a recycle cut short by the stop
+        for side in list(self._side_workers):  # a standby, a retiring or a starting worker cut short by the stop
             await self._stop_worker(side, 1.0, "shutdown during recycle")
 
     # ---- reading answers ----------------------------------------------------------------------
