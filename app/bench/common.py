@@ -7,13 +7,16 @@ modules import from here, never from each other.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from app.bench.recorders import SampleRecorder
 from app.config import ModelConfig, VigilConfig
-from app.pipeline.live import LivePipeline, PipelineSummary
+
+if TYPE_CHECKING:
+    from app.pipeline.live import PipelineSummary
 
 
 class BenchError(ValueError):
@@ -58,6 +61,8 @@ def live_config(model: ModelConfig, source: str) -> VigilConfig:
 
 def live_summary(model: ModelConfig, source: str, seconds: float) -> tuple[PipelineSummary, SampleRecorder]:
     """Run the live pipeline on `source` (looped, real time) for `seconds`; its summary and per-frame samples."""
+    from app.pipeline.live import LivePipeline  # the pipeline's imports only for the modes that run it
+
     samples = SampleRecorder()
     pipe = LivePipeline(live_config(model, source), [samples], duration_s=seconds)
     return asyncio.run(pipe.run()), samples
