@@ -33,7 +33,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -167,46 +167,36 @@ _USED = {
 }  # fmt: skip
 
 
-def _int(sec: Section, key: str, default: int | None = None) -> int:
+_T = TypeVar("_T")
+
+
+def _option(sec: Section, key: str, parse: Callable[[str], _T], what: str, default: _T | None = None) -> _T:
+    """Option `key` of `sec` read by `parse`; `default` when absent (required when `default` is None)."""
     raw = sec.options.get(key)
     if raw is None:
         if default is None:
             raise DarknetError(f"{sec.where()}: option {key!r} is required")
         return default
     try:
-        return int(raw)
+        return parse(raw)
     except ValueError:
-        raise DarknetError(f"{sec.where()}: option {key}={raw!r} is not an integer") from None
+        raise DarknetError(f"{sec.where()}: option {key}={raw!r} is not {what}") from None
+
+
+def _int(sec: Section, key: str, default: int | None = None) -> int:
+    return _option(sec, key, int, "an integer", default)
 
 
 def _float(sec: Section, key: str, default: float) -> float:
-    raw = sec.options.get(key)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise DarknetError(f"{sec.where()}: option {key}={raw!r} is not a number") from None
+    return _option(sec, key, float, "a number", default)
 
 
 def _ints(sec: Section, key: str) -> list[int]:
-    raw = sec.options.get(key)
-    if raw is None:
-        raise DarknetError(f"{sec.where()}: option {key!r} is required")
-    try:
-        return [int(v) for v in raw.split(",") if v != ""]
-    except ValueError:
-        raise DarknetError(f"{sec.where()}: option {key}={raw!r} is not a list of integers") from None
+    return _option(sec, key, lambda raw: [int(v) for v in raw.split(",") if v != ""], "a list of integers")
 
 
 def _floats(sec: Section, key: str) -> list[float]:
-    raw = sec.options.get(key)
-    if raw is None:
-        raise DarknetError(f"{sec.where()}: option {key!r} is required")
-    try:
-        return [float(v) for v in raw.split(",") if v != ""]
-    except ValueError:
-        raise DarknetError(f"{sec.where()}: option {key}={raw!r} is not a list of numbers") from None
+    return _option(sec, key, lambda raw: [float(v) for v in raw.split(",") if v != ""], "a list of numbers")
 
 
 def _unsupported(sec: Section, what: str) -> UnsupportedCfgError:

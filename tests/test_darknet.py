@@ -24,8 +24,7 @@ import onnxruntime as ort
 import pytest
 from conftest import REPO
 from numpy.lib.stride_tricks import sliding_window_view
-from support.field_media import video_frames
-from support.parity import as_records, iou, parity_problems
+from support.parity import as_records, golden_video_frames, iou, parity_problems
 
 from app.darknet import (
     DarknetError,
@@ -39,135 +38,9 @@ from app.darknet import (
 
 GOLDEN = Path(__file__).parent / "golden" / "darknet_yolov3_tiny_416.json"
 
-# YOLOv3-tiny in miniature: same layer kinds and wiring, 64x64 input, 2 classes, strides 32 and 16
-TINY_CFG = """
-[net]
-# comments and spacing as in real cfgs
-batch=1
-width=64
-height=64
-channels=3
-saturation = 1.5
-
-[convolutional]
-batch_normalize=1
-filters=4
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=6
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=6
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=1
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=21
-activation=linear
-
-[yolo]
-mask = 3,4,5
-anchors = 4,6,  8,10,  12,20,  20,22,  30,36,  50,44
-classes=2
-num=6
-jitter=.3
-ignore_thresh = .7
-truth_thresh = 1
-random=1
-
-[route]
-layers = -3
-
-[convolutional]
-batch_normalize=1
-filters=4
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[upsample]
-stride=2
-
-[route]
-layers = -1, 8
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=21
-activation=linear
-
-[yolo]
-mask = 0,1,2
-anchors = 4,6,  8,10,  12,20,  20,22,  30,36,  50,44
-classes=2
-num=6
-"""
+# YOLOv3-tiny in miniature (a cfg file as Darknet writes them): same layer kinds and wiring, 64x64 input,
+# 2 classes, strides 32 and 16
+TINY_CFG = (Path(__file__).parent / "golden" / "darknet_tiny_64.cfg").read_text()
 TINY_NAMES = ["cat", "dog"]
 MAXPOOL_S1 = 11  # the stride-1 2x2 maxpool
 
@@ -525,11 +398,7 @@ def _golden_images(sample_video: Path) -> dict[str, np.ndarray]:
     import cv2
 
     golden = json.loads(GOLDEN.read_text())
-    wanted = {c["image"] for c in golden["cases"]}
-    indices = sorted(int(w.split("#")[1]) for w in wanted if w.startswith("bikes.mp4#"))
-    images: dict[str, np.ndarray] = {
-        f"bikes.mp4#{i}": frame for i, frame in zip(indices, video_frames(sample_video, indices))
-    }
+    images = golden_video_frames(golden, sample_video)
     spec = importlib.util.find_spec("ultralytics")  # its images, without importing it (and torch)
     if spec is not None and spec.origin is not None:
         for name in ("bus.jpg", "zidane.jpg"):

@@ -43,6 +43,16 @@ def _detect(path: Path, frames: list[np.ndarray]) -> list:
         det.backend.close()
 
 
+def _assert_gate(settings: dict, results: dict, auto_7bit: bool) -> None:
+    """The TensorRT file passes the deployment gate, the CPU twin (each weight grid) the regression floor."""
+    assert settings["tensorrt"]["reduce_range"] is False and settings["cpu"]["reduce_range"] is auto_7bit
+    trt = results["tensorrt"]
+    assert trt.f1 >= 0.95 and trt.mean_confidence_shift <= 0.03, trt.as_dict()
+    for name in ("cpu", "cpu-7bit"):
+        cpu = results.get(name, results["cpu"])
+        assert cpu.f1 >= 0.90 and cpu.mean_confidence_shift <= 0.05, (name, cpu.as_dict())
+
+
 @pytest.mark.slow
 def test_default_recipe_passes_the_gate_on_the_coco_model(coco_model: Path, sample_video: Path, tmp_path: Path) -> None:
     frames = [f for _, f in evenly_spaced_frames(sample_video, 10**9)]  # every frame
@@ -73,12 +83,7 @@ def test_default_recipe_passes_the_gate_on_the_coco_model(coco_model: Path, samp
         print(target, "int8 modules", s["int8_modules"], "of the conv FLOPs", s["int8_conv_flops_share"], s["tried"])
         assert s["int8_modules"], f"{target}: the search should quantize some module: {s}"
         assert s["tried"] and set(s["int8_modules"]).isdisjoint(s["float_modules"])
-    assert settings["tensorrt"]["reduce_range"] is False and settings["cpu"]["reduce_range"] is auto_7bit
-    trt = results["tensorrt"]
-    assert trt.f1 >= 0.95 and trt.mean_confidence_shift <= 0.03, trt.as_dict()
-    for name in ("cpu", "cpu-7bit"):
-        cpu = results.get(name, results["cpu"])
-        assert cpu.f1 >= 0.90 and cpu.mean_confidence_shift <= 0.05, (name, cpu.as_dict())
+    _assert_gate(settings, results, auto_7bit)
     # the head's decode quantized too (xywh in pixels and scores in one tensor): every confidence collapses
     quantize(coco_model, tmp_path / "all.onnx", [], target="cpu", method="percentile", exclude="none",
              ranges_cache=ranges)  # fmt: skip
@@ -104,9 +109,4 @@ def test_yolov8_recipe_passes_the_gate_on_the_fall_model(fall_model: Path, sampl
         results[name] = agreement(rd, qd)
         print(name, f"{settings[name]['weight_bits']}-bit weights", results[name].as_dict(),
               "mAP50 vs FP32", round(map50(rd, qd), 4))  # fmt: skip
-    assert settings["tensorrt"]["reduce_range"] is False and settings["cpu"]["reduce_range"] is auto_7bit
-    trt = results["tensorrt"]
-    assert trt.f1 >= 0.95 and trt.mean_confidence_shift <= 0.03, trt.as_dict()
-    for name in ("cpu", "cpu-7bit"):
-        cpu = results.get(name, results["cpu"])
-        assert cpu.f1 >= 0.90 and cpu.mean_confidence_shift <= 0.05, (name, cpu.as_dict())
+    _assert_gate(settings, results, auto_7bit)

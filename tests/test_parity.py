@@ -8,8 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from support.field_media import video_frames
-from support.parity import as_records, parity_problems
+from support.parity import as_records, golden_video_frames, parity_problems
 
 from app.config import ModelConfig
 from app.inference.detector import Detector
@@ -19,12 +18,7 @@ GOLDEN = Path(__file__).parent / "golden" / "default_model_ultralytics.json"
 
 def _images(sample_video: Path) -> dict[str, np.ndarray]:
     """The golden file's images that exist here: video frames always, Ultralytics' assets when installed."""
-    golden = json.loads(GOLDEN.read_text())
-    wanted = {c["image"] for c in golden["cases"]}
-    indices = sorted(int(w.split("#")[1]) for w in wanted if w.startswith("bikes.mp4#"))
-    images: dict[str, np.ndarray] = {
-        f"bikes.mp4#{i}": frame for i, frame in zip(indices, video_frames(sample_video, indices))
-    }
+    images = golden_video_frames(json.loads(GOLDEN.read_text()), sample_video)
     try:
         from ultralytics.utils import ASSETS
 

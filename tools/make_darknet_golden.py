@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from app.assets import fetch, sha256_file  # noqa: E402
 from app.darknet import parse_cfg, parse_names, probe_input  # noqa: E402
+from app.engine.calibrate import frames_at  # noqa: E402
 from app.inference.decode import DecodeParams, OutputLayout, YoloDecoder  # noqa: E402
 from app.letterbox import Preprocessor  # noqa: E402
 
@@ -91,17 +92,10 @@ def _sig(v: np.ndarray) -> np.ndarray:
 
 
 def _images(video: Path) -> dict[str, dict]:
-    images: dict[str, dict] = {}
-    cap = cv2.VideoCapture(str(video))
-    idx = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if idx in VIDEO_FRAMES:
-            images[f"bikes.mp4#{idx}"] = {"img": frame, "file_sha256": sha256_file(video)}
-        idx += 1
-    cap.release()
+    images: dict[str, dict] = {
+        f"bikes.mp4#{idx}": {"img": frame, "file_sha256": sha256_file(video)}
+        for idx, frame in frames_at(video, VIDEO_FRAMES)
+    }
     missing = [f for f in VIDEO_FRAMES if f"bikes.mp4#{f}" not in images]
     if missing:
         raise SystemExit(f"{video} has no frame(s) {missing}")

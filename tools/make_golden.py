@@ -32,17 +32,12 @@ def main() -> int:
     from ultralytics import YOLO
     from ultralytics.utils import ASSETS
 
+    from app.engine.calibrate import frames_at
+
     model = YOLO(args.model, task="detect")
     images: dict[str, object] = {name: cv2.imread(str(ASSETS / name)) for name in ("bus.jpg", "zidane.jpg")}
-    cap = cv2.VideoCapture(args.video)
-    idx = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if idx in VIDEO_FRAMES:
-            images[f"bikes.mp4#{idx}"] = frame
-        idx += 1
+    for idx, frame in frames_at(args.video, VIDEO_FRAMES):
+        images[f"bikes.mp4#{idx}"] = frame
     cases = []
     for key, img in images.items():
         r = model.predict(img, conf=0.25, iou=0.7, imgsz=640, verbose=False)[0]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from app.config import ModelConfig
@@ -59,7 +58,13 @@ def bench_int8(model: ModelConfig, source: str, calib: int = 125, rounds: int = 
         gate (GATE_F1, GATE_SHIFT) passes, and fps (frames per second, median of rounds) relative to FP32.
     """
     from app.engine.agreement import agreement, map50
-    from app.engine.calibrate import calibrate_ranges, evenly_spaced_frames, quantize, search_float_modules
+    from app.engine.calibrate import (
+        calibrate_ranges,
+        evenly_spaced_frames,
+        interleaved_fps,
+        quantize,
+        search_float_modules,
+    )
     from app.inference.detector import Detector
 
     model = model.model_copy(update={"backend": "onnxruntime", "classes": None})
@@ -115,14 +120,7 @@ def bench_int8(model: ModelConfig, source: str, calib: int = 125, rounds: int = 
                 "gate_passed_on": [s for s, v in per_split.items() if v["f1"] >= GATE_F1 and v["shift"] <= GATE_SHIFT],
             }
         # speed: backend only, the same prepared tensors, interleaved rounds
-        tensors = [ref.preprocess(f)[0] for f in frames[:20]]
-        fps: dict[str, list[float]] = {k: [] for k in detectors}
-        for _ in range(rounds):
-            for k, det in detectors.items():
-                t0 = time.perf_counter()
-                for t in tensors:
-                    det.backend.infer(t)
-                fps[k].append(len(tensors) / (time.perf_counter() - t0))
+        fps = interleaved_fps(detectors, [ref.preprocess(f)[0] for f in frames[:20]], rounds)
     base = statistics.median(fps["fp32"])
     out["fp32_fps"] = round(base, 2)
     out["rounds"] = rounds

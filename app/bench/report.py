@@ -162,18 +162,22 @@ def render(results: dict) -> str:
             f"{cost['processed_fps_dead']} (on/off **{cost['on_vs_off']}x**, dead/off **{cost['dead_vs_off']}x**; "
             f"rounds off {cost['fps_rounds_off']}, on {cost['fps_rounds_on']}, dead {cost['fps_rounds_dead']}).",
         ]
-    lines += [
+    return "\n".join([*lines, *_raw_json_footer(results, END)])
+
+
+def _raw_json_footer(raw: dict, end: str) -> list[str]:
+    """The closing lines of a generated block: `raw` as JSON in a collapsed section, then the `end` marker."""
+    return [
         "",
         "<details><summary>raw JSON</summary>",
         "",
         "```json",
-        json.dumps(results, indent=1),
+        json.dumps(raw, indent=1),
         "```",
         "",
         "</details>",
-        END,
+        end,
     ]
-    return "\n".join(lines)
 
 
 def _pct(v: float | None) -> str:
@@ -309,19 +313,7 @@ def render_realtime(results: dict) -> str:
                 f"| {_pct(row['main_cpu_pct'])} | {_pct(row['worker_cpu_pct'])} | {_ms(row['frame_age_ms_p99'])} ms "
                 f"| {_pct(row.get('other_cpu_pct'))} |"
             )
-    raw = {"machine": m, "realtime": rt}
-    lines += [
-        "",
-        "<details><summary>raw JSON</summary>",
-        "",
-        "```json",
-        json.dumps(raw, indent=1),
-        "```",
-        "",
-        "</details>",
-        REALTIME_END,
-    ]
-    return "\n".join(lines)
+    return "\n".join([*lines, *_raw_json_footer({"machine": m, "realtime": rt}, REALTIME_END)])
 
 
 def _replace_block(text: str, begin: str, end: str, block: str) -> str:

@@ -24,7 +24,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
@@ -38,6 +38,8 @@ from app.letterbox import Preprocessor
 
 if TYPE_CHECKING:
     import onnx
+
+    from app.inference.detector import Detector
 
 EXCLUDE_POLICIES = ("head", "head-post", "none")
 # Who runs the Q/DQ file. TensorRT takes only signed, symmetric INT8 (zero point 0) and float biases:
@@ -143,6 +145,26 @@ def evenly_spaced_frames(video: str | Path, n: int, progress: Progress | None = 
     want = set(np.linspace(0, total - 1, num=min(n, total)).round().astype(int).tolist())
     if progress is not None:
         progress.total = len(want)
+    try:
+        return _read_frames(cap, want, progress)
+    finally:
+        cap.release()
+
+
+def frames_at(video: str | Path, indices: Collection[int]) -> list[tuple[int, np.ndarray]]:
+    """Read the frames of `video` at `indices`, stopping after the last one.
+
+    Returns:
+        ``(frame index, (H, W, 3) uint8 BGR frame)`` pairs in file order, for the indices the file has.
+    """
+    cap = cv2.VideoCapture(str(video))
+    try:
+        return _read_frames(cap, set(indices), None)
+    finally:
+        cap.release()
+
+
+def _read_frames(cap: cv2.VideoCapture, want: set[int], progress: Progress | None) -> list[tuple[int, np.ndarray]]:
     out: list[tuple[int, np.ndarray]] = []
     i = 0
     while len(out) < len(want):
@@ -154,7 +176,6 @@ def evenly_spaced_frames(video: str | Path, n: int, progress: Progress | None = 
             if progress is not None:
                 progress.step()
         i += 1
-    cap.release()
     return out
 
 
@@ -807,6 +828,29 @@ def search_float_modules(onnx_in: str | Path, frames: list[np.ndarray], *, range
             "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
 
 
+def interleaved_fps(
+    detectors: Mapping[str, Detector], tensors: Sequence[np.ndarray], rounds: int
+) -> dict[str, list[float]]:
+    """Time each detector's bare backend on the same prepared tensors, in interleaved rounds.
+
+    Args:
+        detectors: Name -> detector; only its backend runs (``backend.infer``), on the tensors as given.
+        tensors: Preprocessed input tensors, the same for every detector.
+        rounds: Rounds; in each, every detector in turn runs every tensor once.
+
+    Returns:
+        Name -> frames per second of each round, in round order.
+    """
+    fps: dict[str, list[float]] = {k: [] for k in detectors}
+    for _ in range(rounds):
+        for k, d in detectors.items():
+            t = time.perf_counter()
+            for x in tensors:
+                d.backend.infer(x)
+            fps[k].append(len(tensors) / (time.perf_counter() - t))
+    return fps
+
+
 def speedup_vs_fp32(fp32: str | Path, int8: str | Path, frames: list[np.ndarray], *, rounds: int = 3,
                     imgsz: int | None = None) -> dict:  # fmt: skip
     """Measure the backend-only speed of `int8` against `fp32` on ONNX Runtime.
@@ -826,13 +870,7 @@ def speedup_vs_fp32(fp32: str | Path, int8: str | Path, frames: list[np.ndarray]
             for k, p in (("fp32", fp32), ("int8", int8))}  # fmt: skip
     try:
         tensors = [dets["fp32"].preprocess(f)[0] for f in frames]
-        fps: dict[str, list[float]] = {k: [] for k in dets}
-        for _ in range(rounds):
-            for k, d in dets.items():
-                t = time.perf_counter()
-                for x in tensors:
-                    d.backend.infer(x)
-                fps[k].append(len(tensors) / (time.perf_counter() - t))
+        fps = interleaved_fps(dets, tensors, rounds)
     finally:
         for d in dets.values():
             d.backend.close()

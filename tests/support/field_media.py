@@ -13,20 +13,13 @@ import av
 import cv2
 import numpy as np
 
+from app.engine.calibrate import frames_at
+
 
 def video_frames(video: Path, indices: Sequence[int]) -> list[np.ndarray]:
-    """BGR frames of a real video at these indices (in order)."""
-    cap = cv2.VideoCapture(str(video))
-    want, out, i = set(indices), {}, 0
-    while len(out) < len(want):
-        ok, image = cap.read()
-        if not ok:
-            break
-        if i in want:
-            out[i] = image
-        i += 1
-    cap.release()
-    return [out[i] for i in indices]
+    """BGR frames of a real video at these indices (in the order asked)."""
+    found = dict(frames_at(video, indices))
+    return [found[i] for i in indices]
 
 
 # ---- EXIF orientation ------------------------------------------------------------------------------

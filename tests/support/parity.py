@@ -6,7 +6,11 @@ no extra box; a box within `edge` of the confidence threshold may be missing or 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from support.field_media import video_frames
 
 
 def iou(a: list[float], b: list[float]) -> float:
@@ -55,3 +59,10 @@ def as_records(det) -> list[dict]:
         {"class_id": int(c), "confidence": float(s), "box": [float(v) for v in b]}
         for b, s, c in zip(np.asarray(det.xyxy).tolist(), det.confidence.tolist(), det.class_id.tolist())
     ]
+
+
+def golden_video_frames(golden: dict, video: Path) -> dict[str, np.ndarray]:
+    """The sample video frames a golden file's cases name (`bikes.mp4#<index>`), keyed by that name."""
+    wanted = {c["image"] for c in golden["cases"]}
+    indices = sorted(int(w.split("#")[1]) for w in wanted if w.startswith("bikes.mp4#"))
+    return {f"bikes.mp4#{i}": frame for i, frame in zip(indices, video_frames(video, indices))}
