@@ -12,7 +12,7 @@ from conftest import wait_until
 from support.broker import Broker, Subscriber, make_tls
 
 from app.config import MqttConfig
-from app.mqtt.link import MqttConfigError, MqttLink
+from app.mqtt.link import INFLIGHT_WINDOW, MqttConfigError, MqttLink
 
 
 def cfg(b: Broker, **kw) -> MqttConfig:
@@ -103,9 +103,15 @@ def test_events_during_repeated_outages_are_all_delivered_in_order(tmp_path: Pat
         assert first_seen == sorted(first_seen), "events arrive in order"
         # Only messages the broker had acknowledged but not yet forwarded when it was SIGKILLed may be
         # lost (at most the in-flight window); everything produced while it was away arrives.
-        assert n - len(first_seen) <= 20, (n, len(first_seen))
+        assert n - len(first_seen) <= INFLIGHT_WINDOW, (n, len(first_seen))
         assert len(outage_events) > 500
-        assert len(got) - len(first_seen) <= 2 * 20, "duplicates only from QoS 1 redelivery of the window"
+        # Copies come from two places. The broker restoring the subscriber's persistent session re-sends
+        # what it had in flight or queued to it, with the DUP flag: mosquitto's persistence, not the link (up to
+        # 81 such copies over these two outages here under stress-ng). A copy without the flag reached the
+        # broker twice, which only the link re-sending its unacknowledged window after a reconnect can cause.
+        fresh = [json.loads(m.payload)["n"] for m in sub.on("vigil/o/events") if not m.dup]
+        link_copies = len(fresh) - len(set(fresh))
+        assert link_copies <= 2 * INFLIGHT_WINDOW, ("duplicates from the link beyond its window", link_copies)
         assert link.stats.connects >= 3 and link.stats.dropped_queue_full == 0
     finally:
         link.stop()
