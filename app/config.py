@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +292,58 @@ class DebugConfig(_Strict):
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
 
 
+class ApiConfig(_Strict):
+    """The `api` section: detection on request (`/api/detect`, DeepStack's endpoint) and the WebSocket stream."""
+
+    queue_size: int = Field(8, ge=1, le=1024, description="detection requests waiting at most; more get 503")
+    default_timeout_ms: int = Field(2000, ge=1, le=600_000, description="deadline of a request without timeout_ms")
+    max_timeout_ms: int = Field(30_000, ge=1, le=600_000, description="timeout_ms above this is a 400")
+    max_share: float = Field(
+        0.5, gt=0, le=1, description="requests go before camera frames up to this share of detector time"
+    )
+    max_pixels: int = Field(50_000_000, ge=1, description="images over this many pixels get 413 (read from the header)")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="image bodies above this get 413")
+    max_ws_clients: int = Field(16, ge=0, description="WebSocket stream clients at once; more get 503")
+    ws_queue: int = Field(256, ge=1, description="messages queued per WebSocket client; the oldest go first")
+    ws_heartbeat_s: float = Field(20.0, gt=0, description="WebSocket ping period; a client silent 2 periods is closed")
+
+
+WebhookEventType = Literal["new", "update", "end", "alert"]
+
+
+def _default_webhook_events() -> list[WebhookEventType]:
+    return ["new", "end", "alert"]
+
+
+class WebhookConfig(_Strict):
+    """One `webhooks[]` entry: where matching object events are POSTed as JSON, and how delivery behaves."""
+
+    url: str = Field(..., description="http:// or https:// receiver (credentials in it are redacted in logs)")
+    events: list[WebhookEventType] = Field(
+        default_factory=_default_webhook_events, min_length=1, description="object event types sent"
+    )
+    labels: list[str] | None = Field(None, description="only objects of these labels; None = all")
+    cameras: list[str] | None = Field(None, description="only events of these cameras; None = all")
+    timeout_s: float = Field(5.0, gt=0, le=120, description="per delivery attempt")
+    secret_file: str | None = Field(None, description="HMAC-SHA256 key for X-Vigil-Signature (never logged)")
+    queue_size: int = Field(1000, ge=1, description="events waiting per webhook; the oldest are dropped when full")
+    retry_initial_s: float = Field(0.5, gt=0, description="first retry delay, doubling per attempt")
+    retry_max_s: float = Field(30.0, gt=0, description="cap of the retry delay")
+    max_attempts: int = Field(5, ge=1, description="attempts per event before it is dropped (and counted)")
+    failures_to_open: int = Field(5, ge=1, description="consecutive failures that open the circuit breaker")
+    open_s: float = Field(30.0, gt=0, description="an open breaker lets one probe through after this long")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{redact_url(v)!r} is not an http:// or https:// URL")
+        return v
+
+
 class VigilConfig(_Strict):
     """The whole config file (`configs/*.yaml`); every section has defaults, unknown keys are errors."""
 
@@ -304,6 +356,8 @@ class VigilConfig(_Strict):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
 
@@ -341,6 +395,10 @@ class VigilConfig(_Strict):
             if cam.name in seen:
                 raise ValueError(f"camera name {cam.name!r} is used twice")
             seen.add(cam.name)
+        for i, hook in enumerate(self.webhooks):
+            unknown = sorted(set(hook.cameras or ()) - seen)
+            if unknown:
+                raise ValueError(f"webhooks.{i}.cameras: {', '.join(unknown)} is not a configured camera")
         return self
 
 

@@ -20,14 +20,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.boxes import normalized_xyxy_list
 from app.clock import iso_utc
 from app.config import VigilConfig
 from app.draw import draw_detections
-from app.envelope import envelope
 from app.mqtt.discovery import discovery_messages
 from app.mqtt.link import MqttLink
 from app.mqtt.topics import Topics, dumps
+from app.pipeline.payloads import detections_payload, event_payload, system_payload
 from app.pipeline.records import ResultRecord, SystemEvent
 from app.pipeline.service import PipelineControl, ServiceBase
 from app.tracking.objects import ObjectEvent
@@ -100,8 +99,7 @@ class MqttService(ServiceBase):
         """Restarts, recycles, capture restarts: on `<base>/<camera>/system` (every camera for worker events)."""
         cameras = [event.camera] if event.camera else self.cameras
         for cam in cameras:
-            payload = envelope(self.device_id, cam, type=event.type, reason=event.reason, at=iso_utc(event.at))
-            self.link.publish(self.topics.system(cam), dumps(payload), qos=1)
+            self.link.publish(self.topics.system(cam), dumps(system_payload(self.device_id, cam, event)), qos=1)
 
     # ---- records and events -> messages -------------------------------------------------------
 
@@ -111,17 +109,8 @@ class MqttService(ServiceBase):
         It carries the capture time and latency of the frame that caused it (None and {} when none did:
         detection switched off).
         """
-        fields: dict = {
-            "type": event.type, "object": event.obj,
-            "captured_at": iso_utc(record.result.frame.captured_wall) if record is not None else None,
-            "latency_ms": record.latency_ms() if record is not None else {},
-        }  # fmt: skip
-        if event.reason:
-            fields["reason"] = event.reason
-        if event.rule is not None:
-            fields["alert"] = event.rule.model_dump()
-        self.link.publish(self.topics.events(camera), dumps(envelope(self.device_id, camera, **fields)),
-                          qos=self.mcfg.qos_events)  # fmt: skip
+        payload = event_payload(self.device_id, camera, event, record)
+        self.link.publish(self.topics.events(camera), dumps(payload), qos=self.mcfg.qos_events)
         self.events_published += 1
 
     def on_result(self, record: ResultRecord) -> None:
@@ -145,15 +134,7 @@ class MqttService(ServiceBase):
         if mono - self._last_detections[cam] < 1.0 / self.mcfg.detections_max_rate_hz:
             return
         self._last_detections[cam] = mono
-        frame = record.result.frame
-        w, h = frame.width, frame.height
-        detections = record.detections_list()  # a fresh list: adding keys leaves the shared record as it is
-        for d, box_normalized in zip(detections, normalized_xyxy_list([d["box"] for d in detections], w, h)):
-            d["box_normalized"] = box_normalized
-        payload = envelope(
-            self.device_id, cam, seq=frame.seq, frame=frame.index, captured_at=iso_utc(frame.captured_wall),
-            width=w, height=h, detections=detections, latency_ms=record.latency_ms(),
-        )  # fmt: skip
+        payload = detections_payload(self.device_id, record)
         self.link.publish(self.topics.detections(cam), dumps(payload), qos=0)
 
     def _publish_counts(self, cam: str, counts: Mapping[str, int], force: bool = False) -> None:
