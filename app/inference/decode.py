@@ -369,12 +369,15 @@ class YoloDecoder:
         # float32) leave scores and classes looking alike, and the first frame raises.
         self.roles = roles
 
-    def __call__(self, outputs: Sequence[np.ndarray], geometry: LetterboxGeometry) -> Detections:
+    def __call__(
+        self, outputs: Sequence[np.ndarray], geometry: LetterboxGeometry, params: DecodeParams | None = None
+    ) -> Detections:
         """Decode one image.
 
         Args:
             outputs: Every model output, in model order, each with batch dimension 1.
             geometry: The letterbox the frame was preprocessed with.
+            params: Thresholds and filters for this image only (a detection request's own); None: ``self.params``.
 
         Returns:
             Detections in source-frame pixels (xyxy ``(N, 4)`` float32, clipped to the frame).
@@ -386,17 +389,16 @@ class YoloDecoder:
         if isinstance(outputs, np.ndarray):
             # The old interface took outputs[0]; indexing an array here would silently decode the wrong axis
             raise TypeError("YoloDecoder takes the list of all model outputs, not one array")
+        p = self.params if params is None else params
         if self.layout is OutputLayout.DENSE:
-            det = decode_dense(outputs[0][0], self.num_classes, self.params)
+            det = decode_dense(outputs[0][0], self.num_classes, p)
         elif self.layout is OutputLayout.YOLOV5:
-            det = decode_yolov5(outputs[0][0], self.num_classes, self.params)
+            det = decode_yolov5(outputs[0][0], self.num_classes, p)
         elif self.layout is OutputLayout.END2END:
-            det = decode_end2end(outputs[0][0], self.params)
+            det = decode_end2end(outputs[0][0], p)
         else:
             r = self._nms_roles(outputs)
-            det = decode_efficient_nms(
-                outputs[r.count], outputs[r.boxes], outputs[r.scores], outputs[r.classes], self.params
-            )
+            det = decode_efficient_nms(outputs[r.count], outputs[r.boxes], outputs[r.scores], outputs[r.classes], p)
         if len(det):
             geometry.boxes_to_source(det.xyxy)
         return det

@@ -191,12 +191,15 @@ class Detector:
         outputs = self.backend.infer_frame(tensor) if isinstance(tensor, StagedFrame) else self.backend.infer(tensor)
         return outputs, _ms_since(t0)
 
-    def decode(self, outputs: list[np.ndarray], geometry: LetterboxGeometry) -> tuple[Detections, float]:
+    def decode(
+        self, outputs: list[np.ndarray], geometry: LetterboxGeometry, params: DecodeParams | None = None
+    ) -> tuple[Detections, float]:
         """Turn raw outputs into detections in source-frame pixels.
 
         Args:
             outputs: What ``infer`` returned.
             geometry: What ``prepare`` returned for the same frame.
+            params: Thresholds and filters for this frame only; None: those in force (``self.params``).
 
         Returns:
             ``(detections, ms)``: xyxy ``(N, 4)`` float32 pixels of the original frame (clipped), confidence
@@ -206,7 +209,7 @@ class Detector:
             ModelShapeError: The outputs do not fit the model's head layout (EfficientNMS roles).
         """
         t0 = time.perf_counter()
-        det = self.decoder(outputs, geometry)
+        det = self.decoder(outputs, geometry, params)
         return det, _ms_since(t0)
 
     def detect(self, image: np.ndarray) -> tuple[Detections, StageTimings]:

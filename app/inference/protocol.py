@@ -1,13 +1,17 @@
 """The worker pipe protocol between the supervisor (parent) and each inference worker.
 
-What a worker reports (ready, failed, a failed frame, a backend change) and what the parent tells it (start
-serving, stop, thresholds, detection per camera). One pipe per worker, never a shared queue (see
-`app.inference.worker`); results themselves are `app.types.FrameResult`.
+What a worker reports (ready, failed, a failed frame, a backend change, a detection request's answer) and
+what the parent tells it (start serving, stop, thresholds, detection per camera, detection requests). One
+pipe per worker, never a shared queue (see `app.inference.worker`); results are `app.types.FrameResult`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from app.inference.shared_image import SharedImageSpec
+from app.types import Detections, StageTimings
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +106,84 @@ class SetThresholds:
 
     conf: float | None = None
     iou: float | None = None
+
+
+# ---- detection requests (`/api/detect`): parent to worker and back ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DetectOptions:
+    """A request's own decode settings; None keeps the model's (`model.conf`, `model.iou`, ...).
+
+    Attributes:
+        conf: Keep scores strictly above this, 0..1.
+        iou: NMS IoU threshold, 0..1.
+        classes: Keep only these class ids (already resolved from labels by the parent).
+        max_det: At most this many detections.
+    """
+
+    conf: float | None = None
+    iou: float | None = None
+    classes: tuple[int, ...] | None = None
+    max_det: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DetectRequest:
+    """Parent to worker: detect on one uploaded image, ahead of camera frames within `api.max_share`.
+
+    The pixels travel in their own shared-memory segment (`app.inference.shared_image`), not through the
+    pipe: a 6 MB image written into a 64 KiB pipe would block the parent's event loop until the worker,
+    busy with a frame, reads it.
+
+    Attributes:
+        request_id: The parent's id; the answer carries it.
+        image: Where the HxWx3 uint8 BGR pixels are.
+        options: The request's decode settings.
+        deadline_mono_ns: `time.monotonic_ns()` after which it must not be run (CLOCK_MONOTONIC is one
+            clock for every process of the machine).
+    """
+
+    request_id: int
+    image: SharedImageSpec
+    options: DetectOptions
+    deadline_mono_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelDetect:
+    """Parent to worker: the request's client left or its deadline passed; drop it if not yet started."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DetectAnswer:
+    """Worker to parent: a request's detections (pixels of the uploaded image) and stage times.
+
+    Attributes:
+        request_id: As in the DetectRequest.
+        worker_id: The worker that ran it.
+        detections: xyxy pixels, confidences, class ids.
+        timings: Preprocess, inference and postprocess, ms.
+        picked_mono_ns: When the worker took it (`time.monotonic_ns()`).
+    """
+
+    request_id: int
+    worker_id: int
+    detections: Detections
+    timings: StageTimings
+    picked_mono_ns: int
+
+
+DetectNotRunReason = Literal["expired", "cancelled", "gone", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class DetectNotRun:
+    """Worker to parent: a request was not run (past its deadline, cancelled, image gone) or failed."""
+
+    request_id: int
+    worker_id: int
+    reason: DetectNotRunReason
+    error: str = ""

@@ -18,13 +18,17 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from app.config import FaultsConfig, ModelConfig
 from app.inference.protocol import (
     BackendChanged,
+    CancelDetect,
+    DetectAnswer,
+    DetectNotRun,
+    DetectRequest,
     SetDetection,
     SetThresholds,
     StopWorker,
@@ -32,6 +36,8 @@ from app.inference.protocol import (
     WorkerFrameError,
     WorkerReady,
 )
+from app.inference.scheduling import DetectorShare
+from app.inference.shared_image import SharedImageGone, mapped_image
 from app.ring import FrameRing, FrameView, RingSpec
 from app.types import FrameResult, StageTimings
 
@@ -62,6 +68,8 @@ class WorkerSpec:
         faults: Fault injection for tests and drills.
         standby: After warm-up, wait for StartServing before taking frames (blue-green replacement).
         env: Environment variables set in the worker before the backend loads.
+        request_max_share: Share of detector time detection requests may take while camera frames wait
+            (`api.max_share`).
     """
 
     worker_id: int
@@ -73,6 +81,7 @@ class WorkerSpec:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     standby: bool = False  # after warm-up, wait for StartServing (blue-green replacement)
     env: dict[str, str] = field(default_factory=dict)
+    request_max_share: float = 0.5
 
 
 def worker_main(spec: WorkerSpec, conn: Connection, heartbeat: ctypes.c_double | None = None) -> None:
@@ -136,8 +145,9 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat:
 class _ServingLoop:
     """What a serving worker keeps between frames.
 
-    Where each ring was read up to, the round-robin position, the cameras switched off, the run of consecutive errors
-    and the backend state last reported.
+    Where each ring was read up to, the round-robin position, the cameras switched off, the run of consecutive errors,
+    the backend state last reported, and the detection requests waiting (in arrival order) with the share of
+    detector time they have had.
     """
 
     def __init__(
@@ -160,19 +170,32 @@ class _ServingLoop:
         self.next_ring = 0
         self.errors = 0
         self.backend_state = detector.backend_state()
+        self.requests: dict[int, DetectRequest] = {}  # insertion order = arrival order
+        self.share = DetectorShare(spec.request_max_share)
 
     def run(self, stop: threading.Event) -> None:
-        """Serve until `stop` is set or the parent sends StopWorker; control messages go before frames."""
+        """Serve until `stop` is set or the parent sends StopWorker.
+
+        Control messages go before any work; then a detection request or a camera frame, as `DetectorShare` decides.
+        """
         while not stop.is_set():
             if self.conn.poll():
                 if not self._apply_control(self.conn.recv()):
                     return
                 continue
+            self._drop_expired()
             picked = self._pick_frame()
-            if picked is None:
+            kind = self.share.next_kind(bool(self.requests), picked is not None, time.monotonic())
+            t0 = time.monotonic()
+            if kind == "request":
+                self._serve_request(self.requests.pop(next(iter(self.requests))))
+            elif picked is not None:
+                self._infer_one(*picked)
+            else:
                 time.sleep(self.spec.idle_sleep_s)
                 continue
-            self._infer_one(*picked)
+            now = time.monotonic()
+            self.share.record(kind or "frame", now - t0, now)
 
     def _apply_control(self, msg: object) -> bool:
         """Apply one message from the parent; False when it asks the worker to stop."""
@@ -183,7 +206,49 @@ class _ServingLoop:
             self.detector.set_thresholds(msg.conf, msg.iou)
         elif isinstance(msg, SetDetection):
             (self.disabled.discard if msg.enabled else self.disabled.add)(msg.camera)
+        elif isinstance(msg, DetectRequest):
+            self.requests[msg.request_id] = msg
+        elif isinstance(msg, CancelDetect) and self.requests.pop(msg.request_id, None) is not None:
+            self.conn.send(DetectNotRun(msg.request_id, self.spec.worker_id, "cancelled"))
         return True
+
+    def _drop_expired(self) -> None:
+        """Answer `expired` for every waiting request whose deadline has passed: those are never run."""
+        if not self.requests:
+            return
+        now_ns = time.monotonic_ns()
+        for rid in [rid for rid, r in self.requests.items() if r.deadline_mono_ns <= now_ns]:
+            del self.requests[rid]
+            self.conn.send(DetectNotRun(rid, self.spec.worker_id, "expired"))
+
+    def _serve_request(self, req: DetectRequest) -> None:
+        """Detect on a request's image with its own decode options; answer DetectAnswer or DetectNotRun."""
+        picked_ns = time.monotonic_ns()
+        detector, wid = self.detector, self.spec.worker_id
+        opts = req.options
+        p = detector.params
+        params = replace(
+            p,
+            conf=p.conf if opts.conf is None else opts.conf,
+            iou=p.iou if opts.iou is None else opts.iou,
+            classes=p.classes if opts.classes is None else opts.classes,
+            max_det=p.max_det if opts.max_det is None else opts.max_det,
+        )
+        try:
+            with mapped_image(req.image) as image:
+                tensor, geometry, pre_ms = detector.prepare(image)
+            outputs, inf_ms = detector.infer(tensor)
+            det, post_ms = detector.decode(outputs, geometry, params)
+        except SharedImageGone:
+            self.conn.send(DetectNotRun(req.request_id, wid, "gone"))
+            return
+        except Exception as exc:
+            # Not counted towards MAX_CONSECUTIVE_ERRORS: camera frames judge the backend's health.
+            self.conn.send(DetectNotRun(req.request_id, wid, "error", f"{type(exc).__name__}: {exc}"))
+            return
+        if self.heartbeat is not None:
+            self.heartbeat.value = time.monotonic()
+        self.conn.send(DetectAnswer(req.request_id, wid, det, StageTimings(pre_ms, inf_ms, post_ms), picked_ns))
 
     def _pick_frame(self) -> tuple[str, FrameView] | None:
         """The newest unseen frame of the next camera that has one, or None when no ring has a new frame."""

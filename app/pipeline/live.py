@@ -21,13 +21,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from app.capture.loop import CaptureLoop
 from app.config import VigilConfig
-from app.inference.protocol import SetDetection, SetThresholds, WorkerFrameError, WorkerReady
+from app.inference.protocol import (
+    DetectAnswer,
+    DetectNotRun,
+    DetectOptions,
+    SetDetection,
+    SetThresholds,
+    WorkerFrameError,
+    WorkerReady,
+)
 from app.inference.worker import WorkerSpec, WorkerStartError
 from app.pipeline.errors import PipelineError
 from app.pipeline.fanout import ResultFanout
 from app.pipeline.records import SystemEvent, SystemEventType
+from app.pipeline.requests import DetectionRequests, DetectOutcome
 from app.pipeline.service import Service
 from app.pipeline.stats import CameraStats, stats_document, status_lines
 from app.ring import FrameRing
@@ -76,6 +87,7 @@ class LivePipeline:
         self.tracking = TrackingStage(cfg)
         self.fanout = ResultFanout(self.services, [self.tracking])
         self.supervisor = WorkerSupervisor(cfg, self._worker_spec, self, self._frames_waiting)
+        self.requests = DetectionRequests(cfg.api, self.supervisor.send, self._serving_worker_id)
         self.capture_watchdog = CaptureWatchdog(cfg.watchdog.capture_timeout_s, self._on_capture_restart)
         self.notifier = SystemdNotifier()
         self.system_events = 0
@@ -159,7 +171,12 @@ class LivePipeline:
             disabled_cameras=tuple(sorted(self._disabled)),
             faults=faults,
             standby=standby,
+            request_max_share=self.cfg.api.max_share,
         )
+
+    def _serving_worker_id(self) -> int | None:
+        info = self.supervisor.info
+        return info.worker_id if info is not None and self.supervisor.worker is not None else None
 
     async def _supervise(self) -> None:
         """The periodic checks, once per tick.
@@ -191,6 +208,7 @@ class LivePipeline:
         return f" | model {Path(self.cfg.model.path).stem} {w}x{h} {info.backend.name}"
 
     async def _shutdown(self) -> None:
+        self.requests.close()
         for cap in self.captures.values():
             cap.stop()
         await self.supervisor.stop()
@@ -218,6 +236,7 @@ class LivePipeline:
         self._results += 1
         if self._results == 1:
             self.notifier.ready(f"first result after {time.monotonic() - self._started:.1f} s")
+        self.requests.record_busy("cameras", result.timings.total_ms)
         stats = self.stats[result.camera]
         if result.frame.seq <= stats.last_seq:
             return  # a stale answer (e.g. from a worker being replaced): the newer one is already out
@@ -229,9 +248,15 @@ class LivePipeline:
         self.stats[error.camera].errors += 1
         log.warning("worker %d: frame %d of %s failed: %s", error.worker_id, error.seq, error.camera, error.error)
 
+    def on_worker_detect(self, answer: DetectAnswer | DetectNotRun) -> None:
+        """A worker's answer to a detection request, to the request queue."""
+        self._progress_mono = time.monotonic()
+        self.requests.on_answer(answer)
+
     def on_worker_ready(self, ready: WorkerReady) -> None:
-        """A worker serves now: stages and services learn its labels."""
+        """A worker serves now: stages and services learn its labels; requests handed to an old one move to it."""
         self.fanout.model_ready(ready.names)
+        self.requests.on_worker_ready(ready.worker_id)
 
     def on_supervisor_event(self, kind: SystemEventType, reason: str) -> None:
         """A restart, recycle or backend change, to the log, the stats and every service."""
@@ -312,6 +337,13 @@ class LivePipeline:
         """The serving worker's ready message (pid, backend, labels, input size); None before the first."""
         return self.supervisor.info
 
+    async def detect(self, image: np.ndarray, options: DetectOptions, timeout_s: float) -> DetectOutcome:
+        """Detect on one image on the serving worker, ahead of camera frames within `api.max_share`.
+
+        See `DetectionRequests.detect` for arguments and errors (QueueFull, DeadlineExceeded, DetectorUnavailable).
+        """
+        return await self.requests.detect(image, options, timeout_s)
+
     def last_result_age_s(self) -> float | None:
         """Seconds since the newest result of any worker; None before the first."""
         return time.monotonic() - self._progress_mono if self._progress_mono else None
@@ -320,5 +352,5 @@ class LivePipeline:
         """The stats message (schema 1): pipeline figures plus every service's own section."""
         worker = self.supervisor.stats(self.cfg.model.path, self.last_system_event)
         uptime_s = round(time.monotonic() - self._started, 1) if self._started else 0.0
-        return stats_document(self.cfg.device_id, uptime_s, worker, rss_mb(None), self.stats.values(),
-                              self.fanout.stats_sections())  # fmt: skip
+        sections = {"api": self.requests.stats(), **self.fanout.stats_sections()}
+        return stats_document(self.cfg.device_id, uptime_s, worker, rss_mb(None), self.stats.values(), sections)

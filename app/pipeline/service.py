@@ -12,8 +12,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from app.inference.protocol import WorkerReady
+    import numpy as np
+
+    from app.inference.protocol import DetectOptions, WorkerReady
     from app.pipeline.records import ResultRecord, SystemEvent
+    from app.pipeline.requests import DetectOutcome
     from app.pipeline.stats import CameraStats
     from app.ring import FrameRing
     from app.tracking.objects import ObjectEvent
@@ -66,6 +69,14 @@ class PipelineControl(Protocol):
 
     def request_stop(self, reason: str = "requested") -> None:
         """End the run (idempotent)."""
+        ...
+
+    async def detect(self, image: np.ndarray, options: DetectOptions, timeout_s: float) -> DetectOutcome:
+        """Detect on one HxWx3 uint8 BGR image on the serving worker, within `timeout_s` s.
+
+        Raises:
+            RequestRejected: QueueFull (503), DeadlineExceeded (504) or DetectorUnavailable (503).
+        """
         ...
 
 

@@ -23,7 +23,16 @@ from dataclasses import replace
 from typing import Protocol
 
 from app.config import VigilConfig
-from app.inference.protocol import BackendChanged, StartServing, StopWorker, WorkerFailed, WorkerFrameError, WorkerReady
+from app.inference.protocol import (
+    BackendChanged,
+    DetectAnswer,
+    DetectNotRun,
+    StartServing,
+    StopWorker,
+    WorkerFailed,
+    WorkerFrameError,
+    WorkerReady,
+)
 from app.inference.worker import WorkerHandle, WorkerSpec, WorkerStartError
 from app.pipeline.records import SystemEventType
 from app.supervisor.policy import RecyclePolicy, RestartBudget
@@ -47,6 +56,10 @@ class WorkerListener(Protocol):
 
     def on_worker_frame_error(self, error: WorkerFrameError) -> None:
         """The worker could not process one frame (it goes on with the next)."""
+        ...
+
+    def on_worker_detect(self, answer: DetectAnswer | DetectNotRun) -> None:
+        """A worker's answer to a detection request (a retiring worker's too)."""
         ...
 
     def on_worker_ready(self, ready: WorkerReady) -> None:
@@ -170,10 +183,9 @@ class WorkerSupervisor:
             "rss_mb": rss_mb(info.pid) if info else None,
         }
 
-    def send(self, msg: object) -> None:
-        """Send a control message (thresholds, detection switch) to the serving worker, if there is one."""
-        if self.worker is not None:
-            self.worker.send(msg)
+    def send(self, msg: object) -> bool:
+        """Send a message (thresholds, detection switch, request) to the serving worker; False when none serves."""
+        return self.worker is not None and self.worker.send(msg)
 
     async def stop(self) -> None:
         """Cancel a replace/recycle in progress, then stop the serving and every side worker."""
@@ -212,6 +224,8 @@ class WorkerSupervisor:
                     self.listener.on_worker_result(msg)
                     if retiring and handover is not None:
                         handover[1].set()  # the old worker's last answer: the standby takes over now
+                elif isinstance(msg, (DetectAnswer, DetectNotRun)):
+                    self.listener.on_worker_detect(msg)
                 elif isinstance(msg, WorkerFrameError):
                     self.listener.on_worker_frame_error(msg)
                 elif isinstance(msg, BackendChanged):
