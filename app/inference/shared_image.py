@@ -1,8 +1,8 @@
 """One image in its own shared-memory segment: how a detection request's pixels reach the worker.
 
 The parent owns the segment (created, written once, unlinked when the request ends); the worker maps it
-read-only for the request's preprocessing and unmaps it at once. Segments are named `vigil-img-<pid>-<hex>`
-so a leak is attributable, and the owner stays registered with multiprocessing's resource tracker: if the
+read-only for the request's preprocessing and unmaps it at once. Segments are named `vigil-<pid>-img-<hex>`
+(the owner's pid first, as for frame rings) so a leak is attributable, and the owner stays registered with multiprocessing's resource tracker: if the
 parent is SIGKILLed, the tracker unlinks what it left.
 """
 
@@ -53,7 +53,7 @@ class SharedImage:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
             raise ValueError(f"expected an HxWx3 uint8 image, got {image.shape} {image.dtype}")
         h, w = int(image.shape[0]), int(image.shape[1])
-        self.spec = SharedImageSpec(f"vigil-img-{os.getpid()}-{secrets.token_hex(6)}", h, w)
+        self.spec = SharedImageSpec(f"vigil-{os.getpid()}-img-{secrets.token_hex(6)}", h, w)
         self._shm: shared_memory.SharedMemory | None = shared_memory.SharedMemory(
             name=self.spec.name, create=True, size=self.spec.nbytes
         )

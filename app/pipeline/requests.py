@@ -111,6 +111,11 @@ class _Pending:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
+def _close_when_made(copying: asyncio.Future[SharedImage]) -> None:
+    if not copying.cancelled() and copying.exception() is None:
+        copying.result().close()
+
+
 class DetectionRequests:
     """The request queue, its deadlines and its figures.
 
@@ -127,8 +132,9 @@ class DetectionRequests:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._waiting: deque[_Pending] = deque()
+        self._admitting = 0  # requests whose image is being copied in: they count as waiting
         self._closed = False
-        self.counts = {"served": 0, "expired": 0, "rejected_full": 0, "cancelled": 0, "failed": 0}
+        self.counts = {"served": 0, "expired": 0, "rejected_full": 0, "cancelled": 0, "failed": 0, "late": 0}
         self._latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._busy: deque[tuple[float, str, float]] = deque()  # (monotonic s, "requests"|"cameras", busy ms)
 
@@ -153,14 +159,25 @@ class DetectionRequests:
         """
         if self._closed:
             raise DetectorUnavailable("the service is stopping")
-        if len(self._waiting) >= self.api.queue_size:
+        waiting = len(self._waiting) + self._admitting
+        if waiting >= self.api.queue_size:
             self.counts["rejected_full"] += 1
-            raise QueueFull(f"{len(self._waiting)} requests wait already (api.queue_size)", self._retry_after_s())
+            raise QueueFull(f"{waiting} requests wait already (api.queue_size)", self._retry_after_s())
         loop = asyncio.get_running_loop()
         submitted_ns = time.monotonic_ns()
         deadline_ns = submitted_ns + int(timeout_s * 1e9)
-        # Copying a large image into the segment takes milliseconds: off the event loop.
-        shared = await loop.run_in_executor(None, SharedImage, image)
+        # Copying a large image into the segment takes milliseconds: off the event loop, its queue place held.
+        self._admitting += 1
+        copying = loop.run_in_executor(None, SharedImage, image)
+        try:
+            shared = await asyncio.shield(copying)
+        except asyncio.CancelledError:
+            # The caller left mid-copy: the segment still gets made, so unlink it once it exists.
+            self.counts["cancelled"] += 1
+            copying.add_done_callback(_close_when_made)
+            raise
+        finally:
+            self._admitting -= 1
         p = _Pending(next(self._ids), shared, options, submitted_ns, deadline_ns, loop.create_future())
         self._pending[p.request_id] = p
         self._waiting.append(p)
@@ -196,6 +213,8 @@ class DetectionRequests:
                 log.warning("detection request %d failed in worker %d: %s", p.request_id, msg.worker_id, msg.error)
                 self._finish(p, error=DetectorUnavailable(f"the detector failed on this image: {msg.error}", 1.0))
             # "cancelled"/"gone": this side ended it already
+        elif isinstance(msg, DetectAnswer):
+            self.counts["late"] += 1  # it ran, but its caller had gone or its deadline had passed meanwhile
         if isinstance(msg, DetectAnswer):
             self.record_busy("requests", msg.timings.total_ms)
         self._dispatch()
@@ -229,7 +248,8 @@ class DetectionRequests:
     def stats(self) -> dict:
         """The stats document's `api` section.
 
-        Queue depth, in flight at the worker, counts per outcome, served latency p50/p99 (ms, recent
+        Queue depth, in flight at the worker, counts per outcome (`late`: answers that came after their request
+        had ended, i.e. work run for nobody), served latency p50/p99 (ms, recent
         `LATENCY_SAMPLES`), and the detector's busy share of requests vs cameras over `SHARE_WINDOW_S`.
         """
         lat = np.asarray(self._latency_ms, np.float64)
