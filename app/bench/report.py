@@ -162,7 +162,38 @@ def render(results: dict) -> str:
             f"{cost['processed_fps_dead']} (on/off **{cost['on_vs_off']}x**, dead/off **{cost['dead_vs_off']}x**; "
             f"rounds off {cost['fps_rounds_off']}, on {cost['fps_rounds_on']}, dead {cost['fps_rounds_dead']}).",
         ]
+    lines += _render_api(results["modes"].get("api"))
     return "\n".join([*lines, *_raw_json_footer(results, END)])
+
+
+def _render_api(api: dict | None) -> list[str]:
+    """The detection-on-request paragraph and table (`vigil bench --modes api`)."""
+    if not api:
+        return []
+    lines = [
+        "",
+        f"Detection on request (`POST /api/detect`, {api['image']} images, one live camera; clients in their own "
+        f"process; {api['seconds_per_window']} s per window; `api.queue_size` {api['queue_size']}, `api.max_share` "
+        f"{api['max_share']}): camera without requests {api['camera_fps_without_requests']} fps, median inference "
+        f"{api['median_inference_ms']} ms, p99 bound (queue_size + 1) x median inference + 50 ms = "
+        f"{api['p99_bound_ms']} ms.",
+        "",
+        "| window | served/s | p50 ms | p99 ms | 503 | 504 | other | camera fps | vs no requests | goals |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, w in api["windows"].items():
+        if "requests" not in w:
+            lines.append(f"| {name} | - | - | - | - | - | - | {w['camera_fps']} | - | - |")
+            continue
+        lat = w["latency_ms"] or {"p50": "-", "p99": "-"}
+        goals = api["goals"].get(name, {})
+        verdict = ", ".join(f"{k} {'met' if v else '**NOT met**'}" for k, v in goals.items())
+        lines.append(
+            f"| {name} | {w['served_per_s']} | {lat['p50']} | {lat['p99']} | {w['share_503'] * 100:.1f}% | "
+            f"{w['share_504'] * 100:.1f}% | {w['other_statuses'] or '-'} | {w['camera_fps']} | "
+            f"{w['camera_rate_ratio']}x | {verdict} |"
+        )
+    return lines
 
 
 def _raw_json_footer(raw: dict, end: str) -> list[str]:

@@ -248,6 +248,12 @@ def _bench_mqtt_cost(model: ModelConfig, args: argparse.Namespace) -> dict:
     return bench_mqtt_cost(model, args.source, args.mqtt_seconds, args.rounds)
 
 
+def _bench_api(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.api_bench import bench_api
+
+    return bench_api(model, args.source, args.api_seconds)
+
+
 Mode = Callable[[ModelConfig, argparse.Namespace], dict]
 """A mode run once: the model config and the `vigil bench` options in, its JSON-able result out."""
 
@@ -273,6 +279,7 @@ MODES: dict[str, Mode] = {
     "preview": _bench_preview,
     "mqtt-rate": _bench_mqtt_rate,
     "mqtt-cost": _bench_mqtt_cost,
+    "api": _bench_api,
 }
 """The modes run once each, in this order, before the round modes: the pipeline modes first, in a process that
 has loaded nothing else (main-process RSS is real)."""

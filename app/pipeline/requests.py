@@ -133,6 +133,7 @@ class DetectionRequests:
         self._pending: dict[int, _Pending] = {}
         self._waiting: deque[_Pending] = deque()
         self._admitting = 0  # requests whose image is being copied in: they count as waiting
+        self._cameras_busy_at = -math.inf  # monotonic s of the last camera frame the detector ran
         self._closed = False
         self.counts = {"served": 0, "expired": 0, "rejected_full": 0, "cancelled": 0, "failed": 0, "late": 0}
         self._latency_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
@@ -159,10 +160,12 @@ class DetectionRequests:
         """
         if self._closed:
             raise DetectorUnavailable("the service is stopping")
-        waiting = len(self._waiting) + self._admitting
-        if waiting >= self.api.queue_size:
+        admitted = len(self._pending) + self._admitting
+        capacity = self.capacity()
+        if admitted >= capacity:
             self.counts["rejected_full"] += 1
-            raise QueueFull(f"{waiting} requests wait already (api.queue_size)", self._retry_after_s())
+            raise QueueFull(f"{admitted} requests are queued already (at most {capacity} now; api.queue_size)",
+                            self._retry_after_s())  # fmt: skip
         loop = asyncio.get_running_loop()
         submitted_ns = time.monotonic_ns()
         deadline_ns = submitted_ns + int(timeout_s * 1e9)
@@ -230,10 +233,25 @@ class DetectionRequests:
             log.info("%d detection requests handed back for worker %d", len(moved), worker_id)
         self._dispatch()
 
+    def capacity(self) -> int:
+        """Requests admitted at most now (waiting and at the worker).
+
+        `api.queue_size` while the detector is free for requests. While cameras keep it busy, requests get
+        `api.max_share` of it, so each one costs 1/max_share of an inference in wall time; the queue then admits
+        proportionally fewer, `floor((queue_size + 1) x max_share)`, so that a request admitted last still gets its
+        answer within about (queue_size + 1) inferences instead of twice that.
+        """
+        q = self.api.queue_size
+        if time.monotonic() - self._cameras_busy_at > 1.0:
+            return q
+        return max(1, min(q, math.floor((q + 1) * self.api.max_share)))
+
     def record_busy(self, kind: str, busy_ms: float) -> None:
         """Detector time spent on `kind` ("requests" or "cameras"), for the share figures."""
         now = time.monotonic()
         self._busy.append((now, kind, busy_ms))
+        if kind == "cameras":
+            self._cameras_busy_at = now
         while self._busy and self._busy[0][0] < now - SHARE_WINDOW_S:
             self._busy.popleft()
 

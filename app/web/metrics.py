@@ -65,6 +65,24 @@ class _PipelineCollector(Collector):
                 "vigil_webrtc_rejected", "offers refused (viewer limit)", value=webrtc["rejected_full"]
             )
             yield CounterMetricFamily("vigil_preview_frames_encoded", "preview frames encoded", value=webrtc["encoded"])
+        yield from _api_metrics(doc.get("api"))
+
+
+def _api_metrics(api: dict | None) -> Iterable[Metric]:
+    """Detection requests: outcomes, queue, and the detector's busy share per class of work (requests, cameras)."""
+    if api is None:
+        return
+    outcomes = CounterMetricFamily("vigil_api_requests", "detection requests by outcome", labels=["outcome"])
+    for key in ("served", "expired", "rejected_full", "cancelled", "failed", "late"):
+        outcomes.add_metric([key], float(api.get(key, 0)))
+    yield outcomes
+    yield GaugeMetricFamily("vigil_api_queue_depth", "detection requests waiting", value=api["queue_depth"])
+    share = GaugeMetricFamily(
+        "vigil_detector_share", "share of the detector's busy time, last 30 s", labels=["class"]
+    )  # fmt: skip
+    for key, value in api["detector_share"].items():
+        share.add_metric([key], value)
+    yield share
 
 
 class Metrics:
@@ -86,6 +104,10 @@ class Metrics:
         )  # fmt: skip
         self.encode = Histogram(
             "vigil_preview_encode_seconds", "one preview frame: scale + encode (shared by all viewers)",
+            buckets=STAGE_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.request = Histogram(
+            "vigil_api_request_seconds", "a served detection request, arrival to answer", ["endpoint"],
             buckets=STAGE_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.registry.register(_PipelineCollector(stats))

@@ -25,6 +25,7 @@ from app.pipeline.service import PipelineControl, ServiceBase
 from app.secret_files import read_secret_file
 from app.web import ice
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
+from app.web.detect_api import DetectApi
 from app.web.encoder import EncodedFrame, PreviewEncoder
 from app.web.errors import json_error, json_errors
 from app.web.metrics import Metrics
@@ -68,6 +69,7 @@ class WebService(ServiceBase):
         self.viewers = ViewerRegistry(self.hcfg.max_viewers)
         self.encoders: dict[str, PreviewEncoder] = {}
         self.metrics = Metrics(self._stats)
+        self.detect_api = DetectApi(cfg, lambda: self._pipeline, self.metrics)
         self.names: dict[int, str] = {}
         self._overlay: dict[str, list[dict]] = {}
         self._pipeline: PipelineControl | None = None
@@ -88,7 +90,9 @@ class WebService(ServiceBase):
             overlay = (lambda n=name: self._overlay.get(n, [])) if self.hcfg.server_side_boxes else None
             self.encoders[name] = PreviewEncoder(name, ring, self.hcfg, overlay, self._on_encoded)
         app = self.build_app()
-        self._runner = web.AppRunner(app, access_log=None)  # an access log would carry ?token= query strings
+        # No access log: it would carry ?token= query strings. Handler cancellation: a client that disconnects
+        # cancels its detection request instead of leaving it to run for nobody.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.hcfg.host, self.hcfg.port, ssl_context=self.ssl_context)
         try:
@@ -186,6 +190,7 @@ class WebService(ServiceBase):
         app.router.add_get("/api/config", self._config)
         app.router.add_get("/api/cameras", self._cameras)
         app.router.add_post("/api/webrtc/offer", self._offer)
+        self.detect_api.add_routes(app)
         app.router.add_static("/static/", str(resources.files("app.web") / "static"), show_index=False)
         return app
 

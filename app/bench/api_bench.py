@@ -1,0 +1,162 @@
+"""Detection-on-request benchmark: concurrent HTTP clients posting images while a live camera runs.
+
+One `vigil run`-like pipeline (one camera, the web service on a free loopback port) serves; the clients run in
+a separate process (their own event loop, so they do not take the pipeline's), for 1, 4 and 16 concurrent
+clients in turn, with windows without requests before and after as the camera's own rate. Reports requests/s,
+p50/p99 latency of served requests, the share of 503/504 and any other status, and the camera's processed fps
+against its rate without requests, with the issue's goals checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import statistics
+import time
+from multiprocessing.connection import Connection
+
+import cv2
+import numpy as np
+
+from app.bench.common import percentiles, read_frames
+from app.bench.recorders import SampleRecorder
+from app.config import ModelConfig, VigilConfig
+
+WARMUP_S = 3.0
+
+
+def _client_process(url: str, images: list[bytes], clients: int, seconds: float, conn: Connection) -> None:
+    """Entry of the client process: `clients` concurrent posters for `seconds`; sends [(status, ms), ...]."""
+    import aiohttp
+
+    async def main() -> list[tuple[int, float]]:
+        out: list[tuple[int, float]] = []
+        end = time.monotonic() + seconds
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+
+            async def poster(k: int) -> None:
+                i = k
+                while time.monotonic() < end:
+                    body = images[i % len(images)]
+                    i += 1
+                    t0 = time.perf_counter()
+                    try:
+                        async with session.post(url, data=body, headers={"Content-Type": "image/jpeg"}) as r:
+                            await r.read()
+                            status = r.status
+                    except aiohttp.ClientError:
+                        status = 0  # connection-level failure: counted as "other"
+                    out.append((status, (time.perf_counter() - t0) * 1e3))
+                    if status == 503:
+                        await asyncio.sleep(0.05)  # a polite client backs off a little on 503
+
+            await asyncio.gather(*(poster(k) for k in range(clients)))
+        return out
+
+    conn.send(asyncio.run(main()))
+    conn.close()
+
+
+def _run_clients(url: str, images: list[bytes], clients: int, seconds: float) -> list[tuple[int, float]]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_client_process, args=(url, images, clients, seconds, child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        return parent.recv() if parent.poll(seconds + 120) else []
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+
+
+def _window(samples: list[tuple[int, float]], seconds: float) -> dict:
+    statuses = [s for s, _ in samples]
+    served = [ms for s, ms in samples if s == 200]
+    n = max(1, len(samples))
+    return {
+        "requests": len(samples),
+        "served_per_s": round(len(served) / seconds, 2),
+        "latency_ms": percentiles(served) if served else None,
+        "share_503": round(statuses.count(503) / n, 3),
+        "share_504": round(statuses.count(504) / n, 3),
+        "other_statuses": sorted({s for s in statuses if s not in (200, 503, 504)}),
+    }
+
+
+def bench_api(model: ModelConfig, source: str, seconds: float, client_counts: tuple[int, ...] = (1, 4, 16)) -> dict:
+    """Run the request benchmark; windows of `seconds` s per client count. Returns the figures and goal checks."""
+    from app.pipeline.live import LivePipeline
+    from app.web.server import WebService
+
+    cfg = VigilConfig.model_validate(
+        {
+            "device_id": "bench",
+            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+            "model": model.model_dump(),
+            "output": {"json_lines": False, "status_interval_s": 0},
+            "http": {"port": 0},
+        }
+    )
+    frames = read_frames(source, 60)
+    images = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames[::12]]
+    web, samples = WebService(cfg), SampleRecorder()
+    pipe = LivePipeline(cfg, [web, samples])
+    result: dict = {"seconds_per_window": seconds, "queue_size": cfg.api.queue_size, "max_share": cfg.api.max_share,
+                    "image": f"{frames[0].shape[1]}x{frames[0].shape[0]} JPEG", "windows": {}}  # fmt: skip
+
+    async def drive() -> None:
+        run = asyncio.create_task(pipe.run())
+        while pipe.worker_info is None or not web.url:
+            if run.done():
+                await run
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(WARMUP_S)
+        loop = asyncio.get_running_loop()
+        url = web.url.rstrip("/") + "/api/detect"
+        camera = pipe.stats["bench"]
+
+        async def window(name: str, clients: int) -> None:
+            before, t0 = camera.processed, time.monotonic()
+            n0 = len(samples.inference_ms)
+            if clients:
+                got = await loop.run_in_executor(None, _run_clients, url, images, clients, seconds)
+            else:
+                got = []
+                await asyncio.sleep(seconds)
+            wall = time.monotonic() - t0
+            entry = _window(got, wall) if clients else {}
+            entry["camera_fps"] = round((camera.processed - before) / wall, 2)
+            entry["camera_inference_ms_p50"] = round(statistics.median(samples.inference_ms[n0:] or [0.0]), 2)
+            result["windows"][name] = entry
+
+        await window("no requests (before)", 0)
+        for c in client_counts:
+            await window(f"{c} clients", c)
+        await window("no requests (after)", 0)
+        result["api_stats"] = pipe.requests.stats()
+        pipe.request_stop("bench done")
+        await run
+
+    asyncio.run(drive())
+    w = result["windows"]
+    base = statistics.mean([w["no requests (before)"]["camera_fps"], w["no requests (after)"]["camera_fps"]])
+    inference = float(np.median(samples.inference_ms)) if samples.inference_ms else 0.0
+    bound = (cfg.api.queue_size + 1) * inference + 50
+    result["camera_fps_without_requests"] = round(base, 2)
+    result["median_inference_ms"] = round(inference, 2)
+    result["p99_bound_ms"] = round(bound, 1)
+    goals = {}
+    for c in client_counts:
+        e = w[f"{c} clients"]
+        e["camera_rate_ratio"] = round(e["camera_fps"] / base, 3) if base else None
+        goals[f"{c} clients"] = {
+            "no_other_5xx": not any(s >= 500 and s not in (503, 504) for s in e["other_statuses"]),
+            "p99_within_bound": e["latency_ms"] is not None and e["latency_ms"]["p99"] <= bound,
+            "camera_keeps_share": e["camera_rate_ratio"] is not None
+            and e["camera_rate_ratio"] >= 1 - cfg.api.max_share,
+        }
+    result["goals"] = goals
+    return result
