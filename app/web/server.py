@@ -23,12 +23,14 @@ from app.pipeline.errors import PipelineError
 from app.pipeline.records import ResultRecord, SystemEvent
 from app.pipeline.service import PipelineControl, ServiceBase
 from app.secret_files import read_secret_file
+from app.tracking.objects import ObjectEvent
 from app.web import ice
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
 from app.web.encoder import EncodedFrame, PreviewEncoder
 from app.web.errors import json_error, json_errors
 from app.web.metrics import Metrics
 from app.web.signalling import answer_offer, parse_offer
+from app.web.stream import StreamHub
 from app.web.viewers import ViewerRegistry
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class WebService(ServiceBase):
         self.viewers = ViewerRegistry(self.hcfg.max_viewers)
         self.encoders: dict[str, PreviewEncoder] = {}
         self.metrics = Metrics(self._stats)
+        self.stream = StreamHub(cfg.device_id, [c.name for c in cfg.cameras], cfg.api)
         self.names: dict[int, str] = {}
         self._overlay: dict[str, list[dict]] = {}
         self._pipeline: PipelineControl | None = None
@@ -119,12 +122,14 @@ class WebService(ServiceBase):
         self.names = dict(names)
 
     def on_system_event(self, event: SystemEvent) -> None:
-        """Forward the system event to the camera's viewers (every viewer for worker events)."""
+        """Forward the system event to the stream and the camera's viewers (every viewer for worker events)."""
+        self.stream.on_system_event(event)
         for v in self.viewers.viewers(event.camera):
             v.send({"type": "system", "event": event.type, "reason": event.reason})
 
     async def stop(self) -> None:
-        """Close viewer sessions, stop the encoders and the HTTP server."""
+        """Close stream clients (1001) and viewer sessions, stop the encoders and the HTTP server."""
+        await self.stream.stop()
         await self.viewers.close_all()
         for enc in self.encoders.values():
             await enc.stop()
@@ -151,6 +156,7 @@ class WebService(ServiceBase):
         """Update /metrics and send the frame's boxes (normalised 0..1 xyxy) to the camera's viewers and overlay."""
         result = record.result
         self.metrics.observe(record)
+        self.stream.on_result(record)
         viewers = self.viewers.viewers(result.camera)
         if not viewers and not self.hcfg.server_side_boxes:
             return
@@ -171,6 +177,10 @@ class WebService(ServiceBase):
         for v in viewers:
             v.send(msg)
 
+    def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None) -> None:
+        """Forward the object event to the stream."""
+        self.stream.on_event(camera, event, record)
+
     def _on_encoded(self, frame: EncodedFrame) -> None:
         self.metrics.encode.observe(frame.encode_ms / 1e3)
 
@@ -186,6 +196,7 @@ class WebService(ServiceBase):
         app.router.add_get("/api/config", self._config)
         app.router.add_get("/api/cameras", self._cameras)
         app.router.add_post("/api/webrtc/offer", self._offer)
+        app.router.add_get("/api/ws", self.stream.handle)
         app.router.add_static("/static/", str(resources.files("app.web") / "static"), show_index=False)
         return app
 
@@ -207,9 +218,11 @@ class WebService(ServiceBase):
                             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})  # fmt: skip
 
     def _stats(self) -> dict:
-        if self._pipeline is None:
-            return {"cameras": {}}
-        return self._pipeline.stats_document()
+        # The pipeline takes one stats section per service (`webrtc` here), so the stream's figures are
+        # added to the document this service serves (/api/stats, /metrics) under their own `ws` key.
+        doc = {"cameras": {}} if self._pipeline is None else self._pipeline.stats_document()
+        doc["ws"] = self.stream.stats()
+        return doc
 
     async def _stats_handler(self, request: web.Request) -> web.Response:
         return web.json_response(self._stats())
