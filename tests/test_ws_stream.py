@@ -77,7 +77,7 @@ def stream(tiny_model: Path, small_video: Path):
 def guarded(tiny_model: Path, small_video: Path, tmp_path_factory: pytest.TempPathFactory):
     token_file = tmp_path_factory.mktemp("secrets") / "token"
     token_file.write_text(TOKEN + "\n")
-    cfg = stream_config(tiny_model, small_video, {"ws_heartbeat_s": 1.0}, require_token=True,
+    cfg = stream_config(tiny_model, small_video, {"ws_heartbeat_s": 2.0}, require_token=True,
                         token_file=str(token_file))  # fmt: skip
     with RecordedServed(cfg) as s:
         yield s
@@ -308,7 +308,7 @@ def test_slow_client_drops_oldest_while_others_get_everything(stream: RecordedSe
             await wait_for(lambda: stream.web.stream.stats()["dropped"] > 50, timeout=120)
             assert stream.pipe.stats["cam"].processed > processed_before + 50, "the pipeline kept going"
             stats = await ws_stats(session, stream)
-            assert stats["clients"] == 2 and stats["queued"] <= 16 + 0, "at most api.ws_queue for the slow one"
+            assert stats["clients"] == 2 and stats["queued"] <= 2 * 16, "at most api.ws_queue per client"
             async with session.get(f"{stream.url}/metrics") as r:
                 text = await r.text()
             assert "vigil_ws_clients 2.0" in text and "vigil_ws_messages_sent_total" in text
@@ -366,9 +366,8 @@ def test_vanished_clients_are_removed(guarded: RecordedServed) -> None:
             alive = await session.ws_connect(f"{guarded.url}/api/ws?types=results")
             silent = await session.ws_connect(f"{guarded.url}/api/ws?types=results", autoping=False)
             await wait_for(lambda: len(hub) == 2)
-            got: list[dict] = []
             # The live client reads (and so answers pings) while the silent one says nothing.
-            reading = asyncio.create_task(collect(alive, lambda m: got.extend(m[len(got) :]) or len(hub) < 2))
+            reading = asyncio.create_task(collect(alive, lambda m: len(hub) < 2))
             await wait_for(lambda: len(hub) == 1, timeout=60)
             await reading
             assert not alive.closed and (await receive_json(alive))["type"] == "result", "the live one stays"

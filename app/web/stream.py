@@ -209,7 +209,8 @@ class StreamHub:
             raise json_error(web.HTTPUpgradeRequired, "GET /api/ws is a WebSocket endpoint (Upgrade: websocket)",
                              headers={"Upgrade": "websocket"})  # fmt: skip
         if self._stopping:
-            raise json_error(web.HTTPServiceUnavailable, "stopping", headers={"Retry-After": str(RETRY_AFTER_S)})
+            retry = {"Retry-After": str(RETRY_AFTER_S)}
+            raise json_error(web.HTTPServiceUnavailable, "Vigil is stopping", headers=retry)
         if len(self._clients) + self._pending >= self.max_clients:
             self.rejected_full += 1
             raise json_error(web.HTTPServiceUnavailable,
@@ -220,6 +221,9 @@ class StreamHub:
             await ws.prepare(request)
         finally:
             self._pending -= 1
+        if self._stopping:  # `stop` ran during the handshake and did not see this one
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"vigil is stopping")
+            return ws
         _limit_buffering(request)
         client = _Client(next(self._ids), ws, request, flt, request.remote or "?", deque(maxlen=self.queue_size))
         self._clients[client.id] = client
@@ -263,6 +267,9 @@ class StreamHub:
                     client.sent += 1
         except ConnectionError:  # the client went away; its handler sees the close and cleans up
             pass
+        except Exception:  # never silently: the client would stay connected and get nothing
+            log.exception("stream client %d: sending failed", client.id)
+            await ws.close(code=WSCloseCode.INTERNAL_ERROR)
 
     async def stop(self) -> None:
         """Refuse new clients and close every client with 1001 (going away), cutting off those that do not answer."""
