@@ -15,6 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from support.web_harness import Served, web_config
 
 from app.config import VigilConfig
@@ -102,12 +104,12 @@ async def collect(ws: aiohttp.ClientWebSocketResponse, done: Callable[[list[dict
     return got
 
 
-async def handshake(session: aiohttp.ClientSession, url: str, headers: dict | None = None):
+async def handshake(session: aiohttp.ClientSession, url: str, headers: dict | None = None, params=None):
     """A WebSocket upgrade request by hand, to read the status and body of a refused handshake."""
     key = base64.b64encode(os.urandom(16)).decode()
     hdrs = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": key}
-    async with session.get(url, headers={**hdrs, **(headers or {})}) as r:
-        return r.status, r.headers, await r.read()
+    async with session.get(url, headers={**hdrs, **(headers or {})}, params=params) as r:
+        return r.status, r.headers, b"" if r.status == 101 else await r.read()
 
 
 async def ws_stats(session: aiohttp.ClientSession, s: Served, headers: dict | None = None) -> dict:
@@ -253,6 +255,37 @@ def test_bad_filters_are_json_4xx(stream: RecordedServed, query: str, status: in
         assert headers["Content-Type"].startswith("application/json")
         err = json.loads(body)
         assert err["status"] == status and needle in err["error"], err
+
+    asyncio.run(main())
+
+
+def expected_status(cameras: list[str], types: str | None) -> int:
+    """What the filters in the README make of these query values: 404, 400 or 101 (upgraded)."""
+    names = [v.strip() for c in cameras for v in c.split(",") if v.strip()]
+    if any(n not in ("cam", "yard") for n in names):
+        return 404
+    if types is not None:
+        kinds = [v.strip() for v in types.split(",") if v.strip()]
+        if not kinds or any(k not in ("results", "events", "system") for k in kinds):
+            return 400
+    return 101
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cameras=st.lists(st.sampled_from(["cam", "yard", " yard", "cam,", ",", ""]) | st.text(max_size=8), max_size=3),
+    types=st.none() | st.sampled_from(["results", "events,system", " system ", ",,"]) | st.text(max_size=12),
+)
+def test_fuzzed_filters_get_json_4xx(stream: RecordedServed, cameras: list[str], types: str | None) -> None:
+    expected = expected_status(cameras, types)
+    assume(expected != 101)  # accepted clients would count against the client limit of later examples
+    params = [("camera", c) for c in cameras] + ([("types", types)] if types is not None else [])
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as session:
+            code, headers, body = await handshake(session, f"{stream.url}/api/ws", params=params)
+        assert code == expected, (params, body)
+        assert headers["Content-Type"].startswith("application/json") and json.loads(body)["status"] == code
 
     asyncio.run(main())
 
