@@ -170,14 +170,14 @@ def test_link_logs_the_tls_reason_once_and_clears_it_on_connect(
     try:
         assert wait_until(lambda: attempts[0] >= 4, 60), attempts
         assert logged(caplog, "IP address mismatch, certificate is not valid for '127.0.0.1'") == 1, caplog.text
-        name, section = svc.stats_section()
+        [(name, section)] = svc.stats_sections().items()
         assert name == "mqtt" and not section["connected"]
         assert "IP address mismatch" in section["last_error"]
         # The right certificate on the same port: connected, and the error is gone from stats.
         wrong_name_broker.kill()
         good = Broker(tmp_path / "good", port=wrong_name_broker.port, tls=good_tls).start()
         assert wait_until(lambda: svc.link.stats.connected, 60), svc.link.stats.last_error
-        assert svc.stats_section()[1]["last_error"] is None
+        assert svc.stats_sections()["mqtt"]["last_error"] is None
     finally:
         svc.link.stop(timeout=0.5)
         if good is not None:
@@ -194,7 +194,7 @@ def test_link_logs_a_refused_connack_once(password_broker: Broker, tmp_path: Pat
     try:
         assert wait_until(lambda: attempts[0] >= 4, 60), attempts
         assert logged(caplog, "refused the connection") == 1, caplog.text
-        last = svc.stats_section()[1]["last_error"]
+        last = svc.stats_sections()["mqtt"]["last_error"]
         assert "refused" in last and ("not authorized" in last or "username or password" in last), last
     finally:
         svc.link.stop(timeout=0.5)
@@ -213,7 +213,7 @@ def test_link_logs_connection_refused_and_a_dropped_connection_once(
         try:
             assert wait_until(lambda: attempts[0] >= 4, 60), attempts  # noqa: B023
             assert logged(caplog, reason) == 1, caplog.text
-            assert reason in svc.stats_section()[1]["last_error"]
+            assert reason in svc.stats_sections()["mqtt"]["last_error"]
         finally:
             svc.link.stop(timeout=0.5)
 

@@ -192,17 +192,17 @@ class MqttService(ServiceBase):
             self.link.publish(self.topics.confidence_state(cam), f"{self.conf:g}", qos=1, retain=True)
             self._publish_counts(cam, self._object_counts(cam), force=True)
 
-    def stats_section(self) -> tuple[str, dict]:
-        """This service's part of the stats document (MQTT `<base>/stats`, HTTP `/api/stats`)."""
+    def stats_sections(self) -> dict[str, dict]:
+        """This service's `mqtt` section of the stats document (MQTT `<base>/stats`, HTTP `/api/stats`)."""
         s = self.link.stats
-        return "mqtt", {
+        return {"mqtt": {
             "connected": s.connected, "connects": s.connects, "disconnects": s.disconnects,
             "queue_depth": self.link.queue_depth(), "published": s.published, "acked": s.acked,
             "dropped_queue_full": s.dropped_queue_full, "dropped_offline_qos0": s.dropped_offline_qos0,
             "events": self.events_published, "rejected_commands": self.rejected_commands,
             "connected_since": iso_utc(s.connected_since) if s.connected_since else None,
             "last_error": s.last_error or None,  # why it is not connected (TLS, refused, ...); None when it is
-        }  # fmt: skip
+        }}  # fmt: skip
 
     async def _stats_loop(self) -> None:
         assert self._pipeline is not None  # set by start() before this task is created

@@ -78,10 +78,7 @@ class ResultFanout:
         """Every service's own part of the stats document, by key."""
         sections: dict[str, dict] = {}
         for service in self.services:
-            section = service.stats_section()
-            if section is not None:
-                key, value = section
-                sections[key] = value
+            sections.update(service.stats_sections())
         return sections
 
     def _each(self, hook: str, call: Callable[[Service], None]) -> None:

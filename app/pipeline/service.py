@@ -39,7 +39,7 @@ class PipelineControl(Protocol):
         ...
 
     def stats_document(self) -> dict:
-        """The stats message (schema 1): pipeline figures plus every service's `stats_section`."""
+        """The stats message (schema 1): pipeline figures plus every service's `stats_sections`."""
         ...
 
     @property
@@ -87,7 +87,7 @@ class Service(Protocol):
     Order of calls: `start` once before the first worker starts; `on_model_ready` whenever a worker becomes
     the serving one (labels may change with a new model); per processed frame `on_event` for each object
     event the frame caused, then `on_result`; `on_system_event` whenever the supervisor acts; `stop` once at
-    shutdown, after the workers stopped. `stats_section` is read whenever a stats document is built.
+    shutdown, after the workers stopped. `stats_sections` is read whenever a stats document is built.
     """
 
     async def start(self, pipeline: PipelineControl) -> None:
@@ -121,8 +121,8 @@ class Service(Protocol):
         """The supervisor restarted or recycled a worker, restarted a capture or changed backend."""
         ...
 
-    def stats_section(self) -> tuple[str, dict] | None:
-        """This service's `(key, section)` of the stats document, or None for none."""
+    def stats_sections(self) -> dict[str, dict]:
+        """This service's sections of the stats document by key (`mqtt`; `webrtc` and `ws`), or none."""
         ...
 
 
@@ -147,6 +147,6 @@ class ServiceBase:
     def on_system_event(self, event: SystemEvent) -> None:
         """No-op."""
 
-    def stats_section(self) -> tuple[str, dict] | None:
-        """None: no section."""
-        return None
+    def stats_sections(self) -> dict[str, dict]:
+        """No section."""
+        return {}

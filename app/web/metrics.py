@@ -65,6 +65,16 @@ class _PipelineCollector(Collector):
                 "vigil_webrtc_rejected", "offers refused (viewer limit)", value=webrtc["rejected_full"]
             )
             yield CounterMetricFamily("vigil_preview_frames_encoded", "preview frames encoded", value=webrtc["encoded"])
+        ws = doc.get("ws")
+        if ws is not None:
+            yield GaugeMetricFamily("vigil_ws_clients", "WebSocket stream clients", value=ws["clients"])
+            yield CounterMetricFamily("vigil_ws_messages_sent", "WebSocket stream messages sent", value=ws["sent"])
+            yield CounterMetricFamily(
+                "vigil_ws_messages_dropped", "WebSocket stream messages dropped (client too slow)", value=ws["dropped"]
+            )
+            yield CounterMetricFamily(
+                "vigil_ws_rejected", "WebSocket stream clients refused (client limit)", value=ws["rejected_full"]
+            )
         yield from _api_metrics(doc.get("api"))
 
 

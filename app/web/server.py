@@ -23,6 +23,7 @@ from app.pipeline.errors import PipelineError
 from app.pipeline.records import ResultRecord, SystemEvent
 from app.pipeline.service import PipelineControl, ServiceBase
 from app.secret_files import read_secret_file
+from app.tracking.objects import ObjectEvent
 from app.web import ice
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
 from app.web.detect_api import DetectApi
@@ -30,6 +31,7 @@ from app.web.encoder import EncodedFrame, PreviewEncoder
 from app.web.errors import json_error, json_errors
 from app.web.metrics import Metrics
 from app.web.signalling import answer_offer, parse_offer
+from app.web.stream import StreamHub
 from app.web.viewers import ViewerRegistry
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class WebService(ServiceBase):
         self.encoders: dict[str, PreviewEncoder] = {}
         self.metrics = Metrics(self._stats)
         self.detect_api = DetectApi(cfg, lambda: self._pipeline, self.metrics)
+        self.stream = StreamHub(cfg.device_id, [c.name for c in cfg.cameras], cfg.api)
         self.names: dict[int, str] = {}
         self._overlay: dict[str, list[dict]] = {}
         self._pipeline: PipelineControl | None = None
@@ -123,12 +126,14 @@ class WebService(ServiceBase):
         self.names = dict(names)
 
     def on_system_event(self, event: SystemEvent) -> None:
-        """Forward the system event to the camera's viewers (every viewer for worker events)."""
+        """Forward the system event to the stream and the camera's viewers (every viewer for worker events)."""
+        self.stream.on_system_event(event)
         for v in self.viewers.viewers(event.camera):
             v.send({"type": "system", "event": event.type, "reason": event.reason})
 
     async def stop(self) -> None:
-        """Close viewer sessions, stop the encoders and the HTTP server."""
+        """Close stream clients (1001) and viewer sessions, stop the encoders and the HTTP server."""
+        await self.stream.stop()
         await self.viewers.close_all()
         for enc in self.encoders.values():
             await enc.stop()
@@ -136,18 +141,20 @@ class WebService(ServiceBase):
             await self._runner.cleanup()
             self._runner = None
 
-    def stats_section(self) -> tuple[str, dict]:
-        """This service's `webrtc` section of the stats document.
+    def stats_sections(self) -> dict[str, dict]:
+        """This service's `webrtc` and `ws` sections of the stats document.
 
-        Viewers, sessions, rejected viewers, encoded frames and the last encode time (ms).
+        `webrtc`: viewers, sessions, rejected viewers, encoded frames and the last encode time (ms); `ws`: the
+        WebSocket stream's clients and messages (`StreamHub.stats`).
         """
         enc_ms = [e.last_encode_ms for e in self.encoders.values() if e.last_encode_ms is not None]
-        return "webrtc", {
+        webrtc = {
             "viewers": len(self.viewers), "sessions": self.viewers.sessions,
             "rejected_full": self.viewers.rejected_full,
             "encoded": sum(e.frames_encoded for e in self.encoders.values()),
             "encode_ms_last": round(max(enc_ms), 2) if enc_ms else None,
         }  # fmt: skip
+        return {"webrtc": webrtc, "ws": self.stream.stats()}
 
     # ---- results -----------------------------------------------------------------------------
 
@@ -155,6 +162,7 @@ class WebService(ServiceBase):
         """Update /metrics and send the frame's boxes (normalised 0..1 xyxy) to the camera's viewers and overlay."""
         result = record.result
         self.metrics.observe(record)
+        self.stream.on_result(record)
         viewers = self.viewers.viewers(result.camera)
         if not viewers and not self.hcfg.server_side_boxes:
             return
@@ -175,6 +183,10 @@ class WebService(ServiceBase):
         for v in viewers:
             v.send(msg)
 
+    def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None) -> None:
+        """Forward the object event to the stream."""
+        self.stream.on_event(camera, event, record)
+
     def _on_encoded(self, frame: EncodedFrame) -> None:
         self.metrics.encode.observe(frame.encode_ms / 1e3)
 
@@ -191,6 +203,7 @@ class WebService(ServiceBase):
         app.router.add_get("/api/cameras", self._cameras)
         app.router.add_post("/api/webrtc/offer", self._offer)
         self.detect_api.add_routes(app)
+        app.router.add_get("/api/ws", self.stream.handle)
         app.router.add_static("/static/", str(resources.files("app.web") / "static"), show_index=False)
         return app
 
