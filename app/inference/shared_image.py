@@ -2,8 +2,8 @@
 
 The parent owns the segment (created, written once, unlinked when the request ends); the worker maps it
 read-only for the request's preprocessing and unmaps it at once. Segments are named `vigil-<pid>-img-<hex>`
-(the owner's pid first, as for frame rings) so a leak is attributable, and the owner stays registered with multiprocessing's resource tracker: if the
-parent is SIGKILLed, the tracker unlinks what it left.
+(the owner's pid first, as for frame rings) so a leak is attributable, and the owner stays registered with
+multiprocessing's resource tracker: if the parent is SIGKILLed, the tracker unlinks what it left.
 """
 
 from __future__ import annotations
