@@ -160,3 +160,124 @@ def bench_api(model: ModelConfig, source: str, seconds: float, client_counts: tu
         }
     result["goals"] = goals
     return result
+
+
+def _ws_client_process(url: str, readers: int, seconds: float, conn: Connection) -> None:
+    """`readers` WebSocket clients that read everything plus one that never reads, for `seconds`.
+
+    Sends `{"received": [per reader], "dropped_notices": [per reader]}`.
+    """
+    import socket
+    import urllib.parse
+
+    import aiohttp
+
+    async def main() -> dict:
+        received = [0] * readers
+        notices = [0] * readers
+        end = time.monotonic() + seconds
+        parts = urllib.parse.urlsplit(url)
+        # The non-reader: a raw socket with a small receive buffer that completes the handshake, then sleeps.
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect((parts.hostname, parts.port))
+        stuck.sendall(
+            f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            .encode()
+        )  # fmt: skip
+        async with aiohttp.ClientSession() as session:
+
+            async def reader(k: int) -> None:
+                async with session.ws_connect(url, autoping=True) as ws:
+                    while time.monotonic() < end:
+                        try:
+                            msg = await ws.receive(timeout=max(0.1, end - time.monotonic()))
+                        except asyncio.TimeoutError:
+                            break
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        received[k] += 1
+                        if msg.data.startswith('{"type":"dropped"'):
+                            notices[k] += 1
+
+            await asyncio.gather(*(reader(k) for k in range(readers)))
+        stuck.close()
+        return {"received": received, "dropped_notices": notices}
+
+    conn.send(asyncio.run(main()))
+    conn.close()
+
+
+def bench_ws(model: ModelConfig, source: str, seconds: float, readers: int = 9) -> dict:
+    """The live pipeline's processed fps with `readers` + 1 stuck WebSocket clients vs none; main RSS; drops."""
+    from app.bench.recorders import RssSampler
+    from app.pipeline.live import LivePipeline
+    from app.web.server import WebService
+
+    cfg = VigilConfig.model_validate(
+        {
+            "device_id": "bench",
+            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+            "model": model.model_dump(),
+            "output": {"json_lines": False, "status_interval_s": 0},
+            "http": {"port": 0},
+        }
+    )
+    web, rss = WebService(cfg), RssSampler(1.0)
+    pipe = LivePipeline(cfg, [web, rss])
+    out: dict = {"seconds_per_window": seconds, "clients": readers + 1, "never_reading": 1}
+
+    async def drive() -> None:
+        run = asyncio.create_task(pipe.run())
+        while pipe.worker_info is None or not web.url:
+            if run.done():
+                await run
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(WARMUP_S)
+        loop = asyncio.get_running_loop()
+        camera = pipe.stats["bench"]
+        url = web.url.replace("http", "ws", 1).rstrip("/") + "/api/ws"
+
+        async def window(clients: bool) -> dict:
+            before, t0, rss0 = camera.processed, time.monotonic(), len(rss.rss_mb["main"])
+            got: dict = {}
+            if clients:
+                got = await loop.run_in_executor(None, _run_ws_clients, url, readers, seconds)
+            else:
+                await asyncio.sleep(seconds)
+            wall = time.monotonic() - t0
+            main = rss.rss_mb["main"][rss0:]
+            return {"processed_fps": round((camera.processed - before) / wall, 2), **got,
+                    "main_rss_mb": [round(main[0], 1), round(main[-1], 1)] if main else None}  # fmt: skip
+
+        out["no clients (before)"] = await window(False)
+        out["with clients"] = await window(True)
+        out["no clients (after)"] = await window(False)
+        out["ws_stats"] = web.stream.stats()
+        pipe.request_stop("bench done")
+        await run
+
+    asyncio.run(drive())
+    base = statistics.mean([out["no clients (before)"]["processed_fps"], out["no clients (after)"]["processed_fps"]])
+    ratio = out["with clients"]["processed_fps"] / base if base else 0.0
+    out["processed_fps_vs_no_clients"] = round(ratio, 4)
+    out["goals"] = {
+        "fps_within_2pct": ratio >= 0.98,
+        "slow_client_dropped": out["ws_stats"]["dropped"] > 0,
+    }
+    return out
+
+
+def _run_ws_clients(url: str, readers: int, seconds: float) -> dict:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_ws_client_process, args=(url, readers, seconds, child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        return parent.recv() if parent.poll(seconds + 120) else {}
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()

@@ -163,6 +163,7 @@ def render(results: dict) -> str:
             f"rounds off {cost['fps_rounds_off']}, on {cost['fps_rounds_on']}, dead {cost['fps_rounds_dead']}).",
         ]
     lines += _render_api(results["modes"].get("api"))
+    lines += _render_api_ws(results["modes"].get("api-ws"))
     return "\n".join([*lines, *_raw_json_footer(results, END)])
 
 
@@ -194,6 +195,24 @@ def _render_api(api: dict | None) -> list[str]:
             f"{w['camera_rate_ratio']}x | {verdict} |"
         )
     return lines
+
+
+def _render_api_ws(ws: dict | None) -> list[str]:
+    """The WebSocket stream paragraph (`vigil bench --modes api-ws`)."""
+    if not ws:
+        return []
+    w, before, after = ws["with clients"], ws["no clients (before)"], ws["no clients (after)"]
+    rss = w.get("main_rss_mb") or ["-", "-"]
+    goals = ", ".join(f"{k} {'met' if v else '**NOT met**'}" for k, v in ws["goals"].items())
+    return [
+        "",
+        f"WebSocket stream (`GET /api/ws`, {ws['clients']} clients in their own process, {ws['never_reading']} of "
+        f"them never reading, {ws['seconds_per_window']} s): processed fps {w['processed_fps']} with clients vs "
+        f"{before['processed_fps']} before and {after['processed_fps']} after without "
+        f"(**{ws['processed_fps_vs_no_clients']}x**); "
+        f"messages received per reading client {w.get('received')}, dropped for the stuck one "
+        f"{ws['ws_stats']['dropped']}; main RSS during the window {rss[0]} -> {rss[1]} MiB. Goals: {goals}.",
+    ]
 
 
 def _raw_json_footer(raw: dict, end: str) -> list[str]:

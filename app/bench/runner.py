@@ -254,6 +254,12 @@ def _bench_api(model: ModelConfig, args: argparse.Namespace) -> dict:
     return bench_api(model, args.source, args.api_seconds)
 
 
+def _bench_api_ws(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.api_bench import bench_ws
+
+    return bench_ws(model, args.source, args.ws_seconds)
+
+
 Mode = Callable[[ModelConfig, argparse.Namespace], dict]
 """A mode run once: the model config and the `vigil bench` options in, its JSON-able result out."""
 
@@ -280,6 +286,7 @@ MODES: dict[str, Mode] = {
     "mqtt-rate": _bench_mqtt_rate,
     "mqtt-cost": _bench_mqtt_cost,
     "api": _bench_api,
+    "api-ws": _bench_api_ws,
 }
 """The modes run once each, in this order, before the round modes: the pipeline modes first, in a process that
 has loaded nothing else (main-process RSS is real)."""

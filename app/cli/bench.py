@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--soak-frames", type=int, default=1000, help="results to collect in the soak mode")
     p.add_argument("--mqtt-seconds", type=float, default=20.0, help="seconds per MQTT run")
     p.add_argument("--api-seconds", type=float, default=30.0, help="window per client count (api mode)")
+    p.add_argument("--ws-seconds", type=float, default=60.0, help="window with and without clients (api-ws mode)")
     p.add_argument("--preview-seconds", type=float, default=20.0, help="window per viewer count (preview mode)")
     p.add_argument("--preview-rounds", type=int, default=2, help="interleaved rounds of 0/1/4 viewers")
     p.add_argument("--recycle-seconds", type=float, default=600.0, help="length of the recycle soak")
