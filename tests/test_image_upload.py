@@ -12,6 +12,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from app.capture.sources import decode_image
+from app.capture.sources import decode_image, open_source
 from app.web.image_upload import UploadError, read_image_upload, webp_canvas_size
 
 APP_MAX_BODY = 64 * 1024  # the app-wide client_max_size (http.max_body_bytes default)
@@ -451,3 +452,21 @@ def test_gzip_body_is_limited_by_its_decoded_size(server: Server) -> None:
     data = encoded(".png")
     status, body = post(server.url, data=gzip.compress(data), headers=headers)
     assert status == 200 and body["md5"] == md5_of(data)
+
+
+def test_pixels_equal_vigil_detects_source_on_the_same_file(server: Server, tmp_path: Path) -> None:
+    """`vigil detect FILE` reads through open_source: the upload must give it the very same pixels."""
+    im = Image.fromarray(cv2.cvtColor(picture(96, 64), cv2.COLOR_BGR2RGB))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # orientation: rotate 90 degrees counter-clockwise to display
+    path = tmp_path / "rotated.jpg"
+    im.save(path, "JPEG", exif=exif.tobytes(), quality=90)
+    source = open_source(str(path))
+    source.open()
+    frame = source.read()
+    source.close()
+    assert frame is not None
+    status, body = post(server.url, data=form(path.read_bytes()))
+    assert status == 200, body
+    assert body["shape"] == list(frame.image.shape) == [96, 64, 3]
+    assert body["md5"] == hashlib.md5(frame.image.tobytes()).hexdigest()
