@@ -23,8 +23,10 @@ What the shape is, and where it was checked (public sources, read for this modul
   That size is before EXIF rotation, so for an EXIF-rotated JPEG its relative boxes differ from ours,
   which are in the rotated image's pixels like `vigil detect`'s; cameras' snapshots carry no rotation.
 
-CodeProject.AI Server answers the same fields on the same route and adds its own (timings, module names);
-clients written for DeepStack read only the fields above, so only those are sent.
+CodeProject.AI Server, DeepStack's successor, keeps these fields on the same route and adds its own
+(``code``, ``message``, ``count``, timings such as ``processMs``/``inferenceMs``, module names): that list is
+from a third-party client's model of its answer, not from CodeProject's documentation, which was not
+available to check. Clients written for DeepStack read only the fields above, so only those are sent.
 """
 
 from __future__ import annotations
