@@ -19,7 +19,7 @@ from app.config import VigilConfig
 from app.inference.protocol import DetectOptions
 from app.pipeline.requests import DeadlineExceeded, DetectOutcome, RequestRejected
 from app.pipeline.service import PipelineControl
-from app.web.deepstack import deepstack_error, deepstack_success, parse_min_confidence
+from app.web.deepstack import MinConfidenceError, deepstack_error, deepstack_success, parse_min_confidence
 from app.web.errors import json_error
 from app.web.image_upload import UploadedImage, UploadError, read_image_upload
 from app.web.metrics import Metrics
@@ -73,7 +73,8 @@ class DetectApi:
             upload = await self._read(request)
         except UploadError as exc:
             self.bad_requests += 1
-            raise json_error(_http_error(exc.status), exc.reason) from None
+            # The body `json_error` gives, built directly: aiohttp's 413 class wants the sizes, not a reason.
+            return web.json_response({"error": exc.reason, "status": exc.status}, status=exc.status)
         try:
             outcome = await self._run(pipeline, upload, options, timeout_s - (time.monotonic() - started))
         except RequestRejected as exc:
@@ -100,11 +101,14 @@ class DetectApi:
         if pipeline is None or pipeline.worker_info is None:
             return web.json_response(deepstack_error(LOADING), status=503, headers={"Retry-After": "5"})
         try:
-            upload = await self._read(request)
+            upload = await self._read(request, allow_raw=False)
             conf = parse_min_confidence(upload.form.get("min_confidence", request.query.get("min_confidence")))
         except UploadError as exc:
             self.bad_requests += 1
             return web.json_response(deepstack_error(exc.reason), status=exc.status)
+        except MinConfidenceError as exc:
+            self.bad_requests += 1
+            return web.json_response(deepstack_error(str(exc)), status=400)
         timeout_s = self.api.default_timeout_ms / 1e3 - (time.monotonic() - started)
         try:
             outcome = await self._run(pipeline, upload, DetectOptions(conf=conf), timeout_s)
@@ -121,9 +125,10 @@ class DetectApi:
         if self.metrics is not None:
             self.metrics.request.labels(endpoint).observe(time.monotonic() - started)
 
-    async def _read(self, request: web.Request) -> UploadedImage:
+    async def _read(self, request: web.Request, allow_raw: bool = True) -> UploadedImage:
+        # The image's own reader: not request.post()/read(), whose limit is the app's 64 KiB http.max_body_bytes.
         return await read_image_upload(
-            request, max_body_bytes=self.api.max_body_bytes, max_pixels=self.api.max_pixels
+            request, max_body_bytes=self.api.max_body_bytes, max_pixels=self.api.max_pixels, allow_raw=allow_raw
         )  # fmt: skip
 
     async def _run(
@@ -172,13 +177,6 @@ class DetectApi:
 
 def _retry_after(exc: RequestRejected) -> dict[str, str] | None:
     return {"Retry-After": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
-
-
-def _http_error(status: int) -> type[web.HTTPException]:
-    errors: dict[int, type[web.HTTPException]] = {
-        413: web.HTTPRequestEntityTooLarge, 415: web.HTTPUnsupportedMediaType,
-    }  # fmt: skip
-    return errors.get(status, web.HTTPBadRequest)
 
 
 def _integer(raw: str, key: str) -> int:
