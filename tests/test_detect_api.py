@@ -205,6 +205,21 @@ def test_token_is_required_when_configured(tiny_model: Path, small_video: Path, 
             assert status == 401 and "Bearer" in headers["WWW-Authenticate"]
             status, _, body = post(f"{s.url}{path}", data, ctype, token=TOKEN)
             assert status == 200, body
+        # DeepStack clients send their key as the form field api_key (deepstack-python does): accepted there only.
+        data, ctype = multipart({"api_key": TOKEN, "min_confidence": "0.1"}, png, "image/png")
+        status, _, body = post(f"{s.url}/v1/vision/detection", data, ctype)
+        assert status == 200 and body["success"] is True, body
+        status, _, body = post(f"{s.url}/api/detect", data, ctype)
+        assert status == 401
+        data, ctype = multipart({"api_key": "wrong-" + TOKEN}, png, "image/png")
+        status, headers, body = post(f"{s.url}/v1/vision/detection", data, ctype)
+        assert status == 401 and body == {
+            "success": False,
+            "error": body["error"],
+            **({"duration": body["duration"]} if "duration" in body else {}),
+        }
+        assert "Bearer" in headers["WWW-Authenticate"]
+        assert s.pipe.requests.stats()["served"] == 3, "refused requests never reached the worker"
 
 
 def test_full_queue_is_503_and_deadline_is_504(slow_model: Path, small_video: Path) -> None:

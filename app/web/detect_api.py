@@ -19,6 +19,7 @@ from app.config import VigilConfig
 from app.inference.protocol import DetectOptions
 from app.pipeline.requests import DeadlineExceeded, DetectOutcome, RequestRejected
 from app.pipeline.service import PipelineControl
+from app.web.auth import token_matches
 from app.web.deepstack import MinConfidenceError, deepstack_error, deepstack_success, parse_min_confidence
 from app.web.errors import json_error
 from app.web.image_upload import UploadedImage, UploadError, read_image_upload
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 MAX_DET_LIMIT = 1000
 LOADING = "the detector is still loading"
+DEEPSTACK_PATH = "/v1/vision/detection"
+API_KEY_PENDING = "vigil.api_key_pending"  # request key: the token the DeepStack form's `api_key` must match
 
 
 class DetectApi:
@@ -51,7 +54,7 @@ class DetectApi:
     def add_routes(self, app: web.Application) -> None:
         """Register `POST /api/detect` and `POST /v1/vision/detection`."""
         app.router.add_post("/api/detect", self.detect)
-        app.router.add_post("/v1/vision/detection", self.deepstack)
+        app.router.add_post(DEEPSTACK_PATH, self.deepstack)
 
     # ---- Vigil's endpoint ---------------------------------------------------------------------
 
@@ -100,12 +103,14 @@ class DetectApi:
         pipeline = self._pipeline()
         if pipeline is None or pipeline.worker_info is None:
             return web.json_response(deepstack_error(LOADING), status=503, headers={"Retry-After": "5"})
+        expected: str | None = request.get(API_KEY_PENDING)
         try:
-            upload = await self._read(request, allow_raw=False)
+            upload = await self._read(request, allow_raw=False, authorize=_api_key_check(expected))
             conf = parse_min_confidence(upload.form.get("min_confidence", request.query.get("min_confidence")))
         except UploadError as exc:
             self.bad_requests += 1
-            return web.json_response(deepstack_error(exc.reason), status=exc.status)
+            headers = {"WWW-Authenticate": 'Bearer realm="vigil"'} if exc.status == 401 else None
+            return web.json_response(deepstack_error(exc.reason), status=exc.status, headers=headers)
         except MinConfidenceError as exc:
             self.bad_requests += 1
             return web.json_response(deepstack_error(str(exc)), status=400)
@@ -125,10 +130,13 @@ class DetectApi:
         if self.metrics is not None:
             self.metrics.request.labels(endpoint).observe(time.monotonic() - started)
 
-    async def _read(self, request: web.Request, allow_raw: bool = True) -> UploadedImage:
+    async def _read(
+        self, request: web.Request, allow_raw: bool = True, authorize: Callable[[Mapping[str, str]], None] | None = None
+    ) -> UploadedImage:
         # The image's own reader: not request.post()/read(), whose limit is the app's 64 KiB http.max_body_bytes.
         return await read_image_upload(
-            request, max_body_bytes=self.api.max_body_bytes, max_pixels=self.api.max_pixels, allow_raw=allow_raw
+            request, max_body_bytes=self.api.max_body_bytes, max_pixels=self.api.max_pixels, allow_raw=allow_raw,
+            authorize=authorize,
         )  # fmt: skip
 
     async def _run(
@@ -177,6 +185,18 @@ class DetectApi:
 
 def _retry_after(exc: RequestRejected) -> dict[str, str] | None:
     return {"Retry-After": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
+
+
+def _api_key_check(expected: str | None) -> Callable[[Mapping[str, str]], None] | None:
+    """For a DeepStack request without a valid header or query token: its form's `api_key` must be the token."""
+    if expected is None:
+        return None
+
+    def check(form: Mapping[str, str]) -> None:
+        if not token_matches(expected, form.get("api_key")):
+            raise UploadError(401, "a valid token is required (form field api_key, or Authorization: Bearer)")
+
+    return check
 
 
 def _integer(raw: str, key: str) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,7 +101,13 @@ def sniff_format(data: bytes) -> str | None:
 
 
 async def read_image_upload(
-    request: web.Request, *, field: str = "image", max_body_bytes: int, max_pixels: int, allow_raw: bool = True
+    request: web.Request,
+    *,
+    field: str = "image",
+    max_body_bytes: int,
+    max_pixels: int,
+    allow_raw: bool = True,
+    authorize: Callable[[Mapping[str, str]], None] | None = None,
 ) -> UploadedImage:
     """Read, check and decode the image a client posted.
 
@@ -110,6 +117,9 @@ async def read_image_upload(
         max_body_bytes: Largest body accepted (the whole multipart body, fields included), in bytes.
         max_pixels: Largest width x height accepted, read from the image header before decoding.
         allow_raw: Whether a raw image body is accepted; False where only multipart is part of the API.
+        authorize: Called with the form fields once the body is read and before anything is checked or
+            decoded (DeepStack clients send their key as the form field `api_key`); it raises UploadError (401)
+            to refuse the request.
 
     Returns:
         The decoded image and the form fields sent with it.
@@ -117,7 +127,8 @@ async def read_image_upload(
     Raises:
         UploadError: 400 for no body, an empty or missing image, bytes that are no accepted image or not the
             type declared, zero-size or truncated images and malformed multipart bodies; 413 for a body over
-            ``max_body_bytes`` or an image over ``max_pixels``; 415 for a content type not accepted.
+            ``max_body_bytes`` or an image over ``max_pixels``; 415 for a content type not accepted; what
+            ``authorize`` raises.
     """
     if not request.body_exists or request.content_length == 0:
         raise UploadError(400, f"the request has no body: send a {_SUPPORTED} image")
@@ -142,6 +153,8 @@ async def read_image_upload(
         if allow_raw:
             accepted += " or a raw body of type " + ", ".join(sorted(RAW_IMAGE_TYPES))
         raise UploadError(415, f"content type {ctype or 'none'} is not accepted: send {accepted}")
+    if authorize is not None:
+        authorize(form)
     if not data:
         raise UploadError(400, "the image is empty (0 bytes)")
     return await _check_and_decode(data, declared, expected, max_pixels, form)

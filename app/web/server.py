@@ -26,7 +26,7 @@ from app.secret_files import read_secret_file
 from app.tracking.objects import ObjectEvent
 from app.web import ice
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
-from app.web.detect_api import DetectApi
+from app.web.detect_api import API_KEY_PENDING, DEEPSTACK_PATH, DetectApi
 from app.web.encoder import EncodedFrame, PreviewEncoder
 from app.web.errors import json_error, json_errors
 from app.web.metrics import Metrics
@@ -215,6 +215,11 @@ class WebService(ServiceBase):
         if request.path == "/health" and not self.hcfg.health_requires_token:
             return await handler(request)
         if not token_matches(expected, presented_token(request.headers, request.query)):
+            if request.path == DEEPSTACK_PATH:
+                # DeepStack clients (Blue Iris, Home Assistant) can only send their key as the form field
+                # `api_key`: the handler checks it after reading the body and before decoding anything.
+                request[API_KEY_PENDING] = expected
+                return await handler(request)
             raise json_error(web.HTTPUnauthorized, "a valid token is required (Authorization: Bearer <token>)",
                              headers={"WWW-Authenticate": 'Bearer realm="vigil"'})  # fmt: skip
         return await handler(request)
