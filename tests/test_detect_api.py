@@ -213,11 +213,7 @@ def test_token_is_required_when_configured(tiny_model: Path, small_video: Path, 
         assert status == 401
         data, ctype = multipart({"api_key": "wrong-" + TOKEN}, png, "image/png")
         status, headers, body = post(f"{s.url}/v1/vision/detection", data, ctype)
-        assert status == 401 and body == {
-            "success": False,
-            "error": body["error"],
-            **({"duration": body["duration"]} if "duration" in body else {}),
-        }
+        assert status == 401 and body["success"] is False and body["error"], body
         assert "Bearer" in headers["WWW-Authenticate"]
         assert s.pipe.requests.stats()["served"] == 3, "refused requests never reached the worker"
 
