@@ -11,7 +11,7 @@ from app.config import ConfigError, VigilConfig, dump_config
 
 
 def _services(cfg: VigilConfig) -> list:
-    """The enabled main-loop services (MQTT, HTTP/WebRTC), imported only when configured."""
+    """The enabled main-loop services (MQTT, HTTP/WebRTC, webhooks), imported only when configured."""
     services: list = []
     if cfg.mqtt.enabled:
         from app.mqtt.service import MqttService
@@ -21,6 +21,10 @@ def _services(cfg: VigilConfig) -> list:
         from app.web.server import WebService
 
         services.append(WebService(cfg))
+    if cfg.webhooks:
+        from app.webhooks.service import WebhookService
+
+        services.append(WebhookService(cfg))
     return services
 
 
