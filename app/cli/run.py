@@ -78,6 +78,13 @@ def cmd_check(args: argparse.Namespace) -> int:
                 check_tls_files(cfg.mqtt)
         except MqttConfigError as exc:
             raise UsageError(f"invalid config: {exc}") from exc
+    if cfg.webhooks:
+        from app.webhooks.service import WebhookService
+
+        try:
+            WebhookService(cfg)  # reads every webhooks[].secret_file
+        except ConfigError as exc:
+            raise UsageError(f"invalid config: {exc}") from exc
     print(
         f"ok: config valid; model {cfg.model.path} loads ({det.backend.name}, input {det.info.input_hw}, "
         f"{det.info.layout.value} head, {det.info.num_classes} classes: {', '.join(det.names.values())})"
