@@ -11,7 +11,7 @@ from app.config import ConfigError, VigilConfig, dump_config
 
 
 def _services(cfg: VigilConfig) -> list:
-    """The enabled main-loop services (MQTT, HTTP/WebRTC), imported only when configured."""
+    """The enabled main-loop services (MQTT, HTTP/WebRTC, webhooks), imported only when configured."""
     services: list = []
     if cfg.mqtt.enabled:
         from app.mqtt.service import MqttService
@@ -21,6 +21,10 @@ def _services(cfg: VigilConfig) -> list:
         from app.web.server import WebService
 
         services.append(WebService(cfg))
+    if cfg.webhooks:
+        from app.webhooks.service import WebhookService
+
+        services.append(WebhookService(cfg))
     return services
 
 
@@ -73,6 +77,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             if cfg.mqtt.tls.enabled or cfg.mqtt.tls.ca_file:
                 check_tls_files(cfg.mqtt)
         except MqttConfigError as exc:
+            raise UsageError(f"invalid config: {exc}") from exc
+    if cfg.webhooks:
+        from app.webhooks.service import WebhookService
+
+        try:
+            WebhookService(cfg)  # reads every webhooks[].secret_file
+        except ConfigError as exc:
             raise UsageError(f"invalid config: {exc}") from exc
     print(
         f"ok: config valid; model {cfg.model.path} loads ({det.backend.name}, input {det.info.input_hw}, "
