@@ -179,7 +179,7 @@ def run(main: Callable[[], Awaitable[None]]) -> None:
 
 
 def stats_of(svc: WebhookService) -> dict:
-    key, section = svc.stats_section()
+    [(key, section)] = svc.stats_sections().items()
     assert key == "webhooks"
     (entry,) = section.values()
     return entry
@@ -238,7 +238,7 @@ def test_outage_queues_in_order_opens_the_breaker_and_recovers(tmp_path: Path, c
     assert payload["camera"] == "cam" and payload["type"] == "new" and payload["object"]["label"] == "person"
     assert len({h["X-Vigil-Delivery"] for _, h in rx.received["hook"]}) == 10
     # Credentials never shown: not in the stats key, not in any log line.
-    key = next(iter(WebhookService(cfg).stats_section()[1]))
+    key = next(iter(WebhookService(cfg).stats_sections()["webhooks"]))
     assert "hunter2" not in key and "tok123" not in key and "***" in key
     text = caplog.text
     assert "breaker open" in text and "breaker closed" in text
@@ -414,3 +414,15 @@ def test_live_pipeline_posts_signed_new_events(tiny_model: Path, small_video: Pa
     section = stats[0]["webhooks"]
     (key,) = section
     assert "pw@" not in key and section[key]["delivered"] >= 1
+
+
+def test_webhook_figures_are_in_metrics() -> None:
+    from app.web.metrics import Metrics
+
+    hook = {"delivered": 7, "retried": 2, "failed": 1, "rejected": 0, "dropped": 3, "queue_depth": 4,
+            "breaker": "open", "last_error": "HTTP 503"}  # fmt: skip
+    text = Metrics(lambda: {"cameras": {}, "webhooks": {"http://***@hooks.local/x": hook}}).render().decode()
+    assert 'vigil_webhook_events_total{outcome="delivered",webhook="http://***@hooks.local/x"} 7.0' in text
+    assert 'vigil_webhook_events_total{outcome="dropped",webhook="http://***@hooks.local/x"} 3.0' in text
+    assert 'vigil_webhook_queue_depth{webhook="http://***@hooks.local/x"} 4.0' in text
+    assert 'vigil_webhook_breaker_state{webhook="http://***@hooks.local/x"} 2.0' in text

@@ -76,6 +76,25 @@ class _PipelineCollector(Collector):
                 "vigil_ws_rejected", "WebSocket stream clients refused (client limit)", value=ws["rejected_full"]
             )
         yield from _api_metrics(doc.get("api"))
+        yield from _webhook_metrics(doc.get("webhooks"))
+
+
+def _webhook_metrics(hooks: dict | None) -> Iterable[Metric]:
+    """Per webhook (its redacted URL): events by outcome, queue depth, breaker state (0 closed, 1 half-open, 2 open)."""
+    if not hooks:
+        return
+    events = CounterMetricFamily("vigil_webhook_events", "webhook events by outcome", labels=["webhook", "outcome"])
+    queue = GaugeMetricFamily("vigil_webhook_queue_depth", "events waiting per webhook", labels=["webhook"])
+    breaker = GaugeMetricFamily(
+        "vigil_webhook_breaker_state", "circuit breaker: 0 closed, 1 half-open, 2 open", labels=["webhook"]
+    )  # fmt: skip
+    states = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+    for url, h in hooks.items():
+        for outcome in ("delivered", "retried", "failed", "rejected", "dropped"):
+            events.add_metric([url, outcome], float(h.get(outcome, 0)))
+        queue.add_metric([url], float(h.get("queue_depth", 0)))
+        breaker.add_metric([url], states.get(h.get("breaker", "closed"), 0.0))
+    yield from (events, queue, breaker)
 
 
 def _api_metrics(api: dict | None) -> Iterable[Metric]:

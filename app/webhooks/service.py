@@ -96,7 +96,7 @@ class WebhookService(ServiceBase):
                     body = json.dumps(payload, separators=(",", ":")).encode()
                 sender.enqueue(body, event.type)
 
-    def stats_section(self) -> tuple[str, dict]:
+    def stats_sections(self) -> dict[str, dict]:
         """The stats document's `webhooks` section: redacted URL -> that webhook's counters.
 
         Each entry holds delivered, retried, failed, rejected, dropped, queue_depth, breaker and last_error;
@@ -106,4 +106,4 @@ class WebhookService(ServiceBase):
         for i, sender in enumerate(self.senders):
             key = sender.name if sender.name not in section else f"{sender.name} #{i}"
             section[key] = sender.stats()
-        return "webhooks", section
+        return {"webhooks": section}
