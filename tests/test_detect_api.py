@@ -243,7 +243,9 @@ def test_full_queue_is_503_and_deadline_is_504(slow_model: Path, small_video: Pa
 
 def test_a_client_that_disconnects_cancels_its_request(slow_model: Path, small_video: Path) -> None:
     png = cv2.imencode(".png", np.full((240, 320, 3), 90, np.uint8))[1].tobytes()
-    with Served(web_config(slow_model, small_video)) as s:
+    cfg = web_config(slow_model, small_video)
+    cfg.api.queue_size = 20  # room for all five: the one cancelled must be queued, not refused
+    with Served(cfg) as s:
         assert wait_until(lambda: s.pipe.worker_info is not None, 120)
         host, port = urllib.parse.urlsplit(s.url).hostname, urllib.parse.urlsplit(s.url).port
         # Keep the worker busy with requests, then send one more and hang up before its answer.

@@ -41,13 +41,27 @@ def test_work_conserving_either_way():
 def test_requests_go_first_when_fresh_and_the_memory_fades():
     share = DetectorShare(0.5, half_life_s=2.0)
     assert share.next_kind(True, True, 0.0) == "request"
-    share.record("request", 10.0, 10.0)
-    assert share.next_kind(True, True, 10.0) == "frame"
-    share.record("frame", 1.0, 11.0)
-    # Twenty half-lives later the burst has faded below the newer frame time: requests go first again.
-    share.record("frame", 0.5, 51.0)
-    assert share.request_share(51.0) < 0.5
-    assert share.next_kind(True, True, 51.0) == "request"
+    for i in range(20):  # a burst of requests, 0.1 s each, with no frame in between
+        share.record("request", 0.1, 1.0 + 0.1 * i)
+    assert share.next_kind(True, True, 3.0) == "frame"
+    share.record("frame", 1.0, 59.0)
+    # Thirty half-lives later the burst has faded below the newer frame time: requests go first again.
+    assert share.request_share(60.0) < 0.01
+    assert share.next_kind(True, True, 60.0) == "request"
+
+
+def test_the_share_is_kept_from_above():
+    # Judged with a request's typical cost, the requests' share stays at max_share at most (to within the decay
+    # over one request: the old busy time fades while it runs), instead of crossing it by a request's worth.
+    share = DetectorShare(0.5)
+    now = 0.0
+    for _ in range(3000):
+        kind = share.next_kind(True, True, now)
+        assert kind is not None
+        now += 0.08 if kind == "request" else 0.02
+        share.record(kind, 0.08 if kind == "request" else 0.02, now)
+        if now > 10:
+            assert share.request_share(now) <= 0.5 + 0.001
 
 
 @pytest.mark.parametrize(("max_share", "half_life"), [(0.0, 1.0), (1.5, 1.0), (0.5, 0.0)])

@@ -1,7 +1,8 @@
 """Who gets the detector next: a waiting detection request or a camera frame.
 
-Requests go first (a caller is waiting on them) until they have used `api.max_share` of the detector's
-recent busy time; then camera frames get their turn, so a burst of requests slows the cameras to at most
+Requests go first (a caller is waiting on them) as long as running one more keeps their part of the
+detector's recent busy time within `api.max_share` (judged with the typical cost of a request, so the share is
+kept from above rather than crossed and corrected); otherwise camera frames get their turn, so a burst of requests slows the cameras to at most
 (1 - max_share) of the detector and never stops them. Work-conserving: whichever class has work runs when
 the other has none. "Recent" is an exponentially decayed sum of busy seconds per class (half-life
 `half_life_s`), so the share follows the last few seconds, not the whole uptime.
@@ -33,6 +34,7 @@ class DetectorShare:
         self._decay_per_s = math.log(2) / half_life_s
         self._busy: dict[WorkKind, float] = {"request": 0.0, "frame": 0.0}
         self._at: float | None = None
+        self._request_cost = 0.0  # moving average of one request's busy seconds
 
     def _decay(self, now: float) -> None:
         if self._at is not None and now > self._at:
@@ -45,6 +47,9 @@ class DetectorShare:
         """Count `busy_s` seconds of detector time spent on `kind`, ending at `now` (monotonic s)."""
         self._decay(now)
         self._busy[kind] += max(0.0, busy_s)
+        if kind == "request":
+            c = self._request_cost
+            self._request_cost = busy_s if c == 0.0 else 0.8 * c + 0.2 * busy_s
 
     def request_share(self, now: float) -> float:
         """Requests' share of the recent busy time, 0..1 (0 before any work)."""
@@ -54,6 +59,12 @@ class DetectorShare:
 
     def next_kind(self, request_waiting: bool, frame_waiting: bool, now: float) -> WorkKind | None:
         """What to run next, or None when nothing waits."""
-        if request_waiting and (not frame_waiting or self.request_share(now) < self.max_share):
+        if request_waiting and (not frame_waiting or self._request_fits(now)):
             return "request"
         return "frame" if frame_waiting else None
+
+    def _request_fits(self, now: float) -> bool:
+        """Whether one more request, at its typical cost, keeps the requests' share within `max_share`."""
+        self._decay(now)
+        r, f, c = self._busy["request"], self._busy["frame"], self._request_cost
+        return (r + c) <= self.max_share * (r + f + c)

@@ -344,6 +344,10 @@ class LivePipeline:
         """
         return await self.requests.detect(image, options, timeout_s)
 
+    def check_detect_capacity(self) -> None:
+        """Raise QueueFull (or DetectorUnavailable when stopping) if a detection request could not be queued now."""
+        self.requests.check_capacity()
+
     def last_result_age_s(self) -> float | None:
         """Seconds since the newest result of any worker; None before the first."""
         return time.monotonic() - self._progress_mono if self._progress_mono else None

@@ -158,14 +158,7 @@ class DetectionRequests:
             DetectorUnavailable: The detector failed on it, or the service is stopping.
             asyncio.CancelledError: The caller was cancelled (client gone): the request is dropped.
         """
-        if self._closed:
-            raise DetectorUnavailable("the service is stopping")
-        admitted = len(self._pending) + self._admitting
-        capacity = self.capacity()
-        if admitted >= capacity:
-            self.counts["rejected_full"] += 1
-            raise QueueFull(f"{admitted} requests are queued already (at most {capacity} now; api.queue_size)",
-                            self._retry_after_s())  # fmt: skip
+        self.check_capacity()
         loop = asyncio.get_running_loop()
         submitted_ns = time.monotonic_ns()
         deadline_ns = submitted_ns + int(timeout_s * 1e9)
@@ -233,18 +226,35 @@ class DetectionRequests:
             log.info("%d detection requests handed back for worker %d", len(moved), worker_id)
         self._dispatch()
 
+    def check_capacity(self) -> None:
+        """Refuse a new request now if it could not be queued: callers check before reading an upload.
+
+        Raises:
+            QueueFull: As many requests as `capacity()` are queued (counted in `rejected_full`).
+            DetectorUnavailable: The service is stopping.
+        """
+        if self._closed:
+            raise DetectorUnavailable("the service is stopping")
+        admitted = len(self._pending) + self._admitting
+        capacity = self.capacity()
+        if admitted >= capacity:
+            self.counts["rejected_full"] += 1
+            raise QueueFull(f"{admitted} requests are queued already (at most {capacity} now; api.queue_size)",
+                            self._retry_after_s())  # fmt: skip
+
     def capacity(self) -> int:
         """Requests admitted at most now (waiting and at the worker).
 
         `api.queue_size` while the detector is free for requests. While cameras keep it busy, requests get
         `api.max_share` of it, so each one costs 1/max_share of an inference in wall time; the queue then admits
-        proportionally fewer, `floor((queue_size + 1) x max_share)`, so that a request admitted last still gets its
-        answer within about (queue_size + 1) inferences instead of twice that.
+        proportionally fewer, `floor((queue_size + 1) x max_share) - 1` (at least 1): the last one admitted waits
+        for the others and is answered within about (queue_size + 1) inferences instead of twice that, with one
+        request's worth left for the jitter of a loaded box (measured: `vigil bench --modes api`).
         """
         q = self.api.queue_size
         if time.monotonic() - self._cameras_busy_at > 1.0:
             return q
-        return max(1, min(q, math.floor((q + 1) * self.api.max_share)))
+        return max(1, min(q, math.floor((q + 1) * self.api.max_share) - 1))
 
     def record_busy(self, kind: str, busy_ms: float) -> None:
         """Detector time spent on `kind` ("requests" or "cameras"), for the share figures."""

@@ -71,6 +71,10 @@ class PipelineControl(Protocol):
         """End the run (idempotent)."""
         ...
 
+    def check_detect_capacity(self) -> None:
+        """Raise QueueFull (503) if a detection request could not be queued now: checked before reading an upload."""
+        ...
+
     async def detect(self, image: np.ndarray, options: DetectOptions, timeout_s: float) -> DetectOutcome:
         """Detect on one HxWx3 uint8 BGR image on the serving worker, within `timeout_s` s.
 

@@ -73,7 +73,10 @@ class DetectApi:
         try:
             timeout_s = self._timeout_s(request.query.get("timeout_ms"))
             options = self._options(request.query, names)
+            pipeline.check_detect_capacity()  # a full queue answers before the upload is read and decoded
             upload = await self._read(request)
+        except RequestRejected as exc:
+            raise json_error(web.HTTPServiceUnavailable, exc.reason, headers=_retry_after(exc)) from None
         except UploadError as exc:
             self.bad_requests += 1
             # The body `json_error` gives, built directly: aiohttp's 413 class wants the sizes, not a reason.
@@ -104,6 +107,10 @@ class DetectApi:
         if pipeline is None or pipeline.worker_info is None:
             return web.json_response(deepstack_error(LOADING), status=503, headers={"Retry-After": "5"})
         expected: str | None = request.get(API_KEY_PENDING)
+        try:
+            pipeline.check_detect_capacity()
+        except RequestRejected as exc:
+            return web.json_response(deepstack_error(exc.reason), status=exc.status, headers=_retry_after(exc))
         try:
             upload = await self._read(request, allow_raw=False, authorize=_api_key_check(expected))
             conf = parse_min_confidence(upload.form.get("min_confidence", request.query.get("min_confidence")))
