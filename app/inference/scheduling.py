@@ -1,11 +1,12 @@
 """Who gets the detector next: a waiting detection request or a camera frame.
 
 Requests go first (a caller is waiting on them) as long as running one more keeps their part of the
-detector's recent busy time within `api.max_share` (judged with the typical cost of a request, so the share is
-kept from above rather than crossed and corrected); otherwise camera frames get their turn, so a burst of requests slows the cameras to at most
-(1 - max_share) of the detector and never stops them. Work-conserving: whichever class has work runs when
-the other has none. "Recent" is an exponentially decayed sum of busy seconds per class (half-life
-`half_life_s`), so the share follows the last few seconds, not the whole uptime.
+detector's recent busy time within `api.max_share` (judged with the typical cost of a request, so the share
+is kept from above rather than crossed and corrected); otherwise camera frames get their turn, so a burst
+of requests slows the cameras to at most (1 - max_share) of the detector and never stops them.
+Work-conserving: whichever class has work runs when the other has none. "Recent" is an exponentially
+decayed sum of busy seconds per class (half-life `half_life_s`), so the share follows the last few seconds,
+not the whole uptime.
 """
 
 from __future__ import annotations
