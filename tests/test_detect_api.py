@@ -18,17 +18,9 @@ from conftest import REPO, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from support.field_media import video_frames
 from support.web_harness import Served, web_config
 from test_http_api import TOKEN, http
-
-
-def frame_of(video: Path, index: int) -> np.ndarray:
-    cap = cv2.VideoCapture(str(video))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-    ok, frame = cap.read()
-    cap.release()
-    assert ok
-    return frame
 
 
 def multipart(fields: dict[str, str], image: bytes | None, content_type: str = "image/jpeg") -> tuple[bytes, str]:
@@ -73,7 +65,7 @@ def coco_served(coco_model: Path, sample_video: Path):
 @pytest.fixture(scope="module")
 def street_jpeg(sample_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("images") / "street.jpg"
-    cv2.imwrite(str(path), frame_of(sample_video, 40))
+    cv2.imwrite(str(path), video_frames(sample_video, [40])[0])
     return path
 
 

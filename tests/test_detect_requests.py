@@ -7,10 +7,10 @@ import os
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from conftest import run_driven, vigil_shm_segments, wait_until
+from support.field_media import video_frames
 
 from app.config import VigilConfig
 from app.inference.detector import Detector
@@ -31,15 +31,6 @@ def config(model: Path, video: Path, **extra) -> VigilConfig:
     return VigilConfig.model_validate(data)
 
 
-def video_frame(video: Path, index: int) -> np.ndarray:
-    cap = cv2.VideoCapture(str(video))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-    ok, frame = cap.read()
-    cap.release()
-    assert ok
-    return frame
-
-
 class Client:
     """Calls `pipe.detect` on the pipeline's loop from a test thread."""
 
@@ -57,7 +48,7 @@ class Client:
 
 def test_boxes_equal_the_detector_on_the_same_image(coco_model: Path, sample_video: Path) -> None:
     cfg = config(coco_model, sample_video)
-    image = video_frame(sample_video, 40)
+    (image,) = video_frames(sample_video, [40])
     reference = Detector.from_config(cfg.model)
     narrow = cfg.model.model_copy(update={"conf": 0.5, "classes": ["person"]})
     narrow_ref = Detector.from_config(narrow)

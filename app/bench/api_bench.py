@@ -4,7 +4,9 @@ One `vigil run`-like pipeline (one camera, the web service on a free loopback po
 a separate process (their own event loop, so they do not take the pipeline's), for 1, 4 and 16 concurrent
 clients in turn, with windows without requests before and after as the camera's own rate. Reports requests/s,
 p50/p99 latency of served requests, the share of 503/504 and any other status, and the camera's processed fps
-against its rate without requests, with the issue's goals checked.
+against its rate without requests, with the issue's goals checked. Clients wait `Retry-After` on a 503 as
+they are told; one more window repeats the largest burst with clients that ignore it (50 ms), to show
+what a flood of refusals costs.
 """
 
 from __future__ import annotations
@@ -13,14 +15,21 @@ import asyncio
 import multiprocessing as mp
 import statistics
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from app.bench.common import percentiles, read_frames
-from app.bench.recorders import SampleRecorder
+from app.bench.recorders import RssSampler, SampleRecorder
 from app.config import ModelConfig, VigilConfig
+
+if TYPE_CHECKING:
+    from app.pipeline.live import LivePipeline
+    from app.pipeline.service import Service
+    from app.web.server import WebService
 
 WARMUP_S = 3.0
 
@@ -67,20 +76,53 @@ def _client_process(
     conn.close()
 
 
-def _run_clients(
-    url: str, images: list[bytes], clients: int, seconds: float, impatient: bool = False
-) -> list[tuple[int, float]]:
+def _in_client_process(target: Callable[..., None], args: tuple, seconds: float) -> Any:
+    """Run `target(*args, conn)` in a spawned process (its own event loop, off the pipeline's) and return what it sends.
+
+    None when it sent nothing within `seconds` + 120 s; the process is killed if it does not exit.
+    """
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_client_process, args=(url, images, clients, seconds, impatient, child), daemon=True)
+    proc = ctx.Process(target=target, args=(*args, child), daemon=True)
     proc.start()
     child.close()
     try:
-        return parent.recv() if parent.poll(seconds + 120) else []
+        return parent.recv() if parent.poll(seconds + 120) else None
     finally:
         proc.join(10)
         if proc.is_alive():
             proc.kill()
+
+
+def _served_pipeline(
+    model: ModelConfig, source: str, extra: list[Service]
+) -> tuple[VigilConfig, WebService, LivePipeline]:
+    """One looped real-time camera `bench` with the web service on a free loopback port, plus `extra` services."""
+    from app.pipeline.live import LivePipeline
+    from app.web.server import WebService
+
+    cfg = VigilConfig.model_validate(
+        {
+            "device_id": "bench",
+            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+            "model": model.model_dump(),
+            "output": {"json_lines": False, "status_interval_s": 0},
+            "http": {"port": 0},
+        }
+    )
+    web = WebService(cfg)
+    return cfg, web, LivePipeline(cfg, [web, *extra])
+
+
+async def _start(pipe: LivePipeline, web: WebService) -> asyncio.Task:
+    """Start the pipeline; return its task once the worker serves, the server listens and WARMUP_S passed."""
+    run = asyncio.create_task(pipe.run())
+    while pipe.worker_info is None or not web.url:
+        if run.done():
+            await run
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(WARMUP_S)
+    return run
 
 
 def _window(samples: list[tuple[int, float]], seconds: float) -> dict:
@@ -99,32 +141,15 @@ def _window(samples: list[tuple[int, float]], seconds: float) -> dict:
 
 def bench_api(model: ModelConfig, source: str, seconds: float, client_counts: tuple[int, ...] = (1, 4, 16)) -> dict:
     """Run the request benchmark; windows of `seconds` s per client count. Returns the figures and goal checks."""
-    from app.pipeline.live import LivePipeline
-    from app.web.server import WebService
-
-    cfg = VigilConfig.model_validate(
-        {
-            "device_id": "bench",
-            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
-            "model": model.model_dump(),
-            "output": {"json_lines": False, "status_interval_s": 0},
-            "http": {"port": 0},
-        }
-    )
     frames = read_frames(source, 60)
     images = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames[::12]]
-    web, samples = WebService(cfg), SampleRecorder()
-    pipe = LivePipeline(cfg, [web, samples])
+    samples = SampleRecorder()
+    cfg, web, pipe = _served_pipeline(model, source, [samples])
     result: dict = {"seconds_per_window": seconds, "queue_size": cfg.api.queue_size, "max_share": cfg.api.max_share,
                     "image": f"{frames[0].shape[1]}x{frames[0].shape[0]} JPEG", "windows": {}}  # fmt: skip
 
     async def drive() -> None:
-        run = asyncio.create_task(pipe.run())
-        while pipe.worker_info is None or not web.url:
-            if run.done():
-                await run
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(WARMUP_S)
+        run = await _start(pipe, web)
         loop = asyncio.get_running_loop()
         url = web.url.rstrip("/") + "/api/detect"
         camera = pipe.stats["bench"]
@@ -133,7 +158,8 @@ def bench_api(model: ModelConfig, source: str, seconds: float, client_counts: tu
             before, t0 = camera.processed, time.monotonic()
             n0 = len(samples.inference_ms)
             if clients:
-                got = await loop.run_in_executor(None, _run_clients, url, images, clients, seconds, impatient)
+                args = (url, images, clients, seconds, impatient)
+                got = await loop.run_in_executor(None, _in_client_process, _client_process, args, seconds) or []
             else:
                 got = []
                 await asyncio.sleep(seconds)
@@ -224,30 +250,12 @@ def _ws_client_process(url: str, readers: int, seconds: float, conn: Connection)
 
 def bench_ws(model: ModelConfig, source: str, seconds: float, readers: int = 9) -> dict:
     """The live pipeline's processed fps with `readers` + 1 stuck WebSocket clients vs none; main RSS; drops."""
-    from app.bench.recorders import RssSampler
-    from app.pipeline.live import LivePipeline
-    from app.web.server import WebService
-
-    cfg = VigilConfig.model_validate(
-        {
-            "device_id": "bench",
-            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
-            "model": model.model_dump(),
-            "output": {"json_lines": False, "status_interval_s": 0},
-            "http": {"port": 0},
-        }
-    )
-    web, rss = WebService(cfg), RssSampler(1.0)
-    pipe = LivePipeline(cfg, [web, rss])
+    rss = RssSampler(1.0)
+    _, web, pipe = _served_pipeline(model, source, [rss])
     out: dict = {"seconds_per_window": seconds, "clients": readers + 1, "never_reading": 1}
 
     async def drive() -> None:
-        run = asyncio.create_task(pipe.run())
-        while pipe.worker_info is None or not web.url:
-            if run.done():
-                await run
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(WARMUP_S)
+        run = await _start(pipe, web)
         loop = asyncio.get_running_loop()
         camera = pipe.stats["bench"]
         url = web.url.replace("http", "ws", 1).rstrip("/") + "/api/ws"
@@ -256,7 +264,8 @@ def bench_ws(model: ModelConfig, source: str, seconds: float, readers: int = 9) 
             before, t0, rss0 = camera.processed, time.monotonic(), len(rss.rss_mb["main"])
             got: dict = {}
             if clients:
-                got = await loop.run_in_executor(None, _run_ws_clients, url, readers, seconds)
+                args = (url, readers, seconds)
+                got = await loop.run_in_executor(None, _in_client_process, _ws_client_process, args, seconds) or {}
             else:
                 await asyncio.sleep(seconds)
             wall = time.monotonic() - t0
@@ -280,17 +289,3 @@ def bench_ws(model: ModelConfig, source: str, seconds: float, readers: int = 9) 
         "slow_client_dropped": out["ws_stats"]["dropped"] > 0,
     }
     return out
-
-
-def _run_ws_clients(url: str, readers: int, seconds: float) -> dict:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_ws_client_process, args=(url, readers, seconds, child), daemon=True)
-    proc.start()
-    child.close()
-    try:
-        return parent.recv() if parent.poll(seconds + 120) else {}
-    finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
