@@ -80,3 +80,25 @@ def test_bench_realtime_bad_sweep_is_a_clear_error(tiny_model: Path, small_video
                           "--source", str(small_video), "--sweep", "two:on"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)  # fmt: skip
     assert res.returncode == 2 and "THREADS:on|off" in res.stderr
+
+
+def test_bench_api_modes_write_their_own_block(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
+    md = tmp_path / "BENCH.md"
+    from app.bench.report import BEGIN, END
+
+    core = f"{BEGIN}\nold core figures\n{END}"
+    md.write_text(f"# Benchmarks\n\n{core}\n")
+    args = [sys.executable, "-m", "app", "bench", "--model", str(tiny_model), "--source", str(small_video),
+            "--modes", "api,api-ws", "--api-seconds", "1", "--ws-seconds", "1",
+            "--json", "--markdown", str(md)]  # fmt: skip
+    res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)["modes"]
+    windows = out["api"]["windows"]
+    assert set(windows) == {"no requests (before)", "1 clients", "4 clients", "16 clients",
+                            "16 clients ignoring Retry-After", "no requests (after)"}  # fmt: skip
+    assert windows["1 clients"]["requests"] > 0 and windows["1 clients"]["other_statuses"] == []
+    assert out["api-ws"]["ws_stats"]["connections"] == 10
+    text = md.read_text()
+    assert core in text, "the core block is left alone"
+    assert "Local inference service on CPU" in text and "WebSocket stream" in text
