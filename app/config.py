@@ -305,7 +305,9 @@ class ApiConfig(_Strict):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="image bodies above this get 413")
     max_ws_clients: int = Field(16, ge=0, description="WebSocket stream clients at once; more get 503")
     ws_queue: int = Field(256, ge=1, description="messages queued per WebSocket client; the oldest go first")
-    ws_heartbeat_s: float = Field(20.0, gt=0, description="WebSocket ping period; a client silent 2 periods is closed")
+    ws_heartbeat_s: float = Field(
+        20.0, gt=0, description="WebSocket ping period; no pong within half of it closes the client"
+    )
 
 
 WebhookEventType = Literal["new", "update", "end", "alert"]
