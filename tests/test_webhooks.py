@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from app.config import VigilConfig
+from app.config import VigilConfig, WebhookConfig
 from app.tracking.objects import ObjectEvent
 from app.webhooks.breaker import CircuitBreaker
-from app.webhooks.service import WebhookConfigError, WebhookService, matches
+from app.webhooks.service import ObjectLabels, WebhookConfigError, WebhookService, matches
 from app.webhooks.signing import SIGNATURE_HEADER, sign, verify
 
 SECRET = "s3cret-key"
@@ -275,6 +275,19 @@ def test_filters_by_event_type_label_and_camera() -> None:
     assert rx.received["all"][2][0] == rx.received["cars"][0][0]
     hook = cfg.webhooks[3]
     assert matches(hook, "yard", event(9, "alert")) and not matches(hook, "cam", event(9, "alert"))
+
+
+def test_the_label_filter_judges_an_object_by_the_label_it_was_announced_with() -> None:
+    # The tracker is class-agnostic: object 7 is announced as a car and ends as a person (seen in the field:
+    # a `labels: [person]` webhook got `end`s for objects whose `new` it never had).
+    labels = ObjectLabels()
+    people = WebhookConfig.model_validate({"url": "http://127.0.0.1:9/", "labels": ["person"],
+                                           "events": ["new", "update", "end"]})  # fmt: skip
+    sent = [ev for ev in (event(7, "new", "car"), event(7, "update", "person"), event(7, "end", "person"),
+                          event(8, "new", "person"), event(8, "update", "car"), event(8, "end", "car"))
+            if matches(people, "cam", ev, labels.label_for("cam", ev))]  # fmt: skip
+    assert [(e.obj["id"], e.type) for e in sent] == [(8, "new"), (8, "update"), (8, "end")]
+    assert not labels._announced, "ended objects are forgotten"
 
 
 def test_full_queue_drops_the_oldest_and_counts() -> None:

@@ -32,13 +32,41 @@ class WebhookConfigError(ConfigError):
     """A webhook's secret file is unreadable or empty; the message names the config key."""
 
 
-def matches(hook: WebhookConfig, camera: str, event: ObjectEvent) -> bool:
-    """Whether `event` of `camera` passes the webhook's `events`, `labels` and `cameras` filters."""
+def matches(hook: WebhookConfig, camera: str, event: ObjectEvent, label: str | None = None) -> bool:
+    """Whether `event` of `camera` passes the webhook's `events`, `labels` and `cameras` filters.
+
+    `label` is the one the `labels` filter judges (default: the event object's label now).
+    """
+    judged = event.obj.get("label") if label is None else label
     return (
         event.type in hook.events
-        and (hook.labels is None or event.obj.get("label") in hook.labels)
+        and (hook.labels is None or judged in hook.labels)
         and (hook.cameras is None or camera in hook.cameras)
     )
+
+
+class ObjectLabels:
+    """The label each tracked object was announced with (`new`), per camera, until its `end`.
+
+    The tracker is class-agnostic, so an object's label can change while it is tracked (a `car` that turns out
+    to be a `person`). Judging the `labels` filter by the label of each event would send a receiver an `end`
+    for an object it never got the `new` of; judged by the announced label, an object's events go out as a
+    whole or not at all.
+    """
+
+    def __init__(self) -> None:
+        self._announced: dict[tuple[str, object], str] = {}
+
+    def label_for(self, camera: str, event: ObjectEvent) -> str:
+        """The label to judge `event` by; forgets the object at its `end`."""
+        key = (camera, event.obj.get("id"))
+        label = str(event.obj.get("label"))
+        if event.type == "new":
+            self._announced[key] = label
+            return label
+        if event.type == "end":
+            return self._announced.pop(key, label)
+        return self._announced.get(key, label)
 
 
 def _read_secret(hook: WebhookConfig, index: int) -> str | None:
@@ -70,6 +98,7 @@ class WebhookService(ServiceBase):
         self.stop_grace_s = stop_grace_s
         self.senders = [WebhookSender(hook, _read_secret(hook, i)) for i, hook in enumerate(cfg.webhooks)]
         self._session: aiohttp.ClientSession | None = None
+        self.labels = ObjectLabels()
 
     async def start(self, pipeline: PipelineControl) -> None:
         """Open the HTTP client session and start one sender task per webhook."""
@@ -89,8 +118,9 @@ class WebhookService(ServiceBase):
     def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None) -> None:
         """Queue the event for every webhook whose filters it passes (serialised once, never blocks)."""
         body: bytes | None = None
+        label = self.labels.label_for(camera, event)
         for sender in self.senders:
-            if matches(sender.hook, camera, event):
+            if matches(sender.hook, camera, event, label):
                 if body is None:
                     payload = event_payload(self.device_id, camera, event, record)
                     body = json.dumps(payload, separators=(",", ":")).encode()
