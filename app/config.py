@@ -331,7 +331,9 @@ class WebhookConfig(_Strict):
     queue_size: int = Field(1000, ge=1, description="events waiting per webhook; the oldest are dropped when full")
     retry_initial_s: float = Field(0.5, gt=0, description="first retry delay, doubling per attempt")
     retry_max_s: float = Field(30.0, gt=0, description="cap of the retry delay")
-    max_attempts: int = Field(5, ge=1, description="attempts per event before it is dropped (and counted)")
+    max_attempts: int = Field(
+        10, ge=1, description="attempts per event before it is given up (counted); 10 = about 2 min of retries"
+    )
     failures_to_open: int = Field(5, ge=1, description="consecutive failures that open the circuit breaker")
     open_s: float = Field(30.0, gt=0, description="an open breaker lets one probe through after this long")
 

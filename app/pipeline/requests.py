@@ -158,6 +158,9 @@ class DetectionRequests:
             DetectorUnavailable: The detector failed on it, or the service is stopping.
             asyncio.CancelledError: The caller was cancelled (client gone): the request is dropped.
         """
+        if timeout_s <= 0:
+            self.counts["expired"] += 1
+            raise DeadlineExceeded("the deadline passed while the image was read")
         self.check_capacity()
         loop = asyncio.get_running_loop()
         submitted_ns = time.monotonic_ns()
@@ -239,7 +242,7 @@ class DetectionRequests:
         capacity = self.capacity()
         if admitted >= capacity:
             self.counts["rejected_full"] += 1
-            raise QueueFull(f"{admitted} requests are queued already (at most {capacity} now; api.queue_size)",
+            raise QueueFull(f"the detection queue is full ({admitted} of {capacity} places taken; see api.queue_size)",
                             self._retry_after_s())  # fmt: skip
 
     def capacity(self) -> int:

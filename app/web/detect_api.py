@@ -17,7 +17,7 @@ from aiohttp import web
 
 from app.config import VigilConfig
 from app.inference.protocol import DetectOptions
-from app.pipeline.requests import DeadlineExceeded, DetectOutcome, RequestRejected
+from app.pipeline.requests import DetectOutcome, RequestRejected
 from app.pipeline.service import PipelineControl
 from app.web.auth import token_matches
 from app.web.deepstack import MinConfidenceError, deepstack_error, deepstack_success, parse_min_confidence
@@ -152,11 +152,9 @@ class DetectApi:
         """Queue the image with what is left of its deadline.
 
         Raises:
-            RequestRejected: Full queue (503), deadline passed (504, also when reading the image used it up), or
-                the detector failed or is stopping (503).
+            RequestRejected: Full queue (503), deadline passed (504, also when reading the image used it up:
+                `timeout_s` <= 0), or the detector failed or is stopping (503).
         """
-        if timeout_s <= 0:
-            raise DeadlineExceeded("the deadline passed while the image was read")
         return await pipeline.detect(upload.image, options, timeout_s)
 
     def _timeout_s(self, raw: str | None) -> float:

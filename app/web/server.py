@@ -220,7 +220,8 @@ class WebService(ServiceBase):
                 # `api_key`: the handler checks it after reading the body and before decoding anything.
                 request[API_KEY_PENDING] = expected
                 return await handler(request)
-            raise json_error(web.HTTPUnauthorized, "a valid token is required (Authorization: Bearer <token>)",
+            raise json_error(web.HTTPUnauthorized,
+                             "a valid token is required (Authorization: Bearer <token>, or ?token=<token>)",
                              headers={"WWW-Authenticate": 'Bearer realm="vigil"'})  # fmt: skip
         return await handler(request)
 
