@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MAX_DET_LIMIT = 1000
 LOADING = "the detector is still loading"
 DEEPSTACK_PATH = "/v1/vision/detection"
-API_KEY_PENDING = "vigil.api_key_pending"  # request key: the token the DeepStack form's `api_key` must match
+API_KEY_PENDING = web.RequestKey("vigil.api_key_pending", str)  # the token the form's `api_key` must match
 
 
 class DetectApi:
