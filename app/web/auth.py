@@ -75,7 +75,10 @@ def resolve_token(cfg: HttpConfig) -> TokenSource:
 
 def token_matches(expected: str, presented: str | None) -> bool:
     """Constant-time comparison; False when no token was presented."""
-    return presented is not None and hmac.compare_digest(expected.encode(), presented.encode())
+    if presented is None:
+        return False
+    # surrogateescape: aiohttp hands undecodable header bytes over as surrogates; they must compare unequal, not raise.
+    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogateescape"))
 
 
 def presented_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:

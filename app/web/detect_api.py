@@ -8,6 +8,7 @@ passes first. A client that disconnects cancels its request (the server cancels 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from app.config import VigilConfig
 from app.inference.protocol import DetectOptions
-from app.pipeline.requests import DetectOutcome, RequestRejected
+from app.pipeline.requests import DeadlineExceeded, DetectOutcome, QueueFull, RequestRejected
 from app.pipeline.service import PipelineControl
 from app.web.auth import token_matches
 from app.web.deepstack import MinConfidenceError, deepstack_error, deepstack_success, parse_min_confidence
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_DET_LIMIT = 1000
 LOADING = "the detector is still loading"
+DECODE_SLOTS = 2  # images checked and decoded at once (a 50 MP decode holds 150 MB and more meanwhile)
 DEEPSTACK_PATH = "/v1/vision/detection"
 API_KEY_PENDING = web.RequestKey("vigil.api_key_pending", str)  # the token the form's `api_key` must match
 
@@ -49,7 +51,19 @@ class DetectApi:
         self.metrics = metrics
         self.api = cfg.api
         self._pipeline = pipeline
-        self.bad_requests = 0  # refused before reaching the queue (4xx)
+        # Uploads being read or decoded at once: a full queue answers before reading, and these bound what a burst
+        # of large images can hold in memory meanwhile (decoded pixels are up to api.max_pixels x 3 bytes each).
+        self._uploads = asyncio.Semaphore(cfg.api.queue_size)
+        self._decodes = asyncio.Semaphore(DECODE_SLOTS)
+        self.counts = {"bad_requests": 0, "upload_timeouts": 0, "uploads_full": 0}
+
+    def stats(self) -> dict:
+        """The `http` section: detection requests refused before the queue.
+
+        `bad_requests` (4xx), `uploads_full` (503: `api.queue_size` uploads were being read already) and
+        `upload_timeouts` (504: the deadline passed while the image was read).
+        """
+        return dict(self.counts)
 
     def add_routes(self, app: web.Application) -> None:
         """Register `POST /api/detect` and `POST /v1/vision/detection`."""
@@ -74,11 +88,12 @@ class DetectApi:
             timeout_s = self._timeout_s(request.query.get("timeout_ms"))
             options = self._options(request.query, names)
             pipeline.check_detect_capacity()  # a full queue answers before the upload is read and decoded
-            upload = await self._read(request)
+            upload = await self._read(request, timeout_s)
         except RequestRejected as exc:
-            raise json_error(web.HTTPServiceUnavailable, exc.reason, headers=_retry_after(exc)) from None
+            cls = web.HTTPGatewayTimeout if exc.status == 504 else web.HTTPServiceUnavailable
+            raise json_error(cls, exc.reason, headers=_retry_after(exc)) from None
         except UploadError as exc:
-            self.bad_requests += 1
+            self.counts["bad_requests"] += 1
             # The body `json_error` gives, built directly: aiohttp's 413 class wants the sizes, not a reason.
             return web.json_response({"error": exc.reason, "status": exc.status}, status=exc.status)
         try:
@@ -112,15 +127,19 @@ class DetectApi:
         except RequestRejected as exc:
             return web.json_response(deepstack_error(exc.reason), status=exc.status, headers=_retry_after(exc))
         try:
-            upload = await self._read(request, allow_raw=False, authorize=_api_key_check(expected))
+            upload = await self._read(
+                request, self.api.default_timeout_ms / 1e3, allow_raw=False, authorize=_api_key_check(expected)
+            )  # fmt: skip
             conf = parse_min_confidence(upload.form.get("min_confidence", request.query.get("min_confidence")))
         except UploadError as exc:
-            self.bad_requests += 1
+            self.counts["bad_requests"] += 1
             headers = {"WWW-Authenticate": 'Bearer realm="vigil"'} if exc.status == 401 else None
             return web.json_response(deepstack_error(exc.reason), status=exc.status, headers=headers)
         except MinConfidenceError as exc:
-            self.bad_requests += 1
+            self.counts["bad_requests"] += 1
             return web.json_response(deepstack_error(str(exc)), status=400)
+        except RequestRejected as exc:
+            return web.json_response(deepstack_error(exc.reason), status=exc.status, headers=_retry_after(exc))
         timeout_s = self.api.default_timeout_ms / 1e3 - (time.monotonic() - started)
         try:
             outcome = await self._run(pipeline, upload, DetectOptions(conf=conf), timeout_s)
@@ -138,13 +157,33 @@ class DetectApi:
             self.metrics.request.labels(endpoint).observe(time.monotonic() - started)
 
     async def _read(
-        self, request: web.Request, allow_raw: bool = True, authorize: Callable[[Mapping[str, str]], None] | None = None
+        self,
+        request: web.Request,
+        timeout_s: float,
+        allow_raw: bool = True,
+        authorize: Callable[[Mapping[str, str]], None] | None = None,
     ) -> UploadedImage:
-        # The image's own reader: not request.post()/read(), whose limit is the app's 64 KiB http.max_body_bytes.
-        return await read_image_upload(
-            request, max_body_bytes=self.api.max_body_bytes, max_pixels=self.api.max_pixels, allow_raw=allow_raw,
-            authorize=authorize,
-        )  # fmt: skip
+        """Read and decode the upload within `timeout_s`, at most `api.queue_size` at once.
+
+        Raises:
+            RequestRejected: 503 when as many uploads are being read already, 504 when the deadline passes first
+                (a slow client cannot hold a place past its own deadline).
+            UploadError: The upload breaks a rule (4xx).
+        """
+        if self._uploads.locked():
+            self.counts["uploads_full"] += 1
+            raise QueueFull("too many uploads are being read (api.queue_size)", 1.0)
+        async with self._uploads:
+            # The image's own reader: not request.post()/read(), whose limit is the app's 64 KiB http.max_body_bytes.
+            reading = read_image_upload(
+                request, max_body_bytes=self.api.max_body_bytes, max_pixels=self.api.max_pixels, allow_raw=allow_raw,
+                authorize=authorize, decode_gate=self._decodes,
+            )  # fmt: skip
+            try:
+                return await asyncio.wait_for(reading, max(0.001, timeout_s))
+            except asyncio.TimeoutError:
+                self.counts["upload_timeouts"] += 1
+                raise DeadlineExceeded("the deadline passed while the image was read") from None
 
     async def _run(
         self, pipeline: PipelineControl, upload: UploadedImage, options: DetectOptions, timeout_s: float
@@ -230,7 +269,7 @@ def _classes(raw: str, names: Mapping[int, str]) -> tuple[int, ...]:
             continue
         if item.lower() in by_label:
             ids.append(by_label[item.lower()])
-        elif item.isdigit() and int(item) in names:
+        elif item.isascii() and item.isdigit() and int(item) in names:
             ids.append(int(item))
         else:
             raise UploadError(400, f"classes: {item[:40]!r} is not a class of the model")

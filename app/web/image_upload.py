@@ -34,6 +34,7 @@ CHUNK_BYTES = 64 * 1024
 """Bytes read from the socket at a time."""
 
 MAX_FORM_FIELD_BYTES = 4096
+MAX_PARTS = 16  # the image and a few fields (DeepStack sends image, api_key, min_confidence)
 """Longest text field (``min_confidence`` and the like) accepted next to the image in a multipart body."""
 
 # Declared content type -> the format the bytes must be. image/jpg is not registered but common in the wild.
@@ -108,6 +109,7 @@ async def read_image_upload(
     max_pixels: int,
     allow_raw: bool = True,
     authorize: Callable[[Mapping[str, str]], None] | None = None,
+    decode_gate: asyncio.Semaphore | None = None,
 ) -> UploadedImage:
     """Read, check and decode the image a client posted.
 
@@ -120,6 +122,8 @@ async def read_image_upload(
         authorize: Called with the form fields once the body is read and before anything is checked or
             decoded (DeepStack clients send their key as the form field `api_key`); it raises UploadError (401)
             to refuse the request.
+        decode_gate: Held while checking and decoding, to bound how many images are decoded at once (a 146 KB
+            PNG can decode to 150 MB).
 
     Returns:
         The decoded image and the form fields sent with it.
@@ -157,7 +161,10 @@ async def read_image_upload(
         authorize(form)
     if not data:
         raise UploadError(400, "the image is empty (0 bytes)")
-    return await _check_and_decode(data, declared, expected, max_pixels, form)
+    if decode_gate is None:
+        return await _check_and_decode(data, declared, expected, max_pixels, form)
+    async with decode_gate:
+        return await _check_and_decode(data, declared, expected, max_pixels, form)
 
 
 async def _read_limited(stream: StreamReader | BodyPartReader, limit: int, already: int = 0) -> bytes:
@@ -194,7 +201,11 @@ async def _read_multipart(request: web.Request, field: str, limit: int) -> tuple
     try:
         # request.multipart() reads through read_chunk here, which client_max_size does not limit.
         reader = await request.multipart()
+        parts = 0
         while (part := await reader.next()) is not None:
+            parts += 1
+            if parts > MAX_PARTS:  # each part costs a parse on the event loop: hundreds of thousands stall it
+                raise UploadError(400, f"the multipart body has more than {MAX_PARTS} parts")
             if not isinstance(part, BodyPartReader):
                 raise UploadError(400, "nested multipart bodies are not accepted")
             name, filename = part.name, part.filename
@@ -231,7 +242,20 @@ async def _read_multipart(request: web.Request, field: str, limit: int) -> tuple
 async def _check_and_decode(
     data: bytes, declared: str, expected: str | None, max_pixels: int, form: dict[str, str]
 ) -> UploadedImage:
-    """Refuse by the cheap checks (type, header size, truncation), then decode off the event loop."""
+    """Run `_check_and_decode_sync` off the event loop.
+
+    Even the checks walk the file in Python (JPEG segments, PNG chunks: a crafted 18 MB file of millions of
+    empty segments took 10 s on the loop, stalling every camera and the systemd pings); decoding a 50 MP
+    image takes longer still.
+    """
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, _check_and_decode_sync, data, declared, expected, max_pixels, form)
+
+
+def _check_and_decode_sync(
+    data: bytes, declared: str, expected: str | None, max_pixels: int, form: dict[str, str]
+) -> UploadedImage:
+    """Refuse by the cheap checks (type, header size, truncation), then decode (in a worker thread)."""
     fmt = sniff_format(data)
     if fmt is None:
         raise UploadError(400, f"the body is not a {_SUPPORTED} image")
@@ -247,7 +271,7 @@ async def _check_and_decode(
     _check_size(*_header_size(data, fmt, max_pixels), max_pixels)
     if is_truncated_image(data):
         raise UploadError(400, f"the {fmt} image is truncated (it ends before its end marker)")
-    image = await asyncio.get_running_loop().run_in_executor(None, decode_image, data)
+    image = decode_image(data)
     if image is None:
         raise UploadError(400, f"the {fmt} image could not be decoded")
     h, w = image.shape[:2]

@@ -26,6 +26,7 @@ from app.secret_files import read_secret_file
 from app.tracking.objects import ObjectEvent
 from app.web import ice
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
+from app.web.client_errors import ClientErrorsQuiet
 from app.web.detect_api import API_KEY_PENDING, DEEPSTACK_PATH, DetectApi
 from app.web.encoder import EncodedFrame, PreviewEncoder
 from app.web.errors import json_error, json_errors
@@ -37,6 +38,7 @@ from app.web.viewers import ViewerRegistry
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/static/", "/favicon.ico")
+SHUTDOWN_GRACE_S = 3.0
 
 
 class HttpConfigError(ConfigError):
@@ -71,6 +73,7 @@ class WebService(ServiceBase):
         self.viewers = ViewerRegistry(self.hcfg.max_viewers)
         self.encoders: dict[str, PreviewEncoder] = {}
         self.metrics = Metrics(self._stats)
+        self._quiet = ClientErrorsQuiet()
         self.detect_api = DetectApi(cfg, lambda: self._pipeline, self.metrics)
         self.stream = StreamHub(cfg.device_id, [c.name for c in cfg.cameras], cfg.api)
         self.names: dict[int, str] = {}
@@ -92,10 +95,15 @@ class WebService(ServiceBase):
         for name, ring in pipeline.rings.items():
             overlay = (lambda n=name: self._overlay.get(n, [])) if self.hcfg.server_side_boxes else None
             self.encoders[name] = PreviewEncoder(name, ring, self.hcfg, overlay, self._on_encoded)
+        self._quiet.install()
         app = self.build_app()
         # No access log: it would carry ?token= query strings. Handler cancellation: a client that disconnects
         # cancels its detection request instead of leaving it to run for nobody.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        # Shutdown timeout: at stop, requests still in progress (a slow upload) get this long, not aiohttp's 60 s,
+        # which systemd's TimeoutStopSec (30 s) would end with SIGKILL and leaked frame rings.
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_GRACE_S
+        )  # fmt: skip
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.hcfg.host, self.hcfg.port, ssl_context=self.ssl_context)
         try:
@@ -140,12 +148,14 @@ class WebService(ServiceBase):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._quiet.remove()
 
     def stats_sections(self) -> dict[str, dict]:
-        """This service's `webrtc` and `ws` sections of the stats document.
+        """This service's `webrtc`, `ws` and `http` sections of the stats document.
 
         `webrtc`: viewers, sessions, rejected viewers, encoded frames and the last encode time (ms); `ws`: the
-        WebSocket stream's clients and messages (`StreamHub.stats`).
+        WebSocket stream's clients and messages (`StreamHub.stats`); `http`: detection uploads refused before the
+        queue (`DetectApi.stats`).
         """
         enc_ms = [e.last_encode_ms for e in self.encoders.values() if e.last_encode_ms is not None]
         webrtc = {
@@ -154,7 +164,7 @@ class WebService(ServiceBase):
             "encoded": sum(e.frames_encoded for e in self.encoders.values()),
             "encode_ms_last": round(max(enc_ms), 2) if enc_ms else None,
         }  # fmt: skip
-        return {"webrtc": webrtc, "ws": self.stream.stats()}
+        return {"webrtc": webrtc, "ws": self.stream.stats(), "http": self.detect_api.stats()}
 
     # ---- results -----------------------------------------------------------------------------
 
