@@ -317,3 +317,11 @@ def test_vigil_detect_and_check_on_a_dynamic_model_at_650(
     )  # fmt: skip
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "imgsz 100000 is not a usable input size" in res.stderr
+
+
+def test_class_lists_are_read_one_way_for_config_and_requests() -> None:
+    from app.inference.detector import match_classes
+
+    names = {0: "person", 1: "bicycle", 2: "car"}
+    assert match_classes(["Car", 0, "1", "car", "zebra", "²", "٣"], names) == ((2, 0, 1), ["'zebra'", "'²'", "'٣'"])
+    assert match_classes(["7"], {}) == ((7,), [])  # a model without names takes any id

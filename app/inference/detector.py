@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -22,6 +23,33 @@ from app.letterbox import LetterboxGeometry, Preprocessor, check_frame
 from app.types import Detections, StageTimings
 
 log = logging.getLogger(__name__)
+
+
+def match_classes(wanted: Iterable[int | str], names: Mapping[int, str]) -> tuple[tuple[int, ...], list[str]]:
+    """Labels (case-insensitive) and ids (ints or digit strings), in any mix, as class ids of a model.
+
+    The one reading of a class list, for `model.classes` and a detection request's `classes`.
+
+    Args:
+        wanted: Labels and/or ids.
+        names: The model's ``{class id: label}``; when empty, any id is accepted.
+
+    Returns:
+        ``(ids, unknown)``: the matching ids in first-occurrence order without duplicates, and the ``repr`` of
+        every entry that is not a class of the model.
+    """
+    by_label = {label.lower(): cid for cid, label in names.items()}
+    ids: list[int] = []
+    unknown: list[str] = []
+    for item in wanted:
+        if isinstance(item, str) and item.lower() in by_label:
+            ids.append(by_label[item.lower()])
+        # isdecimal, not isdigit: '²' is a digit that int() refuses
+        elif (isinstance(item, int) or item.strip().isdecimal()) and (not names or int(item) in names):
+            ids.append(int(item))
+        else:
+            unknown.append(repr(item))
+    return tuple(dict.fromkeys(ids)), unknown
 
 
 def resolve_classes(wanted: list[int | str] | None, names: dict[int, str]) -> tuple[int, ...] | None:
@@ -43,22 +71,13 @@ def resolve_classes(wanted: list[int | str] | None, names: dict[int, str]) -> tu
     """
     if wanted is None:
         return None
-    by_label = {label.lower(): cid for cid, label in names.items()}
-    ids: list[int] = []
-    unknown: list[str] = []
-    for item in wanted:
-        if isinstance(item, str) and item.lower() in by_label:
-            ids.append(by_label[item.lower()])
-        elif (isinstance(item, int) or item.strip().isdigit()) and (not names or int(item) in names):
-            ids.append(int(item))
-        else:
-            unknown.append(repr(item))
+    ids, unknown = match_classes(wanted, names)
     labels = ", ".join(f"{cid}: {label}" for cid, label in sorted(names.items())[:100])
     if unknown and not ids:
         raise ModelShapeError(f"model.classes: none of {', '.join(unknown)} is a class of the model ({labels})")
     if unknown:
         log.warning("model.classes: %s not among the model's classes (%s); ignored", ", ".join(unknown), labels)
-    return tuple(dict.fromkeys(ids))
+    return ids
 
 
 def _ms_since(t0: float) -> float:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
+
+from app.pipeline.payloads import to_json
 
 
 def topic_safe(text: str) -> str:
@@ -85,4 +86,4 @@ class Topics:
 
 def dumps(obj: dict) -> bytes:
     """Compact JSON (no spaces) as UTF-8 bytes, the wire form of every JSON payload."""
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return to_json(obj).encode()

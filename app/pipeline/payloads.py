@@ -6,6 +6,8 @@ one to another reads the same fields. Each is a fresh dict inside the common env
 
 from __future__ import annotations
 
+import json
+
 from app.boxes import normalized_xyxy_list
 from app.clock import iso_utc
 from app.envelope import envelope
@@ -46,3 +48,8 @@ def event_payload(device_id: str, camera: str, event: ObjectEvent, record: Resul
 def system_payload(device_id: str, camera: str | None, event: SystemEvent) -> dict:
     """A restart, recycle, backend change or capture restart: type, reason and when (ISO 8601 UTC)."""
     return envelope(device_id, camera, type=event.type, reason=event.reason, at=iso_utc(event.at))
+
+
+def to_json(payload: dict) -> str:
+    """Compact JSON (no spaces): the wire form of every payload (MQTT, WebSocket messages, webhook bodies)."""
+    return json.dumps(payload, separators=(",", ":"))

@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from app.config import VigilConfig
+from app.inference.detector import match_classes
 from app.inference.protocol import DetectOptions
 from app.pipeline.requests import DeadlineExceeded, DetectOutcome, QueueFull, RequestRejected
 from app.pipeline.service import PipelineControl
@@ -262,17 +263,9 @@ def _unit(raw: str, key: str) -> float:
 
 def _classes(raw: str, names: Mapping[int, str]) -> tuple[int, ...]:
     """`classes=person,car` or `classes=0,2` (any mix) as class ids of the serving model; unknown -> 400."""
-    by_label = {label.lower(): cid for cid, label in names.items()}
-    ids: list[int] = []
-    for item in (s.strip() for s in raw.split(",")):
-        if not item:
-            continue
-        if item.lower() in by_label:
-            ids.append(by_label[item.lower()])
-        elif item.isascii() and item.isdigit() and int(item) in names:
-            ids.append(int(item))
-        else:
-            raise UploadError(400, f"classes: {item[:40]!r} is not a class of the model")
+    ids, unknown = match_classes([s.strip() for s in raw.split(",") if s.strip()], names)
+    if unknown:
+        raise UploadError(400, f"classes: {unknown[0][:40]} is not a class of the model")
     if not ids:
         raise UploadError(400, "classes: name at least one class")
-    return tuple(dict.fromkeys(ids))
+    return ids

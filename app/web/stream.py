@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import socket
 from collections import deque
@@ -38,7 +37,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import MultiMapping
 
 from app.config import ApiConfig
-from app.pipeline.payloads import detections_payload, event_payload, system_payload
+from app.pipeline.payloads import detections_payload, event_payload, system_payload, to_json
 from app.pipeline.records import ResultRecord, SystemEvent
 from app.tracking.objects import ObjectEvent
 from app.web.errors import json_error
@@ -57,10 +56,6 @@ SEND_BUFFER = 32 * 1024  # SO_SNDBUF (the kernel doubles it)
 # How long `stop` waits for clients to answer the close handshake before cutting them off, s.
 CLOSE_GRACE_S = 2.0
 RETRY_AFTER_S = 5
-
-
-def _dumps(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -188,7 +183,7 @@ class StreamHub:
 
     @staticmethod
     def _send(targets: list[_Client], message: dict) -> None:
-        text = _dumps(message)  # once per message, whatever the number of clients
+        text = to_json(message)  # once per message, whatever the number of clients
         for c in targets:
             c.offer(text)
 
@@ -261,7 +256,7 @@ class StreamHub:
                 while client.queue:
                     if client.dropped_pending:
                         n, client.dropped_pending = client.dropped_pending, 0
-                        await ws.send_str(_dumps({"type": "dropped", "count": n}))
+                        await ws.send_str(to_json({"type": "dropped", "count": n}))
                         client.sent += 1
                     await ws.send_str(client.queue.popleft())
                     client.sent += 1

@@ -12,13 +12,12 @@ closed; what is still queued then is dropped and counted in `dropped`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import aiohttp
 
 from app.config import ConfigError, VigilConfig, WebhookConfig
-from app.pipeline.payloads import event_payload
+from app.pipeline.payloads import event_payload, to_json
 from app.pipeline.records import ResultRecord
 from app.pipeline.service import PipelineControl, ServiceBase
 from app.secret_files import SecretFileError, read_secret_file
@@ -123,7 +122,7 @@ class WebhookService(ServiceBase):
             if matches(sender.hook, camera, event, label):
                 if body is None:
                     payload = event_payload(self.device_id, camera, event, record)
-                    body = json.dumps(payload, separators=(",", ":")).encode()
+                    body = to_json(payload).encode()
                 sender.enqueue(body, event.type)
 
     def stats_sections(self) -> dict[str, dict]:
