@@ -44,6 +44,22 @@ class ReconnectConfig(_Strict):
     factor: float = Field(2.0, ge=1.0)
 
 
+LatencyLayer = Literal["capture", "queue", "preprocess", "inference", "postprocess", "ipc", "publish"]
+LATENCY_LAYERS: tuple[LatencyLayer, ...] = ("capture", "queue", "preprocess", "inference", "postprocess", "ipc",
+                                            "publish")  # fmt: skip
+
+
+class BudgetOverride(_Strict):
+    """`cameras[].budget`: any key of the top-level `budget` section, for this camera only (layers merge by key)."""
+
+    enabled: bool | None = None
+    total_ms: float | None = Field(None, gt=0)
+    layers_ms: dict[LatencyLayer, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    window_s: float | None = Field(None, gt=0)
+    alert_factor: float | None = Field(None, ge=1)
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+
+
 class CameraConfig(_Strict):
     """One camera (`cameras[]`): its name, source (URL, device or file) and capture options."""
 
@@ -60,6 +76,7 @@ class CameraConfig(_Strict):
     max_height: int = Field(1080, gt=0)
     ring_slots: int = Field(4, ge=2, le=64)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+    budget: BudgetOverride | None = Field(None, description="this camera's own `budget` keys")
 
 
 class TensorRTConfig(_Strict):
@@ -77,6 +94,16 @@ class TensorRTConfig(_Strict):
         3, ge=1, description="consecutive TensorRT failures before ONNX Runtime serves the same model"
     )
     retry_s: float = Field(300.0, gt=0, description="after a failover, how long until TensorRT is tried again")
+
+
+class DeployConfig(_Strict):
+    """`model.deploy`: blue-green deployment (`POST /api/model`, MQTT `<base>/model/set`, `vigil model deploy`)."""
+
+    models_dir: str = Field("engines", description="models may be deployed from this folder (and below) only")
+    min_agreement_f1: float = Field(
+        0.5, ge=0, le=1, description="canary agreement with the serving model (same labels) at least this; 0 = off"
+    )
+    canary_frames: int = Field(3, ge=1, le=64, description="newest frames of every camera the candidate must pass")
 
 
 class ModelConfig(_Strict):
@@ -113,6 +140,7 @@ class ModelConfig(_Strict):
     )
     warmup_runs: int = Field(2, ge=0)
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
 
 class OutputConfig(_Strict):
@@ -220,9 +248,8 @@ class HttpConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535, description="0 = any free port (tests)")
     token_file: str | None = Field(None, description="file holding the API token (never logged)")
     token_env: str | None = Field(None, description="environment variable holding the API token")
-    state_dir: str = Field(
-        default_factory=lambda: os.environ.get("STATE_DIRECTORY", ".vigil-state"),
-        description="where a generated token is kept (0600); under systemd, the unit's StateDirectory",
+    state_dir: str | None = Field(
+        None, description="where a generated token is kept (0600); default: the top-level state_dir"
     )
     require_token: bool | None = Field(None, description="default: only when bound to a non-loopback address")
     health_requires_token: bool = Field(False, description="protect /health too")
@@ -348,11 +375,56 @@ class WebhookConfig(_Strict):
         return v
 
 
+class BudgetConfig(_Strict):
+    """The `budget` section: per-layer latency targets watched at p99, and the error-rate limit (README "Budget")."""
+
+    enabled: bool = Field(True, description="watch the budget and raise latency_budget_* / error_rate_* events")
+    total_ms: float | None = Field(
+        None, gt=0, description="capture -> published result, p99 target, ms; default: derived (README)"
+    )
+    layers_ms: dict[LatencyLayer, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="per-layer p99 targets, ms; a layer left out is derived (README)"
+    )
+    window_s: float = Field(30.0, gt=0, description="p99 and error rate over this sliding window, s")
+    alert_factor: float = Field(2.0, ge=1, description="alert when a p99 stays above this multiple of its target")
+    max_error_rate: float = Field(
+        0.001, ge=0, le=1, description="(inference errors + corrupt frames) / processed frames above this alerts"
+    )
+
+    def merged(self, override: BudgetOverride | None) -> BudgetConfig:
+        """This section with a camera's `budget` keys on top (its `layers_ms` merged key by key)."""
+        if override is None:
+            return self
+        fields = override.model_dump(exclude_unset=True, exclude_none=True)
+        layers = {**self.layers_ms, **fields.pop("layers_ms", {})}
+        return self.model_copy(update={**fields, "layers_ms": layers})
+
+
+class DriftConfig(_Strict):
+    """`monitoring.drift`: a per-camera baseline of the predictions and alerts when they move away from it."""
+
+    enabled: bool = Field(True, description="learn a baseline and raise prediction_drift events")
+    baseline_s: float = Field(600.0, gt=0, description="baseline learned over this long after start, s")
+    window_s: float = Field(300.0, gt=0, description="current distribution over this sliding window, s")
+    threshold_sigma: float = Field(2.0, gt=0, description="alert beyond this many baseline standard deviations")
+
+
+class MonitoringConfig(_Strict):
+    """The `monitoring` section: prediction drift (the latency budget is the top-level `budget`)."""
+
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+
+
 class VigilConfig(_Strict):
     """The whole config file (`configs/*.yaml`); every section has defaults, unknown keys are errors."""
 
     device_id: TopicName = Field("vigil", description="appliance id, used in topics")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    state_dir: str = Field(
+        default_factory=lambda: os.environ.get("STATE_DIRECTORY", ".vigil-state"),
+        description="state kept across restarts (active model, drift baselines, a generated token); under "
+        "systemd, the unit's StateDirectory",
+    )
     cameras: list[CameraConfig] = Field(..., min_length=1)
     model: ModelConfig = Field(default_factory=ModelConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -362,6 +434,8 @@ class VigilConfig(_Strict):
     http: HttpConfig = Field(default_factory=HttpConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     debug: DebugConfig = Field(default_factory=DebugConfig)
 
@@ -391,6 +465,12 @@ class VigilConfig(_Strict):
             warnings.warn(message, DeprecationWarning, stacklevel=2)
         data["mqtt"], data["tracking"] = mqtt, tracking
         return data
+
+    @model_validator(mode="after")
+    def _http_state_dir(self) -> VigilConfig:
+        if self.http.state_dir is None:
+            self.http.state_dir = self.state_dir
+        return self
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> VigilConfig:

@@ -35,6 +35,7 @@ from app.inference.protocol import (
     WorkerReady,
 )
 from app.inference.worker import WorkerSpec, WorkerStartError
+from app.monitoring import build_monitors
 from app.pipeline.errors import PipelineError
 from app.pipeline.fanout import ResultFanout
 from app.pipeline.records import SystemEvent, SystemEventType
@@ -88,6 +89,7 @@ class LivePipeline:
         self.fanout = ResultFanout(self.services, [self.tracking])
         self.supervisor = WorkerSupervisor(cfg, self._worker_spec, self, self._frames_waiting)
         self.requests = DetectionRequests(cfg.api, self.supervisor.send, self._serving_worker_id)
+        self.monitors = build_monitors(cfg, self.stats)
         self.capture_watchdog = CaptureWatchdog(cfg.watchdog.capture_timeout_s, self._on_capture_restart)
         self.notifier = SystemdNotifier()
         self.system_events = 0
@@ -192,6 +194,7 @@ class LivePipeline:
                 return
             self.supervisor.check()
             self.capture_watchdog.check(self.captures, self.rings)
+            self._check_monitors()
             if self.captures and all(c.finished for c in self.captures.values()):
                 # Finite sources (files without loop): stop once the newest frame has been answered.
                 done = all(self.stats[n].last_seq >= self.rings[n].latest_seq for n in self.rings)
@@ -241,11 +244,19 @@ class LivePipeline:
         if result.frame.seq <= stats.last_seq:
             return  # a stale answer (e.g. from a worker being replaced): the newer one is already out
         dropped, _ = stats.record(result, now_ns)
-        self.fanout.result(result, now_ns, dropped)
+        record = self.fanout.result(result, now_ns, dropped)
+        published_ns = time.monotonic_ns()
+        for monitor in self.monitors:
+            try:
+                monitor.observe(record, published_ns)
+            except Exception:  # a broken monitor loses its figures, never the frame
+                log.exception("%s.observe failed", type(monitor).__name__)
 
     def on_worker_frame_error(self, error: WorkerFrameError) -> None:
         """Count a frame the worker could not process."""
         self.stats[error.camera].errors += 1
+        for monitor in self.monitors:
+            monitor.observe_frame_error(error.camera)
         log.warning("worker %d: frame %d of %s failed: %s", error.worker_id, error.seq, error.camera, error.error)
 
     def on_worker_detect(self, answer: DetectAnswer | DetectNotRun) -> None:
@@ -271,11 +282,25 @@ class LivePipeline:
         self._system_event("capture_restart", reason, camera)
 
     def _system_event(self, kind: SystemEventType, reason: str, camera: str | None = None) -> None:
+        self.emit_system_event(SystemEvent(kind, reason, camera))
+
+    def emit_system_event(self, event: SystemEvent) -> None:
+        """Log a system event, keep it as the last one for the stats, and hand it to every service."""
         self.system_events += 1
-        event = SystemEvent(kind, reason, camera)
         self.last_system_event = event.as_dict()
-        log.warning("%s%s: %s", kind, f" ({camera})" if camera else "", reason)
+        log.warning("%s%s: %s", event.type, f" ({event.camera})" if event.camera else "", event.reason)
         self.fanout.system_event(event)
+
+    def _check_monitors(self) -> None:
+        now = time.monotonic()
+        for monitor in self.monitors:
+            try:
+                events = monitor.check(now)
+            except Exception:
+                log.exception("%s.check failed", type(monitor).__name__)
+                continue
+            for event in events:
+                self.emit_system_event(event)
 
     def _frames_waiting(self) -> bool:
         """Some camera with detection on has a frame newer than its last result."""
@@ -357,4 +382,6 @@ class LivePipeline:
         worker = self.supervisor.stats(self.cfg.model.path, self.last_system_event)
         uptime_s = round(time.monotonic() - self._started, 1) if self._started else 0.0
         sections = {"api": self.requests.stats(), **self.fanout.stats_sections()}
+        for monitor in self.monitors:
+            sections[monitor.section] = monitor.stats_section()
         return stats_document(self.cfg.device_id, uptime_s, worker, rss_mb(None), self.stats.values(), sections)

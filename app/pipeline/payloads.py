@@ -45,9 +45,18 @@ def event_payload(device_id: str, camera: str, event: ObjectEvent, record: Resul
     return envelope(device_id, camera, **fields)
 
 
+RESERVED_FIELDS = frozenset({"schema", "device_id", "camera", "event", "type", "reason", "at", "published_at"})
+
+
 def system_payload(device_id: str, camera: str | None, event: SystemEvent) -> dict:
-    """A restart, recycle, backend change or capture restart: type, reason and when (ISO 8601 UTC)."""
-    return envelope(device_id, camera, type=event.type, reason=event.reason, at=iso_utc(event.at))
+    """A system event: `event` (its type, also as `type`), reason, when (ISO 8601 UTC) and its own details.
+
+    E.g. `{"event": "latency_budget_exceeded", "camera": "door", "layer": "inference", "p99_ms": 412.0,
+    "budget_ms": 200.0, ...}`; the details are flat beside the common fields and never replace them.
+    """
+    details = {k: v for k, v in event.details.items() if k not in RESERVED_FIELDS}
+    return envelope(device_id, camera, **details, event=event.type, type=event.type, reason=event.reason,
+                    at=iso_utc(event.at))  # fmt: skip
 
 
 def to_json(payload: dict) -> str:

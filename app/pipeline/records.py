@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -21,9 +21,16 @@ from app.types import Detections, FrameResult
 if TYPE_CHECKING:
     from app.tracking.objects import ObjectEvent
 
-SystemEventType = Literal["restart", "recycle", "capture_restart", "backend"]
+SystemEventType = Literal[
+    "restart", "recycle", "capture_restart", "backend",  # the supervisor
+    "latency_budget_exceeded", "latency_budget_recovered", "error_rate_exceeded", "error_rate_recovered",  # budget
+    "prediction_drift", "prediction_drift_recovered",  # drift
+    "model_deployed", "model_rejected",  # deployment
+    "config_reloaded", "config_rejected",  # live reload
+]  # fmt: skip
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
+_NO_DETAILS: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,20 +111,25 @@ class ResultRecord:
 
 @dataclass(frozen=True, slots=True)
 class SystemEvent:
-    """Something the supervisor did: a worker restart or recycle, a capture restart, a backend change.
+    """Something that happened to the appliance rather than in a scene.
+
+    The supervisor's actions (worker restart or recycle, capture restart, backend change) and the operations
+    layer's findings and actions (latency budget, error rate, prediction drift, model deployment, config reload).
 
     Attributes:
         type: What happened.
         reason: Why, for people.
-        camera: The camera it concerns; None for worker-wide events.
+        camera: The camera it concerns; None for appliance-wide events.
         at: Wall-clock time (`time.time()`, seconds).
+        details: JSON-ready fields of this kind of event (e.g. `layer`, `p99_ms`, `budget_ms`), flat in every payload.
     """
 
     type: SystemEventType
     reason: str
     camera: str | None = None
     at: float = field(default_factory=time.time)
+    details: Mapping[str, Any] = field(default_factory=lambda: _NO_DETAILS)
 
     def as_dict(self) -> dict:
-        """`{"type", "reason", "camera", "at"}` as the stats document's `last_system_event` shows it."""
-        return {"type": self.type, "reason": self.reason, "camera": self.camera, "at": self.at}
+        """`{"type", "reason", "camera", "at", **details}` as the stats document's `last_system_event` shows it."""
+        return {"type": self.type, "reason": self.reason, "camera": self.camera, "at": self.at, **self.details}

@@ -56,7 +56,7 @@ def resolve_token(cfg: HttpConfig) -> TokenSource:
         return TokenSource(token, f"http.token_env ${cfg.token_env}")
     if not required:
         return TokenSource(None, "none (loopback bind)")
-    path = Path(cfg.state_dir) / TOKEN_FILENAME
+    path = Path(cfg.state_dir or os.environ.get("STATE_DIRECTORY", ".vigil-state")) / TOKEN_FILENAME
     if path.is_file():
         token = path.read_text(encoding="utf-8").strip()
         if len(token) >= 16:
