@@ -29,7 +29,7 @@ TOKEN = "test-token-0123456789abcdef"
 RESULT_FIELDS = {"schema", "device_id", "camera", "seq", "frame", "captured_at", "width", "height", "detections",
                  "latency_ms", "published_at"}  # fmt: skip
 EVENT_FIELDS = {"schema", "device_id", "camera", "type", "object", "captured_at", "latency_ms", "published_at"}
-SYSTEM_FIELDS = {"schema", "device_id", "type", "reason", "at", "published_at"}
+SYSTEM_FIELDS = {"schema", "device_id", "event", "type", "reason", "at", "published_at"}
 
 
 class Recorder(ServiceBase):
