@@ -120,10 +120,35 @@ def derive_targets(
 
 @dataclass
 class _Alert:
-    """One watched figure's alert state; `since` is when it last changed (monotonic s)."""
+    """One watched figure's alert state, which changes only after the condition for it held a whole window.
+
+    Attributes:
+        state: `ok` or `exceeded`.
+        pending: Since when (monotonic s) the condition for the other state has held without a break; None: not.
+    """
 
     state: State = "ok"
-    since: float = 0.0
+    pending: float | None = None
+
+    def update(self, wants_change: bool | None, now: float, window_s: float) -> bool:
+        """Feed this check's verdict; True when the state flips now (at most once per whole window).
+
+        Args:
+            wants_change: Whether the figure is in the other state's range now; None when the window holds too
+                little to tell (which breaks a pending change, like False).
+            now: Monotonic s.
+            window_s: How long the condition must hold.
+        """
+        if not wants_change:
+            self.pending = None
+            return False
+        if self.pending is None:
+            self.pending = now
+        if now - self.pending < window_s:
+            return False
+        self.state = "ok" if self.state == "exceeded" else "exceeded"
+        self.pending = None
+        return True
 
 
 @dataclass
@@ -194,10 +219,10 @@ class BudgetMonitor:
                 c.cfg = eff
                 self._retarget(c, now)
                 for k, a in c.alerts.items():
-                    if old is None or c.targets is None or old.get(k) != c.targets.get(k):
-                        a.since = now
-                if eff.max_error_rate != c.figures.get("error_rate", {}).get("max_error_rate"):
-                    c.alerts.get("error_rate", _Alert()).since = now
+                    if k != "error_rate" and (old is None or c.targets is None or old.get(k) != c.targets.get(k)):
+                        a.pending = None  # a whole window with the new target decides
+                if "error_rate" in c.alerts:
+                    c.alerts["error_rate"].pending = None
             cams[cam.name] = c
         self._cams = cams
         for c in cams.values():
@@ -227,7 +252,7 @@ class BudgetMonitor:
         )
         if targets is not None and c.targets is None:
             for k in KEYS:  # targets just became known: a whole window from now decides (an alert stays raised)
-                c.alerts.setdefault(k, _Alert("ok", now)).since = now
+                c.alerts.setdefault(k, _Alert()).pending = None
         c.targets = targets
 
     def _active_cameras(self, now: float) -> int:
@@ -250,11 +275,11 @@ class BudgetMonitor:
             return
         c.rows.append((published_mono_ns / 1e9, *layer_ms(record, published_mono_ns), record.frame_age_ms))
 
-    def observe_frame_error(self, camera: str) -> None:
-        """Count one failed frame of `camera` towards its error rate."""
+    def observe_frame_error(self, camera: str, now: float | None = None) -> None:
+        """Count one failed frame of `camera` towards its error rate (`now`: monotonic s, default now)."""
         c = self._cams.get(camera)
         if c is not None and c.cfg.enabled:
-            c.errors.append((time.monotonic(), 1, 1))
+            c.errors.append((time.monotonic() if now is None else now, 1, 1))
 
     def check(self, now_mono: float) -> list[SystemEvent]:
         """Trim the windows, finish learning, update figures and alert states; the events of state changes."""
@@ -281,27 +306,27 @@ class BudgetMonitor:
         layers: dict[str, dict] = {}
         pcts = np.percentile(window[:, 1:_AGE], [50, 95, 99], axis=0) if len(window) else None
         for k in KEYS:
-            a = c.alerts.setdefault(k, _Alert("ok", now))
+            a = c.alerts.setdefault(k, _Alert())
             target = c.targets.get(k) if c.targets else None
             fig: dict = {"p50": None, "p95": None, "p99": None, "target_ms": target, "state": a.state}
             if pcts is not None:
                 col = _COL[k] - 1
                 fig.update(p50=round(pcts[0, col], 2), p95=round(pcts[1, col], 2), p99=round(pcts[2, col], 2))
-            if target is not None and pcts is not None and len(window) >= MIN_SAMPLES and now - a.since >= cfg.window_s:
+            verdict: bool | None = None
+            if target is not None and pcts is not None and len(window) >= MIN_SAMPLES:
                 p99 = float(pcts[2, _COL[k] - 1])
                 limit = cfg.alert_factor * target
-                if a.state == "ok" and p99 > limit:
-                    events.append(self._latency_event(name, k, "exceeded", p99, target, limit))
-                    c.alerts[k] = a = _Alert("exceeded", now)
-                elif a.state == "exceeded" and p99 < RECOVER_FRACTION * limit:
-                    events.append(self._latency_event(name, k, "recovered", p99, target, limit))
-                    c.alerts[k] = a = _Alert("ok", now)
-                fig["state"] = a.state
+                verdict = p99 > limit if a.state == "ok" else p99 < RECOVER_FRACTION * limit
+                if a.update(verdict, now, cfg.window_s):
+                    events.append(self._latency_event(name, k, a.state, p99, target, limit))
+            else:
+                a.update(None, now, cfg.window_s)
+            fig["state"] = a.state
             layers[k] = fig
         error_fig, error_event = self._check_errors(name, c, len(window), now)
         if error_event is not None:
             events.append(error_event)
-        exceeded = [k for k in (*KEYS, "error_rate") if c.alerts.get(k, _Alert()).state == "exceeded"]
+        exceeded = [k for k in (*KEYS, "error_rate") if k in c.alerts and c.alerts[k].state == "exceeded"]
         learning = c.targets is None
         c.figures = {
             "state": "exceeded" if exceeded else "learning" if learning else "ok",
@@ -350,19 +375,23 @@ class BudgetMonitor:
         errors = sum(n for _, n, _ in c.errors)
         frames = results + sum(taken for _, _, taken in c.errors)
         rate = errors / frames if frames else 0.0
-        a = c.alerts.setdefault("error_rate", _Alert("ok", c.started))
+        a = c.alerts.setdefault("error_rate", _Alert())
         event = None
-        if frames >= MIN_ERROR_FRAMES and now - a.since >= cfg.window_s:
+        verdict: bool | None = None
+        if frames >= MIN_ERROR_FRAMES:
+            if a.state == "ok":
+                verdict = rate > cfg.max_error_rate
+            else:
+                verdict = rate <= ERROR_RECOVER_FRACTION * cfg.max_error_rate
+        if a.update(verdict, now, cfg.window_s):
             details = {"error_rate": round(rate, 6), "max_error_rate": cfg.max_error_rate, "errors": errors,
                        "frames": frames}  # fmt: skip
-            if a.state == "ok" and rate > cfg.max_error_rate:
+            if a.state == "exceeded":
                 reason = f"error rate {rate:.2%} over {cfg.window_s:g} s (max {cfg.max_error_rate:.2%})"
                 event = SystemEvent("error_rate_exceeded", reason, name, details=details)
-                c.alerts["error_rate"] = a = _Alert("exceeded", now)
-            elif a.state == "exceeded" and rate <= ERROR_RECOVER_FRACTION * cfg.max_error_rate:
+            else:
                 reason = f"error rate back to {rate:.2%} over {cfg.window_s:g} s"
                 event = SystemEvent("error_rate_recovered", reason, name, details=details)
-                c.alerts["error_rate"] = a = _Alert("ok", now)
         fig = {"rate": round(rate, 6), "max_error_rate": cfg.max_error_rate, "errors": errors, "frames": frames,
                "state": a.state}  # fmt: skip
         return fig, event
