@@ -149,8 +149,13 @@ def test_error_rate_counts_failed_and_corrupt_frames() -> None:
                         {"cam": CameraStats("cam", counters)})  # fmt: skip
     events: list = []
     t = feed(mon, 0.0, WINDOW + 1, events=events)
-    assert mon.stats_section()["cam"]["error_rate"] == {"rate": 0.0, "max_error_rate": 0.01, "errors": 0,
-                                                        "frames": pytest.approx(WINDOW * FPS, abs=2), "state": "ok"}
+    assert mon.stats_section()["cam"]["error_rate"] == {
+        "rate": 0.0,
+        "max_error_rate": 0.01,
+        "errors": 0,
+        "frames": pytest.approx(WINDOW * FPS, abs=2),
+        "state": "ok",
+    }
     for _ in range(int(2 * WINDOW / 0.25)):  # a failed frame and a corrupt one every 0.25 s
         mon.observe_frame_error("cam", now=t)
         counters.corrupt += 1
@@ -280,7 +285,10 @@ def test_slow_stage_and_failing_frames_alert_once_and_recover(tiny_model: Path, 
     assert [e["event"] for e in got if e["event"].startswith("latency")] == [
         "latency_budget_exceeded", "latency_budget_recovered",
     ], got  # fmt: skip
-    assert [e["event"] for e in got if e["event"].startswith("error")] == ["error_rate_exceeded", "error_rate_recovered"]
+    assert [e["event"] for e in got if e["event"].startswith("error")] == [
+        "error_rate_exceeded",
+        "error_rate_recovered",
+    ]
     exceeded = next(e for e in got if e["event"] == "latency_budget_exceeded")
     assert exceeded["camera"] == "cam" and exceeded["layer"] == "postprocess" and exceeded["budget_ms"] == 25
     assert exceeded["p99_ms"] > 50
