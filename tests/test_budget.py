@@ -17,7 +17,8 @@ from app.inference.protocol import BackendState, WorkerReady
 from app.monitoring.budget import GPU_TARGETS_MS, KEYS, BudgetMonitor, derive_targets, layer_ms
 from app.mqtt.service import MqttService
 from app.pipeline.live import LivePipeline
-from app.pipeline.records import ResultRecord
+from app.pipeline.records import ResultRecord, SystemEvent
+from app.pipeline.service import ServiceBase
 from app.pipeline.stats import CameraStats
 from app.types import CaptureCounters, Detections, FrameMeta, FrameResult, StageTimings
 from app.web.server import WebService
@@ -228,6 +229,16 @@ def live_config(model: Path, video: Path, budget: dict, faults: dict | None = No
     )
 
 
+class SystemEvents(ServiceBase):
+    """A service that keeps every system event it is handed."""
+
+    def __init__(self) -> None:
+        self.events: list[SystemEvent] = []
+
+    def on_system_event(self, event: SystemEvent) -> None:
+        self.events.append(event)
+
+
 def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
@@ -304,10 +315,8 @@ def test_a_normal_run_learns_stays_ok_and_api_budget_needs_the_token(tiny_model:
     (tmp_path / "token").write_text(token)
     cfg = live_config(tiny_model, small_video, {},
                       http={"port": 0, "require_token": True, "token_file": str(tmp_path / "token")})  # fmt: skip
-    web = WebService(cfg)
-    pipe = LivePipeline(cfg, [web])
-    system: list = []
-    pipe.emit_system_event = lambda e, emit=pipe.emit_system_event: (system.append(e), emit(e))[1]  # type: ignore
+    web, system = WebService(cfg), SystemEvents()
+    pipe = LivePipeline(cfg, [web, system])
     seen: dict = {}
 
     def driver() -> None:
@@ -320,7 +329,7 @@ def test_a_normal_run_learns_stays_ok_and_api_budget_needs_the_token(tiny_model:
         seen["auth"] = http_get(web.url + "api/budget", token)
 
     run_driven(pipe, driver)
-    assert [e for e in system if "budget" in e.type or "error_rate" in e.type] == []
+    assert [e for e in system.events if "budget" in e.type or "error_rate" in e.type] == []
     assert seen["learned"]["state"] == "ok" and seen["learned"]["backend"] == "cpu"
     assert seen["final"]["state"] == "ok", seen["final"]
     assert all(fig["target_ms"] > 0 for fig in seen["final"]["layers"].values())

@@ -156,7 +156,6 @@ class _Camera:
     """What the monitor keeps per camera: samples, errors, targets, alert states, history."""
 
     cfg: BudgetConfig
-    started: float
     rows: deque[tuple[float, ...]] = field(default_factory=lambda: deque(maxlen=MAX_ROWS))
     errors: deque[tuple[float, int, int]] = field(default_factory=deque)  # (t, errors, frames the worker took)
     corrupt_seen: int | None = None
@@ -211,7 +210,7 @@ class BudgetMonitor:
             eff = cfg.budget.merged(cam.budget)
             c = self._cams.get(cam.name)
             if c is None:
-                c = _Camera(eff, now)
+                c = _Camera(eff)
                 if self._backend is not None:
                     c.learn_from = now
             else:
@@ -432,7 +431,10 @@ class BudgetMonitor:
             samples, layers: {layer: {p50, p95, p99, target_ms, state}}, total: {...}, error_rate: {rate,
             max_error_rate, errors, frames, state}}}` (ms).
         """
-        return {name: dict(c.figures) or {"state": "learning"} for name, c in self._cams.items()}
+        return {
+            name: dict(c.figures) or {"state": "learning" if c.cfg.enabled else "off", "exceeded": []}
+            for name, c in self._cams.items()
+        }
 
     def history(self) -> dict[str, list[dict]]:
         """Per camera the points of the last minutes: `t` (wall s), `frame_age_p50`/`_p99` (ms), `fps` (processed)."""
