@@ -269,8 +269,11 @@ class LivePipeline:
         self.fanout.model_ready(ready.names)
         self.requests.on_worker_ready(ready.worker_id)
         for monitor in self.monitors:
-            if (hook := getattr(monitor, "on_model_ready", None)) is not None:
-                hook(ready)
+            if (hook := getattr(monitor, "on_model_ready", None)) is not None:  # optional (ModelAware)
+                try:
+                    hook(ready)
+                except Exception:
+                    log.exception("%s.on_model_ready failed", type(monitor).__name__)
 
     def on_supervisor_event(self, kind: SystemEventType, reason: str) -> None:
         """A restart, recycle or backend change, to the log, the stats and every service."""
