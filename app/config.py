@@ -311,6 +311,18 @@ class FaultsConfig(_Strict):
     standby_load_delay_s: float = Field(
         0.0, ge=0, description="a blue-green standby takes this much longer to load (like a big TensorRT engine)"
     )
+    slow_stage: Literal["preprocess", "inference", "postprocess"] | None = Field(
+        None, description="this worker stage takes slow_stage_ms longer per frame (latency budget drills)"
+    )
+    slow_stage_ms: float = Field(0.0, ge=0, le=60_000, description="added to slow_stage per frame, ms")
+    slow_after_frames: int = Field(0, ge=0, description="frames the worker takes before slow_stage starts")
+    slow_frames: int = Field(0, ge=0, description="frames slow_stage stays slow (0 = forever)")
+    fail_every_frames: int = Field(
+        0, ge=0, description="every Nth frame fails (WorkerFrameError; 0 = never; 1 = every frame, which makes "
+        "the worker give up after 50 in a row)"
+    )  # fmt: skip
+    fail_after_frames: int = Field(0, ge=0, description="frames the worker takes before failing frames start")
+    fail_frames: int = Field(0, ge=0, description="frames over which every fail_every_frames-th fails (0 = forever)")
 
 
 class DebugConfig(_Strict):

@@ -6,7 +6,7 @@ overwritten, which is how latency stays bounded when the detector is slower than
 
 Layout of the block (all offsets 64-byte aligned):
     global header: magic, version, slots, max_h, max_w, channels, latest_seq
-    per slot: header (generation, seq, index, captured_mono_ns, height, width, pts, captured_wall)
+    per slot: header (generation, seq, index, captured_mono_ns, height, width, written_mono_ns, pts, captured_wall)
               followed by max_h * max_w * channels pixel bytes (frames stored compactly, h*w*c)
 
 Torn reads are prevented with a per-slot seqlock: the writer makes the generation odd, writes, then makes
@@ -24,6 +24,7 @@ import logging
 import mmap
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import cast
@@ -35,12 +36,12 @@ from app.types import FrameMeta
 log = logging.getLogger(__name__)
 
 MAGIC = 0x5649474C52494E47  # "VIGLRING"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: written_mono_ns in the slot header (which grew to 128 bytes)
 ALIGN = 64
 GLOBAL_FIELDS = 8  # int64: magic, version, slots, max_h, max_w, channels, latest_seq, reserved
-SLOT_INT_FIELDS = 6  # generation, seq, index, captured_mono_ns, height, width
+SLOT_INT_FIELDS = 7  # generation, seq, index, captured_mono_ns, height, width, written_mono_ns
 SLOT_FLOAT_FIELDS = 2  # pts, captured_wall
-SLOT_HEADER = ALIGN  # 8 * 8 bytes
+SLOT_HEADER = 2 * ALIGN  # 9 * 8 bytes used, padded to keep the pixels 64-byte aligned
 _LATEST = 6
 READ_RETRIES = 4
 
@@ -74,7 +75,7 @@ class RingSpec:
 
     @property
     def slot_stride(self) -> int:
-        """Bytes from one slot's header to the next: the 64-byte header plus the pixels, 64-byte aligned."""
+        """Bytes from one slot's header to the next: the 128-byte header plus the pixels, 64-byte aligned."""
         return SLOT_HEADER + _align(self.slot_pixels)
 
     @property
@@ -253,7 +254,8 @@ class FrameRing:
             captured_wall: ``time.time()`` at the same instant, in seconds.
 
         Returns:
-            The stored frame's metadata; its ``seq`` is the previous one plus 1.
+            The stored frame's metadata; its ``seq`` is the previous one plus 1, its ``written_mono_ns`` the
+            ``time.monotonic_ns()`` once the pixels were copied (the end of the `capture` latency layer).
 
         Raises:
             ValueError: ``image`` is not 3-D uint8, has the wrong channel count or is larger than the slots.
@@ -272,12 +274,13 @@ class FrameRing:
         gen = int(ints[0])
         ints[0] = gen + 1  # odd: being written
         np.copyto(self._slot_pixels[slot][: h * w * c].reshape(h, w, c), image)
-        ints[1:] = (seq, index, captured_mono_ns, h, w)
+        written_ns = time.monotonic_ns()
+        ints[1:] = (seq, index, captured_mono_ns, h, w, written_ns)
         floats[:] = (pts, captured_wall)
         ints[0] = gen + 2  # even: complete
         self._header[_LATEST] = seq
         self._seq = seq
-        return FrameMeta(seq, index, pts, captured_mono_ns, captured_wall, h, w)
+        return FrameMeta(seq, index, pts, captured_mono_ns, captured_wall, h, w, written_ns)
 
     # ---- readers ------------------------------------------------------------------------------
 
@@ -303,13 +306,13 @@ class FrameRing:
             gen = int(ints[0])
             if gen & 1:
                 continue  # the writer lapped us and is rewriting this slot: look again
-            sseq, index, mono, h, w = (int(v) for v in ints[1:])
+            sseq, index, mono, h, w, written = (int(v) for v in ints[1:])
             pts, wall = (float(v) for v in self._slot_floats[slot])
             if sseq != seq or int(ints[0]) != gen:
                 continue
             image = self._slot_pixels[slot][: h * w * s.channels].reshape(h, w, s.channels)
             image.flags.writeable = False
-            return FrameView(self, slot, gen, FrameMeta(sseq, index, pts, mono, wall, h, w), image)
+            return FrameView(self, slot, gen, FrameMeta(sseq, index, pts, mono, wall, h, w, written), image)
         return None
 
     def read_seq(self, seq: int) -> FrameView | None:
@@ -330,11 +333,11 @@ class FrameRing:
         gen = int(ints[0])
         if gen & 1 or int(ints[1]) != seq:
             return None
-        _, index, mono, h, w = (int(v) for v in ints[1:])
+        _, index, mono, h, w, written = (int(v) for v in ints[1:])
         pts, wall = (float(v) for v in self._slot_floats[slot])
         image = self._slot_pixels[slot][: h * w * s.channels].reshape(h, w, s.channels)
         image.flags.writeable = False
-        view = FrameView(self, slot, gen, FrameMeta(seq, index, pts, mono, wall, h, w), image)
+        view = FrameView(self, slot, gen, FrameMeta(seq, index, pts, mono, wall, h, w, written), image)
         return view if view.is_valid() else None
 
     # ---- lifetime -----------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class FrameMeta:
     captured_wall: float  # time.time() at the same instant, for wall-clock timestamps
     height: int
     width: int
+    written_mono_ns: int = 0  # time.monotonic_ns() once the ring held the frame (0: not from a ring)
 
 
 @dataclass(frozen=True, slots=True)

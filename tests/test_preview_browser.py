@@ -67,3 +67,37 @@ def test_page_plays_video_and_draws_boxes(tiny_model: Path, small_video: Path, t
     assert t2 > t1, "currentTime advances: the video plays"
     assert state["det"] > 5 and state["boxes"] > 5, "detections arrive and boxes are drawn on the overlay"
     assert state["matched"] > 0, "video frames are matched to capture sequence numbers (rtpTimestamp)"
+
+
+def test_page_draws_the_latency_budget_bar_and_chart(
+    tiny_model: Path, small_video: Path, tmp_path: Path, artifacts: Path
+) -> None:
+    from app.config import BudgetConfig
+
+    (tmp_path / "token").write_text(TOKEN)
+    cfg = web_config(tiny_model, small_video, require_token=True, token_file=str(tmp_path / "token"))
+    # A 1 ms total target: exceeded after learning and a whole window, so the marker turns red.
+    cfg = cfg.model_copy(update={"budget": BudgetConfig(window_s=2, total_ms=1)})
+    with Served(cfg) as s:
+        driver = chromium(tmp_path / "profile")
+        try:
+            driver.get(f"{s.url}/?token={TOKEN}")
+            deadline = time.monotonic() + 60
+            seen: dict = {}
+            while time.monotonic() < deadline:
+                seen = driver.execute_script(
+                    "const b = window.vigil.budget;"
+                    "return {bars: b.bars, segments: b.segments, points: b.chartPoints, exceeded: b.exceeded,"
+                    " error: b.error, red: document.querySelectorAll('#budget .budget-marker.over').length,"
+                    " canvas: document.querySelectorAll('#budget canvas.budget-chart').length};"
+                )
+                if seen["red"] and seen["points"] >= 2:
+                    break
+                time.sleep(0.25)
+            driver.save_screenshot(str(artifacts / "preview-budget-chromium.png"))
+        finally:
+            driver.quit()
+    assert seen["error"] is None, seen
+    assert seen["bars"] > 0 and seen["segments"] > 0, "the stacked bar of the layers' p99 is drawn"
+    assert seen["canvas"] == 1 and seen["points"] >= 2, "the frame age / fps chart has points"
+    assert seen["exceeded"] == ["cam"] and seen["red"] == 1, "over budget: the total marker is red"

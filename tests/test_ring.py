@@ -29,6 +29,7 @@ def test_round_trip_and_smaller_frames() -> None:
         view = ring.read_latest()
         assert view is not None and view.meta == meta
         assert view.meta.seq == 1 and view.meta.index == 7 and (view.meta.height, view.meta.width) == (5, 9)
+        assert view.meta.written_mono_ns >= view.meta.captured_mono_ns > 0  # the end of the `capture` layer
         assert view.image.shape == (5, 9, 3) and (view.image == 7).all()
         assert not view.image.flags.writeable
         assert view.is_valid()

@@ -1,4 +1,4 @@
-"""debug.faults inside the worker: leak, hang, die or make the backend fail on purpose.
+"""debug.faults inside the worker: leak, hang, die, slow a stage, fail frames or make the backend fail on purpose.
 
 This way the watchdog and the backend failover are tested for real. Never on in production.
 """
@@ -68,8 +68,14 @@ class FailingBackend(Backend):
         self.inner.close()
 
 
+class InjectedFrameError(RuntimeError):
+    """A frame failed on purpose (``debug.faults.fail_every_frames``)."""
+
+
 class FaultInjector:
-    """Applies ``debug.faults`` in the worker: a failing backend at load, leaks, stalls and crashes per frame.
+    """Applies ``debug.faults`` in the worker: a failing backend at load; slow stages, failed frames and so on.
+
+    Per frame: slow stages, failing frames, leaks, stalls and crashes.
 
     Args:
         cfg: The fault settings; every fault is off by default.
@@ -77,7 +83,8 @@ class FaultInjector:
 
     def __init__(self, cfg: FaultsConfig) -> None:
         self.cfg = cfg
-        self.frames = 0
+        self.frames = 0  # frames processed successfully
+        self.taken = 0  # frames taken from a ring, processed or failed
         self._leaked: list[np.ndarray] = []
 
     def wrap_backend(self, backend: Backend, model: ModelConfig, warmup_runs: int) -> Backend:
@@ -106,6 +113,37 @@ class FaultInjector:
 
         failing = FailingBackend(backend, self.cfg.backend_fail_after_frames + warmup_runs)
         return FailoverBackend(failing, lambda: onnxruntime_backend(model), retry_after_s=self.cfg.backend_retry_s)
+
+    def before_frame(self) -> None:
+        """Count a frame the worker took from a ring; fail it when ``fail_every_frames`` says so.
+
+        Frames ``fail_after_frames + k * fail_every_frames`` (k >= 1) fail, within ``fail_frames`` frames after
+        ``fail_after_frames`` (0: forever).
+
+        Raises:
+            InjectedFrameError: This frame is one to fail.
+        """
+        c = self.cfg
+        self.taken += 1
+        n = self.taken - c.fail_after_frames
+        if c.fail_every_frames and n > 0 and (not c.fail_frames or n <= c.fail_frames) and n % c.fail_every_frames == 0:
+            raise InjectedFrameError(f"fault injection: frame {self.taken} fails")
+
+    def stage_delay_ms(self, stage: str) -> float:
+        """Slow `stage` of the current frame down when ``slow_stage`` says so (call after the stage ran).
+
+        Args:
+            stage: `preprocess`, `inference` or `postprocess`.
+
+        Returns:
+            The milliseconds slept (0.0 when this stage of this frame is not slowed), to add to the stage's time.
+        """
+        c = self.cfg
+        n = self.taken - c.slow_after_frames
+        if c.slow_stage != stage or not c.slow_stage_ms or n <= 0 or (c.slow_frames and n > c.slow_frames):
+            return 0.0
+        time.sleep(c.slow_stage_ms / 1e3)
+        return c.slow_stage_ms
 
     def after_frame(self) -> None:
         """Count a processed frame and inject what is due.

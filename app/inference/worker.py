@@ -274,12 +274,17 @@ class _ServingLoop:
         picked_ns = time.monotonic_ns()
         meta = view.meta
         detector = self.detector
+        faults = self.faults
         try:
+            faults.before_frame()
             tensor, geometry, pre_ms = detector.prepare(view.image)
             if not view.is_valid():
                 return  # overwritten while we read it: take the newer frame instead
+            pre_ms += faults.stage_delay_ms("preprocess")
             outputs, inf_ms = detector.infer(tensor)
+            inf_ms += faults.stage_delay_ms("inference")
             det, post_ms = detector.decode(outputs, geometry)
+            post_ms += faults.stage_delay_ms("postprocess")
         except Exception as exc:
             self.errors += 1
             self.last_seq[cam] = meta.seq

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from app.inference.protocol import WorkerReady
     from app.pipeline.records import ResultRecord, SystemEvent
 
 
@@ -30,4 +31,12 @@ class Monitor(Protocol):
 
     def stats_section(self) -> dict:
         """This monitor's section of the stats document (JSON-ready)."""
+        ...
+
+
+class ModelAware(Protocol):
+    """Optional for a monitor: told whenever a worker becomes the serving one (its backend, labels, input size)."""
+
+    def on_model_ready(self, ready: WorkerReady) -> None:
+        """A worker serves now (after the first start, a restart, a recycle or a model change)."""
         ...

@@ -35,7 +35,7 @@ from app.inference.protocol import (
     WorkerReady,
 )
 from app.inference.worker import WorkerSpec, WorkerStartError
-from app.monitoring import build_monitors
+from app.monitoring import BudgetMonitor, build_monitors
 from app.pipeline.errors import PipelineError
 from app.pipeline.fanout import ResultFanout
 from app.pipeline.records import SystemEvent, SystemEventType
@@ -268,6 +268,12 @@ class LivePipeline:
         """A worker serves now: stages and services learn its labels; requests handed to an old one move to it."""
         self.fanout.model_ready(ready.names)
         self.requests.on_worker_ready(ready.worker_id)
+        for monitor in self.monitors:
+            if (hook := getattr(monitor, "on_model_ready", None)) is not None:  # optional (ModelAware)
+                try:
+                    hook(ready)
+                except Exception:
+                    log.exception("%s.on_model_ready failed", type(monitor).__name__)
 
     def on_supervisor_event(self, kind: SystemEventType, reason: str) -> None:
         """A restart, recycle or backend change, to the log, the stats and every service."""
@@ -376,6 +382,13 @@ class LivePipeline:
     def last_result_age_s(self) -> float | None:
         """Seconds since the newest result of any worker; None before the first."""
         return time.monotonic() - self._progress_mono if self._progress_mono else None
+
+    def budget_report(self) -> dict:
+        """`{"cameras": the stats document's budget section, "history": per camera recent points}`; empty when off."""
+        for monitor in self.monitors:
+            if isinstance(monitor, BudgetMonitor):
+                return {"cameras": monitor.stats_section(), "history": monitor.history()}
+        return {"cameras": {}, "history": {}}
 
     def stats_document(self) -> dict:
         """The stats message (schema 1): pipeline figures plus every service's own section."""

@@ -51,6 +51,15 @@ class PipelineControl(Protocol):
         """Seconds since the newest result of any worker; None before the first."""
         ...
 
+    def budget_report(self) -> dict:
+        """The latency budget per camera and its recent history (`GET /api/budget`).
+
+        Returns:
+            `{"cameras": {camera: the stats document's budget entry}, "history": {camera: [{t, frame_age_p50,
+            frame_age_p99, fps}, ...]}}` (wall-clock s, ms, frames/s; oldest point first).
+        """
+        ...
+
     def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
         """Change the detector's thresholds (0..1) for every camera, now and for any later worker."""
         ...

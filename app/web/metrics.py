@@ -76,7 +76,36 @@ class _PipelineCollector(Collector):
                 "vigil_ws_rejected", "WebSocket stream clients refused (client limit)", value=ws["rejected_full"]
             )
         yield from _api_metrics(doc.get("api"))
+        yield from _budget_metrics(doc.get("budget"))
         yield from _webhook_metrics(doc.get("webhooks"))
+
+
+def _budget_metrics(budget: dict | None) -> Iterable[Metric]:
+    """Latency budget per camera and layer (`total` and `error_rate` included): alert state, p99, target; error rate."""
+    if budget is None:
+        return
+    exceeded = GaugeMetricFamily(
+        "vigil_budget_exceeded", "1 while a layer's p99 (or the error rate) is over budget", labels=["camera", "layer"]
+    )  # fmt: skip
+    p99 = GaugeMetricFamily(
+        "vigil_budget_p99_seconds", "p99 of a layer over budget.window_s", labels=["camera", "layer"]
+    )
+    target = GaugeMetricFamily("vigil_budget_target_seconds", "a layer's p99 target", labels=["camera", "layer"])
+    rate = GaugeMetricFamily("vigil_error_rate", "failed and corrupt frames / frames over budget.window_s",
+                             labels=["camera"])  # fmt: skip
+    for cam, b in budget.items():
+        layers = {**(b.get("layers") or {}), **({"total": b["total"]} if b.get("total") else {})}
+        for layer, fig in layers.items():
+            exceeded.add_metric([cam, layer], 1.0 if fig.get("state") == "exceeded" else 0.0)
+            if fig.get("p99") is not None:
+                p99.add_metric([cam, layer], fig["p99"] / 1e3)
+            if fig.get("target_ms") is not None:
+                target.add_metric([cam, layer], fig["target_ms"] / 1e3)
+        err = b.get("error_rate")
+        if err:
+            exceeded.add_metric([cam, "error_rate"], 1.0 if err.get("state") == "exceeded" else 0.0)
+            rate.add_metric([cam], float(err.get("rate") or 0.0))
+    yield from (exceeded, p99, target, rate)
 
 
 def _webhook_metrics(hooks: dict | None) -> Iterable[Metric]:
