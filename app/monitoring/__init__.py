@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from app.monitoring.base import Monitor
+from app.monitoring.drift import DriftMonitor
 
 if TYPE_CHECKING:
     from app.config import VigilConfig
@@ -27,4 +28,6 @@ def build_monitors(cfg: VigilConfig, stats: Mapping[str, CameraStats]) -> list[M
         cfg: The whole config (`budget`, `monitoring`, cameras).
         stats: Camera name -> its live counters (filled as cameras open; read, never written).
     """
-    return []
+    monitors: list[Monitor] = []
+    monitors.append(DriftMonitor(cfg))
+    return monitors
