@@ -9,8 +9,10 @@ from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from conftest import run_driven, wait_until
 
 from app.config import VigilConfig
 from app.monitoring.drift import DriftMonitor
@@ -89,6 +91,10 @@ class Clock:
                 new.extend(self.monitor.check(self.t))
         self.events.extend(new)
         return new
+
+
+def payloads(sub, topic: str) -> list[dict]:
+    return [json.loads(m.payload) for m in sub.on(topic)]
 
 
 def by_metric(events: list[SystemEvent]) -> dict[str, list[str]]:
@@ -257,3 +263,133 @@ def test_an_unusable_baseline_file_is_a_warning_and_the_camera_learns(
         monitor = DriftMonitor(cfg)
     assert message in caplog.text and "learning a new baseline" in caplog.text
     assert monitor.stats_section()["cam"]["state"] == "learning"
+
+
+# ---- end to end: real worker processes, real video, real mosquitto, the CLI -----------------------------------
+
+BASE = "vigil/dev"
+CLIP_FPS = 12.5  # every other frame of bikes.mp4: the same 10 s of scene, half the frames to detect
+
+
+def night_frame(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A day scene at night-like levels: grey (an IR camera), x0.12, with sensor noise."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.float32) * 0.12 + rng.normal(0, 3, frame.shape[:2])
+    return cv2.cvtColor(np.clip(grey, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+
+
+def other_scene(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another scene: the camera zoomed onto the lower right quarter (bicycles and people, few cars)."""
+    h, w = frame.shape[:2]
+    return cv2.resize(frame[h // 2 :, w // 2 :], (w, h))
+
+
+def derived_clip(sample: Path, path: Path, day_s: float, then_s: float = 0.0, then: Callable | None = None) -> Path:
+    """`day_s` of bikes.mp4 looped at CLIP_FPS, then `then_s` of it transformed by `then` (frame, rng)."""
+    cap = cv2.VideoCapture(str(sample))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    frames = frames[::2]
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, (w, h))
+    rng = np.random.default_rng(3)
+    n_day, n_then = int(day_s * CLIP_FPS), int(then_s * CLIP_FPS)
+    for i in range(n_day + n_then):
+        frame = frames[i % len(frames)]
+        writer.write(frame if i < n_day or then is None else then(frame, rng))
+    writer.release()
+    return path
+
+
+def e2e_config(model: Path, cameras: list[dict], state_dir: Path, port: int | None = None, **drift) -> VigilConfig:
+    d = {"baseline_s": 12, "baseline_windows": 6, "window_s": 6, "min_frames": 15, "min_detections": 10, **drift}
+    return VigilConfig.model_validate(
+        {
+            "device_id": "dev",
+            "state_dir": str(state_dir),
+            "cameras": [{"realtime": True, **c} for c in cameras],
+            "model": {"path": str(model), "threads": 1, "imgsz": 320, "classes": None},
+            "output": {"json_lines": False, "status_interval_s": 0},
+            "http": {"enabled": False},
+            "mqtt": {"enabled": port is not None, "port": port or 1883, "stats_interval_s": 1},
+            "monitoring": {"drift": d},
+        }
+    )
+
+
+def test_darkness_and_a_new_scene_alert_on_mqtt_while_a_stable_camera_stays_silent(
+    coco_model: Path, sample_video: Path, broker, tmp_path: Path
+) -> None:
+    from support.broker import Subscriber
+
+    from app.mqtt.service import MqttService
+    from app.pipeline.live import LivePipeline
+
+    day_s = 30.0  # covers start-up plus the 12 s baseline with room to spare on a loaded machine
+    cameras = [
+        {"name": "stable", "source": str(derived_clip(sample_video, tmp_path / "stable.mp4", 20)), "loop": True},
+        {"name": "night", "source": str(derived_clip(sample_video, tmp_path / "n.mp4", day_s, 30, night_frame))},
+        {"name": "scene", "source": str(derived_clip(sample_video, tmp_path / "s.mp4", day_s, 30, other_scene))},
+    ]
+    cfg = e2e_config(coco_model, cameras, tmp_path / "state", broker.port)
+    sub = Subscriber(broker, f"{BASE}/#")
+    pipe = LivePipeline(cfg, [MqttService(cfg)], duration_s=240)
+
+    def drifting(cam: str) -> list[dict]:
+        return [p for p in payloads(sub, f"{BASE}/{cam}/system") if p["event"] == "prediction_drift"]
+
+    def driver() -> None:
+        for cam in ("night", "scene"):
+            assert wait_until(lambda cam=cam: drifting(cam), timeout=180), f"no prediction_drift for {cam}"
+        # The stats document says so too, and the stable camera was compared all along.
+        sub.wait_for(
+            lambda m: m.topic == f"{BASE}/stats" and json.loads(m.payload)["drift"]["night"]["state"] == "drifting",
+            timeout=30,
+        )
+
+    run_driven(pipe, driver)
+    sub.close()
+    night = drifting("night")
+    dpf = [p for p in night if p["metric"] == "detections_per_frame"]
+    assert dpf and dpf[0]["camera"] == "night" and dpf[0]["z"] < -2 and dpf[0]["current"] < dpf[0]["baseline"]
+    assert set(dpf[0]) >= {"event", "type", "reason", "at", "metric", "baseline", "current", "z"}
+    assert drifting("scene"), "a changed scene"
+    assert payloads(sub, f"{BASE}/stable/system") == [], "the stable camera raised nothing"
+    stats = [json.loads(m.payload)["drift"] for m in sub.on(f"{BASE}/stats")]
+    last = stats[-1]
+    assert last["stable"]["state"] == "watching" and last["stable"]["baseline"]["source"] == "learned"
+    assert last["stable"]["window"]["full"] and last["stable"]["metrics"]["detections_per_frame"]["z"] is not None
+    assert last["night"]["metrics"]["detections_per_frame"]["alert"] is True
+
+
+def test_a_recorded_baseline_is_loaded_by_the_next_run(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
+    from app.cli import main
+    from app.pipeline.live import LivePipeline
+
+    state = tmp_path / "state"
+    cfg_file = tmp_path / "vigil.yaml"
+    cfg = e2e_config(tiny_model, [{"name": "cam", "source": str(small_video), "loop": True}], state)
+    cfg_file.write_text(json.dumps(cfg.model_dump(mode="json")))
+    out = tmp_path / "copy.json"
+    args = ["drift", "baseline", "--config", str(cfg_file), "--camera", "cam", "--duration", "3"]
+    assert main([*args, "--set", "monitoring.drift.baseline_windows=3", "--output", str(out)]) == 0
+    doc = json.loads(baseline_path(state, "cam").read_text())
+    assert doc == json.loads(out.read_text())
+    assert doc["camera"] == "cam" and doc["model"] == str(tiny_model) and len(doc["sub_windows"]) == 3
+    assert doc["metrics"]["class_share:person"]["baseline"] == 1.0
+    assert main(["drift", "baseline", "--config", str(cfg_file), "--camera", "door", "--duration", "3"]) == 2
+    assert main([*args[:-1], "0"]) == 2
+
+    pipe = LivePipeline(cfg, [], duration_s=60)
+    seen: dict = {}
+
+    def driver() -> None:
+        assert wait_until(lambda: pipe.stats_document()["drift"]["cam"]["state"] == "watching", timeout=30)
+        seen.update(pipe.stats_document()["drift"]["cam"])
+
+    run_driven(pipe, driver)
+    assert seen["baseline"]["source"] == "file" and seen["baseline"]["frames"] == doc["frames"]

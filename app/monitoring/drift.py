@@ -108,7 +108,7 @@ class CameraDrift:
     def _maybe_finish_learning(self, now: float, force: bool = False) -> None:
         if self.t0 is None:
             return
-        done = int((now - self.t0) / self.sub_window_s)  # completed sub-windows
+        done = int((now - self.t0) / self.sub_window_s + 1e-6)  # completed sub-windows (float-safe)
         if done < self.cfg.baseline_windows and not force:
             return
         windows = self.learning[:done]
