@@ -8,7 +8,7 @@ Metrics (names as they appear in events, stats and Prometheus labels):
     detections_per_frame     detections / frames
     mean_confidence          confidence sum / detections
     confidence_distance      Hellinger distance of the confidence histogram to the baseline's (one-sided: only a
-                             larger distance than the baseline's own sub-windows show is drift)
+                             larger distance than the baseline's sub-windows show to one another is drift)
     class_share:<label>      detections of that label / detections
 """
 
@@ -29,7 +29,7 @@ CLASS_SHARE = "class_share:"
 
 # Std floors: a baseline that barely varied (a class never seen, a steady scene) must not turn noise into
 # alerts. Absolute floors in the metric's unit, relative ones as a fraction of the baseline level.
-STD_FLOOR = {DETECTIONS_PER_FRAME: 0.05, MEAN_CONFIDENCE: 0.02, CONFIDENCE_DISTANCE: 0.02, CLASS_SHARE: 0.03}
+STD_FLOOR = {DETECTIONS_PER_FRAME: 0.05, MEAN_CONFIDENCE: 0.02, CONFIDENCE_DISTANCE: 0.03, CLASS_SHARE: 0.03}
 REL_STD_FLOOR = {DETECTIONS_PER_FRAME: 0.1, MEAN_CONFIDENCE: 0.0, CONFIDENCE_DISTANCE: 0.0, CLASS_SHARE: 0.1}
 MIN_SUB_DETECTIONS = 5  # a sub-window with fewer detections says nothing about its confidence histogram
 
@@ -180,8 +180,14 @@ class Baseline:
             values = [w.detections / w.frames for w in self.windows]
             level = self.total.detections / self.total.frames
         elif name == CONFIDENCE_DISTANCE:
+            # Each sub-window against the others (leave one out): against a total that includes it, its
+            # distance would be biased low, while the window compared later is independent of the baseline.
             hist = self.total.histogram
-            values = [hellinger(w.histogram, hist) for w in self.windows if w.detections >= MIN_SUB_DETECTIONS]
+            values = [
+                hellinger(w.histogram, hist - w.histogram)
+                for w in self.windows
+                if w.detections >= MIN_SUB_DETECTIONS and self.total.detections - w.detections >= MIN_SUB_DETECTIONS
+            ]
             if len(values) < 2:
                 return None
             level = float(np.mean(values))
