@@ -419,6 +419,19 @@ class DriftConfig(_Strict):
     baseline_s: float = Field(600.0, gt=0, description="baseline learned over this long after start, s")
     window_s: float = Field(300.0, gt=0, description="current distribution over this sliding window, s")
     threshold_sigma: float = Field(2.0, gt=0, description="alert beyond this many baseline standard deviations")
+    baseline_windows: int = Field(
+        10, ge=3, le=1000, description="sub-windows the baseline is split into to estimate each metric's variation"
+    )
+    recover_ratio: float = Field(
+        0.75, gt=0, lt=1, description="hysteresis: recovered once |z| is back under this fraction of threshold_sigma"
+    )
+    min_frames: int = Field(50, ge=1, description="frames the sliding window needs before it is compared")
+    min_detections: int = Field(
+        20, ge=1, description="detections the window needs before the confidence and class metrics are compared"
+    )
+    min_class_share: float = Field(
+        0.02, gt=0, le=1, description="a label is watched when its share reaches this in the baseline or the window"
+    )
 
 
 class MonitoringConfig(_Strict):

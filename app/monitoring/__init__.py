@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 
 from app.monitoring.base import Monitor
 from app.monitoring.budget import BudgetMonitor
+from app.monitoring.drift import DriftMonitor
 
 if TYPE_CHECKING:
     from app.config import VigilConfig
     from app.pipeline.stats import CameraStats
 
-__all__ = ["BudgetMonitor", "Monitor", "build_monitors"]
+__all__ = ["BudgetMonitor", "DriftMonitor", "Monitor", "build_monitors"]
 
 
 def build_monitors(cfg: VigilConfig, stats: Mapping[str, CameraStats]) -> list[Monitor]:
@@ -28,4 +29,4 @@ def build_monitors(cfg: VigilConfig, stats: Mapping[str, CameraStats]) -> list[M
         cfg: The whole config (`budget`, `monitoring`, cameras).
         stats: Camera name -> its live counters (filled as cameras open; read, never written).
     """
-    return [BudgetMonitor(cfg, stats)]
+    return [BudgetMonitor(cfg, stats), DriftMonitor(cfg)]

@@ -78,6 +78,23 @@ class _PipelineCollector(Collector):
         yield from _api_metrics(doc.get("api"))
         yield from _budget_metrics(doc.get("budget"))
         yield from _webhook_metrics(doc.get("webhooks"))
+        yield from _drift_metrics(doc.get("drift"))
+
+
+def _drift_metrics(drift: dict | None) -> Iterable[Metric]:
+    """Per camera and drift metric: its z against the baseline (once compared) and 1 while it is in alert."""
+    if not drift:
+        return
+    z = GaugeMetricFamily(
+        "vigil_drift_z", "prediction drift: standard deviations from the baseline", labels=["camera", "metric"]
+    )  # fmt: skip
+    alert = GaugeMetricFamily("vigil_drift_alert", "1 while a drift metric is in alert", labels=["camera", "metric"])
+    for cam, c in drift.items():
+        for name, m in (c.get("metrics") or {}).items():
+            if m.get("z") is not None:
+                z.add_metric([cam, name], float(m["z"]))
+            alert.add_metric([cam, name], 1.0 if m.get("alert") else 0.0)
+    yield from (z, alert)
 
 
 def _budget_metrics(budget: dict | None) -> Iterable[Metric]:
