@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import Collect, run_driven, wait_until
+from support.broker import Broker, Subscriber
 from support.onnx_models import dense_constant_model, wrong_shape_model
 from support.web_harness import Served
 from test_http_api import http
 
+from app.cli import main as vigil_main
 from app.config import VigilConfig
 from app.deploy.errors import DeployRejected, ModelPathError
 from app.deploy.paths import confine_model_path
-from app.deploy.state import ActiveModelStore
+from app.deploy.state import ActiveModelStore, ModelEntry, startup_model
+from app.mqtt.service import MqttService
 from app.pipeline.live import LivePipeline
 
 TOKEN = "deploy-token-0123456789abcdef"
@@ -51,8 +53,10 @@ def deploy_config(models: Path, video: Path, state: Path, **extra) -> VigilConfi
         "http": {"port": 0},
     }  # fmt: skip
     for key, value in extra.items():
-        section = data.setdefault(key, {})
-        section.update(value) if isinstance(section, dict) else data.__setitem__(key, value)
+        if isinstance(value, dict):
+            data.setdefault(key, {}).update(value)
+        else:
+            data[key] = value
     return VigilConfig.model_validate(data)
 
 
@@ -156,3 +160,103 @@ def test_deploy_validate_reject_and_roll_back_over_http(deploy_models: Path, sma
         assert get(url, "/api/model")["previous"] == []
     state = json.loads((tmp_path / "state" / "model" / "active.json").read_text())
     assert Path(state["current"]["path"]).name == "serving.onnx"
+
+
+def _call(pipe: LivePipeline, coro_fn, timeout: float = 120.0):
+    assert wait_until(lambda: pipe.worker_info is not None and pipe._loop is not None, 60)
+    return asyncio.run_coroutine_threadsafe(coro_fn(), pipe._loop).result(timeout)
+
+
+def test_the_deployed_model_survives_a_restart_unless_the_config_was_edited(
+    deploy_models: Path, small_video: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    cfg = deploy_config(deploy_models, small_video, state)
+    first = LivePipeline(cfg)
+    seen: dict = {}
+
+    def deploy_then_fail_to_roll_forward() -> None:
+        seen["answer"] = _call(first, lambda: first.deploy_model("good.onnx"))
+        with pytest.raises(DeployRejected, match=r"\w"):
+            _call(first, lambda: first.deploy_model("corrupt.onnx"))
+
+    run_driven(first, deploy_then_fail_to_roll_forward)
+    assert seen["answer"]["model"]["name"] == "good"
+    stored = ActiveModelStore(state).load()
+    assert stored is not None and Path(stored.current.path).name == "good.onnx"
+    assert stored.replaced_config_path == str(deploy_models / "serving.onnx")
+    assert [Path(p.path).name for p in stored.previous] == ["serving.onnx"]
+
+    # Same config, same state dir: the deployed model serves again.
+    again = LivePipeline(deploy_config(deploy_models, small_video, state))
+    run_driven(again, lambda: seen.update(again=_call(again, lambda: asyncio.sleep(0, again.worker_info))))
+    assert seen["again"].model.name == "good"
+
+    # The operator edited model.path: the config wins, and the stored state is left as it was.
+    edited = deploy_config(deploy_models, small_video, state)
+    edited.model.path = str(deploy_models / "disagree.onnx")
+    third = LivePipeline(edited)
+    run_driven(third, lambda: seen.update(third=_call(third, lambda: asyncio.sleep(0, third.worker_info))))
+    assert seen["third"].model.name == "disagree"
+
+
+def test_a_stored_model_whose_file_is_gone_falls_back_to_the_config(deploy_models: Path, tmp_path: Path) -> None:
+    store = ActiveModelStore(tmp_path)
+    cfg = deploy_config(deploy_models, deploy_models / "x.mp4", tmp_path)
+    gone = ModelEntry(str(tmp_path / "gone.onnx"), "fp16", "ab" * 32, "gone")
+    store.deployed(gone, ModelEntry(cfg.model.path, "fp16"), cfg.model.path)
+    model, why = startup_model(cfg.model, store)
+    assert model.path == cfg.model.path and "gone" in why
+    kept = ModelEntry(str(deploy_models / "good.onnx"), "fp32")
+    store.deployed(kept, gone, "ignored: the first deployment's config path is kept")
+    model, why = startup_model(cfg.model, store)
+    assert model.path == kept.path and model.precision == "fp32" and "deployed" in why
+
+
+def test_mqtt_model_set_and_rollback_publish_the_outcome(
+    deploy_models: Path, small_video: Path, tmp_path: Path, broker: Broker
+) -> None:
+    base = "vigil/dev"
+    mqtt = {"enabled": True, "port": broker.port, "reconnect_min_s": 0.5, "reconnect_max_s": 1}
+    cfg = deploy_config(deploy_models, small_video, tmp_path / "state", device_id="dev", mqtt=mqtt)
+    sub = Subscriber(broker, f"{base}/#")
+    pipe = LivePipeline(cfg, [MqttService(cfg)])
+
+    def system(event: str) -> dict:
+        msg = sub.wait_for(lambda m: m.topic == f"{base}/cam/system" and json.loads(m.payload)["event"] == event, 90)
+        return json.loads(msg.payload)
+
+    def driver() -> None:
+        assert wait_until(lambda: bool(sub.on(f"{base}/model")), 60), "the serving model is announced"
+        assert json.loads(sub.on(f"{base}/model")[-1].payload)["name"] == "serving"
+        sub.client.publish(f"{base}/model/set", "../serving.onnx", qos=1)
+        rejected = system("model_rejected")
+        assert "outside the models directory" in rejected["reason"] and rejected["status"] == 400
+        sub.client.publish(f"{base}/model/set", "good.onnx", qos=1)
+        deployed = system("model_deployed")
+        assert deployed["model"]["name"] == "good" and deployed["validation"]["canary"]["ok"]
+        assert wait_until(lambda: json.loads(sub.on(f"{base}/model")[-1].payload)["name"] == "good", 10)
+        sub.client.publish(f"{base}/model/rollback", "", qos=1)
+        assert wait_until(lambda: json.loads(sub.on(f"{base}/model")[-1].payload)["name"] == "serving", 90)
+
+    try:
+        run_driven(pipe, driver)
+    finally:
+        sub.close()
+
+
+def test_cli_deploys_and_reports_a_rejection(
+    deploy_models: Path, small_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Served(deploy_config(deploy_models, small_video, tmp_path / "state")) as s:
+        assert wait_until(lambda: s.pipe.worker_info is not None, 60)
+        assert vigil_main(["model", "status", "--url", s.url]) == 0
+        assert json.loads(capsys.readouterr().out)["current"]["name"] == "serving"
+        assert vigil_main(["model", "deploy", "wrong.onnx", "--url", s.url]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "[1, 10]" in err[0]
+        assert vigil_main(["model", "deploy", "good.onnx", "--url", s.url]) == 0
+        assert json.loads(capsys.readouterr().out)["model"]["name"] == "good"
+        assert vigil_main(["model", "rollback", "--url", s.url]) == 0
+        assert vigil_main(["model", "rollback", "--url", s.url]) == 2
+        assert "nothing to roll back to" in capsys.readouterr().err
