@@ -236,6 +236,8 @@ def test_mqtt_model_set_and_rollback_publish_the_outcome(
         deployed = system("model_deployed")
         assert deployed["model"]["name"] == "good" and deployed["validation"]["canary"]["ok"]
         assert wait_until(lambda: json.loads(sub.on(f"{base}/model")[-1].payload)["name"] == "good", 10)
+        detections = f"{base}/cam/detections"
+        assert wait_until(lambda: json.loads(sub.on(detections)[-1].payload)["model"]["name"] == "good", 20)
         sub.client.publish(f"{base}/model/rollback", "", qos=1)
         assert wait_until(lambda: json.loads(sub.on(f"{base}/model")[-1].payload)["name"] == "serving", 90)
 

@@ -477,10 +477,13 @@ class WorkerSupervisor:
             ready = await loop.run_in_executor(None, handle.wait_ready, self.cfg.worker.ready_timeout_s)
             if validate is not None:
                 await validate(StandbyProbe(handle, ready))
-        except (WorkerStartError, StandbyRejected, asyncio.CancelledError) as exc:
+        except BaseException as exc:  # refused, failed, cut short by stop(), or a bug in the validation
             await self._stop_worker(handle, 1.0, f"{why} refused")
             if isinstance(exc, WorkerStartError):
                 raise StandbyRejected(str(exc)) from exc
+            if isinstance(exc, Exception) and not isinstance(exc, StandbyRejected):
+                log.exception("validation of the standby failed")
+                raise StandbyRejected(f"validation failed: {type(exc).__name__}: {exc}") from exc
             raise
         old = self.worker
         # Switch at a result boundary: the old worker finishes the frame in hand, answers and exits; the
