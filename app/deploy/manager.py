@@ -24,7 +24,7 @@ from app.deploy.errors import DeployBusy, DeployError, DeployRejected, InvalidDe
 from app.deploy.paths import confine_model_path
 from app.deploy.state import ActiveModelStore, ModelEntry, startup_model
 from app.engine.agreement import agreement
-from app.inference.protocol import DetectOptions, ModelIdentity, WorkerReady
+from app.inference.protocol import DetectOptions, ModelIdentity, SetThresholds, WorkerReady
 from app.pipeline.records import SystemEvent
 from app.pipeline.requests import DetectOutcome, RequestRejected
 from app.ring import FrameRing
@@ -145,8 +145,16 @@ class DeploymentManager:
         replaced = self._entry(self.cfg.model, self.supervisor.info)
         started = time.monotonic()
         try:
+            if self.supervisor.busy:
+                raise SupervisorBusy("a worker recycle or replacement is in progress")
+            # Canary frames and the serving model's answers to them come first, while nothing else loads: the
+            # reference detections take the serving worker's time (within api.max_share) well before the handover.
+            frames = newest_frames(self.rings, self.cfg.model.deploy.canary_frames)
+            reference = await self._reference(frames)
             outcome = await self.supervisor.deploy(
-                model, lambda probe: self._validate(probe, validation), lambda _ready: self._commit(model)
+                model,
+                lambda probe: self._validate(probe, frames, reference, validation),
+                lambda _ready: self._commit(model),
             )
         except SupervisorBusy as busy:
             exc = DeployBusy(str(busy))
@@ -178,10 +186,39 @@ class DeploymentManager:
         return answer
 
     def _commit(self, model: ModelConfig) -> None:
-        """The new worker serves: restarts and recycles from now on start it too."""
-        self.cfg.model = model
+        """The new worker serves: restarts and recycles from now on start it too.
 
-    async def _validate(self, probe: StandbyProbe, validation: dict) -> None:
+        Thresholds changed while it loaded (MQTT `confidence/set`) are carried over to it and to the config.
+        """
+        conf, iou = self.cfg.model.conf, self.cfg.model.iou
+        self.cfg.model = model.model_copy(update={"conf": conf, "iou": iou})
+        if (conf, iou) != (model.conf, model.iou):
+            self.supervisor.send(SetThresholds(conf, iou))
+
+    async def _reference(self, frames: list[tuple[str, np.ndarray]]) -> tuple[dict[int, str], list[Detections]] | None:
+        """The serving model's labels and detections of the canary frames; None when agreement is off or no frames.
+
+        Raises:
+            StandbyRejected: The detection requests were refused (queue full, deadline).
+        """
+        serving = self.supervisor.info
+        if self.cfg.model.deploy.min_agreement_f1 <= 0 or not frames or serving is None:
+            return None
+        try:
+            detections = [
+                (await self.detect(image, DetectOptions(), CANARY_TIMEOUT_S)).detections for _, image in frames
+            ]
+        except RequestRejected as exc:
+            raise StandbyRejected(f"the serving model's reference detections failed: {exc}") from exc
+        return dict(serving.names), detections
+
+    async def _validate(
+        self,
+        probe: StandbyProbe,
+        frames: list[tuple[str, np.ndarray]],
+        reference: tuple[dict[int, str], list[Detections]] | None,
+        validation: dict,
+    ) -> None:
         """Canary frames on the standby, then agreement with the serving model; fills `validation` as it goes.
 
         Raises:
@@ -189,7 +226,6 @@ class DeploymentManager:
         """
         dcfg = self.cfg.model.deploy
         validation["load"] = {"ok": True, "model": self._identity_dict(probe.ready.model, "")}
-        frames = newest_frames(self.rings, dcfg.canary_frames)
         validation["canary"] = {"frames": len(frames), "cameras": sorted({cam for cam, _ in frames})}
         answers = await probe.canary([image for _, image in frames], CANARY_TIMEOUT_S)
         for (cam, _), answer in zip(frames, answers):
@@ -199,23 +235,17 @@ class DeploymentManager:
         validation["canary"]["ok"] = True
         candidate = [a.detections if a.detections is not None else Detections.empty() for a in answers]
         validation["canary"]["detections"] = sum(len(d) for d in candidate)
-        serving = self.supervisor.info
         if dcfg.min_agreement_f1 <= 0:
             validation["agreement"] = {"skipped": "model.deploy.min_agreement_f1 is 0"}
             return
-        if serving is None or serving.names != probe.ready.names:
-            validation["agreement"] = {"skipped": "the class names differ from the serving model's"}
-            return
-        if not frames:
+        if not frames or reference is None:
             validation["agreement"] = {"skipped": "no camera frame yet"}
             return
-        try:
-            reference = [
-                (await self.detect(image, DetectOptions(), CANARY_TIMEOUT_S)).detections for _, image in frames
-            ]
-        except RequestRejected as exc:
-            raise StandbyRejected(f"the serving model's reference detections failed: {exc}", validation) from exc
-        score = agreement(reference, candidate)
+        names, reference_detections = reference
+        if names != probe.ready.names:
+            validation["agreement"] = {"skipped": "the class names differ from the serving model's"}
+            return
+        score = agreement(reference_detections, candidate)
         validation["agreement"] = {**score.as_dict(), "min_f1": dcfg.min_agreement_f1}
         if score.f1 < dcfg.min_agreement_f1:
             raise StandbyRejected(
