@@ -515,10 +515,11 @@ class WorkerSupervisor:
             self._on_readable(old)  # anything it still had to say
             await self._stop_worker(old, 0.5, why)
         gap_ms = None
-        with contextlib.suppress(asyncio.TimeoutError):
-            first_new = await asyncio.wait_for(asyncio.shield(first), FIRST_RESULT_WAIT_S)
-            if last_old_result:
-                gap_ms = round((first_new - last_old_result) * 1000.0, 1)
+        if why != "recycle":  # a recycle does not wait for it: the job would hold off replacements meanwhile
+            with contextlib.suppress(asyncio.TimeoutError):
+                first_new = await asyncio.wait_for(first, FIRST_RESULT_WAIT_S)
+                if last_old_result:
+                    gap_ms = round((first_new - last_old_result) * 1000.0, 1)
         self._first_result = None
         return HandoverOutcome(ready, gap_ms)
 
