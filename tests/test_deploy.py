@@ -1,8 +1,8 @@
 """Blue-green model deployment with real worker processes, real ONNX models, real HTTP, MQTT and the CLI.
 
 Models are generated into a temporary models directory: the serving one answers one 'person' box at the centre;
-`good` moves it by a pixel (agrees), `disagree` puts it in a corner (same labels, F1 0), `corrupt` is random
-bytes and `wrong` has a classifier's [1, 10] output.
+`good` moves it by a pixel (agrees), `disagree` puts it in a corner (same labels, F1 0), `nan` answers a NaN
+score, `corrupt` is random bytes and `wrong` has a classifier's [1, 10] output.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def deploy_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dense_constant_model(d / "serving.onnx", np.array([[32, 32, 16, 16, 0.9, 0.05]]))
     dense_constant_model(d / "good.onnx", np.array([[33, 32, 16, 16, 0.9, 0.05]]))
     dense_constant_model(d / "disagree.onnx", np.array([[8, 8, 6, 6, 0.9, 0.05]]))
+    dense_constant_model(d / "nan.onnx", np.array([[32, 32, 16, 16, np.nan, 0.05]]))
     (d / "corrupt.onnx").write_bytes(np.random.default_rng(1).bytes(4096))
     wrong_shape_model(d / "wrong.onnx")
     (d / "sub").mkdir()
@@ -257,6 +258,8 @@ def test_cli_deploys_and_reports_a_rejection(
         assert vigil_main(["model", "deploy", "wrong.onnx", "--url", s.url]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and "[1, 10]" in err[0]
+        assert vigil_main(["model", "deploy", "nan.onnx", "--url", s.url]) == 2
+        assert "non-finite" in capsys.readouterr().err, "a model whose outputs hold NaN fails the canary frames"
         assert vigil_main(["model", "deploy", "good.onnx", "--url", s.url]) == 0
         assert json.loads(capsys.readouterr().out)["model"]["name"] == "good"
         assert vigil_main(["model", "rollback", "--url", s.url]) == 0
