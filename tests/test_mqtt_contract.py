@@ -25,7 +25,9 @@ def test_topics_and_command_parsing() -> None:
         "vigil/dev/a/b/c/set",
     ):
         assert t.parse_command(bad) is None
-    assert t.command_subscriptions() == ["vigil/dev/+/detect/set", "vigil/dev/+/confidence/set"]
+    assert t.command_subscriptions() == ["vigil/dev/+/detect/set", "vigil/dev/+/confidence/set",
+                                         "vigil/dev/model/set", "vigil/dev/model/rollback"]  # fmt: skip
+    assert t.model == "vigil/dev/model" and t.parse_command(t.model_set) is None
     assert topic_safe("person #1/+") == "person_1"
 
 

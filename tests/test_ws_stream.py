@@ -27,7 +27,7 @@ from app.pipeline.service import ServiceBase
 TOKEN = "test-token-0123456789abcdef"
 # The MQTT payloads' fields (app/pipeline/payloads.py), which the stream's `data` carries unchanged.
 RESULT_FIELDS = {"schema", "device_id", "camera", "seq", "frame", "captured_at", "width", "height", "detections",
-                 "latency_ms", "published_at"}  # fmt: skip
+                 "latency_ms", "published_at", "model"}  # fmt: skip
 EVENT_FIELDS = {"schema", "device_id", "camera", "type", "object", "captured_at", "latency_ms", "published_at"}
 SYSTEM_FIELDS = {"schema", "device_id", "event", "type", "reason", "at", "published_at"}
 

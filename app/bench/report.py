@@ -130,6 +130,18 @@ def render(results: dict) -> str:
                 f"{rc['out_of_order_results']} out-of-order results; main RSS {rc['main_rss_mb_start']} -> "
                 f"{rc['main_rss_mb_end']} MB ({rc['main_rss_growth_pct']:+.2f}%).",
             ]
+    dp = results["modes"].get("deploy")
+    if dp:
+        lines += [
+            "",
+            f"Model deployment ({dp['deployments']} blue-green deployments of the model and a copy, validated, "
+            f"{dp['seconds']} s): median result interval {dp['median_interval_ms']} ms, "
+            f"bound 2x = {dp['bound_ms']} ms; "
+            f"longest gap around each handover {dp['max_gap_per_deployment_ms']} ms "
+            f"({dp['deployments_over_bound']} over the bound; as measured by the handover {dp['handover_gap_ms']} ms); "
+            f"{dp['out_of_order_results']} out-of-order results; each deployment took {dp['deployment_s']} s; "
+            f"a corrupt model was rejected in {dp['corrupt_reject_s']} s.",
+        ]
     pv = results["modes"].get("preview")
     if pv:
         rows = [(k.split("_")[1], v) for k, v in pv.items() if k.startswith("viewers_")]

@@ -218,6 +218,12 @@ def _bench_leak(model: ModelConfig, args: argparse.Namespace) -> dict:
     return bench_recycle(model, args.source, 90, 0, leak_mb=2.0)
 
 
+def _bench_deploy(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.deploy_bench import bench_deploy
+
+    return bench_deploy(model, args.source, args.deploy_count)
+
+
 def _bench_engine(model: ModelConfig, args: argparse.Namespace) -> dict:
     from app.bench.engine_bench import bench_engine
 
@@ -280,6 +286,7 @@ MODES: dict[str, Mode] = {
     "soak": lambda model, args: bench_soak(model, args.source, args.soak_frames),
     "recycle": _bench_recycle,
     "leak": _bench_leak,
+    "deploy": _bench_deploy,
     "engine": _bench_engine,
     "int8": _bench_int8,
     "preview": _bench_preview,

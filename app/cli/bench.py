@@ -40,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preview-rounds", type=int, default=2, help="interleaved rounds of 0/1/4 viewers")
     p.add_argument("--recycle-seconds", type=float, default=600.0, help="length of the recycle soak")
     p.add_argument("--recycle-every-s", type=float, default=60.0, help="periodic recycle interval in that soak")
+    p.add_argument("--deploy-count", type=int, default=10, help="deployments of the deploy mode (model, copy, ...)")
     p.add_argument("--threads", type=int, default=None,
                    help="model.threads (default: 0 = all cores; realtime: the config's)")  # fmt: skip
     p.add_argument("--config", default=DEFAULT_CONFIG, help="the config the realtime mode runs")

@@ -34,6 +34,29 @@ class BackendState:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    """Which model a worker runs, as results and stats name it.
+
+    Attributes:
+        name: The model file's stem (``yolov3-tiny-coco``).
+        sha256: Hex SHA-256 of the model file (64 characters).
+        precision: TensorRT: the engine's precision; ONNX Runtime: the model's input dtype (``fp32``, ``fp16``).
+        backend: The runtime serving it (``onnxruntime``, ``tensorrt``).
+        path: The model file as configured.
+    """
+
+    name: str
+    sha256: str
+    precision: str
+    backend: str
+    path: str = ""
+
+    def as_dict(self) -> dict:
+        """The short JSON form every result carries: name, the first 12 hex of the SHA-256, precision, backend."""
+        return {"name": self.name, "sha256": self.sha256[:12], "precision": self.precision, "backend": self.backend}
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReady:
     """The worker loaded and warmed up its model and is ready (or, in standby, waiting for StartServing).
 
@@ -44,6 +67,7 @@ class WorkerReady:
         imgsz: The model's input size, (height, width) pixels.
         warmup_ms: Total time of the warm-up runs, ms.
         pid: The worker's process id.
+        model: The model it runs (file stem, SHA-256, precision, backend).
     """
 
     worker_id: int
@@ -52,6 +76,7 @@ class WorkerReady:
     imgsz: tuple[int, int]
     warmup_ms: float
     pid: int
+    model: ModelIdentity | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +115,36 @@ class StopWorker:
 @dataclass(frozen=True, slots=True)
 class StartServing:
     """Blue-green: a warmed-up standby worker starts taking frames (the old one has just stopped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryRequest:
+    """Parent to a standby worker: run one canary frame before it may serve (deployment validation).
+
+    Attributes:
+        request_id: The parent's id; the answer carries it.
+        image: Where the HxWx3 uint8 BGR pixels are (`app.inference.shared_image`).
+    """
+
+    request_id: int
+    image: SharedImageSpec
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryAnswer:
+    """Standby worker to parent: a canary frame's detections, or why the model failed on it.
+
+    Attributes:
+        request_id: As in the CanaryRequest.
+        worker_id: The standby that ran it.
+        detections: xyxy pixels of the canary image, confidences, class ids; None when it failed.
+        error: Why it failed (non-finite outputs, a decode error); empty when it passed.
+    """
+
+    request_id: int
+    worker_id: int
+    detections: Detections | None
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,10 @@ each has its own pipe and reads the rings without taking anything from the other
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
+import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -20,17 +22,24 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from app.config import FaultsConfig, ModelConfig
 from app.inference.protocol import (
     BackendChanged,
+    CanaryAnswer,
+    CanaryRequest,
     CancelDetect,
     DetectAnswer,
     DetectNotRun,
     DetectRequest,
+    ModelIdentity,
     SetDetection,
     SetThresholds,
+    StartServing,
     StopWorker,
     WorkerFailed,
     WorkerFrameError,
@@ -109,15 +118,19 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat:
     from app.inference.faults import FaultInjector
 
     faults = FaultInjector(spec.faults)
-    try:
-        detector = Detector.from_config(spec.model)
-        detector.backend = faults.wrap_backend(detector.backend, spec.model, spec.model.warmup_runs)
-        warm_ms = detector.warmup(spec.model.warmup_runs)
-        rings = [(cam, FrameRing.attach(rs)) for cam, rs in spec.rings]
-    except Exception as exc:
-        log.error("worker failed to start: %s", exc)
-        conn.send(WorkerFailed(spec.worker_id, f"{type(exc).__name__}: {exc}"))
-        return
+    # The file's hash is read beside the load (a thread: hashlib releases the GIL), not after it.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
+        digest = pool.submit(file_sha256, spec.model.path)
+        try:
+            detector = Detector.from_config(spec.model)
+            detector.backend = faults.wrap_backend(detector.backend, spec.model, spec.model.warmup_runs)
+            warm_ms = detector.warmup(spec.model.warmup_runs)
+            rings = [(cam, FrameRing.attach(rs)) for cam, rs in spec.rings]
+            sha256 = digest.result()
+        except Exception as exc:
+            log.error("worker failed to start: %s", exc)
+            conn.send(WorkerFailed(spec.worker_id, f"{type(exc).__name__}: {exc}"))
+            return
     conn.send(
         WorkerReady(
             worker_id=spec.worker_id,
@@ -126,20 +139,86 @@ def _serve(spec: WorkerSpec, conn: Connection, stop: threading.Event, heartbeat:
             imgsz=detector.info.input_hw,
             warmup_ms=warm_ms,
             pid=os.getpid(),
+            model=model_identity(spec.model, detector, sha256),
         )
     )
-    if spec.standby:
-        # Loaded and warm, but idle until told: two workers inferring at once would slow both and open
-        # the very gap in results that a blue-green switch exists to avoid.
-        msg = conn.recv()
-        if isinstance(msg, StopWorker):
-            return
+    if spec.standby and not _wait_as_standby(spec, conn, detector):
+        return
     try:
         _ServingLoop(spec, conn, detector, rings, faults, heartbeat).run(stop)
     finally:
         for _, ring in rings:
             ring.close()
         detector.close()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_identity(cfg: ModelConfig, detector: Detector, sha256: str) -> ModelIdentity:
+    """Name (file stem), SHA-256, precision and backend of a loaded model.
+
+    The precision is the engine's for TensorRT, else the model's input dtype (`fp32`, `fp16`).
+    """
+    backend = detector.backend.name
+    precision: str
+    if backend == "tensorrt":
+        precision = cfg.precision
+    else:
+        dtype = np.dtype(detector.info.input_dtype)
+        precision = f"fp{dtype.itemsize * 8}" if dtype.kind == "f" else dtype.name
+    return ModelIdentity(Path(cfg.path).stem, sha256, precision, backend, str(cfg.path))
+
+
+def _wait_as_standby(spec: WorkerSpec, conn: Connection, detector: Detector) -> bool:
+    """Loaded and warm, but idle until told; answers canary frames meanwhile (deployment validation).
+
+    Two workers inferring camera frames at once would slow both and open the very gap in results that a
+    blue-green switch exists to avoid; canary frames are few and run before the switch.
+
+    Returns:
+        True on StartServing, False on StopWorker.
+    """
+    while True:
+        msg = conn.recv()
+        if isinstance(msg, StartServing):
+            return True
+        if isinstance(msg, StopWorker):
+            return False
+        if isinstance(msg, CanaryRequest):
+            conn.send(run_canary(detector, msg, spec.worker_id))
+        elif isinstance(msg, SetThresholds):
+            detector.set_thresholds(msg.conf, msg.iou)
+
+
+def run_canary(detector: Detector, req: CanaryRequest, worker_id: int) -> CanaryAnswer:
+    """Run one canary frame: every raw output must be finite and decode; the answer carries the detections."""
+    try:
+        with mapped_image(req.image) as image:
+            tensor, geometry, _ = detector.prepare(image)
+        outputs, _ = detector.infer(tensor)
+        for i, out in enumerate(outputs):
+            arr = np.asarray(out)
+            if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+                return CanaryAnswer(req.request_id, worker_id, None,
+                                    f"output {i} has {bad} non-finite values (NaN/inf) of {arr.size}")  # fmt: skip
+        det, _ = detector.decode(outputs, geometry)
+    except SharedImageGone:
+        return CanaryAnswer(req.request_id, worker_id, None, "canary image gone")
+    except Exception as exc:
+        return CanaryAnswer(req.request_id, worker_id, None, f"{type(exc).__name__}: {exc}")
+    return CanaryAnswer(req.request_id, worker_id, det)
 
 
 class _ServingLoop:

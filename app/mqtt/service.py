@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import cv2
@@ -22,6 +22,7 @@ import numpy as np
 
 from app.clock import iso_utc
 from app.config import VigilConfig
+from app.deploy.errors import DeployError
 from app.draw import draw_detections
 from app.mqtt.discovery import discovery_messages
 from app.mqtt.link import MqttLink
@@ -63,6 +64,7 @@ class MqttService(ServiceBase):
         self._pipeline: PipelineControl | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats_task: asyncio.Task | None = None
+        self._model_jobs: set[asyncio.Task] = set()  # deployments asked for over MQTT, until they end
         self.link = MqttLink(
             self.mcfg,
             client_id=self.mcfg.client_id or f"vigil-{cfg.device_id}",
@@ -96,10 +98,20 @@ class MqttService(ServiceBase):
         await asyncio.get_running_loop().run_in_executor(None, self.link.stop)
 
     def on_system_event(self, event: SystemEvent) -> None:
-        """Restarts, recycles, capture restarts: on `<base>/<camera>/system` (every camera for worker events)."""
+        """Restarts, recycles, capture restarts: on `<base>/<camera>/system` (every camera for worker events).
+
+        A deployed model is also announced on the retained `<base>/model`.
+        """
         cameras = [event.camera] if event.camera else self.cameras
         for cam in cameras:
             self.link.publish(self.topics.system(cam), dumps(system_payload(self.device_id, cam, event)), qos=1)
+        if event.type == "model_deployed":
+            self._publish_model()
+
+    def _publish_model(self) -> None:
+        info = self._pipeline.worker_info if self._pipeline is not None else None
+        if info is not None and info.model is not None:
+            self.link.publish(self.topics.model, dumps(info.model.as_dict()), qos=1, retain=True)
 
     # ---- records and events -> messages -------------------------------------------------------
 
@@ -186,6 +198,7 @@ class MqttService(ServiceBase):
                 Path(self.cfg.model.path).name,
             ):  # fmt: skip
                 self.link.publish(topic, dumps(cfg), qos=1, retain=True)
+        self._publish_model()
         for cam in self.cameras:
             on = self._pipeline.detection_enabled(cam) if self._pipeline is not None else True
             self.link.publish(self.topics.detect_state(cam), "ON" if on else "OFF", qos=1, retain=True)
@@ -224,8 +237,10 @@ class MqttService(ServiceBase):
         Returns:
             True when applied, False when rejected.
         """
-        parsed = self.topics.parse_command(topic)
         text = payload.decode("utf-8", "replace").strip()
+        if topic in (self.topics.model_set, self.topics.model_rollback):
+            return self._cmd_model(topic, text)
+        parsed = self.topics.parse_command(topic)
         if parsed is None or parsed[0] not in self.cameras or parsed[1] not in self._commands:
             return self._reject(topic, text, "unknown camera or command")
         cam, kind = parsed
@@ -260,6 +275,29 @@ class MqttService(ServiceBase):
             self.link.publish(self.topics.confidence_state(c), f"{conf:g}", qos=1, retain=True)
         log.info("mqtt: confidence threshold set to %g", conf)
         return True
+
+    def _cmd_model(self, topic: str, text: str) -> bool:
+        """`model/set` (a path under the models directory) or `model/rollback`: a blue-green deployment.
+
+        It runs as a task; its outcome comes back as a `model_deployed` / `model_rejected` system event.
+        """
+        if self._pipeline is None:
+            return self._reject(topic, text, "the pipeline is not running yet")
+        if topic == self.topics.model_set and not text:
+            return self._reject(topic, text, "expected a model path under model.deploy.models_dir")
+        job = self._pipeline.deploy_model(text) if topic == self.topics.model_set else self._pipeline.rollback_model()
+        task = asyncio.create_task(self._await_model(job), name="mqtt-model")
+        self._model_jobs.add(task)
+        task.add_done_callback(self._model_jobs.discard)
+        log.info(
+            "mqtt: %s requested (%.80r)", "model deployment" if topic == self.topics.model_set else "rollback", text
+        )
+        return True
+
+    @staticmethod
+    async def _await_model(job: Awaitable[dict]) -> None:
+        with contextlib.suppress(DeployError):  # the pipeline published the rejection as a system event
+            await job
 
     def _reject(self, topic: str, text: str, why: str) -> bool:
         self.rejected_commands += 1

@@ -69,9 +69,24 @@ class Topics:
         """``<base>/<camera>/confidence/state``: retained current threshold (``%g``)."""
         return f"{self.base}/{camera}/confidence/state"
 
+    @property
+    def model(self) -> str:
+        """``<base>/model``: retained JSON of the serving model (name, sha256 prefix, precision, backend)."""
+        return f"{self.base}/model"
+
+    @property
+    def model_set(self) -> str:
+        """``<base>/model/set``: command topic, payload a model path under ``model.deploy.models_dir``."""
+        return f"{self.base}/model/set"
+
+    @property
+    def model_rollback(self) -> str:
+        """``<base>/model/rollback``: command topic (any payload): return to the previous model."""
+        return f"{self.base}/model/rollback"
+
     def command_subscriptions(self) -> list[str]:
-        """Wildcard filters matching every camera's command topics."""
-        return [f"{self.base}/+/detect/set", f"{self.base}/+/confidence/set"]
+        """Wildcard filters matching every camera's command topics, and the model commands."""
+        return [f"{self.base}/+/detect/set", f"{self.base}/+/confidence/set", self.model_set, self.model_rollback]
 
     def parse_command(self, topic: str) -> tuple[str, str] | None:
         """`<base>/<camera>/detect/set` -> (camera, 'detect'); None for anything else."""

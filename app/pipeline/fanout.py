@@ -53,9 +53,14 @@ class ResultFanout:
             stage.on_model_ready(self.names)
         self._each("on_model_ready", lambda s: s.on_model_ready(self.names))
 
-    def result(self, r: FrameResult, received_mono_ns: int, dropped_before: int) -> ResultRecord:
-        """One processed frame: run the stages, then hand events and the record to every service."""
-        record = ResultRecord(r, self.names, received_mono_ns, dropped_before)
+    def result(
+        self, r: FrameResult, received_mono_ns: int, dropped_before: int, model: Mapping[str, str] | None = None
+    ) -> ResultRecord:
+        """One processed frame: run the stages, then hand events and the record to every service.
+
+        `model` names the model of the worker that produced it (see `ResultRecord.model`).
+        """
+        record = ResultRecord(r, self.names, received_mono_ns, dropped_before, model=model)
         for stage in self.stages:
             try:
                 record = stage.process(record)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from app.capture.loop import CaptureLoop
-from app.config import VigilConfig
+from app.config import ModelConfig, VigilConfig
+from app.deploy.manager import DeploymentManager
 from app.inference.protocol import (
     DetectAnswer,
     DetectNotRun,
@@ -89,6 +90,8 @@ class LivePipeline:
         self.fanout = ResultFanout(self.services, [self.tracking])
         self.supervisor = WorkerSupervisor(cfg, self._worker_spec, self, self._frames_waiting)
         self.requests = DetectionRequests(cfg.api, self.supervisor.send, self._serving_worker_id)
+        self.deployments = DeploymentManager(cfg, self.supervisor, self.rings, self.detect, self.emit_system_event)
+        self._worker_models: dict[int, dict[str, str]] = {}  # worker id -> its model, as results name it
         self.monitors = build_monitors(cfg, self.stats)
         self.capture_watchdog = CaptureWatchdog(cfg.watchdog.capture_timeout_s, self._on_capture_restart)
         self.notifier = SystemdNotifier()
@@ -113,6 +116,7 @@ class LivePipeline:
         self._loop = asyncio.get_running_loop()
         self._started = time.monotonic()
         self._install_signal_handlers()
+        self.deployments.startup()  # the deployed model survives restarts (unless model.path was edited)
         try:
             self._open_rings_and_captures()
             for service in self.services:
@@ -161,13 +165,13 @@ class LivePipeline:
             self.captures[cam.name] = loop
             loop.start()
 
-    def _worker_spec(self, worker_id: int, standby: bool) -> WorkerSpec:
+    def _worker_spec(self, worker_id: int, standby: bool, model: ModelConfig | None = None) -> WorkerSpec:
         faults = self.cfg.debug.faults
         if not standby and faults.standby_load_delay_s:
             faults = faults.model_copy(update={"standby_load_delay_s": 0.0})
         return WorkerSpec(
             worker_id=worker_id,
-            model=self.cfg.model,
+            model=model or self.cfg.model,
             rings=tuple((name, ring.spec) for name, ring in self.rings.items()),
             log_level=self.cfg.log_level,
             disabled_cameras=tuple(sorted(self._disabled)),
@@ -244,7 +248,7 @@ class LivePipeline:
         if result.frame.seq <= stats.last_seq:
             return  # a stale answer (e.g. from a worker being replaced): the newer one is already out
         dropped, _ = stats.record(result, now_ns)
-        record = self.fanout.result(result, now_ns, dropped)
+        record = self.fanout.result(result, now_ns, dropped, self._worker_models.get(result.worker_id))
         published_ns = time.monotonic_ns()
         for monitor in self.monitors:
             try:
@@ -266,6 +270,10 @@ class LivePipeline:
 
     def on_worker_ready(self, ready: WorkerReady) -> None:
         """A worker serves now: stages and services learn its labels; requests handed to an old one move to it."""
+        if ready.model is not None:
+            self._worker_models[ready.worker_id] = ready.model.as_dict()
+            for old in sorted(self._worker_models)[:-4]:  # a retiring worker's last results still find theirs
+                del self._worker_models[old]
         self.fanout.model_ready(ready.names)
         self.requests.on_worker_ready(ready.worker_id)
         for monitor in self.monitors:
@@ -397,4 +405,19 @@ class LivePipeline:
         sections = {"api": self.requests.stats(), **self.fanout.stats_sections()}
         for monitor in self.monitors:
             sections[monitor.section] = monitor.stats_section()
-        return stats_document(self.cfg.device_id, uptime_s, worker, rss_mb(None), self.stats.values(), sections)
+        doc = stats_document(self.cfg.device_id, uptime_s, worker, rss_mb(None), self.stats.values(), sections)
+        info = self.supervisor.info
+        doc["model"] = info.model.as_dict() if info is not None and info.model is not None else None
+        return doc
+
+    def model_status(self) -> dict:
+        """The serving model, the previous ones and the last deployment (`DeploymentManager.status`)."""
+        return self.deployments.status()
+
+    async def deploy_model(self, path: object, precision: object = None) -> dict:
+        """Deploy a model blue-green, validated first (`DeploymentManager.deploy`; raises `DeployError`s)."""
+        return await self.deployments.deploy(path, precision)
+
+    async def rollback_model(self) -> dict:
+        """Return to the previous model blue-green (`DeploymentManager.rollback`; raises `DeployError`s)."""
+        return await self.deployments.rollback()

@@ -16,7 +16,10 @@ from app.tracking.objects import ObjectEvent
 
 
 def detections_payload(device_id: str, record: ResultRecord) -> dict:
-    """One processed frame: seq, frame index, capture time, size (px), detections (with `box_normalized`), latency."""
+    """One processed frame: seq, frame index, capture time, size (px), detections (with `box_normalized`), latency.
+
+    And `model`: the model that produced it (name, sha256 prefix, precision, backend).
+    """
     frame = record.result.frame
     w, h = frame.width, frame.height
     detections = record.detections_list()  # a fresh list: adding keys leaves the shared record as it is
@@ -25,6 +28,7 @@ def detections_payload(device_id: str, record: ResultRecord) -> dict:
     return envelope(
         device_id, record.camera, seq=frame.seq, frame=frame.index, captured_at=iso_utc(frame.captured_wall),
         width=w, height=h, detections=detections, latency_ms=record.latency_ms(),
+        model=dict(record.model) if record.model is not None else None,
     )  # fmt: skip
 
 

@@ -48,6 +48,8 @@ class ResultRecord:
         events: The object events this frame caused (new, update, end, alert), in order.
         object_counts: Announced tracked objects per label (plus `all`) after this frame; empty without
             tracking.
+        model: The model of the worker that produced it (`ModelIdentity.as_dict`: name, sha256 prefix,
+            precision, backend); None when unknown.
     """
 
     result: FrameResult
@@ -57,6 +59,7 @@ class ResultRecord:
     tracker_id: np.ndarray | None = None
     events: tuple[ObjectEvent, ...] = ()
     object_counts: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    model: Mapping[str, str] | None = None
 
     @property
     def camera(self) -> str:
@@ -106,6 +109,7 @@ class ResultRecord:
             "detections": self.detections_list(),
             "dropped_before": self.dropped_before,
             "latency_ms": self.latency_ms(),
+            "model": dict(self.model) if self.model is not None else None,
         }
 
 

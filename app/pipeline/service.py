@@ -92,6 +92,26 @@ class PipelineControl(Protocol):
         """
         ...
 
+    def model_status(self) -> dict:
+        """The serving model (name, sha256, precision, backend, path), previous ones, the last deployment."""
+        ...
+
+    async def deploy_model(self, path: object, precision: object = None) -> dict:
+        """Deploy a model from `model.deploy.models_dir` blue-green, validated before it takes traffic.
+
+        Returns:
+            `{"model", "validation", "handover_gap_ms", ...}` once the new model serves.
+
+        Raises:
+            app.deploy.errors.DeployError: InvalidDeployRequest/ModelPathError (400), DeployBusy (409) or
+                DeployRejected (422); the serving model is untouched.
+        """
+        ...
+
+    async def rollback_model(self) -> dict:
+        """Return to the previous model the same way as `deploy_model` (same answer and errors)."""
+        ...
+
 
 @runtime_checkable
 class Service(Protocol):

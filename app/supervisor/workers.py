@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from app.config import VigilConfig
+import numpy as np
+
+from app.config import ModelConfig, VigilConfig
 from app.inference.protocol import (
     BackendChanged,
+    CanaryAnswer,
+    CanaryRequest,
     DetectAnswer,
     DetectNotRun,
     StartServing,
@@ -33,6 +38,7 @@ from app.inference.protocol import (
     WorkerFrameError,
     WorkerReady,
 )
+from app.inference.shared_image import SharedImage
 from app.inference.worker import WorkerHandle, WorkerSpec, WorkerStartError
 from app.pipeline.records import SystemEventType
 from app.supervisor.policy import RecyclePolicy, RestartBudget
@@ -45,6 +51,100 @@ log = logging.getLogger(__name__)
 # enough to finish loading in seconds (at 19 it starved behind ONNX Runtime's spinning threads).
 STANDBY_NICE = 10
 HEALTH_CHECK_S = 1.0  # RSS/fd sampling period of the serving worker
+FIRST_RESULT_WAIT_S = 5.0  # how long a handover waits for the new worker's first result to measure the gap
+
+
+class SupervisorBusy(RuntimeError):
+    """A replace, recycle or deployment is already in progress (one at a time)."""
+
+
+class StandbyRejected(Exception):
+    """The standby failed to load or was rejected by validation; the serving worker was left untouched.
+
+    Args:
+        reason: Why, for people (the worker's own load error, or the validation's finding).
+        validation: What validation found so far (JSON-ready), empty when it did not run.
+    """
+
+    def __init__(self, reason: str, validation: dict | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.validation = dict(validation or {})
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverOutcome:
+    """A completed blue-green handover.
+
+    Attributes:
+        ready: The new serving worker's ready message (pid, backend, labels, model identity).
+        gap_ms: Old worker's last result to the new one's first, ms; None when no result came within
+            FIRST_RESULT_WAIT_S (no camera frames) or the old worker had not answered yet.
+    """
+
+    ready: WorkerReady
+    gap_ms: float | None
+
+
+class StandbyProbe:
+    """A ready standby worker that validation may send canary frames to before it serves.
+
+    Its pipe is not read by the event loop yet, so answers are read here, off the loop.
+
+    Args:
+        handle: The standby's handle.
+        ready: Its ready message (labels, model identity).
+    """
+
+    def __init__(self, handle: WorkerHandle, ready: WorkerReady) -> None:
+        self.handle = handle
+        self.ready = ready
+        self._ids = itertools.count(1)
+
+    async def canary(self, images: list[np.ndarray], timeout_s: float) -> list[CanaryAnswer]:
+        """Run each HxWx3 uint8 BGR image on the standby, in order.
+
+        Returns:
+            One answer per image (detections, or the error the model gave on it).
+
+        Raises:
+            StandbyRejected: The standby died or did not answer within `timeout_s` s (per image).
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._run_all, images, timeout_s)
+
+    def _run_all(self, images: list[np.ndarray], timeout_s: float) -> list[CanaryAnswer]:
+        answers = []
+        for image in images:
+            shared = SharedImage(image)
+            try:
+                rid = next(self._ids)
+                if not self.handle.send(CanaryRequest(rid, shared.spec)):
+                    raise StandbyRejected("the standby worker exited during validation")
+                answers.append(self._answer(rid, timeout_s))
+            finally:
+                shared.close()
+        return answers
+
+    def _answer(self, rid: int, timeout_s: float) -> CanaryAnswer:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if not self.handle.conn.poll(0.1):
+                    if not self.handle.alive():
+                        break
+                    continue
+                msg = self.handle.conn.recv()
+            except (EOFError, OSError):
+                break
+            if isinstance(msg, CanaryAnswer) and msg.request_id == rid:
+                return msg
+        if self.handle.alive():
+            raise StandbyRejected(f"the standby worker did not answer a canary frame within {timeout_s:.0f} s")
+        raise StandbyRejected(f"the standby worker exited with code {self.handle.process.exitcode} during validation")
+
+
+Validator = Callable[[StandbyProbe], Awaitable[None]]  # raises StandbyRejected to refuse the standby
 
 
 class WorkerListener(Protocol):
@@ -80,7 +180,8 @@ class WorkerSupervisor:
 
     Args:
         cfg: `worker.*` (timeouts, backoff) and `watchdog.*` (stall, restart budget, recycle rules).
-        make_spec: `make_spec(worker_id, standby)` -> the spec of a new worker (model, rings, disabled cameras).
+        make_spec: `make_spec(worker_id, standby, model)` -> the spec of a new worker (rings, disabled cameras);
+            `model` None means the configured one.
         listener: Receives results, errors, readiness and supervisor events.
         frames_waiting: True while some enabled camera has a frame newer than its last result (stall test).
     """
@@ -88,7 +189,7 @@ class WorkerSupervisor:
     def __init__(
         self,
         cfg: VigilConfig,
-        make_spec: Callable[[int, bool], WorkerSpec],
+        make_spec: Callable[[int, bool, ModelConfig | None], WorkerSpec],
         listener: WorkerListener,
         frames_waiting: Callable[[], bool],
     ) -> None:
@@ -109,15 +210,45 @@ class WorkerSupervisor:
         self._last_health_check = 0.0
         self._handover: tuple[WorkerHandle | None, asyncio.Event] | None = None
         self._side_workers: set[WorkerHandle] = set()  # standby or retiring: stop() stops them too
-        self._job: asyncio.Task[None] | None = None  # the replace or recycle in progress
+        self._job: asyncio.Task | None = None  # the replace, recycle or deployment in progress
         self._stopping = False
+        self._last_result_mono = 0.0  # the newest FrameResult of any worker
+        self._first_result: asyncio.Future[float] | None = None  # set by the new worker's first result
 
     # ---- public -------------------------------------------------------------------------------
 
     @property
     def busy(self) -> bool:
-        """A replace or recycle is in progress."""
+        """A replace, recycle or deployment is in progress."""
         return self._job is not None and not self._job.done()
+
+    async def deploy(
+        self, model: ModelConfig, validate: Validator | None, on_switched: Callable[[WorkerReady], None] | None = None
+    ) -> HandoverOutcome:
+        """Blue-green to another model: the same handover as a recycle, after `validate` accepted the standby.
+
+        The standby loads `model`, warms up and is validated while the serving worker goes on; only then does it
+        take over at a result boundary. On any failure the standby is stopped and the serving worker is untouched.
+        The handover runs as the supervisor's job: a caller that gives up waiting does not cut it short.
+
+        Args:
+            model: The model section the new worker runs.
+            validate: Called with the ready standby; raises StandbyRejected to refuse it.
+            on_switched: Called with the new worker's ready message right after it became the serving one
+                (before any later recycle or restart could start one with the old model).
+
+        Returns:
+            The new worker's ready message and the result gap around the handover.
+
+        Raises:
+            SupervisorBusy: A replace, recycle or deployment is in progress, or the supervisor is stopping.
+            StandbyRejected: The model failed to load, or validation refused it.
+        """
+        if self._stopping or self.busy:
+            raise SupervisorBusy("a worker replacement, recycle or deployment is in progress")
+        job = asyncio.create_task(self._blue_green("deploy", model, validate, on_switched), name="worker-deploy")
+        self._job = job
+        return await asyncio.shield(job)
 
     async def start(self) -> None:
         """Start a worker (the first one, or a replacement) and make it the serving one.
@@ -221,6 +352,10 @@ class WorkerSupervisor:
             while handle.conn.poll():
                 msg = handle.conn.recv()
                 if isinstance(msg, FrameResult):
+                    self._last_result_mono = now = time.monotonic()
+                    first = self._first_result
+                    if first is not None and handle is self.worker and not first.done():
+                        first.set_result(now)
                     self.listener.on_worker_result(msg)
                     if retiring and handover is not None:
                         handover[1].set()  # the old worker's last answer: the standby takes over now
@@ -310,11 +445,28 @@ class WorkerSupervisor:
             log.error("inference worker failed to start: %s", exc)
 
     async def _recycle(self, reason: str) -> None:
-        """Blue-green: start and warm up the new worker while the old one serves, switch, then stop the old."""
-        loop = asyncio.get_running_loop()
-        old = self.worker
+        """Blue-green with the same model (a fresh process); a failed start leaves the old one serving."""
         self.listener.on_supervisor_event("recycle", reason)
-        handle = WorkerHandle(self._spec(standby=True))
+        try:
+            await self._blue_green("recycle", None, None)
+        except StandbyRejected as exc:
+            log.error("recycle aborted, the old worker keeps serving: replacement failed to start: %s", exc.reason)
+
+    async def _blue_green(
+        self,
+        why: str,
+        model: ModelConfig | None,
+        validate: Validator | None,
+        on_switched: Callable[[WorkerReady], None] | None = None,
+    ) -> HandoverOutcome:
+        """Start a standby, wait until it is ready, validate it, switch at a result boundary, stop the old one.
+
+        Raises:
+            StandbyRejected: The standby failed to load, was not ready in time, or `validate` refused it; it is
+                stopped and the serving worker was never touched.
+        """
+        loop = asyncio.get_running_loop()
+        handle = WorkerHandle(self._spec(standby=True, model=model))
         handle.start()
         self._side_workers.add(handle)
         standby_pid = handle.process.pid
@@ -323,34 +475,53 @@ class WorkerSupervisor:
         serving_nice = set_nice(standby_pid, STANDBY_NICE)
         try:
             ready = await loop.run_in_executor(None, handle.wait_ready, self.cfg.worker.ready_timeout_s)
-        except WorkerStartError as exc:
-            self._side_workers.discard(handle)
-            await loop.run_in_executor(None, handle.stop, 1.0, "failed start")
-            log.error("recycle aborted, the old worker keeps serving: replacement failed to start: %s", exc)
-            return
+            if validate is not None:
+                await validate(StandbyProbe(handle, ready))
+        except BaseException as exc:  # refused, failed, cut short by stop(), or a bug in the validation
+            await self._stop_worker(handle, 1.0, f"{why} refused")
+            if isinstance(exc, WorkerStartError):
+                raise StandbyRejected(str(exc)) from exc
+            if isinstance(exc, Exception) and not isinstance(exc, StandbyRejected):
+                log.exception("validation of the standby failed")
+                raise StandbyRejected(f"validation failed: {type(exc).__name__}: {exc}") from exc
+            raise
+        old = self.worker
         # Switch at a result boundary: the old worker finishes the frame in hand, answers and exits; the
         # standby starts on the newest frame the moment that last answer (or the old one's exit) arrives.
         switched = asyncio.Event()
         self._handover = (old, switched)
         try:
-            if old is None or not old.alive() or not old.send(StopWorker("recycled")):
+            if old is None or not old.alive() or not old.send(StopWorker(f"{why}: handing over")):
                 switched.set()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(switched.wait(), self.cfg.worker.stop_timeout_s)
         finally:
             self._handover = None
+        last_old_result = self._last_result_mono
         if serving_nice is not None:
             set_nice(standby_pid, serving_nice)  # needs RLIMIT_NICE (LimitNICE= in the unit)
+        first = self._first_result = loop.create_future()
         handle.send(StartServing())
         self._side_workers.discard(handle)
         if old is not None:
             self._side_workers.add(old)
         self._adopt(handle, ready)
-        self.recycles += 1
+        if on_switched is not None:
+            on_switched(ready)
+        if why == "recycle":
+            self.recycles += 1
         if old is not None:
             await loop.run_in_executor(None, old.process.join, self.cfg.worker.stop_timeout_s)
             self._on_readable(old)  # anything it still had to say
-            await self._stop_worker(old, 0.5, "recycled")
+            await self._stop_worker(old, 0.5, why)
+        gap_ms = None
+        if why != "recycle":  # a recycle does not wait for it: the job would hold off replacements meanwhile
+            with contextlib.suppress(asyncio.TimeoutError):
+                first_new = await asyncio.wait_for(first, FIRST_RESULT_WAIT_S)
+                if last_old_result:
+                    gap_ms = round((first_new - last_old_result) * 1000.0, 1)
+        self._first_result = None
+        return HandoverOutcome(ready, gap_ms)
 
     async def _stop_worker(self, handle: WorkerHandle, timeout: float, reason: str) -> None:
         """Stop listening to it, then stop it (ask, terminate, kill) off the event loop."""
@@ -360,7 +531,7 @@ class WorkerSupervisor:
         await loop.run_in_executor(None, handle.stop, timeout, reason)
         self._side_workers.discard(handle)
 
-    def _spec(self, standby: bool) -> WorkerSpec:
-        spec = self.make_spec(self._next_worker_id, standby)
+    def _spec(self, standby: bool, model: ModelConfig | None = None) -> WorkerSpec:
+        spec = self.make_spec(self._next_worker_id, standby, model)
         self._next_worker_id += 1
         return spec

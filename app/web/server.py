@@ -24,7 +24,7 @@ from app.pipeline.records import ResultRecord, SystemEvent
 from app.pipeline.service import PipelineControl, ServiceBase
 from app.secret_files import read_secret_file
 from app.tracking.objects import ObjectEvent
-from app.web import budget_api, ice
+from app.web import budget_api, ice, model_api
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
 from app.web.client_errors import ClientErrorsQuiet
 from app.web.detect_api import API_KEY_PENDING, DEEPSTACK_PATH, DetectApi
@@ -214,6 +214,7 @@ class WebService(ServiceBase):
         app.router.add_post("/api/webrtc/offer", self._offer)
         self.detect_api.add_routes(app)
         budget_api.add_routes(app, lambda: self._pipeline)
+        model_api.add_routes(app, lambda: self._pipeline)
         app.router.add_get("/api/ws", self.stream.handle)
         app.router.add_static("/static/", str(resources.files("app.web") / "static"), show_index=False)
         return app

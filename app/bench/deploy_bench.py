@@ -1,0 +1,132 @@
+"""Deployment benchmark.
+
+The live pipeline on the sample video while the default model and a byte-identical copy of it (in a temporary models
+directory) are deployed alternately, blue-green and validated: the longest result gap around each handover against
+2x the median result interval, out-of-order results, and the time to reject a corrupt model file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.bench.recorders import SwitchTimes
+from app.config import ModelConfig, VigilConfig
+from app.pipeline.records import ResultRecord
+from app.pipeline.service import ServiceBase
+
+SETTLE_S = 3.0  # results between deployments, so each handover's gap is measured on its own
+
+
+class _Times(ServiceBase):
+    def __init__(self) -> None:
+        self.t: list[float] = []
+        self.seqs: list[int] = []
+
+    def on_result(self, record: ResultRecord) -> None:
+        self.t.append(time.monotonic())
+        self.seqs.append(record.result.frame.seq)
+
+
+def bench_deploy(model: ModelConfig, source: str, deployments: int) -> dict:
+    """Deploy the model and a copy of it alternately `deployments` times on `source`, then a corrupt file.
+
+    Returns:
+        Deployments done, results, median interval and the 2x bound (ms), the longest gap around each handover
+        (ms, from the results; and as the deployment measured it), intervals over the bound, out-of-order
+        results, each deployment's duration (s), and the time to reject the corrupt model (s).
+
+    Raises:
+        RuntimeError: A deployment of the good model was rejected, or the corrupt one was accepted.
+    """
+    from app.deploy.errors import DeployRejected
+    from app.pipeline.live import LivePipeline
+
+    with tempfile.TemporaryDirectory(prefix="vigil-deploy-bench-") as tmp:
+        models = Path(tmp) / "models"
+        models.mkdir()
+        src = Path(model.path)
+        names = [f"{src.stem}.onnx", f"{src.stem}-copy.onnx"]
+        for name in names:
+            shutil.copyfile(src, models / name)
+        (models / "corrupt.onnx").write_bytes(np.random.default_rng(0).bytes(1 << 16))
+        cfg = VigilConfig.model_validate(
+            {
+                "device_id": "bench",
+                "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+                "model": {**model.model_dump(), "path": str(models / names[0]),
+                          "deploy": {"models_dir": str(models)}},
+                "output": {"json_lines": False, "status_interval_s": 0},
+                "state_dir": str(Path(tmp) / "state"),
+            }
+        )  # fmt: skip
+        sink, switches = _Times(), SwitchTimes()
+        pipe = LivePipeline(cfg, [sink, switches])
+        outcome: dict = {"answers": [], "durations": []}
+
+        def call(coro_fn: Callable[[], Coroutine[Any, Any, dict]]) -> dict:
+            assert pipe._loop is not None
+            return asyncio.run_coroutine_threadsafe(coro_fn(), pipe._loop).result(600)
+
+        def driver() -> None:
+            try:
+                while pipe._loop is None or len(sink.t) < 20:
+                    time.sleep(0.1)
+                for i in range(deployments):
+                    t0 = time.monotonic()
+                    target = names[(i + 1) % 2]
+                    outcome["answers"].append(call(lambda: pipe.deploy_model(target)))  # noqa: B023 (called at once)
+                    outcome["durations"].append(round(time.monotonic() - t0, 2))
+                    time.sleep(SETTLE_S)
+                t0 = time.monotonic()
+                try:
+                    call(lambda: pipe.deploy_model("corrupt.onnx"))
+                    outcome["error"] = "the corrupt model was accepted"
+                except DeployRejected as exc:
+                    outcome["reject_s"] = round(time.monotonic() - t0, 2)
+                    outcome["reject_reason"] = exc.reason[:200]
+                time.sleep(1.0)
+            except Exception as exc:
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                if pipe._loop is not None:
+                    pipe._loop.call_soon_threadsafe(pipe.request_stop, "deploy bench done")
+
+        thread = threading.Thread(target=driver, name="deploy-bench", daemon=True)
+        thread.start()
+        summary = asyncio.run(pipe.run())
+        thread.join(10)
+    if "error" in outcome:
+        raise RuntimeError(f"deploy bench: {outcome['error']}")
+    t = np.asarray(sink.t)
+    gaps = np.diff(t)
+    median = float(np.median(gaps))
+    bound = 2 * median
+    per_switch = []
+    for at in switches.times:
+        window = (t[1:] > at - 2) & (t[1:] < at + 2)
+        per_switch.append(round(float(gaps[window].max()) * 1000, 1) if window.any() else None)
+    return {
+        "seconds": round(summary.duration_s, 1),
+        "deployments": len(outcome["answers"]),
+        "results": len(t),
+        "median_interval_ms": round(median * 1000, 1),
+        "bound_ms": round(bound * 1000, 1),
+        "max_gap_per_deployment_ms": per_switch,
+        "handover_gap_ms": [a["handover_gap_ms"] for a in outcome["answers"]],
+        "deployments_over_bound": sum(1 for g in per_switch if g is not None and g > bound * 1000),
+        "gaps_over_bound": int((gaps > bound).sum()),
+        "out_of_order_results": int((np.diff(np.asarray(sink.seqs)) <= 0).sum()),
+        "deployment_s": outcome["durations"],
+        "corrupt_reject_s": outcome["reject_s"],
+        "corrupt_reason": outcome["reject_reason"],
+        "restarts": summary.worker_restarts,
+    }
