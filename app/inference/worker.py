@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING
 
 from app.config import FaultsConfig, ModelConfig
 from app.inference.protocol import (
+    AttachRing,
     BackendChanged,
     CancelDetect,
+    DetachRing,
     DetectAnswer,
     DetectNotRun,
     DetectRequest,
@@ -210,7 +212,24 @@ class _ServingLoop:
             self.requests[msg.request_id] = msg
         elif isinstance(msg, CancelDetect) and self.requests.pop(msg.request_id, None) is not None:
             self.conn.send(DetectNotRun(msg.request_id, self.spec.worker_id, "cancelled"))
+        elif isinstance(msg, (AttachRing, DetachRing)):
+            self._change_rings(msg)
         return True
+
+    def _change_rings(self, msg: AttachRing | DetachRing) -> None:
+        """A camera added, removed or given a new ring by a config reload (the round-robin restarts)."""
+        for cam, ring in [r for r in self.rings if r[0] == msg.camera]:
+            self.rings.remove((cam, ring))
+            ring.close()
+        self.last_seq.pop(msg.camera, None)
+        self.next_ring = 0
+        if isinstance(msg, AttachRing):
+            try:
+                self.rings.append((msg.camera, FrameRing.attach(msg.ring)))
+            except (OSError, ValueError) as exc:  # removed again before we got here: nothing to read
+                log.warning("camera %s: cannot attach its ring: %s", msg.camera, exc)
+                return
+            self.last_seq[msg.camera] = 0
 
     def _drop_expired(self) -> None:
         """Answer `expired` for every waiting request whose deadline has passed: those are never run."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from app.config import VigilConfig
     from app.pipeline.records import ResultRecord, SystemEvent
 
 
@@ -12,6 +13,8 @@ class Monitor(Protocol):
     """Watches results as they are published and reports what it finds as system events.
 
     Every call comes from the pipeline's asyncio loop and must be cheap (O(1) per result; `check` once per tick).
+    Optionally a monitor also has `reconfigure(cfg)` (`Reconfigurable`): a config reload calls it through
+    `getattr` whenever `budget`, `monitoring` or `cameras` changed; a monitor without it keeps its settings.
     """
 
     section: str  # its key in the stats document (`budget`, `drift`)
@@ -30,4 +33,12 @@ class Monitor(Protocol):
 
     def stats_section(self) -> dict:
         """This monitor's section of the stats document (JSON-ready)."""
+        ...
+
+
+class Reconfigurable(Protocol):
+    """The optional part of a `Monitor`: follow a config reload without losing its state where it can."""
+
+    def reconfigure(self, cfg: VigilConfig) -> None:
+        """The running config changed (`budget`, `monitoring` or `cameras`): take the new settings and camera list."""
         ...
