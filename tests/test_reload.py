@@ -69,6 +69,10 @@ def test_plan_cameras_by_name() -> None:
     assert (c.added, c.removed, c.changed, c.new_ring) == (("d",), ("b",), ("c", "a"), ("c",))
     assert plan.live[0].section == "cameras"
     assert plan.live[0].keys == ("cameras.a.source", "cameras.b", "cameras.c.max_width", "cameras.d")
+    # a camera's budget alone restarts no capture (only the monitors follow it)
+    cams = [*old.model_dump()["cameras"][:2], {"name": "c", "source": "c.mp4", "budget": {"total_ms": 50}}]
+    budget = plan_reload(old, cfg_of(cameras=cams))
+    assert not budget.cameras and budget.live[0].keys == ("cameras.c.budget",), budget
     # reordering alone is no change
     assert not plan_reload(old, cfg_of(cameras=list(reversed(old.model_dump()["cameras"])))).cameras
 

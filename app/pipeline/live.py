@@ -379,6 +379,11 @@ class LivePipeline:
         self.supervisor.request_recycle("config reload: model changed")
         return "deploying"
 
+    @property
+    def stopping(self) -> bool:
+        """`request_stop` was called (a reload is refused then)."""
+        return self._stop.is_set()
+
     def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
         """Detector thresholds (0..1) for every camera, now and for any later worker."""
         if conf is not None:

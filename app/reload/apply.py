@@ -1,9 +1,9 @@
 """Applying a reload plan to the running pipeline: prepare everything that can fail, then change it in order.
 
     prepare  new rings, trackers, MQTT/webhook/output checks   (a failure rejects the reload: nothing changed)
-    commit   config sections -> cameras -> thresholds, tracking, watchdog, log level -> services swapped
-             (MQTT reconnect, webhooks, JSON lines) -> every service's `apply_config` -> old rings unlinked
-             -> monitors `reconfigure` -> model (a blue-green deployment through `_apply_model_change`)
+    commit   config sections -> cameras -> log level, tracking, watchdog -> model (thresholds, or a blue-green
+             deployment through `_apply_model_change`) -> services swapped (MQTT reconnect, webhooks, JSON
+             lines) -> every service's `apply_config` -> old rings unlinked -> monitors `reconfigure`
 
 It waits until no worker replace or recycle is in progress first, so every worker that serves afterwards was
 started with, or told about, the new cameras.
@@ -101,10 +101,10 @@ class ConfigApplier:
         return await self._commit(new, plan, prepared)
 
     async def _settle(self) -> None:
-        """Wait until no worker replace or recycle runs (they read the cameras and model when they start)."""
+        """Wait until a worker serves and no replace or recycle runs (those read the cameras and model at start)."""
         sup, w = self.pipe.supervisor, self.pipe.cfg.worker
         limit = time.monotonic() + w.ready_timeout_s + 2 * w.stop_timeout_s + w.restart_backoff_max_s
-        while sup.busy:
+        while sup.busy or sup.worker is None:  # (None: the first worker is still loading)
             if time.monotonic() > limit:
                 raise ReloadRefused("a worker replace or recycle is still in progress; try again")
             await asyncio.sleep(SETTLE_POLL_S)
@@ -149,11 +149,14 @@ class ConfigApplier:
                 pipe.fanout.event(camera, event)
         if changed & {"watchdog", "worker"}:
             self._rebuild_watchdogs()
+        actions = {}
         if "model" in changed:
             model = new.model
             if (model.conf, model.iou) != (cfg.model.conf, cfg.model.iou):
                 pipe.set_thresholds(model.conf, model.iou)
             cfg.model.__dict__["deploy"] = model.deploy
+            if plan.model_worker:  # now, so no recycle can start in between with the old model
+                actions["model"] = pipe._apply_model_change(model)
         if "mqtt" in changed:
             await service_ops.swap(pipe, service_ops.find(pipe, "mqtt"), service_ops.build_mqtt(cfg))
         if "webhooks" in changed:
@@ -179,9 +182,7 @@ class ConfigApplier:
                     reconfigure(cfg)
                 except Exception:
                     log.exception("%s.reconfigure failed", type(monitor).__name__)
-        if plan.model_worker:
-            return {"model": pipe._apply_model_change(new.model)}
-        return {}
+        return actions
 
     def _apply_cameras(self, new: VigilConfig, plan: ReloadPlan, prepared: _Prepared) -> list[FrameRing]:
         pipe = self.pipe

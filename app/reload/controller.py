@@ -70,6 +70,8 @@ class ConfigReloader:
             try:
                 if self.source is None:
                     raise ReloadRefused("this pipeline was not started from a config file")
+                if self.pipe.stopping:
+                    raise ReloadRefused("the service is stopping")
                 new = self.source.load()
                 plan = plan_reload(self.pipe.cfg, new)
                 actions = await self.applier.apply(new, plan)

@@ -52,7 +52,10 @@ class SectionChange:
 
 @dataclass(frozen=True, slots=True)
 class CameraChanges:
-    """Cameras by name: added, removed, changed (capture restarted), and those changed whose ring is replaced."""
+    """Cameras by name: added, removed, changed (capture restarted), and those changed whose ring is replaced.
+
+    A camera whose `budget` alone changed is in none of them: only the monitors follow it (`reconfigure`).
+    """
 
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
@@ -125,9 +128,9 @@ def camera_changes(old: list[CameraConfig], new: list[CameraConfig]) -> tuple[Ca
     keys = [f"cameras.{n}" for n in added + removed]
     for name in (n for n in after if n in before):
         differ = diff_keys(before[name], after[name], f"cameras.{name}")
-        if differ:
+        keys += differ
+        if any(not k.startswith(f"cameras.{name}.budget") for k in differ):  # a budget is no capture setting
             changed.append(name)
-            keys += differ
             if any(before[name][k] != after[name][k] for k in RING_KEYS):
                 new_ring.append(name)
     return CameraChanges(added, removed, tuple(changed), tuple(new_ring)), sorted(keys)
@@ -186,4 +189,4 @@ def _camera_action(c: CameraChanges) -> str:
         parts.append(f"capture restarted: {', '.join(same_ring)}")
     if c.new_ring:
         parts.append(f"capture restarted with a new ring: {', '.join(c.new_ring)}")
-    return "; ".join(parts) or "order changed"
+    return "; ".join(parts) or "budget overrides applied"
