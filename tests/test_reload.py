@@ -336,3 +336,31 @@ def test_sighup_cli_and_endpoint_on_a_running_service(tmp_path: Path, tiny_model
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     assert proc.returncode == 0, "".join(err[-20:])
+
+
+def test_reload_through_the_web_service(tmp_path: Path, tiny_model: Path, small_video: Path) -> None:
+    from support.web_harness import Served, web_config
+
+    cfg = web_config(tiny_model, small_video)
+    data = cfg.model_dump(mode="json", exclude_defaults=True)
+    with Served(cfg) as s:
+        file = ConfigFile(tmp_path / "vigil.yaml", data)
+        s.pipe.reloader.source = file.source()
+        data["cameras"].append(camera("b", small_video))
+        data["api"] = {"max_ws_clients": 3}
+        file.write()
+        status, body = _post(s.url + "/api/config/reload")
+        assert status == 200 and set(body["applied"]) == {"cameras", "api"}, body
+        with urllib.request.urlopen(s.url + "/api/cameras", timeout=30) as resp:
+            assert [c["name"] for c in json.loads(resp.read())["cameras"]] == ["cam", "b"]
+        assert set(s.web.encoders) == {"cam", "b"} and s.web.stream.cameras == ["cam", "b"]
+        assert s.web.stream.max_clients == 3
+        del data["cameras"][0]
+        file.write()
+        status, body = _post(s.url + "/api/config/reload")
+        assert status == 200 and body["applied"]["cameras"]["keys"] == ["cameras.cam"], body
+        assert set(s.web.encoders) == {"b"}
+        data["cameras"][0]["fps"] = 0
+        file.write()
+        status, body = _post(s.url + "/api/config/reload")
+        assert status == 422 and body["status"] == "rejected" and "cameras.0.fps" in body["error"], body
