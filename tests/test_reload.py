@@ -364,3 +364,11 @@ def test_reload_through_the_web_service(tmp_path: Path, tiny_model: Path, small_
         file.write()
         status, body = _post(s.url + "/api/config/reload")
         assert status == 422 and body["status"] == "rejected" and "cameras.0.fps" in body["error"], body
+        # valid, but a secret file it names cannot be read: rejected before anything changed
+        data["cameras"][0]["fps"] = 20
+        data["webhooks"] = [{"url": "http://127.0.0.1:9/hook", "secret_file": str(tmp_path / "missing")}]
+        data["api"] = {"max_ws_clients": 5}
+        file.write()
+        status, body = _post(s.url + "/api/config/reload")
+        assert status == 422 and "webhooks.0.secret_file" in body["error"], body
+        assert s.web.stream.max_clients == 3 and not s.pipe.cfg.webhooks

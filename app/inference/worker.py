@@ -92,8 +92,10 @@ def worker_main(spec: WorkerSpec, conn: Connection, heartbeat: ctypes.c_double |
         level=spec.log_level.upper(),
         format=f"%(asctime)s %(levelname)s worker{spec.worker_id} %(name)s: %(message)s",
     )
-    # Ctrl-C reaches the whole process group; the parent decides when we stop.
+    # Ctrl-C reaches the whole process group; the parent decides when we stop. SIGHUP (a terminal hangup, or a
+    # reload sent to the group) means "reload the config" to the parent, never "exit" to a worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     os.environ.update(spec.env)
