@@ -158,7 +158,9 @@ class FrameRing:
     # ---- construction -------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, slots: int, max_height: int, max_width: int, channels: int = 3, prefix: str = "vigil") -> FrameRing:
+    def create(
+        cls, slots: int, max_height: int, max_width: int, channels: int = 3, prefix: str = "vigil", start_seq: int = 0
+    ) -> FrameRing:
         """Create a new zeroed ring in shared memory, owned by this process.
 
         Args:
@@ -167,6 +169,8 @@ class FrameRing:
             max_width: Largest frame width in pixels that ``write`` accepts.
             channels: Bytes per pixel (3 for BGR).
             prefix: Start of the segment name, which continues ``-<pid>-<random hex>``.
+            start_seq: The first frame gets ``start_seq + 1``: a ring replacing another continues its numbering,
+                so answers about the old ring's frames read as older than the new ring's.
 
         Returns:
             The owning ring; ``spec`` is what readers in other processes pass to ``attach``.
@@ -183,7 +187,8 @@ class FrameRing:
         # is SIGKILLed, the tracker unlinks the segment so /dev/shm does not fill up across restarts.
         shm = shared_memory.SharedMemory(name=name, create=True, size=spec.nbytes)
         ring = cls(spec, cast(memoryview, shm.buf), owner=True, closer=shm)
-        ring._header[:] = [MAGIC, LAYOUT_VERSION, slots, max_height, max_width, channels, 0, 0]
+        ring._header[:] = [MAGIC, LAYOUT_VERSION, slots, max_height, max_width, channels, start_seq, 0]
+        ring._seq = start_seq
         return ring
 
     @classmethod

@@ -24,6 +24,7 @@ def test_installer_stages_units_and_config(tmp_path: Path) -> None:
     root = staged_units(tmp_path)
     unit = (root / "etc/systemd/system/vigil.service").read_text()
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "ExecStart=/opt/vigil/.venv/bin/vigil run" in unit
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit  # `systemctl reload vigil`: live config reload
     cfg = (root / "etc/vigil/vigil.yaml").read_text()
     assert "/opt/vigil/engines/yolov3-tiny-coco.onnx" in cfg
 

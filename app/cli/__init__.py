@@ -1,7 +1,8 @@
 """`vigil` command line. Results go to stdout, logs to stderr, errors are one clear line (exit 2).
 
-Each subcommand group lives in its own module (`run`, `detect`, `bench`, `export`, `assets`, `engine`, `mqtt`, `drift`,
-`model`) with `add_parser(sub)` and its `cmd_*` functions. Commands raise `UsageError` for anything the user must fix;
+Each subcommand group lives in its own module (`run`, `reload`, `detect`, `bench`, `export`, `assets`, `engine`, `mqtt`,
+`drift`, `model`) with `add_parser(sub)` and its `cmd_*` functions. Commands raise `UsageError` for anything the user
+must fix;
 `main` is the one place that prints `error: ...` and picks the exit status.
 """
 
@@ -13,7 +14,7 @@ import os
 import sys
 
 from app import __version__
-from app.cli import assets, bench, detect, drift, engine, export, model, mqtt, run
+from app.cli import assets, bench, detect, drift, engine, export, model, mqtt, reload, run
 from app.cli.common import UsageError
 from app.config import redact_url
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vigil {__version__}")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (run, detect, bench, export, assets, engine, mqtt, drift, model):
+    for group in (run, reload, detect, bench, export, assets, engine, mqtt, drift, model):
         group.add_parser(sub)
     return p
 

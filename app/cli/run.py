@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
-from app.cli.common import UsageError, add_config_args, load_config_args, positive_seconds, setup_logging
+from app.cli.common import (
+    DEFAULT_CONFIG,
+    UsageError,
+    add_config_args,
+    load_config_args,
+    positive_seconds,
+    setup_logging,
+)
 from app.config import ConfigError, VigilConfig, dump_config
+from app.reload.source import ConfigSource
 
 
 def _services(cfg: VigilConfig) -> list:
@@ -28,6 +37,12 @@ def _services(cfg: VigilConfig) -> list:
     return services
 
 
+def _config_source(args: argparse.Namespace) -> ConfigSource:
+    """Where `cfg` came from, so SIGHUP and `vigil reload` re-read the same file with the same `--set`s."""
+    path = args.config if args.config is not None else (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
+    return ConfigSource(str(Path(path).resolve()) if path is not None else None, tuple(args.set))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the live pipeline until a signal, `--duration` or the end of finite sources; its exit status."""
     from app.pipeline.errors import PipelineError
@@ -46,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.output.json_lines:
         services.insert(0, JsonLinesSink(path=cfg.output.json_path))
     try:
-        pipeline = LivePipeline(cfg, services, duration_s=args.duration)
+        pipeline = LivePipeline(cfg, services, duration_s=args.duration, config_source=_config_source(args))
     except ImportError as exc:  # tracking.tracker: bytetrack without the `tracking` extra
         raise UsageError(f"invalid config: {exc}") from exc
     try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from app.inference.shared_image import SharedImageSpec
+from app.ring import RingSpec
 from app.types import Detections, StageTimings
 
 
@@ -161,6 +162,24 @@ class SetThresholds:
 
     conf: float | None = None
     iou: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttachRing:
+    """Parent to worker (config reload): read this camera's ring too, from its newest frame on.
+
+    A ring of a camera the worker already reads replaces it (the camera's ring size changed).
+    """
+
+    camera: str
+    ring: RingSpec
+
+
+@dataclass(frozen=True, slots=True)
+class DetachRing:
+    """Parent to worker (config reload): stop reading this camera's ring and unmap it; the parent unlinks it next."""
+
+    camera: str
 
 
 # ---- detection requests (`/api/detect`): parent to worker and back ---------------------------------------

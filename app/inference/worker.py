@@ -29,10 +29,12 @@ import numpy as np
 
 from app.config import FaultsConfig, ModelConfig
 from app.inference.protocol import (
+    AttachRing,
     BackendChanged,
     CanaryAnswer,
     CanaryRequest,
     CancelDetect,
+    DetachRing,
     DetectAnswer,
     DetectNotRun,
     DetectRequest,
@@ -99,8 +101,10 @@ def worker_main(spec: WorkerSpec, conn: Connection, heartbeat: ctypes.c_double |
         level=spec.log_level.upper(),
         format=f"%(asctime)s %(levelname)s worker{spec.worker_id} %(name)s: %(message)s",
     )
-    # Ctrl-C reaches the whole process group; the parent decides when we stop.
+    # Ctrl-C reaches the whole process group; the parent decides when we stop. SIGHUP (a terminal hangup, or a
+    # reload sent to the group) means "reload the config" to the parent, never "exit" to a worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     os.environ.update(spec.env)
@@ -289,7 +293,24 @@ class _ServingLoop:
             self.requests[msg.request_id] = msg
         elif isinstance(msg, CancelDetect) and self.requests.pop(msg.request_id, None) is not None:
             self.conn.send(DetectNotRun(msg.request_id, self.spec.worker_id, "cancelled"))
+        elif isinstance(msg, (AttachRing, DetachRing)):
+            self._change_rings(msg)
         return True
+
+    def _change_rings(self, msg: AttachRing | DetachRing) -> None:
+        """A camera added, removed or given a new ring by a config reload (the round-robin restarts)."""
+        for cam, ring in [r for r in self.rings if r[0] == msg.camera]:
+            self.rings.remove((cam, ring))
+            ring.close()
+        self.last_seq.pop(msg.camera, None)
+        self.next_ring = 0
+        if isinstance(msg, AttachRing):
+            try:
+                self.rings.append((msg.camera, FrameRing.attach(msg.ring)))
+            except (OSError, ValueError) as exc:  # removed again before we got here: nothing to read
+                log.warning("camera %s: cannot attach its ring: %s", msg.camera, exc)
+                return
+            self.last_seq[msg.camera] = 0
 
     def _drop_expired(self) -> None:
         """Answer `expired` for every waiting request whose deadline has passed: those are never run."""

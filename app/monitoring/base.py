@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from app.config import VigilConfig
     from app.inference.protocol import WorkerReady
     from app.pipeline.records import ResultRecord, SystemEvent
 
@@ -13,6 +14,8 @@ class Monitor(Protocol):
     """Watches results as they are published and reports what it finds as system events.
 
     Every call comes from the pipeline's asyncio loop and must be cheap (O(1) per result; `check` once per tick).
+    Optionally a monitor also has `reconfigure(cfg)` (`Reconfigurable`): a config reload calls it through
+    `getattr` whenever `budget`, `monitoring` or `cameras` changed; a monitor without it keeps its settings.
     """
 
     section: str  # its key in the stats document (`budget`, `drift`)
@@ -39,4 +42,12 @@ class ModelAware(Protocol):
 
     def on_model_ready(self, ready: WorkerReady) -> None:
         """A worker serves now (after the first start, a restart, a recycle or a model change)."""
+        ...
+
+
+class Reconfigurable(Protocol):
+    """The optional part of a `Monitor`: follow a config reload without losing its state where it can."""
+
+    def reconfigure(self, cfg: VigilConfig) -> None:
+        """The running config changed (`budget`, `monitoring` or `cameras`): take the new settings and camera list."""
         ...

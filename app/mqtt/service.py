@@ -97,6 +97,19 @@ class MqttService(ServiceBase):
                 await self._stats_task
         await asyncio.get_running_loop().run_in_executor(None, self.link.stop)
 
+    async def apply_config(self, cfg: VigilConfig, changed: frozenset[str]) -> None:
+        """A config reload: topics, switches and discovery for the new camera list; the new confidence state.
+
+        (A changed `mqtt` section replaces this service with a new one instead.) Retained topics of a removed
+        camera stay on the broker as they were.
+        """
+        if not changed & {"cameras", "model"}:
+            return
+        self.cameras = [c.name for c in cfg.cameras]
+        self._last_detections = {c: self._last_detections.get(c, 0.0) for c in self.cameras}
+        self.conf = cfg.model.conf
+        self._publish_state()
+
     def on_system_event(self, event: SystemEvent) -> None:
         """Restarts, recycles, capture restarts: on `<base>/<camera>/system` (every camera for worker events).
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from app.capture.loop import CaptureLoop
-from app.config import ModelConfig, VigilConfig
+from app.config import CameraConfig, ModelConfig, VigilConfig
 from app.deploy.manager import DeploymentManager
 from app.inference.protocol import (
     DetectAnswer,
@@ -43,6 +43,8 @@ from app.pipeline.records import SystemEvent, SystemEventType
 from app.pipeline.requests import DetectionRequests, DetectOutcome
 from app.pipeline.service import Service
 from app.pipeline.stats import CameraStats, stats_document, status_lines
+from app.reload.controller import ConfigReloader
+from app.reload.source import ConfigSource
 from app.ring import FrameRing
 from app.supervisor.capture_watchdog import CaptureWatchdog
 from app.supervisor.procinfo import rss_mb
@@ -75,11 +77,20 @@ class LivePipeline:
             worker starts with them.
         services: Receivers of results and events, in delivery order (JSON lines, MQTT, HTTP, bench recorders).
         duration_s: Stop after this many seconds (None: until a signal, `request_stop` or finite sources end).
+        config_source: Where `cfg` was read from (file and `--set` overrides): SIGHUP and `reload_config` re-read
+            it and apply the difference (`app.reload`); None: reloads are rejected.
 
     It implements `PipelineControl` for its services.
     """
 
-    def __init__(self, cfg: VigilConfig, services: list[Service] | None = None, *, duration_s: float | None = None):
+    def __init__(
+        self,
+        cfg: VigilConfig,
+        services: list[Service] | None = None,
+        *,
+        duration_s: float | None = None,
+        config_source: ConfigSource | None = None,
+    ):
         self.cfg = cfg
         self.services = list(services or [])
         self.duration_s = duration_s
@@ -104,6 +115,9 @@ class LivePipeline:
         self._progress_mono = 0.0  # last result of any worker (health, systemd watchdog pings)
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.reloader = ConfigReloader(self, config_source)
+        self._status_task: asyncio.Task | None = None
+        self._reload_tasks: set[asyncio.Task] = set()
 
     # ---- the run, in boot order ---------------------------------------------------------------
 
@@ -125,17 +139,15 @@ class LivePipeline:
                 await self.supervisor.start()
             except WorkerStartError as exc:
                 raise PipelineError(f"inference worker failed to start: {exc}") from exc
+            self.restart_status_lines()
             tasks = [
                 asyncio.create_task(self._supervise(), name="supervise"),
-                asyncio.create_task(
-                    status_lines(self.cfg.output.status_interval_s, self.stats, self._model_status, self.notifier),
-                    name="status",
-                ),
                 asyncio.create_task(watchdog_pings(self.notifier, self._results_flowing), name="sd-watchdog"),
             ]
             if self.duration_s is not None:
                 self._loop.call_later(self.duration_s, self.request_stop, f"duration {self.duration_s} s reached")
             await self._stop.wait()
+            tasks += [t for t in (self._status_task, *self._reload_tasks) if t is not None]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -154,16 +166,36 @@ class LivePipeline:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self._loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self._loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        """SIGHUP: reload the config (a second one while a reload runs waits for it)."""
+        task = asyncio.create_task(self.reloader.reload("SIGHUP"), name="config-reload")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
+
+    def restart_status_lines(self) -> None:
+        """(Re)start the periodic status lines with `output.status_interval_s`."""
+        if self._status_task is not None:
+            self._status_task.cancel()
+        self._status_task = asyncio.create_task(
+            status_lines(self.cfg.output.status_interval_s, self.stats, self._model_status, self.notifier),
+            name="status",
+        )
 
     def _open_rings_and_captures(self) -> None:
         for cam in self.cfg.cameras:
-            ring = FrameRing.create(cam.ring_slots, cam.max_height, cam.max_width)
-            self.rings[cam.name] = ring
-            counters = CaptureCounters()
-            self.stats[cam.name] = CameraStats(cam.name, counters)
-            loop = CaptureLoop(cam, ring, counters, write_lock=threading.Lock(), faults=self.cfg.debug.faults)
-            self.captures[cam.name] = loop
-            loop.start()
+            self.open_camera(cam, FrameRing.create(cam.ring_slots, cam.max_height, cam.max_width))
+
+    def open_camera(self, cam: CameraConfig, ring: FrameRing) -> None:
+        """Start a camera: its stats and its capture thread writing into `ring` (at start, and when reloaded)."""
+        counters = CaptureCounters()
+        self.stats[cam.name] = CameraStats(cam.name, counters)
+        self.rings[cam.name] = ring
+        loop = CaptureLoop(cam, ring, counters, write_lock=threading.Lock(), faults=self.cfg.debug.faults)
+        self.captures[cam.name] = loop
+        loop.start()
 
     def _worker_spec(self, worker_id: int, standby: bool, model: ModelConfig | None = None) -> WorkerSpec:
         faults = self.cfg.debug.faults
@@ -230,7 +262,7 @@ class LivePipeline:
             ring.close()
             ring.unlink()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
 
@@ -244,7 +276,9 @@ class LivePipeline:
         if self._results == 1:
             self.notifier.ready(f"first result after {time.monotonic() - self._started:.1f} s")
         self.requests.record_busy("cameras", result.timings.total_ms)
-        stats = self.stats[result.camera]
+        stats = self.stats.get(result.camera)
+        if stats is None:
+            return  # a camera removed by a config reload, answered before the worker detached its ring
         if result.frame.seq <= stats.last_seq:
             return  # a stale answer (e.g. from a worker being replaced): the newer one is already out
         dropped, _ = stats.record(result, now_ns)
@@ -258,7 +292,10 @@ class LivePipeline:
 
     def on_worker_frame_error(self, error: WorkerFrameError) -> None:
         """Count a frame the worker could not process."""
-        self.stats[error.camera].errors += 1
+        stats = self.stats.get(error.camera)
+        if stats is None:
+            return  # a camera removed by a config reload
+        stats.errors += 1
         for monitor in self.monitors:
             monitor.observe_frame_error(error.camera)
         log.warning("worker %d: frame %d of %s failed: %s", error.worker_id, error.seq, error.camera, error.error)
@@ -337,6 +374,29 @@ class LivePipeline:
             log.info("stopping: %s", reason)
             self.notifier.stopping()
             self._stop.set()
+
+    async def reload_config(self) -> dict:
+        """Re-read the config source and apply what changed (`app.reload`): the answer of `POST /api/config/reload`.
+
+        Returns:
+            `{"status": "applied", "applied", "unchanged", "restart_required"}` or `{"status": "rejected", "error"}`.
+        """
+        return (await self.reloader.reload("HTTP")).as_dict()
+
+    def _apply_model_change(self, new_model: ModelConfig) -> str:
+        """A reloaded `model` section beyond the thresholds: the next workers load it, starting with a recycle now.
+
+        Returns:
+            What happens: `deploying`.
+        """
+        self.cfg.model = new_model
+        self.supervisor.request_recycle("config reload: model changed")
+        return "deploying"
+
+    @property
+    def stopping(self) -> bool:
+        """`request_stop` was called (a reload is refused then)."""
+        return self._stop.is_set()
 
     def set_thresholds(self, conf: float | None = None, iou: float | None = None) -> None:
         """Detector thresholds (0..1) for every camera, now and for any later worker."""

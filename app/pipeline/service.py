@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import numpy as np
 
+    from app.config import VigilConfig
     from app.inference.protocol import DetectOptions, WorkerReady
     from app.pipeline.records import ResultRecord, SystemEvent
     from app.pipeline.requests import DetectOutcome
@@ -84,6 +85,15 @@ class PipelineControl(Protocol):
         """Raise QueueFull (503) if a detection request could not be queued now: checked before reading an upload."""
         ...
 
+    async def reload_config(self) -> dict:
+        """Re-read the config the service started from and apply what changed (README "Live config reload").
+
+        Returns:
+            `{"status": "applied", "applied", "unchanged", "restart_required"}`, or `{"status": "rejected",
+            "error"}` (the error names the key; the running config stays).
+        """
+        ...
+
     async def detect(self, image: np.ndarray, options: DetectOptions, timeout_s: float) -> DetectOutcome:
         """Detect on one HxWx3 uint8 BGR image on the serving worker, within `timeout_s` s.
 
@@ -121,6 +131,7 @@ class Service(Protocol):
     the serving one (labels may change with a new model); per processed frame `on_event` for each object
     event the frame caused, then `on_result`; `on_system_event` whenever the supervisor acts; `stop` once at
     shutdown, after the workers stopped. `stats_sections` is read whenever a stats document is built.
+    `apply_config` after a config reload changed sections of the (shared, now updated) config.
     """
 
     async def start(self, pipeline: PipelineControl) -> None:
@@ -158,6 +169,14 @@ class Service(Protocol):
         """This service's sections of the stats document by key (`mqtt`; `webrtc` and `ws`), or none."""
         ...
 
+    async def apply_config(self, cfg: VigilConfig, changed: frozenset[str]) -> None:
+        """A config reload applied the top-level sections in `changed` to `cfg` (the config the service runs with).
+
+        Cameras added or removed are in the pipeline's `rings` already (a removed camera's ring is closed right
+        after this returns: let go of it here). A service replaced by the reload (MQTT, webhooks) is new instead.
+        """
+        ...
+
 
 class ServiceBase:
     """A service that does nothing: subclass it and override the hooks you need."""
@@ -183,3 +202,6 @@ class ServiceBase:
     def stats_sections(self) -> dict[str, dict]:
         """No section."""
         return {}
+
+    async def apply_config(self, cfg: VigilConfig, changed: frozenset[str]) -> None:
+        """No-op."""

@@ -17,13 +17,14 @@ from typing import Protocol
 
 import numpy as np
 
-from app.config import VigilConfig
+from app.config import TrackingConfig, VigilConfig
 from app.pipeline.records import ResultRecord
 from app.tracking.iou_tracker import IouTracker
 from app.tracking.objects import ObjectEvent, ObjectLifecycle
 from app.types import Detections
 
 DETECTION_OFF_REASON = "detection switched off"
+RELOAD_REASON = "config reloaded"
 
 
 class Tracker(Protocol):
@@ -82,20 +83,55 @@ class TrackingStage:
         self._trackers = {c: make_tracker(self.tcfg.tracker, self.tcfg.track_lost_s) for c in self.cameras}
         self._objects: dict[str, ObjectLifecycle] = {}
 
+    def _lifecycle(self) -> ObjectLifecycle:
+        t = self.tcfg
+        return ObjectLifecycle(self.names, min_hits=t.min_hits, update_interval_s=t.event_update_interval_s,
+                               lost_s=t.track_lost_s, alerts=t.alerts)  # fmt: skip
+
+    def add_camera(self, camera: str) -> None:
+        """Track a camera added by a config reload (from its first frame, once a model serves)."""
+        if camera in self._enabled:
+            return
+        self.cameras.append(camera)
+        self._enabled[camera] = True
+        self._trackers[camera] = make_tracker(self.tcfg.tracker, self.tcfg.track_lost_s)
+        if self.names:
+            self._objects[camera] = self._lifecycle()
+
+    def remove_camera(self, camera: str, reason: str = RELOAD_REASON) -> list[ObjectEvent]:
+        """Stop tracking a camera removed by a config reload.
+
+        Returns:
+            The `end` events of its announced objects (with `reason`).
+        """
+        if camera not in self._enabled:
+            return []
+        self.cameras.remove(camera)
+        del self._enabled[camera], self._trackers[camera]
+        lifecycle = self._objects.pop(camera, None)
+        return lifecycle.end_all(reason) if lifecycle is not None else []
+
+    def reconfigure(self, tracking: TrackingConfig, reason: str = RELOAD_REASON) -> list[tuple[str, ObjectEvent]]:
+        """New `tracking` settings: every camera's objects end and its tracker starts afresh with them.
+
+        Raises:
+            ImportError: `tracker: bytetrack` without the `tracking` extra (nothing changed then).
+
+        Returns:
+            (camera, `end` event) for each announced object.
+        """
+        trackers = {c: make_tracker(tracking.tracker, tracking.track_lost_s) for c in self.cameras}
+        ended = [(c, ev) for c, lc in self._objects.items() for ev in lc.end_all(reason)]
+        self.tcfg, self._trackers = tracking, trackers
+        if self.names:
+            self._objects = {c: self._lifecycle() for c in self.cameras}
+        return ended
+
     def on_model_ready(self, names: Mapping[int, str]) -> None:
         """A model with these labels serves now: with different labels every camera's objects start afresh."""
         if names != self.names:
             self.names = dict(names)
-            self._objects = {
-                c: ObjectLifecycle(
-                    self.names,
-                    min_hits=self.tcfg.min_hits,
-                    update_interval_s=self.tcfg.event_update_interval_s,
-                    lost_s=self.tcfg.track_lost_s,
-                    alerts=self.tcfg.alerts,
-                )
-                for c in self.cameras
-            }
+            self._objects = {c: self._lifecycle() for c in self.cameras}
 
     def process(self, record: ResultRecord) -> ResultRecord:
         """The record with track ids, this frame's object events and the counts after it.

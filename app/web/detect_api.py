@@ -58,6 +58,10 @@ class DetectApi:
         self._decodes = asyncio.Semaphore(DECODE_SLOTS)
         self.counts = {"bad_requests": 0, "upload_timeouts": 0, "uploads_full": 0}
 
+    def apply_limits(self) -> None:
+        """A config reload changed `api`: uploads in progress finish under the old `api.queue_size`, new ones use it."""
+        self._uploads = asyncio.Semaphore(self.api.queue_size)
+
     def stats(self) -> dict:
         """The `http` section: detection requests refused before the queue.
 

@@ -22,9 +22,10 @@ from app.config import ConfigError, VigilConfig, redact
 from app.pipeline.errors import PipelineError
 from app.pipeline.records import ResultRecord, SystemEvent
 from app.pipeline.service import PipelineControl, ServiceBase
+from app.ring import FrameRing
 from app.secret_files import read_secret_file
 from app.tracking.objects import ObjectEvent
-from app.web import budget_api, ice, model_api
+from app.web import budget_api, config_api, ice, model_api
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
 from app.web.client_errors import ClientErrorsQuiet
 from app.web.detect_api import API_KEY_PENDING, DEEPSTACK_PATH, DetectApi
@@ -93,8 +94,7 @@ class WebService(ServiceBase):
         """
         self._pipeline = pipeline
         for name, ring in pipeline.rings.items():
-            overlay = (lambda n=name: self._overlay.get(n, [])) if self.hcfg.server_side_boxes else None
-            self.encoders[name] = PreviewEncoder(name, ring, self.hcfg, overlay, self._on_encoded)
+            self.encoders[name] = self._encoder(name, ring)
         self._quiet.install()
         app = self.build_app()
         # No access log: it would carry ?token= query strings. Handler cancellation: a client that disconnects
@@ -116,6 +116,30 @@ class WebService(ServiceBase):
         host = f"[{self.hcfg.host}]" if ":" in self.hcfg.host else self.hcfg.host
         self.url = f"{scheme}://{host}:{port}/"
         self._announce()
+
+    def _encoder(self, name: str, ring: FrameRing) -> PreviewEncoder:
+        overlay = (lambda n=name: self._overlay.get(n, [])) if self.hcfg.server_side_boxes else None
+        return PreviewEncoder(name, ring, self.hcfg, overlay, self._on_encoded)
+
+    async def apply_config(self, cfg: VigilConfig, changed: frozenset[str]) -> None:
+        """A config reload: encoders for added cameras (and new rings), none for removed ones; new `api` limits.
+
+        Viewers of a removed camera, or of one whose ring was replaced, are dropped (the page reconnects).
+        """
+        if "cameras" in changed and self._pipeline is not None:
+            rings = self._pipeline.rings
+            for name, enc in list(self.encoders.items()):
+                if rings.get(name) is not enc.ring:
+                    del self.encoders[name]
+                    self._overlay.pop(name, None)
+                    await enc.stop()
+            for name, ring in rings.items():
+                if name not in self.encoders:
+                    self.encoders[name] = self._encoder(name, ring)
+        if changed & {"cameras", "api"}:
+            self.stream.reconfigure([c.name for c in cfg.cameras], cfg.api)
+        if "api" in changed:
+            self.detect_api.apply_limits()
 
     def _announce(self) -> None:
         tok = self.token
@@ -215,6 +239,7 @@ class WebService(ServiceBase):
         self.detect_api.add_routes(app)
         budget_api.add_routes(app, lambda: self._pipeline)
         model_api.add_routes(app, lambda: self._pipeline)
+        config_api.add_routes(app, lambda: self._pipeline)
         app.router.add_get("/api/ws", self.stream.handle)
         app.router.add_static("/static/", str(resources.files("app.web") / "static"), show_index=False)
         return app

@@ -152,6 +152,11 @@ class StreamHub:
         self._sent_gone = 0  # sent/dropped of clients that left, so totals never go down
         self._dropped_gone = 0
 
+    def reconfigure(self, cameras: Sequence[str], api: ApiConfig) -> None:
+        """A config reload: the cameras the `?camera=` filter accepts and the `api.*ws*` limits for new clients."""
+        self.cameras = list(cameras)
+        self.max_clients, self.queue_size, self.heartbeat_s = api.max_ws_clients, api.ws_queue, api.ws_heartbeat_s
+
     def __len__(self) -> int:
         return len(self._clients)
 
