@@ -161,7 +161,8 @@ def test_reload_end_to_end(tmp_path: Path, tiny_model: Path, small_video: Path) 
     sub2 = Subscriber(broker2, "vigil/vigil/#")
     file = ConfigFile(tmp_path / "vigil.yaml", {
         "cameras": [camera("a", small_video)],
-        "model": {"path": str(tiny_model), "threads": 1, "warmup_runs": 0},
+        "model": {"path": str(tiny_model), "threads": 1, "warmup_runs": 0, "deploy": {"min_agreement_f1": 0}},
+        "state_dir": str(tmp_path / "state"),
         "output": {"json_lines": False, "status_interval_s": 0},
         "http": {"enabled": False},
         "mqtt": {"enabled": True, "port": broker1.port, "stats_interval_s": 60},
@@ -243,14 +244,18 @@ def test_reload_end_to_end(tmp_path: Path, tiny_model: Path, small_video: Path) 
         assert pipe.cfg.tracking.min_hits == 2 and pipe.cfg.cameras[0].fps == 20
         n = len(sink.records)
         results_of("a", n)
-        # a model path change goes through _apply_model_change: a recycle, then results of the new model
+        # a model path change goes through _apply_model_change: a validated deployment, then results of the new
+        # model (min_agreement_f1 is 0: the new model disagrees with the old one on purpose)
         file.data["cameras"][0]["fps"] = 20
         del file.data["tracking"]
         file.data["model"]["path"] = str(other_model)
         file.write()
         a = reload(pipe)
         assert a["applied"]["model"]["action"] == "deploying", a
-        assert wait_until(lambda: pipe.supervisor.recycles == 1, 120)
+        deployed = lambda: (pipe.deployments.last_deployment or {}).get("outcome")  # noqa: E731
+        assert wait_until(lambda: deployed() is not None, 120)
+        assert deployed() == "deployed", pipe.deployments.last_deployment
+        assert pipe.cfg.model.path == str(other_model)
         n = len(sink.records)
         new = results_of("a", n, 5)[-1]
         assert new["detections"] and new["detections"][0]["box"] != sink.since(0, "a")[0]["detections"][0]["box"]

@@ -113,6 +113,20 @@ class DeploymentManager:
         update = {"path": str(resolved), "precision": precision or self.cfg.model.precision}
         return await self._run(self.cfg.model.model_copy(update=update), rollback=False)
 
+    async def deploy_config(self, model: ModelConfig) -> dict | None:
+        """Deploy a reloaded config's `model` section the same validated way (the operator's own file: not confined).
+
+        The section becomes the config's model: a later restart starts with it, and its path is the one a stored
+        deployment replaces from now on. Never raises for a rejection: the outcome is the `model_deployed` or
+        `model_rejected` event (and `last_deployment`); returns the answer, or None when it was rejected.
+        """
+        self.config_model_path = model.path
+        try:
+            return await self._run(model, rollback=False)
+        except DeployError as exc:
+            log.error("config reload: the new model was not deployed, the serving one stays: %s", exc)
+            return None
+
     async def rollback(self) -> dict:
         """Return to the previous model the same way (validated, blue-green).
 

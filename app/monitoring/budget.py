@@ -230,12 +230,13 @@ class BudgetMonitor:
     def on_model_ready(self, ready: WorkerReady, now: float | None = None) -> None:
         """A worker serves now: learn its backend; after a model change, derived CPU targets are learned again.
 
-        A recycle of the same model (same labels, input size and backend) changes nothing.
+        A recycle of the same model (same file, labels, input size and backend) changes nothing.
         """
         now = time.monotonic() if now is None else now
         b = ready.backend
         backend = "gpu" if "tensorrt" in b.name or any("CUDA" in p or "Tensorrt" in p for p in b.providers) else "cpu"
-        key = (backend, b.name, tuple(sorted(ready.names.items())), tuple(ready.imgsz))
+        sha256 = ready.model.sha256 if ready.model is not None else ""  # new weights with the same labels re-learn
+        key = (backend, b.name, tuple(sorted(ready.names.items())), tuple(ready.imgsz), sha256)
         if key == self._model_key:
             return
         self._model_key, self._backend = key, backend

@@ -102,6 +102,9 @@ class LivePipeline:
         self.supervisor = WorkerSupervisor(cfg, self._worker_spec, self, self._frames_waiting)
         self.requests = DetectionRequests(cfg.api, self.supervisor.send, self._serving_worker_id)
         self.deployments = DeploymentManager(cfg, self.supervisor, self.rings, self.detect, self.emit_system_event)
+        # The deployed model survives restarts (unless model.path was edited); decided before the monitors are
+        # built, so a drift baseline is checked against the model that will serve.
+        self.deployments.startup()
         self._worker_models: dict[int, dict[str, str]] = {}  # worker id -> its model, as results name it
         self.monitors = build_monitors(cfg, self.stats)
         self.capture_watchdog = CaptureWatchdog(cfg.watchdog.capture_timeout_s, self._on_capture_restart)
@@ -130,7 +133,6 @@ class LivePipeline:
         self._loop = asyncio.get_running_loop()
         self._started = time.monotonic()
         self._install_signal_handlers()
-        self.deployments.startup()  # the deployed model survives restarts (unless model.path was edited)
         try:
             self._open_rings_and_captures()
             for service in self.services:
@@ -384,13 +386,14 @@ class LivePipeline:
         return (await self.reloader.reload("HTTP")).as_dict()
 
     def _apply_model_change(self, new_model: ModelConfig) -> str:
-        """A reloaded `model` section beyond the thresholds: the next workers load it, starting with a recycle now.
+        """A reloaded `model` section beyond the thresholds: a validated blue-green deployment of it, in the background.
 
         Returns:
-            What happens: `deploying`.
+            What happens: `deploying` (the outcome follows as a `model_deployed` or `model_rejected` event).
         """
-        self.cfg.model = new_model
-        self.supervisor.request_recycle("config reload: model changed")
+        task = asyncio.create_task(self.deployments.deploy_config(new_model), name="config-reload-deploy")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
         return "deploying"
 
     @property

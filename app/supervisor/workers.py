@@ -293,18 +293,6 @@ class WorkerSupervisor:
         if recycle is not None:
             self._job = asyncio.create_task(self._recycle(recycle), name="worker-recycle")
 
-    def request_recycle(self, reason: str) -> bool:
-        """Start a blue-green recycle now (e.g. a reloaded `model` section): a standby from `make_spec` takes over.
-
-        Returns:
-            True when it started; False while stopping, without a serving worker, or while a replace or
-            recycle is in progress (a worker started after that one gets the current spec anyway).
-        """
-        if self._stopping or self.busy or self.worker is None:
-            return False
-        self._job = asyncio.create_task(self._recycle(reason), name="worker-recycle")
-        return True
-
     def stats(self, model_path: str, last_system_event: dict | None) -> dict:
         """The stats document's `worker` section.
 
