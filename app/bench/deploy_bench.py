@@ -18,22 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from app.bench.recorders import SwitchTimes
+from app.bench.recorders import ResultTimes, SwitchTimes
 from app.config import ModelConfig, VigilConfig
-from app.pipeline.records import ResultRecord
-from app.pipeline.service import ServiceBase
 
 SETTLE_S = 3.0  # results between deployments, so each handover's gap is measured on its own
-
-
-class _Times(ServiceBase):
-    def __init__(self) -> None:
-        self.t: list[float] = []
-        self.seqs: list[int] = []
-
-    def on_result(self, record: ResultRecord) -> None:
-        self.t.append(time.monotonic())
-        self.seqs.append(record.result.frame.seq)
 
 
 def bench_deploy(model: ModelConfig, source: str, deployments: int) -> dict:
@@ -68,7 +56,7 @@ def bench_deploy(model: ModelConfig, source: str, deployments: int) -> dict:
                 "state_dir": str(Path(tmp) / "state"),
             }
         )  # fmt: skip
-        sink, switches = _Times(), SwitchTimes()
+        sink, switches = ResultTimes(), SwitchTimes()
         pipe = LivePipeline(cfg, [sink, switches])
         outcome: dict = {"answers": [], "durations": []}
 

@@ -16,6 +16,19 @@ from app.pipeline.service import PipelineControl, ServiceBase
 from app.supervisor.procinfo import rss_mb
 
 
+class ResultTimes(ServiceBase):
+    """When each result arrived (monotonic s) and its capture seq: the gaps and order around a handover."""
+
+    def __init__(self) -> None:
+        self.t: list[float] = []
+        self.seqs: list[int] = []
+
+    def on_result(self, record: ResultRecord) -> None:
+        """Note the arrival time and seq."""
+        self.t.append(time.monotonic())
+        self.seqs.append(record.result.frame.seq)
+
+
 class SampleRecorder(ServiceBase):
     """Per-result samples in milliseconds, in arrival order.
 

@@ -9,24 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import time
 
 import numpy as np
 
-from app.bench.recorders import RssSampler, SwitchTimes
+from app.bench.recorders import ResultTimes, RssSampler, SwitchTimes
 from app.config import ModelConfig, VigilConfig
-from app.pipeline.records import ResultRecord
-from app.pipeline.service import ServiceBase
-
-
-class _Times(ServiceBase):
-    def __init__(self) -> None:
-        self.t: list[float] = []
-        self.seqs: list[int] = []
-
-    def on_result(self, record: ResultRecord) -> None:
-        self.t.append(time.monotonic())
-        self.seqs.append(record.result.frame.seq)
 
 
 def bench_recycle(model: ModelConfig, source: str, seconds: float, every_s: float, leak_mb: float = 0.0) -> dict:
@@ -51,7 +38,7 @@ def bench_recycle(model: ModelConfig, source: str, seconds: float, every_s: floa
             "debug": {"faults": {"leak_mb_per_frame": leak_mb}},
         }
     )
-    sink, rss, switches = _Times(), RssSampler(1.0), SwitchTimes()
+    sink, rss, switches = ResultTimes(), RssSampler(1.0), SwitchTimes()
     pipe = LivePipeline(cfg, [sink, rss, switches], duration_s=seconds)
     summary = asyncio.run(pipe.run())
     t = np.asarray(sink.t)
