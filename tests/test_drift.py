@@ -319,9 +319,10 @@ def derived_clip(sample: Path, path: Path, day_s: float, then_s: float = 0.0, th
 
 
 def e2e_config(model: Path, cameras: list[dict], state_dir: Path, port: int | None = None, **drift) -> VigilConfig:
-    # Sub-windows and the window as long as one loop of the clip's scene (10 s): a sub-window shorter than the
+    # Sub-windows as long as one loop of the clip's scene (10 s), the window two: a sub-window shorter than the
     # scene's own cycle would measure the cycle, not the camera (README: choose baseline_windows accordingly).
-    d = {"baseline_s": 30, "baseline_windows": 3, "window_s": 10, "min_frames": 30, "min_detections": 20, **drift}
+    # Frame minimums a loaded 2-core machine meets: three cameras share one detector there at ~1 result/s each.
+    d = {"baseline_s": 40, "baseline_windows": 4, "window_s": 20, "min_frames": 12, "min_detections": 12, **drift}
     return VigilConfig.model_validate(
         {
             "device_id": "dev",
@@ -344,15 +345,15 @@ def test_darkness_and_a_new_scene_alert_on_mqtt_while_a_stable_camera_stays_sile
     from app.mqtt.service import MqttService
     from app.pipeline.live import LivePipeline
 
-    day_s = 50.0  # covers start-up plus the 30 s baseline with room to spare on a loaded machine
+    day_s = 70.0  # covers start-up plus the 40 s baseline with room to spare on a loaded machine
     cameras = [
         {"name": "stable", "source": str(derived_clip(sample_video, tmp_path / "stable.mp4", 20)), "loop": True},
-        {"name": "night", "source": str(derived_clip(sample_video, tmp_path / "n.mp4", day_s, 30, night_frame))},
-        {"name": "scene", "source": str(derived_clip(sample_video, tmp_path / "s.mp4", day_s, 30, other_scene))},
+        {"name": "night", "source": str(derived_clip(sample_video, tmp_path / "n.mp4", day_s, 45, night_frame))},
+        {"name": "scene", "source": str(derived_clip(sample_video, tmp_path / "s.mp4", day_s, 45, other_scene))},
     ]
     cfg = e2e_config(coco_model, cameras, tmp_path / "state", broker.port)
     sub = Subscriber(broker, f"{BASE}/#")
-    pipe = LivePipeline(cfg, [MqttService(cfg)], duration_s=240)
+    pipe = LivePipeline(cfg, [MqttService(cfg)], duration_s=360)
 
     def drifting(cam: str) -> list[dict]:
         return [p for p in payloads(sub, f"{BASE}/{cam}/system") if p["event"] == "prediction_drift"]
@@ -365,7 +366,7 @@ def test_darkness_and_a_new_scene_alert_on_mqtt_while_a_stable_camera_stays_sile
         def night_counts() -> list[dict]:
             return [p for p in drifting("night") if p["metric"] == "detections_per_frame"]
 
-        assert wait_until(night_counts, timeout=180), f"no detections_per_frame drift for night: {last_drift()}"
+        assert wait_until(night_counts, timeout=280), f"no detections_per_frame drift for night: {last_drift()}"
         assert wait_until(lambda: drifting("scene"), timeout=60), f"no prediction_drift for scene: {last_drift()}"
         # The stats document says so too; the stable camera goes on being compared a while longer.
         sub.wait_for(
