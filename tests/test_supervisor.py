@@ -20,6 +20,7 @@ import psutil
 import pytest
 from conftest import REPO, Collect, run_driven, vigil_shm_segments, wait_until
 
+from app.bench.recorders import ResultTimes
 from app.config import VigilConfig
 from app.pipeline.live import LivePipeline
 from app.pipeline.records import ResultRecord
@@ -185,18 +186,8 @@ def live_config(model: Path, video: Path, **sections) -> VigilConfig:
     return VigilConfig.model_validate(data)
 
 
-class Times(ServiceBase):
-    def __init__(self) -> None:
-        self.t: list[float] = []
-        self.seqs: list[int] = []
-
-    def on_result(self, record: ResultRecord) -> None:
-        self.t.append(time.monotonic())
-        self.seqs.append(record.result.frame.seq)
-
-
 def test_leak_triggers_blue_green_recycle_without_a_gap(tiny_model: Path, small_video: Path) -> None:
-    sink = Times()
+    sink = ResultTimes()
     cfg = live_config(
         tiny_model, small_video,
         watchdog={"rss_warmup_s": 1, "rss_window_s": 4, "max_rss_growth_mb_per_hour": 3600, "max_rss_mb": 4000},
@@ -290,7 +281,7 @@ def test_supervision_goes_on_while_a_standby_loads(
 
 
 def test_periodic_recycle_keeps_results_flowing_and_reaps_old_workers(tiny_model: Path, small_video: Path) -> None:
-    sink = Times()
+    sink = ResultTimes()
     cfg = live_config(tiny_model, small_video, watchdog={"recycle_every_h": 2 / 3600})
     pipe = LivePipeline(cfg, [sink], duration_s=120)
     # Until two recycles happened, not a fixed 9 s: a standby loads in ~1 s on a quiet machine, ~6 s under load.
@@ -305,7 +296,7 @@ def test_periodic_recycle_keeps_results_flowing_and_reaps_old_workers(tiny_model
 
 
 def test_capture_watchdog_replaces_a_stuck_capture(tiny_model: Path, small_video: Path) -> None:
-    sink = Times()
+    sink = ResultTimes()
     cfg = live_config(
         tiny_model, small_video,
         watchdog={"capture_timeout_s": 1.0},
@@ -336,7 +327,7 @@ def test_backend_failover_is_reported_in_stats_and_as_a_system_event(tiny_model:
     """A backend that starts failing mid-stream (a GPU's sticky CUDA error, injected) hands over to ONNX
     Runtime without stopping the results, and stats and system events say so; the retry later fails again
     and is counted."""
-    sink = Times()
+    sink = ResultTimes()
     faults = {"backend_fail_after_frames": 10, "backend_retry_s": 2}
     cfg = live_config(tiny_model, small_video, debug={"faults": faults})
     pipe = LivePipeline(cfg, [sink])

@@ -94,25 +94,19 @@ def bench_deploy(model: ModelConfig, source: str, deployments: int) -> dict:
         thread.join(10)
     if "error" in outcome:
         raise RuntimeError(f"deploy bench: {outcome['error']}")
-    t = np.asarray(sink.t)
-    gaps = np.diff(t)
-    median = float(np.median(gaps))
-    bound = 2 * median
-    per_switch = []
-    for at in switches.times:
-        window = (t[1:] > at - 2) & (t[1:] < at + 2)
-        per_switch.append(round(float(gaps[window].max()) * 1000, 1) if window.any() else None)
+    g = sink.gaps_around(switches.times, 2.0)
+    per_switch = g["per_switch_ms"]
     return {
         "seconds": round(summary.duration_s, 1),
         "deployments": len(outcome["answers"]),
-        "results": len(t),
-        "median_interval_ms": round(median * 1000, 1),
-        "bound_ms": round(bound * 1000, 1),
+        "results": len(sink.t),
+        "median_interval_ms": g["median_interval_ms"],
+        "bound_ms": g["bound_ms"],
         "max_gap_per_deployment_ms": per_switch,
         "handover_gap_ms": [a["handover_gap_ms"] for a in outcome["answers"]],
-        "deployments_over_bound": sum(1 for g in per_switch if g is not None and g > bound * 1000),
-        "gaps_over_bound": int((gaps > bound).sum()),
-        "out_of_order_results": int((np.diff(np.asarray(sink.seqs)) <= 0).sum()),
+        "deployments_over_bound": sum(1 for v in per_switch if v is not None and v > g["bound_ms"]),
+        "gaps_over_bound": g["gaps_over_bound"],
+        "out_of_order_results": g["out_of_order_results"],
         "deployment_s": outcome["durations"],
         "corrupt_reject_s": outcome["reject_s"],
         "corrupt_reason": outcome["reject_reason"],

@@ -11,6 +11,8 @@ import contextlib
 import time
 from collections.abc import Mapping
 
+import numpy as np
+
 from app.pipeline.records import ResultRecord
 from app.pipeline.service import PipelineControl, ServiceBase
 from app.supervisor.procinfo import rss_mb
@@ -27,6 +29,33 @@ class ResultTimes(ServiceBase):
         """Note the arrival time and seq."""
         self.t.append(time.monotonic())
         self.seqs.append(record.result.frame.seq)
+
+    def gaps_around(self, switch_times: list[float], around_s: float) -> dict:
+        """Result gaps around each handover, against 2x the median interval.
+
+        Args:
+            switch_times: When each handover happened (monotonic s).
+            around_s: A handover's gap is the longest one within this many seconds of it.
+
+        Returns:
+            `median_interval_ms`, `bound_ms`, `per_switch_ms` (None where no result came near a switch),
+            `gaps_over_bound`, `out_of_order_results`, and `gaps_s` (the raw gaps, s, for further figures).
+        """
+        t = np.asarray(self.t)
+        gaps = np.diff(t)
+        median = float(np.median(gaps))
+        per_switch = []
+        for at in switch_times:
+            window = (t[1:] > at - around_s) & (t[1:] < at + around_s)
+            per_switch.append(round(float(gaps[window].max()) * 1000, 1) if window.any() else None)
+        return {
+            "median_interval_ms": round(median * 1000, 1),
+            "bound_ms": round(2 * median * 1000, 1),
+            "per_switch_ms": per_switch,
+            "gaps_over_bound": int((gaps > 2 * median).sum()),
+            "out_of_order_results": int((np.diff(np.asarray(self.seqs)) <= 0).sum()),
+            "gaps_s": gaps,
+        }
 
 
 class SampleRecorder(ServiceBase):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 
-import numpy as np
-
 from app.bench.recorders import ResultTimes, RssSampler, SwitchTimes
 from app.config import ModelConfig, VigilConfig
 
@@ -41,30 +39,22 @@ def bench_recycle(model: ModelConfig, source: str, seconds: float, every_s: floa
     sink, rss, switches = ResultTimes(), RssSampler(1.0), SwitchTimes()
     pipe = LivePipeline(cfg, [sink, rss, switches], duration_s=seconds)
     summary = asyncio.run(pipe.run())
-    t = np.asarray(sink.t)
-    gaps = np.diff(t)
-    median = float(np.median(gaps))
-    bound = 2 * median
-    per_switch = []
-    for at in switches.times:
-        window = (t[1:] > at - 5) & (t[1:] < at + 5)
-        per_switch.append(round(float(gaps[window].max()) * 1000, 1) if window.any() else None)
+    g = sink.gaps_around(switches.times, 5.0)
     main = rss.rss_mb["main"]
     steady = main[len(main) // 10 :]
     growth = (statistics.median(steady[-10:]) - statistics.median(steady[:10])) / statistics.median(steady[:10])
-    seqs = np.asarray(sink.seqs)
     return {
         "seconds": round(summary.duration_s, 1),
         "trigger": f"leak {leak_mb} MB/frame" if leak_mb else f"every {every_s:g} s",
         "recycles": summary.worker_recycles,
         "restarts": summary.worker_restarts,
-        "results": len(t),
-        "median_interval_ms": round(median * 1000, 1),
-        "bound_ms": round(bound * 1000, 1),
-        "max_gap_ms": round(float(gaps.max()) * 1000, 1),
-        "max_gap_per_recycle_ms": per_switch,
-        "gaps_over_bound": int((gaps > bound).sum()),
-        "out_of_order_results": int((np.diff(seqs) <= 0).sum()),
+        "results": len(sink.t),
+        "median_interval_ms": g["median_interval_ms"],
+        "bound_ms": g["bound_ms"],
+        "max_gap_ms": round(float(g["gaps_s"].max()) * 1000, 1),
+        "max_gap_per_recycle_ms": g["per_switch_ms"],
+        "gaps_over_bound": g["gaps_over_bound"],
+        "out_of_order_results": g["out_of_order_results"],
         "main_rss_mb_start": round(statistics.median(steady[:10]), 1),
         "main_rss_mb_end": round(statistics.median(steady[-10:]), 1),
         "main_rss_growth_pct": round(growth * 100, 2),
