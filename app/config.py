@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from app.polygons import check_polygon
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PATH = "engines/yolov3-tiny-coco.onnx"  # Darknet YOLOv3-tiny, COCO (vigil assets fetch)
@@ -30,6 +32,8 @@ def _topic_safe_name(v: str) -> str:
 
 
 TopicName = Annotated[str, AfterValidator(_topic_safe_name)]
+# [[x, y], ...], 0..1 of the frame, at least 3 points, not self-intersecting (app.polygons.check_polygon)
+PolygonConfig = Annotated[list[list[float]], AfterValidator(check_polygon)]
 
 
 class _Strict(BaseModel):
@@ -60,6 +64,75 @@ class BudgetOverride(_Strict):
     max_error_rate: float | None = Field(None, ge=0, le=1)
 
 
+class MotionConfig(_Strict):
+    """`cameras[].motion`: the cheap per-frame motion detector that gates and aims the detector (README "Motion")."""
+
+    enabled: bool = Field(True, description="detect motion; off: every frame is a candidate for detection")
+    mask: list[PolygonConfig] = Field(
+        default_factory=list, description="polygons (0..1 of the frame) where motion is ignored (trees, timestamps)"
+    )
+    frame_height: int = Field(160, ge=32, le=1080, description="motion runs on a greyscale copy this many px high")
+    threshold: int = Field(25, ge=1, le=255, description="grey-level change (0..255) that counts as a changed pixel")
+    contour_area: int = Field(10, ge=1, description="changed areas smaller than this (px of the small copy) are noise")
+    frame_alpha: float = Field(0.02, gt=0, lt=1, description="background learning rate per frame (running average)")
+    lightning_threshold: float = Field(
+        0.8, gt=0, le=1, description="more than this fraction of the frame changing at once is a lighting change "
+        "(IR switch, clouds): the background is re-learnt instead of reporting motion everywhere",
+    )  # fmt: skip
+    improve_contrast: bool = Field(True, description="normalise the small copy's contrast (dark and flat scenes)")
+
+
+class DetectConfig(_Strict):
+    """`cameras[].detect`: how often the detector looks at this camera, and where (README "Scheduling")."""
+
+    fps: float | None = Field(
+        5.0, gt=0, description="most detections per second; null: as often as the detector can (no motion gating "
+        "of the rate, only of whether to look)",
+    )  # fmt: skip
+    idle_interval_s: float = Field(
+        10.0, gt=0, description="with no motion and no moving tracked object, still detect this often, s"
+    )
+    regions: bool = Field(True, description="detect on crops around motion and tracked objects, not the whole frame")
+
+
+class ZoneConfig(_Strict):
+    """One `cameras[].zones[]` entry: an area of the frame whose occupants are counted and reported."""
+
+    name: TopicName = Field(..., description="unique per camera; a topic level in MQTT")
+    polygon: PolygonConfig = Field(..., description="[[x, y], ...] 0..1 of the frame; an object is inside when "
+                                   "its bottom-centre point is")  # fmt: skip
+    labels: list[str] | None = Field(None, description="only objects of these labels enter it; None = all")
+    inertia: int = Field(3, ge=1, le=100, description="consecutive frames inside before an object counts as in it")
+    loitering_time_s: float | None = Field(
+        None, gt=0, description="an object in the zone this long raises a `loitering` update"
+    )
+
+
+class ObjectFilterConfig(_Strict):
+    """One `cameras[].filters.<label>` entry: which boxes of that label are kept (areas are fractions of the frame)."""
+
+    min_area: float = Field(0.0, ge=0, le=1, description="drop boxes smaller than this fraction of the frame")
+    max_area: float = Field(1.0, ge=0, le=1, description="drop boxes larger than this fraction of the frame")
+    min_score: float = Field(0.0, ge=0, le=1, description="drop boxes scored below this")
+    threshold: float = Field(
+        0.0, ge=0, le=1, description="a tracked object is real (announced) only once the median of its recent "
+        "scores reaches this",
+    )  # fmt: skip
+    min_ratio: float = Field(0.0, ge=0, description="drop boxes with width/height below this")
+    max_ratio: float | None = Field(None, gt=0, description="drop boxes with width/height above this")
+    mask: list[PolygonConfig] = Field(
+        default_factory=list, description="drop boxes of this label whose bottom-centre is inside one of these"
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ObjectFilterConfig:
+        if self.min_area > self.max_area:
+            raise ValueError(f"min_area {self.min_area} is above max_area {self.max_area}")
+        if self.max_ratio is not None and self.min_ratio > self.max_ratio:
+            raise ValueError(f"min_ratio {self.min_ratio} is above max_ratio {self.max_ratio}")
+        return self
+
+
 class CameraConfig(_Strict):
     """One camera (`cameras[]`): its name, source (URL, device or file) and capture options."""
 
@@ -77,6 +150,24 @@ class CameraConfig(_Strict):
     ring_slots: int = Field(4, ge=2, le=64)
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     budget: BudgetOverride | None = Field(None, description="this camera's own `budget` keys")
+    motion: MotionConfig = Field(default_factory=MotionConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+    zones: list[ZoneConfig] = Field(default_factory=list)
+    filters: dict[str, ObjectFilterConfig] = Field(
+        default_factory=dict, description="per label (as the model names it): boxes kept"
+    )
+    object_mask: list[PolygonConfig] = Field(
+        default_factory=list, description="polygons (0..1) where no object is reported (bottom-centre inside)"
+    )
+
+    @model_validator(mode="after")
+    def _unique_zone_names(self) -> CameraConfig:
+        seen: set[str] = set()
+        for i, zone in enumerate(self.zones):
+            if zone.name in seen:
+                raise ValueError(f"zones.{i}.name: zone {zone.name!r} is defined twice")
+            seen.add(zone.name)
+        return self
 
 
 class TensorRTConfig(_Strict):
@@ -139,6 +230,10 @@ class ModelConfig(_Strict):
         "on 2 cores; turn off to leave idle CPU to other services)",
     )
     warmup_runs: int = Field(2, ge=0)
+    max_batch: int = Field(
+        4, ge=1, le=64, description="frames/regions run as one batch at most (dynamic batch axis; TensorRT "
+        "engines are built with an optimisation profile over 1..max_batch)",
+    )  # fmt: skip
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
 
@@ -182,6 +277,7 @@ class AlertRule(_Strict):
     label: str = Field(..., description="class label that raises the alert, e.g. Fall")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
     min_duration_s: float = Field(1.0, ge=0.0, description="seen continuously at least this long")
+    zones: list[str] | None = Field(None, description="only while the object is in one of these zones; None = anywhere")
 
 
 class MqttConfig(_Strict):
@@ -226,6 +322,13 @@ class TrackingConfig(_Strict):
     event_update_interval_s: float = Field(5.0, gt=0, description="at most one 'update' per object this often")
     alerts: list[AlertRule] = Field(default_factory=list)
     snapshot: bool = Field(True, description="retained JPEG of the latest event frame with boxes")
+    stationary_after_s: float = Field(
+        10.0, gt=0, description="an object that has not moved this long is stationary (no longer keeps its "
+        "camera detecting at detect.fps)",
+    )  # fmt: skip
+    stationary_interval_s: float = Field(
+        10.0, gt=0, description="stationary objects are re-checked by the detector this often, s"
+    )
 
 
 # Keys that lived under `mqtt:` before tracking became a pipeline stage; accepted there for one release.
@@ -440,6 +543,15 @@ class MonitoringConfig(_Strict):
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
 
+class EventsConfig(_Strict):
+    """The `events` section: the recent tracked-object events kept for `GET /api/events` and the page's list."""
+
+    max_events: int = Field(500, ge=1, le=100_000, description="events kept in memory; the oldest go first")
+    snapshots: bool = Field(True, description="keep a JPEG of each event's best frame, with its box")
+    snapshot_max_width: int = Field(640, ge=64, le=3840, description="snapshots are scaled down to this width")
+    snapshot_quality: int = Field(80, ge=10, le=100, description="JPEG quality of the snapshots")
+
+
 class VigilConfig(_Strict):
     """The whole config file (`configs/*.yaml`); every section has defaults, unknown keys are errors."""
 
@@ -459,6 +571,7 @@ class VigilConfig(_Strict):
     http: HttpConfig = Field(default_factory=HttpConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+    events: EventsConfig = Field(default_factory=EventsConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
@@ -508,6 +621,11 @@ class VigilConfig(_Strict):
             unknown = sorted(set(hook.cameras or ()) - seen)
             if unknown:
                 raise ValueError(f"webhooks.{i}.cameras: {', '.join(unknown)} is not a configured camera")
+        zones = {zone.name for cam in self.cameras for zone in cam.zones}
+        for i, rule in enumerate(self.tracking.alerts):
+            unknown = sorted(set(rule.zones or ()) - zones)
+            if unknown:
+                raise ValueError(f"tracking.alerts.{i}.zones: {', '.join(unknown)} is not a zone of any camera")
         return self
 
 

@@ -6,7 +6,8 @@ overwritten, which is how latency stays bounded when the detector is slower than
 
 Layout of the block (all offsets 64-byte aligned):
     global header: magic, version, slots, max_h, max_w, channels, latest_seq
-    per slot: header (generation, seq, index, captured_mono_ns, height, width, written_mono_ns, pts, captured_wall)
+    per slot: header (generation, seq, index, captured_mono_ns, height, width, written_mono_ns, motion, motion box
+              count, pts, captured_wall; then up to MAX_MOTION_BOXES int32 xyxy motion boxes at byte 128)
               followed by max_h * max_w * channels pixel bytes (frames stored compactly, h*w*c)
 
 Torn reads are prevented with a per-slot seqlock: the writer makes the generation odd, writes, then makes
@@ -25,6 +26,7 @@ import mmap
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import cast
@@ -36,12 +38,15 @@ from app.types import FrameMeta
 log = logging.getLogger(__name__)
 
 MAGIC = 0x5649474C52494E47  # "VIGLRING"
-LAYOUT_VERSION = 2  # 2: written_mono_ns in the slot header (which grew to 128 bytes)
+LAYOUT_VERSION = 3  # 2: written_mono_ns (header 128 bytes); 3: motion flag and boxes (header 384 bytes)
 ALIGN = 64
 GLOBAL_FIELDS = 8  # int64: magic, version, slots, max_h, max_w, channels, latest_seq, reserved
-SLOT_INT_FIELDS = 7  # generation, seq, index, captured_mono_ns, height, width, written_mono_ns
+SLOT_INT_FIELDS = 9  # generation, seq, index, captured_mono_ns, height, width, written_mono_ns, motion, n_boxes
 SLOT_FLOAT_FIELDS = 2  # pts, captured_wall
-SLOT_HEADER = 2 * ALIGN  # 9 * 8 bytes used, padded to keep the pixels 64-byte aligned
+MAX_MOTION_BOXES = 16  # more motion boxes than this are merged by the motion detector before the write
+MOTION_BOXES_OFFSET = 2 * ALIGN  # int32 (MAX_MOTION_BOXES, 4) xyxy pixels
+SLOT_HEADER = 6 * ALIGN  # 88 bytes of fields + 256 bytes of boxes, padded to keep the pixels 64-byte aligned
+_MOTION_NONE, _MOTION_STILL, _MOTION_MOVING = -1, 0, 1
 _LATEST = 6
 READ_RETRIES = 4
 
@@ -75,7 +80,7 @@ class RingSpec:
 
     @property
     def slot_stride(self) -> int:
-        """Bytes from one slot's header to the next: the 128-byte header plus the pixels, 64-byte aligned."""
+        """Bytes from one slot's header to the next: the 384-byte header plus the pixels, 64-byte aligned."""
         return SLOT_HEADER + _align(self.slot_pixels)
 
     @property
@@ -146,11 +151,15 @@ class FrameRing:
         self._slot_ints: list[np.ndarray] = []
         self._slot_floats: list[np.ndarray] = []
         self._slot_pixels: list[np.ndarray] = []
+        self._slot_boxes: list[np.ndarray] = []
         for i in range(spec.slots):
             base = ALIGN + i * spec.slot_stride
             self._slot_ints.append(np.ndarray((SLOT_INT_FIELDS,), np.int64, buffer=buf, offset=base))
             self._slot_floats.append(
                 np.ndarray((SLOT_FLOAT_FIELDS,), np.float64, buffer=buf, offset=base + 8 * SLOT_INT_FIELDS)
+            )
+            self._slot_boxes.append(
+                np.ndarray((MAX_MOTION_BOXES, 4), np.int32, buffer=buf, offset=base + MOTION_BOXES_OFFSET)
             )
             self._slot_pixels.append(np.ndarray((spec.slot_pixels,), np.uint8, buffer=buf, offset=base + SLOT_HEADER))
         self._seq = int(self._header[_LATEST])
@@ -246,7 +255,15 @@ class FrameRing:
     # ---- writer -------------------------------------------------------------------------------
 
     def write(
-        self, image: np.ndarray, *, index: int, pts: float, captured_mono_ns: int, captured_wall: float
+        self,
+        image: np.ndarray,
+        *,
+        index: int,
+        pts: float,
+        captured_mono_ns: int,
+        captured_wall: float,
+        motion: bool | None = None,
+        motion_boxes: Sequence[Sequence[int]] = (),
     ) -> FrameMeta:
         """Copy a frame into the next slot and publish it as the latest (seqlock: generation odd, write, even).
 
@@ -257,15 +274,20 @@ class FrameRing:
             pts: Presentation time in the source, in seconds.
             captured_mono_ns: ``time.monotonic_ns()`` when the frame was read.
             captured_wall: ``time.time()`` at the same instant, in seconds.
+            motion: The camera's motion detector's verdict on this frame; None when motion detection is off.
+            motion_boxes: Where it saw motion, xyxy frame pixels; at most ``MAX_MOTION_BOXES`` (more are an error).
 
         Returns:
             The stored frame's metadata; its ``seq`` is the previous one plus 1, its ``written_mono_ns`` the
             ``time.monotonic_ns()`` once the pixels were copied (the end of the `capture` latency layer).
 
         Raises:
-            ValueError: ``image`` is not 3-D uint8, has the wrong channel count or is larger than the slots.
+            ValueError: ``image`` is not 3-D uint8, has the wrong channel count or is larger than the slots, or
+                there are more than ``MAX_MOTION_BOXES`` motion boxes.
         """
         s = self._spec
+        if len(motion_boxes) > MAX_MOTION_BOXES:
+            raise ValueError(f"{len(motion_boxes)} motion boxes; a ring slot holds {MAX_MOTION_BOXES}")
         if image.ndim != 3 or image.dtype != np.uint8:
             raise ValueError(f"frame must be HxWxC uint8, got shape {image.shape} dtype {image.dtype}")
         h, w, c = image.shape
@@ -280,12 +302,25 @@ class FrameRing:
         ints[0] = gen + 1  # odd: being written
         np.copyto(self._slot_pixels[slot][: h * w * c].reshape(h, w, c), image)
         written_ns = time.monotonic_ns()
-        ints[1:] = (seq, index, captured_mono_ns, h, w, written_ns)
+        boxes = tuple(tuple(int(v) for v in b) for b in motion_boxes)
+        if boxes:
+            self._slot_boxes[slot][: len(boxes)] = boxes
+        flag = _MOTION_NONE if motion is None else _MOTION_MOVING if motion else _MOTION_STILL
+        ints[1:] = (seq, index, captured_mono_ns, h, w, written_ns, flag, len(boxes))
         floats[:] = (pts, captured_wall)
         ints[0] = gen + 2  # even: complete
         self._header[_LATEST] = seq
         self._seq = seq
-        return FrameMeta(seq, index, pts, captured_mono_ns, captured_wall, h, w, written_ns)
+        return FrameMeta(seq, index, pts, captured_mono_ns, captured_wall, h, w, written_ns, motion, boxes)  # type: ignore[arg-type]
+
+    def _meta(self, slot: int) -> FrameMeta:
+        """The header of a slot as a FrameMeta (the caller checks the generation around it)."""
+        sseq, index, mono, h, w, written, flag, n = (int(v) for v in self._slot_ints[slot][1:])
+        pts, wall = (float(v) for v in self._slot_floats[slot])
+        n = min(max(n, 0), MAX_MOTION_BOXES)
+        boxes = tuple(tuple(b) for b in self._slot_boxes[slot][:n].tolist())
+        motion = None if flag == _MOTION_NONE else flag == _MOTION_MOVING
+        return FrameMeta(sseq, index, pts, mono, wall, h, w, written, motion, boxes)
 
     # ---- readers ------------------------------------------------------------------------------
 
@@ -311,13 +346,14 @@ class FrameRing:
             gen = int(ints[0])
             if gen & 1:
                 continue  # the writer lapped us and is rewriting this slot: look again
-            sseq, index, mono, h, w, written = (int(v) for v in ints[1:])
-            pts, wall = (float(v) for v in self._slot_floats[slot])
-            if sseq != seq or int(ints[0]) != gen:
+            meta = self._meta(slot)
+            if meta.seq != seq or int(ints[0]) != gen:
                 continue
-            image = self._slot_pixels[slot][: h * w * s.channels].reshape(h, w, s.channels)
+            image = self._slot_pixels[slot][: meta.height * meta.width * s.channels].reshape(
+                meta.height, meta.width, s.channels
+            )
             image.flags.writeable = False
-            return FrameView(self, slot, gen, FrameMeta(sseq, index, pts, mono, wall, h, w, written), image)
+            return FrameView(self, slot, gen, meta, image)
         return None
 
     def read_seq(self, seq: int) -> FrameView | None:
@@ -338,11 +374,12 @@ class FrameRing:
         gen = int(ints[0])
         if gen & 1 or int(ints[1]) != seq:
             return None
-        _, index, mono, h, w, written = (int(v) for v in ints[1:])
-        pts, wall = (float(v) for v in self._slot_floats[slot])
-        image = self._slot_pixels[slot][: h * w * s.channels].reshape(h, w, s.channels)
+        meta = self._meta(slot)
+        image = self._slot_pixels[slot][: meta.height * meta.width * s.channels].reshape(
+            meta.height, meta.width, s.channels
+        )
         image.flags.writeable = False
-        view = FrameView(self, slot, gen, FrameMeta(seq, index, pts, mono, wall, h, w, written), image)
+        view = FrameView(self, slot, gen, meta, image)
         return view if view.is_valid() else None
 
     # ---- lifetime -----------------------------------------------------------------------------
@@ -355,7 +392,7 @@ class FrameRing:
         if self._closed:
             return
         self._closed = True
-        self._header = self._slot_ints = self._slot_floats = self._slot_pixels = None  # type: ignore[assignment]
+        self._header = self._slot_ints = self._slot_floats = self._slot_pixels = self._slot_boxes = None  # type: ignore[assignment]
         try:
             self._buf.release()
             self._closer.close()

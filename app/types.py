@@ -48,6 +48,9 @@ class Detections:
         return out
 
 
+Box = tuple[int, int, int, int]  # xyxy integer pixels of a frame: motion boxes and detection regions
+
+
 @dataclass(frozen=True, slots=True)
 class FrameMeta:
     """What capture knows about a frame; travels with the frame through the ring."""
@@ -60,6 +63,8 @@ class FrameMeta:
     height: int
     width: int
     written_mono_ns: int = 0  # time.monotonic_ns() once the ring held the frame (0: not from a ring)
+    motion: bool | None = None  # the camera's motion detector saw motion (None: motion detection off)
+    motion_boxes: tuple[Box, ...] = ()  # where, xyxy frame pixels (at most ring.MAX_MOTION_BOXES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,9 @@ class FrameResult:
     picked_mono_ns: int  # when the worker took the frame from the ring
     done_mono_ns: int  # when decode/NMS finished
     worker_id: int
+    # Where the detector looked, xyxy frame pixels: the whole frame `((0, 0, w, h),)` or crops around motion and
+    # tracked objects. Detections outside them were not searched for in this frame (stationary objects keep).
+    regions: tuple[Box, ...] = ()
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from app.config import DetectConfig
 from app.inference.shared_image import SharedImageSpec
 from app.ring import RingSpec
 from app.types import Detections, StageTimings
@@ -173,6 +174,41 @@ class AttachRing:
 
     camera: str
     ring: RingSpec
+
+
+@dataclass(frozen=True, slots=True)
+class SetCameraDetect:
+    """Parent to worker (start, config reload): how often and where the detector looks at one camera.
+
+    Attributes:
+        camera: The camera's name.
+        detect: Its `cameras[].detect` section (fps cap, idle interval, regions on/off).
+    """
+
+    camera: str
+    detect: DetectConfig
+
+
+@dataclass(frozen=True, slots=True)
+class TrackHint:
+    """Parent to worker, after a camera's tracked result: what the tracker wants the detector to look at next.
+
+    Sent only when it changes. Stationary objects do not make a camera active; they are looked at again
+    from `recheck_mono` on (`tracking.stationary_interval_s`).
+
+    Attributes:
+        camera: The camera's name.
+        active: A tracked object moves: keep detecting at `detect.fps` even without motion.
+        boxes: Predicted xyxy boxes (frame pixels) of the moving tracked objects: detection regions.
+        recheck_mono: `time.monotonic()` (s) when the stationary objects are due for a look; 0: none.
+        recheck_boxes: The stationary objects' xyxy boxes (frame pixels).
+    """
+
+    camera: str
+    active: bool
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    recheck_mono: float = 0.0
+    recheck_boxes: tuple[tuple[float, float, float, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.config import FaultsConfig, ModelConfig
+from app.config import DetectConfig, FaultsConfig, ModelConfig
 from app.inference.protocol import (
     AttachRing,
     BackendChanged,
@@ -81,6 +81,7 @@ class WorkerSpec:
         env: Environment variables set in the worker before the backend loads.
         request_max_share: Share of detector time detection requests may take while camera frames wait
             (`api.max_share`).
+        detect: (camera name, its `cameras[].detect`) pairs: the scheduling of each camera's frames.
     """
 
     worker_id: int
@@ -93,6 +94,7 @@ class WorkerSpec:
     standby: bool = False  # after warm-up, wait for StartServing (blue-green replacement)
     env: dict[str, str] = field(default_factory=dict)
     request_max_share: float = 0.5
+    detect: tuple[tuple[str, DetectConfig], ...] = ()
 
 
 def worker_main(spec: WorkerSpec, conn: Connection, heartbeat: ctypes.c_double | None = None) -> None:

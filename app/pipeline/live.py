@@ -32,6 +32,7 @@ from app.inference.protocol import (
     DetectOptions,
     SetDetection,
     SetThresholds,
+    TrackHint,
     WorkerFrameError,
     WorkerReady,
 )
@@ -113,6 +114,7 @@ class LivePipeline:
         self.last_system_event: dict | None = None
         self.exit_code = 0
         self._disabled: set[str] = set()
+        self._hints: dict[str, TrackHint] = {}  # the last hint sent per camera (a new worker starts without)
         self._results = 0
         self._started = 0.0
         self._progress_mono = 0.0  # last result of any worker (health, systemd watchdog pings)
@@ -212,6 +214,7 @@ class LivePipeline:
             faults=faults,
             standby=standby,
             request_max_share=self.cfg.api.max_share,
+            detect=tuple((cam.name, cam.detect) for cam in self.cfg.cameras if cam.name in self.rings),
         )
 
     def _serving_worker_id(self) -> int | None:
@@ -286,11 +289,19 @@ class LivePipeline:
         dropped, _ = stats.record(result, now_ns)
         record = self.fanout.result(result, now_ns, dropped, self._worker_models.get(result.worker_id))
         published_ns = time.monotonic_ns()
+        self._send_hint(result.camera)
         for monitor in self.monitors:
             try:
                 monitor.observe(record, published_ns)
             except Exception:  # a broken monitor loses its figures, never the frame
                 log.exception("%s.observe failed", type(monitor).__name__)
+
+    def _send_hint(self, camera: str) -> None:
+        """Tell the worker what the tracker wants looked at next on `camera`, when that changed."""
+        hint = self.tracking.hint(camera)
+        if self._hints.get(camera) != hint:
+            self._hints[camera] = hint
+            self.supervisor.send(hint)
 
     def on_worker_frame_error(self, error: WorkerFrameError) -> None:
         """Count a frame the worker could not process."""
@@ -315,6 +326,7 @@ class LivePipeline:
                 del self._worker_models[old]
         self.fanout.model_ready(ready.names)
         self.requests.on_worker_ready(ready.worker_id)
+        self._hints.clear()  # a new worker knows none: the next result of each camera sends its hint again
         for monitor in self.monitors:
             if (hook := getattr(monitor, "on_model_ready", None)) is not None:  # optional (ModelAware)
                 try:

@@ -29,6 +29,7 @@ def detections_payload(device_id: str, record: ResultRecord) -> dict:
         device_id, record.camera, seq=frame.seq, frame=frame.index, captured_at=iso_utc(frame.captured_wall),
         width=w, height=h, detections=detections, latency_ms=record.latency_ms(),
         model=dict(record.model) if record.model is not None else None,
+        motion=frame.motion, regions=[list(box) for box in record.result.regions],
     )  # fmt: skip
 
 

@@ -110,6 +110,8 @@ class ResultRecord:
             "dropped_before": self.dropped_before,
             "latency_ms": self.latency_ms(),
             "model": dict(self.model) if self.model is not None else None,
+            "motion": r.frame.motion,
+            "regions": [list(box) for box in r.regions],
         }
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from app.config import TrackingConfig, VigilConfig
+from app.inference.protocol import TrackHint
 from app.pipeline.records import ResultRecord
 from app.tracking.iou_tracker import IouTracker
 from app.tracking.objects import ObjectEvent, ObjectLifecycle
@@ -160,6 +161,17 @@ class TrackingStage:
         return dataclasses.replace(
             record, tracker_id=ids, events=tuple(events), object_counts=MappingProxyType(lifecycle.counts())
         )
+
+    def hint(self, camera: str) -> TrackHint:
+        """What the detector should look at next on this camera (sent to the worker when it changes).
+
+        Active while any tracked object of the camera is present and not stationary; its boxes are the regions.
+        """
+        lifecycle = self._objects.get(camera)
+        if lifecycle is None or not lifecycle.objects:
+            return TrackHint(camera, False)
+        boxes = tuple(tuple(o.box) for o in lifecycle.objects.values())
+        return TrackHint(camera, True, boxes)  # type: ignore[arg-type]
 
     def set_detection(self, camera: str, enabled: bool) -> list[ObjectEvent]:
         """Detection switched on or off for a camera.
