@@ -104,6 +104,7 @@ class SnapshotWorker:
         self._pending = 0
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
 
     def submit(self, job: SnapshotJob, on_done: Callable[[bytes], None]) -> bool:
         """Render `job` off the loop; `on_done(jpeg)` is then called on the running asyncio loop.
@@ -112,8 +113,10 @@ class SnapshotWorker:
         closed meanwhile.
 
         Returns:
-            False when the backlog is full (the job is dropped and counted).
+            False when the backlog is full (the job is dropped and counted), or the worker is closed.
         """
+        if self._closed:
+            return False
         with self._lock:
             if self._pending >= self.max_pending:
                 self.dropped += 1
@@ -144,7 +147,8 @@ class SnapshotWorker:
         return render_snapshot(job.image, job.objects, max_width=job.max_width, quality=job.quality)
 
     def close(self) -> None:
-        """Stop the thread after the job it runs (idempotent); queued jobs are dropped."""
+        """Stop the thread after the job it runs (idempotent); queued jobs are dropped, later ones refused."""
+        self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
