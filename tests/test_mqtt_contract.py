@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+from app.config import ZoneConfig
 from app.envelope import envelope
 from app.mqtt.discovery import discovery_messages
 from app.mqtt.tail import render
 from app.mqtt.topics import Topics, topic_safe
+from app.mqtt.zones import ZoneCountTopics
 
 
 def test_topics_and_command_parsing() -> None:
@@ -51,6 +53,45 @@ def test_discovery_payloads() -> None:
     sw = msgs["homeassistant/switch/dev/door_detection/config"]
     assert sw["command_topic"] == "vigil/dev/door/detect/set" and sw["state_topic"] == "vigil/dev/door/detect/state"
     json.dumps(msgs)  # serialisable
+
+
+def test_zone_discovery_payloads() -> None:
+    zones = {"door": [("porch", ["person", "Big Car"]), ("path", [])]}
+    msgs = dict(discovery_messages("homeassistant", "dev", Topics("vigil/dev"), ["door", "yard"], ["person"], "m.onnx",
+                                   zones))  # fmt: skip
+    occupied = msgs["homeassistant/binary_sensor/dev/door_zone_porch_occupied/config"]
+    assert occupied["state_topic"] == "vigil/dev/door/zone/porch/all/count"
+    assert occupied["device_class"] == "occupancy" and "> 0" in occupied["value_template"]
+    assert occupied["availability_topic"] == "vigil/dev/status" and occupied["device"]["identifiers"] == ["vigil_dev"]
+    car = msgs["homeassistant/sensor/dev/door_zone_porch_big_car_count/config"]
+    assert car["state_topic"] == "vigil/dev/door/zone/porch/big_car/count" and car["unit_of_measurement"] == "objects"
+    assert msgs["homeassistant/sensor/dev/door_zone_path_all_count/config"]["state_topic"].endswith("path/all/count")
+    zone_keys = sorted(k for k in msgs if "_zone_" in k)
+    # porch: occupied + all + 2 labels; path (no labels): occupied + all; yard has no zones
+    assert len(zone_keys) == 6 and not any("yard_zone" in k for k in zone_keys)
+    uids = [m["unique_id"] for m in msgs.values()]
+    assert len(uids) == len(set(uids))
+    json.dumps(msgs)
+
+
+def test_zone_count_topics_publish_changes_only() -> None:
+    t = Topics("vigil/dev")
+    assert t.zone_count("door", "porch", "Big Car") == "vigil/dev/door/zone/porch/big_car/count"
+    assert t.zone_count("door", "porch", "all") == "vigil/dev/door/zone/porch/all/count"
+    square = [[0, 0], [1, 0], [1, 1], [0, 1]]
+    zones = [ZoneConfig(name="porch", polygon=square, labels=["person"]), ZoneConfig(name="path", polygon=square)]
+    zc = ZoneCountTopics(t)
+    z = "vigil/dev/door/zone/"
+    assert zc.changes("door", zones, {}) == [(z + "porch/all/count", "0"), (z + "porch/person/count", "0"),
+                                             (z + "path/all/count", "0")]  # fmt: skip
+    assert zc.changes("door", zones, {}) == [], "unchanged: nothing"
+    counts = {"porch": {"person": 2, "all": 2}, "path": {"car": 1, "all": 1}, "elsewhere": {"all": 5}}
+    assert zc.changes("door", zones, counts) == [(z + "porch/all/count", "2"), (z + "porch/person/count", "2"),
+                                                 (z + "path/all/count", "1"), (z + "path/car/count", "1")]  # fmt: skip
+    assert zc.changes("door", zones, {"porch": {"person": 2, "all": 2}}) == [
+        (z + "path/all/count", "0"), (z + "path/car/count", "0")], "a label gone goes back to 0"  # fmt: skip
+    assert len(zc.changes("door", zones, {"porch": {"person": 2, "all": 2}}, force=True)) == 4
+    assert zc.changes("door", zones[:1], {}) == [(z + "porch/all/count", "0"), (z + "porch/person/count", "0")]
 
 
 def test_tail_rendering() -> None:

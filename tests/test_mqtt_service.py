@@ -49,6 +49,19 @@ def vigil_config(model: Path, video: Path, port: int, *, tracking_under_mqtt: bo
     )
 
 
+ZONES = [
+    {"name": "yard", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]], "labels": ["person"]},
+    {"name": "corner", "polygon": [[0, 0], [0.2, 0], [0.2, 0.2], [0, 0.2]]},
+]
+HA_ZONE = "homeassistant/binary_sensor/dev/cam_zone"
+
+
+def with_zones(cfg: VigilConfig, zones: list[dict]) -> VigilConfig:
+    data = cfg.model_dump()
+    data["cameras"][0]["zones"] = zones
+    return VigilConfig.model_validate(data)
+
+
 def payloads(sub: Subscriber, topic: str) -> list[dict]:
     return [json.loads(m.payload) for m in sub.on(topic)]
 
@@ -58,6 +71,7 @@ def test_topic_contract_commands_and_discovery(tiny_model: Path, small_video: Pa
     # The deprecated spelling (`mqtt.min_hits`, `mqtt.alerts`, ...) still drives the whole contract below.
     with pytest.warns(DeprecationWarning, match="use tracking"):
         cfg = vigil_config(tiny_model, small_video, broker.port, tracking_under_mqtt=True)
+    cfg = with_zones(cfg, ZONES)
     mqtt = MqttService(cfg)
     pipe = LivePipeline(cfg, [mqtt], duration_s=30)
     marks: dict[str, float] = {}
@@ -79,6 +93,11 @@ def test_topic_contract_commands_and_discovery(tiny_model: Path, small_video: Pa
         pub(f"{BASE}/cam/detect/set", b"ON", qos=1)
         sub.wait_for(lambda m: m.topic == f"{BASE}/cam/detect/state" and m.payload == b"ON")
         sub.wait_for(lambda m: m.topic == f"{BASE}/cam/person/count" and m.payload == b"1")
+        # A reload that changes the zones re-announces discovery: the new zone appears, the removed one is cleared.
+        reloaded = with_zones(cfg, [ZONES[0], {"name": "porch", "polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]}])
+        asyncio.run_coroutine_threadsafe(mqtt.apply_config(reloaded, frozenset({"cameras"})), pipe._loop).result(10)
+        sub.wait_for(lambda m: m.topic == f"{HA_ZONE}_porch_occupied/config" and m.payload)
+        sub.wait_for(lambda m: m.topic == f"{HA_ZONE}_corner_occupied/config" and m.payload == b"")
         pipe._loop.call_soon_threadsafe(pipe.request_stop, "test done")
 
     t = threading.Thread(target=driver, daemon=True)
@@ -150,6 +169,18 @@ def test_topic_contract_commands_and_discovery(tiny_model: Path, small_video: Pa
     assert sub.on("homeassistant/switch/dev/cam_detection/config")
     assert sub.on("homeassistant/sensor/dev/cam_inference_ms/config")
     assert mqtt.rejected_commands == 4
+    # zones: retained counts as the pipeline counts them, discovery of each zone's entities
+    zone_counts = pipe.zone_counts("cam")
+    for zone, label in (("yard", "all"), ("yard", "person"), ("porch", "all")):
+        expected = str(zone_counts.get(zone, {}).get(label, 0)).encode()
+        assert retained[f"{BASE}/cam/zone/{zone}/{label}/count"] == expected, (zone, label)
+    assert sub.on(f"{BASE}/cam/zone/corner/all/count")[0].payload == b"0", "published while it was configured"
+    occupied = json.loads(retained[f"{HA_ZONE}_yard_occupied/config"])
+    assert occupied["state_topic"] == f"{BASE}/cam/zone/yard/all/count" and occupied["device_class"] == "occupancy"
+    assert occupied["availability_topic"] == f"{BASE}/status"
+    person = json.loads(retained["homeassistant/sensor/dev/cam_zone_yard_person_count/config"])
+    assert person["state_topic"] == f"{BASE}/cam/zone/yard/person/count"
+    assert f"{HA_ZONE}_corner_occupied/config" not in retained, "a removed zone's entity is cleared"
     sub.close()
 
 

@@ -6,6 +6,8 @@ greys them out when the appliance or its broker link dies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from app import __version__
 from app.mqtt.topics import Topics, topic_safe
 
@@ -17,11 +19,15 @@ def discovery_messages(
     cameras: list[str],
     labels: list[str],
     model_name: str,
+    zones: Mapping[str, Sequence[tuple[str, Sequence[str]]]] | None = None,
 ) -> list[tuple[str, dict]]:
     """Build the retained Home Assistant discovery configs for the whole appliance.
 
     Per camera: for each label an occupancy binary sensor and a count sensor, a detection switch, a
     confidence number (0.05..0.95), and sensors for processed fps, capture fps and inference p50 (ms).
+    Per zone of a camera: an occupancy binary sensor (on while anything is in it), an `all` count sensor and a
+    count sensor per label of the zone's `labels` (none for a zone without `labels`: its `all` count covers
+    it, and 80 COCO labels x zones x cameras would flood Home Assistant with entities).
 
     Args:
         prefix: Discovery prefix, usually ``homeassistant``.
@@ -30,6 +36,7 @@ def discovery_messages(
         cameras: Camera names.
         labels: Class labels that get per-label entities.
         model_name: Shown as the device model.
+        zones: Camera name -> its zones as `(zone name, zone labels)`; None or a missing camera: no zones.
 
     Returns:
         ``(topic, config)`` pairs, ``topic`` being ``<prefix>/<component>/<node>/<object>/config``.
@@ -99,4 +106,18 @@ def discovery_messages(
             "unit_of_measurement": "ms",
             "state_class": "measurement",
         })  # fmt: skip
+        for zone, zone_labels in (zones or {}).get(cam, ()):
+            add("binary_sensor", f"{cam}_zone_{zone}_occupied", {
+                "name": f"{cam} {zone} occupied",
+                "state_topic": topics.zone_count(cam, zone, "all"),
+                "value_template": "{{ 'ON' if value | int(0) > 0 else 'OFF' }}",
+                "device_class": "occupancy",
+            })  # fmt: skip
+            for label in ("all", *zone_labels):
+                add("sensor", f"{cam}_zone_{zone}_{topic_safe(label) if label != 'all' else 'all'}_count", {
+                    "name": f"{cam} {zone} {label} count",
+                    "state_topic": topics.zone_count(cam, zone, label),
+                    "unit_of_measurement": "objects",
+                    "state_class": "measurement",
+                })  # fmt: skip
     return out

@@ -17,16 +17,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from app.clock import iso_utc
-from app.config import VigilConfig
+from app.config import VigilConfig, ZoneConfig
 from app.deploy.errors import DeployError
-from app.draw import draw_detections
+from app.events.snapshots import SnapshotJob, SnapshotWorker, grab_frame
 from app.mqtt.discovery import discovery_messages
 from app.mqtt.link import MqttLink
 from app.mqtt.topics import Topics, dumps
+from app.mqtt.zones import ZoneCountTopics
 from app.pipeline.payloads import detections_payload, event_payload, system_payload
 from app.pipeline.records import ResultRecord, SystemEvent
 from app.pipeline.service import PipelineControl, ServiceBase
@@ -56,6 +54,10 @@ class MqttService(ServiceBase):
         self.rejected_commands = 0
         self.events_published = 0
         self._last_counts: dict[str, dict[str, int]] = {}
+        self._zones: dict[str, list[ZoneConfig]] = {c.name: list(c.zones) for c in cfg.cameras}
+        self.zone_counts = ZoneCountTopics(self.topics)
+        self._discovery_topics: set[str] = set()  # published (retained) so far: a vanished entity gets cleared
+        self.snapshots = SnapshotWorker("vigil-mqtt-snapshot", max_pending=2)
         self._last_detections = dict.fromkeys(self.cameras, 0.0)
         self._commands: dict[str, Callable[[str, str, str], bool]] = {
             "detect": self._cmd_detect,
@@ -95,17 +97,19 @@ class MqttService(ServiceBase):
             self._stats_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stats_task
+        self.snapshots.close()
         await asyncio.get_running_loop().run_in_executor(None, self.link.stop)
 
     async def apply_config(self, cfg: VigilConfig, changed: frozenset[str]) -> None:
-        """A config reload: topics, switches and discovery for the new camera list; the new confidence state.
+        """A config reload: topics, switches and discovery for the new camera list and zones; the new confidence state.
 
         (A changed `mqtt` section replaces this service with a new one instead.) Retained topics of a removed
-        camera stay on the broker as they were.
+        camera or zone stay on the broker as they were; discovery of removed cameras and zones is cleared.
         """
         if not changed & {"cameras", "model"}:
             return
         self.cameras = [c.name for c in cfg.cameras]
+        self._zones = {c.name: list(c.zones) for c in cfg.cameras}
         self._last_detections = {c: self._last_detections.get(c, 0.0) for c in self.cameras}
         self.conf = cfg.model.conf
         self._publish_state()
@@ -150,6 +154,7 @@ class MqttService(ServiceBase):
         if self.cfg.tracking.snapshot and any(ev.type in ("new", "alert") for ev in record.events):
             self._publish_snapshot(record)
         self._publish_counts(record.camera, record.object_counts)
+        self._publish_zone_counts(record.camera)
 
     def _publish_detections(self, record: ResultRecord) -> None:
         cam = record.camera
@@ -170,31 +175,31 @@ class MqttService(ServiceBase):
                 self.link.publish(self.topics.count(cam, label), str(n), qos=1, retain=True)
         self._last_counts[cam] = dict(counts)
 
+    def _publish_zone_counts(self, cam: str, force: bool = False) -> None:
+        """Retained `<base>/<camera>/zone/<zone>/<label>/count` for each value that changed (all with `force`)."""
+        zones = self._zones.get(cam)
+        if not zones or self._pipeline is None:
+            return
+        for topic, payload in self.zone_counts.changes(cam, zones, self._pipeline.zone_counts(cam), force):
+            self.link.publish(topic, payload, qos=1, retain=True)
+
     def _object_counts(self, cam: str) -> Mapping[str, int]:
         return self._pipeline.object_counts(cam) if self._pipeline is not None else {}
 
     def _publish_snapshot(self, record: ResultRecord) -> None:
-        """Retained JPEG of the frame with the boxes of the objects this frame's events are about."""
+        """Retained JPEG of the frame with the boxes of the objects this frame's events are about.
+
+        Full size; rendered on the snapshot thread (`app.events.snapshots`), published from the loop in order.
+        """
         pipeline = self._pipeline
         cam = record.camera
         ring = pipeline.rings.get(cam) if pipeline is not None else None
-        if ring is None:
-            return
-        # The exact frame if the ring still holds it, else the newest (a few frames later at most).
-        view = ring.read_seq(record.result.frame.seq) or ring.read_latest()
-        if view is None:
-            return
-        image = view.copy()
+        image = grab_frame(ring, record.result.frame.seq) if ring is not None else None
         if image is None:
             return
-        image = np.ascontiguousarray(image)
-        objects = [ev.obj for ev in record.events]
-        draw_detections(image, [o["box"] for o in objects], [o["label"] for o in objects],
-                        [o["class_id"] for o in objects], [o["confidence"] for o in objects],
-                        track_ids=[o["id"] for o in objects])  # fmt: skip
-        ok, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
-        if ok:
-            self.link.publish(self.topics.snapshot(cam), jpg.tobytes(), qos=0, retain=True)
+        job = SnapshotJob(image, tuple(ev.obj for ev in record.events))
+        topic = self.topics.snapshot(cam)
+        self.snapshots.submit(job, lambda jpeg: self.link.publish(topic, jpeg, qos=0, retain=True))
 
     # ---- state, discovery, stats --------------------------------------------------------------
 
@@ -206,17 +211,24 @@ class MqttService(ServiceBase):
     def _publish_state(self) -> None:
         if self.names and self.mcfg.discovery:
             labels = [self.names[k] for k in sorted(self.names)]
-            for topic, cfg in discovery_messages(
+            zones = {cam: [(z.name, z.labels or []) for z in zs] for cam, zs in self._zones.items()}
+            messages = discovery_messages(
                 self.mcfg.discovery_prefix, self.device_id, self.topics, self.cameras, labels,
-                Path(self.cfg.model.path).name,
-            ):  # fmt: skip
+                Path(self.cfg.model.path).name, zones,
+            )  # fmt: skip
+            for topic, cfg in messages:
                 self.link.publish(topic, dumps(cfg), qos=1, retain=True)
+            published = {topic for topic, _ in messages}
+            for topic in sorted(self._discovery_topics - published):  # an empty retained config removes the entity
+                self.link.publish(topic, b"", qos=1, retain=True)
+            self._discovery_topics = published
         self._publish_model()
         for cam in self.cameras:
             on = self._pipeline.detection_enabled(cam) if self._pipeline is not None else True
             self.link.publish(self.topics.detect_state(cam), "ON" if on else "OFF", qos=1, retain=True)
             self.link.publish(self.topics.confidence_state(cam), f"{self.conf:g}", qos=1, retain=True)
             self._publish_counts(cam, self._object_counts(cam), force=True)
+            self._publish_zone_counts(cam, force=True)
 
     def stats_sections(self) -> dict[str, dict]:
         """This service's `mqtt` section of the stats document (MQTT `<base>/stats`, HTTP `/api/stats`)."""
@@ -268,6 +280,7 @@ class MqttService(ServiceBase):
             # Switching off ends the camera's objects: their `end` events come back through `on_event`.
             self._pipeline.set_detection(cam, on)
             self._publish_counts(cam, self._pipeline.object_counts(cam))
+            self._publish_zone_counts(cam)
         self.link.publish(self.topics.detect_state(cam), "ON" if on else "OFF", qos=1, retain=True)
         log.info("mqtt: detection %s for %s", "on" if on else "off", cam)
         return True

@@ -45,6 +45,10 @@ class Topics:
         """``<base>/<camera>/<label>/count``: retained object count; the label made ``topic_safe``, ``all`` kept."""
         return f"{self.base}/{camera}/{topic_safe(label) if label != 'all' else 'all'}/count"
 
+    def zone_count(self, camera: str, zone: str, label: str) -> str:
+        """``<base>/<camera>/zone/<zone>/<label>/count``: retained count of objects in a zone; ``all`` kept."""
+        return f"{self.base}/{camera}/zone/{zone}/{topic_safe(label) if label != 'all' else 'all'}/count"
+
     def snapshot(self, camera: str) -> str:
         """``<base>/<camera>/snapshot``: retained JPEG (bytes, not JSON)."""
         return f"{self.base}/{camera}/snapshot"

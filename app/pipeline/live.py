@@ -26,6 +26,7 @@ import numpy as np
 from app.capture.loop import CaptureLoop
 from app.config import CameraConfig, ModelConfig, VigilConfig
 from app.deploy.manager import DeploymentManager
+from app.events.service import EventsService
 from app.inference.protocol import (
     DetectAnswer,
     DetectNotRun,
@@ -93,7 +94,8 @@ class LivePipeline:
         config_source: ConfigSource | None = None,
     ):
         self.cfg = cfg
-        self.services = list(services or [])
+        self.events = EventsService(cfg)  # the recent-events store (`GET /api/events`): always there, first
+        self.services = [self.events, *(services or [])]
         self.duration_s = duration_s
         self.rings: dict[str, FrameRing] = {}
         self.captures: dict[str, CaptureLoop] = {}
@@ -439,6 +441,16 @@ class LivePipeline:
     def zone_counts(self, camera: str) -> Mapping[str, Mapping[str, int]]:
         """Announced tracked objects in each zone of a camera: `{zone: {label: n, "all": n}}`."""
         return self.tracking.zone_counts(camera)
+
+    def recent_events(
+        self, camera: str | None = None, label: str | None = None, zone: str | None = None, limit: int = 50
+    ) -> list[dict]:
+        """Recent tracked objects newest first, filtered (`EventsService.recent`)."""
+        return self.events.recent(camera, label, zone, limit)
+
+    def event_snapshot(self, event_id: str) -> bytes | None:
+        """An event's JPEG snapshot, None when unknown or none yet (`EventsService.snapshot`)."""
+        return self.events.snapshot(event_id)
 
     @property
     def worker_restarts(self) -> int:

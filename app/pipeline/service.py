@@ -81,6 +81,28 @@ class PipelineControl(Protocol):
         """Announced tracked objects in each zone of a camera: `{zone: {label: n, "all": n}}`."""
         ...
 
+    def recent_events(
+        self, camera: str | None = None, label: str | None = None, zone: str | None = None, limit: int = 50
+    ) -> list[dict]:
+        """Recent tracked objects, one entry per object, newest first (`GET /api/events`, README "Events").
+
+        Args:
+            camera: Only this camera's (None: all).
+            label: Only this label (None: all).
+            zone: Only objects that are or were in this zone (None: all).
+            limit: At most this many (>= 0).
+
+        Returns:
+            Entries as JSON dicts (`id`, `camera`, `label`, `track_id`, `start_time`, `end_time`, `top_score`,
+            `score`, `current_zones`, `entered_zones`, `stationary`, `box`, `box_normalized`, `has_snapshot`,
+            `snapshot_url`, `last_event`).
+        """
+        ...
+
+    def event_snapshot(self, event_id: str) -> bytes | None:
+        """The JPEG snapshot of a recent event's object; None when the id is unknown or it has none yet."""
+        ...
+
     def request_stop(self, reason: str = "requested") -> None:
         """End the run (idempotent)."""
         ...

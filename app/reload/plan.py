@@ -30,6 +30,7 @@ LIVE_ACTION = {
     "budget": "latency budget monitors reconfigured",
     "monitoring": "drift monitors reconfigured",
     "debug": "used by captures and workers started from now on",
+    "events": "event store bound and snapshot settings applied (entries beyond the new bound dropped)",
 }
 THRESHOLD_KEYS = frozenset({"model.conf", "model.iou"})
 RING_KEYS = ("ring_slots", "max_width", "max_height")

@@ -25,7 +25,7 @@ from app.pipeline.service import PipelineControl, ServiceBase
 from app.ring import FrameRing
 from app.secret_files import read_secret_file
 from app.tracking.objects import ObjectEvent
-from app.web import budget_api, config_api, ice, model_api
+from app.web import budget_api, config_api, events_api, ice, model_api
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
 from app.web.client_errors import ClientErrorsQuiet
 from app.web.detect_api import API_KEY_PENDING, DEEPSTACK_PATH, DetectApi
@@ -240,6 +240,7 @@ class WebService(ServiceBase):
         budget_api.add_routes(app, lambda: self._pipeline)
         model_api.add_routes(app, lambda: self._pipeline)
         config_api.add_routes(app, lambda: self._pipeline)
+        events_api.add_routes(app, lambda: self._pipeline)
         app.router.add_get("/api/ws", self.stream.handle)
         app.router.add_static("/static/", str(resources.files("app.web") / "static"), show_index=False)
         return app
