@@ -65,6 +65,10 @@
     const t = tiles.get(name);
     if (!t || v.grid.view !== "grid") { if (t) t.running = false; return; }
     const st = tileStats(name);
+    if (document.hidden) {  // a background tab: no requests, look again later
+      setTimeout(() => refresh(name), 1000 / gridFps);
+      return;
+    }
     try {
       const res = await fetch(`/api/cameras/${encodeURIComponent(name)}/latest.jpg?width=${wantedWidth(t)}`,
         { headers: v.headers, cache: "no-store" });
