@@ -2,7 +2,7 @@
 
 Hues step by the golden angle, so neighbouring class ids (person 0, bicycle 1, car 2, ...) get clearly
 different colours and any number of classes stays distinct; nothing depends on a label's name.
-The page computes the same colours in app/web/static/app.js (classColor).
+The page computes the same colours in app/web/static/overlay.js (classColor).
 """
 
 from __future__ import annotations

@@ -365,6 +365,10 @@ class HttpConfig(_Strict):
     preview_keyframe_s: float = Field(2.0, gt=0, description="keyframe interval of the shared encoder")
     preview_nice: int = Field(10, ge=0, le=19, description="encoder thread niceness above the main process")
     server_side_boxes: bool = Field(False, description="draw boxes into the video (for clients without the page)")
+    grid_fps: float = Field(
+        1.0, gt=0, le=10, description="the preview page's camera grid reloads each tile's newest frame (JPEG) this "
+        "often per second",
+    )  # fmt: skip
     tls_cert_file: str | None = Field(None, description="serve HTTPS with this certificate")
     tls_key_file: str | None = None
     ice_servers: list[IceServer] = Field(default_factory=list, description="STUN/TURN; none = host candidates")

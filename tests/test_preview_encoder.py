@@ -62,7 +62,7 @@ def test_server_side_boxes_are_drawn_in_place() -> None:
 
 def test_boxes_are_coloured_by_class_id_not_by_label() -> None:
     """Any model's labels (COCO, the fall model's, one's own) get distinct colours by id; the page's
-    classColor in app.js computes the same golden-angle hues."""
+    classColor in overlay.js computes the same golden-angle hues."""
     from app.colors import class_color_bgr, class_color_rgb
 
     colours = [class_color_rgb(i) for i in range(80)]

@@ -27,10 +27,12 @@ from app.secret_files import read_secret_file
 from app.tracking.objects import ObjectEvent
 from app.web import budget_api, config_api, events_api, ice, model_api
 from app.web.auth import TokenError, presented_token, resolve_token, token_matches
+from app.web.camera_info import camera_document
 from app.web.client_errors import ClientErrorsQuiet
 from app.web.detect_api import API_KEY_PENDING, DEEPSTACK_PATH, DetectApi
 from app.web.encoder import EncodedFrame, PreviewEncoder
 from app.web.errors import json_error, json_errors
+from app.web.latest_api import LatestFrameApi
 from app.web.metrics import Metrics
 from app.web.signalling import answer_offer, parse_offer
 from app.web.stream import StreamHub
@@ -77,6 +79,11 @@ class WebService(ServiceBase):
         self._quiet = ClientErrorsQuiet()
         self.detect_api = DetectApi(cfg, lambda: self._pipeline, self.metrics)
         self.stream = StreamHub(cfg.device_id, [c.name for c in cfg.cameras], cfg.api)
+        self.latest = LatestFrameApi(
+            lambda: [c.name for c in self.cfg.cameras],
+            lambda: self._pipeline.rings if self._pipeline else None,
+            self.hcfg.preview_nice,
+        )
         self.names: dict[int, str] = {}
         self._overlay: dict[str, list[dict]] = {}
         self._pipeline: PipelineControl | None = None
@@ -169,6 +176,7 @@ class WebService(ServiceBase):
         await self.viewers.close_all()
         for enc in self.encoders.values():
             await enc.stop()
+        self.latest.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -235,6 +243,7 @@ class WebService(ServiceBase):
         app.router.add_get("/api/stats", self._stats_handler)
         app.router.add_get("/api/config", self._config)
         app.router.add_get("/api/cameras", self._cameras)
+        self.latest.add_routes(app)
         app.router.add_post("/api/webrtc/offer", self._offer)
         self.detect_api.add_routes(app)
         budget_api.add_routes(app, lambda: self._pipeline)
@@ -297,9 +306,9 @@ class WebService(ServiceBase):
         return web.json_response(redact(self.cfg.model_dump(mode="json")))
 
     async def _cameras(self, request: web.Request) -> web.Response:
-        cams = [{"name": c.name, "viewers": len(self.viewers.viewers(c.name))} for c in self.cfg.cameras]
+        cams = [camera_document(c, len(self.viewers.viewers(c.name))) for c in self.cfg.cameras]
         return web.json_response({"cameras": cams, "max_viewers": self.hcfg.max_viewers,
-                                  "preview_fps": self.hcfg.preview_fps})  # fmt: skip
+                                  "preview_fps": self.hcfg.preview_fps, "grid_fps": self.hcfg.grid_fps})  # fmt: skip
 
     async def _offer(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":

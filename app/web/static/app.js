@@ -1,12 +1,10 @@
-// Vigil preview: WebRTC video of one camera plus a canvas overlay of detections from the
+// Vigil preview, the large view: WebRTC video of one camera plus a canvas overlay of detections from the
 // "detections" DataChannel. The server announces every video frame as {seq, pts}; pts is the RTP
 // timestamp minus an origin this page learns, so a decoded frame maps to its capture sequence number
-// and is drawn with the boxes of that very frame (or the newest earlier one).
+// and is drawn with the boxes of that very frame (or the newest earlier one). Zones, masks and (as an
+// option) the detector's regions are drawn under the boxes (overlay.js). The grid (grid.js) opens it.
 "use strict";
 
-const params = new URLSearchParams(location.search);
-const token = params.get("token");
-const headers = token ? { Authorization: "Bearer " + token } : {};
 const $ = (id) => document.getElementById(id);
 const video = $("video"), overlay = $("overlay"), ctx = overlay.getContext("2d");
 
@@ -18,20 +16,16 @@ const state = {
   shownSeq: null, resultTimes: [], lagMs: [],
 };
 // Read by the browser tests: proof that video plays and boxes are drawn.
-window.vigil = { boxesDrawn: 0, framesMatched: 0, detections: 0, state: "idle", lastBoxes: 0 };
+Object.assign(window.vigil, {
+  boxesDrawn: 0, framesMatched: 0, detections: 0, state: "idle", lastBoxes: 0,
+  largeZonesDrawn: 0, largeRegionsDrawn: 0,
+});
 
 function setState(s) {
   window.vigil.state = s;
   const el = $("state");
   el.textContent = s;
   el.className = "state " + s;
-}
-
-async function api(path, init = {}) {
-  const res = await fetch(path, { ...init, headers: { ...headers, ...(init.headers || {}) } });
-  const body = await res.json().catch(() => ({}));
-  if (!res.ok) throw new Error(body.error || res.statusText);
-  return body;
 }
 
 function waitForIce(pc, ms) {
@@ -64,28 +58,32 @@ async function connect() {
   };
   await pc.setLocalDescription(await pc.createOffer());
   await waitForIce(pc, 2000);
+  if (state.pc !== pc) return;  // the view was closed or switched meanwhile
   try {
-    const answer = await api("/api/webrtc/offer", {
+    const answer = await window.vigil.api("/api/webrtc/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp, camera: state.camera }),
     });
+    if (state.pc !== pc) return;
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     $("message").textContent = "";
   } catch (err) {
+    if (state.pc !== pc) return;
     $("message").textContent = String(err.message || err);
     scheduleReconnect();
   }
 }
 
 function close() {
+  clearTimeout(state.reconnectTimer);
   if (state.pc) { const pc = state.pc; state.pc = null; pc.close(); }
 }
 
 function scheduleReconnect() {
   close();
   setState("reconnecting");
-  setTimeout(connect, state.retry);
+  state.reconnectTimer = setTimeout(connect, state.retry);
   state.retry = Math.min(state.retry * 2, 15000);
 }
 
@@ -143,7 +141,7 @@ function onVideoFrame(now, meta) {
     draw(state.detections[state.detections.length - 1] || null);
   }
   $("vid").textContent = `${video.videoWidth}×${video.videoHeight}`;
-  video.requestVideoFrameCallback(onVideoFrame);
+  state.vfc = video.requestVideoFrameCallback(onVideoFrame);
 }
 
 // Results trail the video by the detector's latency; holding the video back by that much
@@ -159,55 +157,48 @@ function syncDelay(aheadMs) {
   if (Math.abs((r.jitterBufferTarget || 0) - want) > 40) r.jitterBufferTarget = want;
 }
 
-// The same colours as app/colors.py: hues a golden angle apart by class id, whatever the labels are.
-function classColor(classId) {
-  const hue = (classId * 0.618033988749895) % 1;
-  const [s, v] = [0.75, 0.95];
-  const f = (n) => {
-    const k = (n + hue * 6) % 6;
-    return Math.round(255 * (v - v * s * Math.max(0, Math.min(k, 4 - k, 1))));
-  };
-  return `rgb(${f(5)}, ${f(3)}, ${f(1)})`;
-}
-
 function draw(msg) {
+  const v = window.vigil;
   const w = video.clientWidth, h = video.clientHeight;
   if (overlay.width !== w || overlay.height !== h) { overlay.width = w; overlay.height = h; }
   ctx.clearRect(0, 0, w, h);
+  if (!state.camera) return;
+  v.largeZonesDrawn += v.overlay.drawGeometry(ctx, state.camera, w, h).zones;
+  const result = msg ? v.resultFor(state.camera, msg.seq) : v.latestResult(state.camera);
+  if (v.showRegions) v.largeRegionsDrawn += v.overlay.drawRegions(ctx, result, w, h);
+  $("motion").textContent = !result || result.motion == null ? "off" : result.motion ? "yes" : "no";
   if (!msg) return;
-  ctx.lineWidth = 2;
-  ctx.font = "12px system-ui, sans-serif";
-  for (const b of msg.boxes) {
-    const [x1, y1, x2, y2] = b.box_norm;
-    const color = classColor(b.class_id ?? 0);
-    ctx.strokeStyle = color;
-    ctx.strokeRect(x1 * w, y1 * h, (x2 - x1) * w, (y2 - y1) * h);
-    const text = `${b.label} ${b.confidence.toFixed(2)}`;
-    ctx.fillStyle = color;
-    ctx.fillRect(x1 * w, Math.max(0, y1 * h - 15), ctx.measureText(text).width + 6, 15);
-    ctx.fillStyle = "#000";
-    ctx.fillText(text, x1 * w + 3, Math.max(11, y1 * h - 3));
-  }
-  window.vigil.boxesDrawn += msg.boxes.length;
-  window.vigil.lastBoxes = msg.boxes.length;
+  v.overlay.drawBoxes(ctx, msg.boxes, w, h);
+  v.boxesDrawn += msg.boxes.length;
+  v.lastBoxes = msg.boxes.length;
   $("boxes").textContent = String(msg.boxes.length);
 }
 
-async function main() {
-  try {
-    const info = await api("/api/cameras");
-    const select = $("camera");
-    for (const c of info.cameras) select.add(new Option(c.name, c.name));
-    state.camera = params.get("camera") || info.cameras[0].name;
-    select.value = state.camera;
-    select.onchange = () => { state.camera = select.value; connect(); };
-  } catch (err) {
-    $("message").textContent = String(err.message || err);
-    setState("failed");
-    return;
+// Show one camera large (WebRTC); `cameras` fills the camera picker.
+function openLarge(camera, cameras) {
+  const select = $("camera");
+  if (select.options.length !== cameras.length) {
+    select.replaceChildren(...cameras.map((c) => new Option(c, c)));
+    select.onchange = () => { state.camera = select.value; window.vigil.largeCamera = state.camera; connect(); };
   }
-  if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) video.requestVideoFrameCallback(onVideoFrame);
+  state.camera = camera;
+  window.vigil.largeCamera = camera;
+  select.value = camera;
+  if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
+    if (state.vfc != null) video.cancelVideoFrameCallback(state.vfc);
+    state.vfc = video.requestVideoFrameCallback(onVideoFrame);
+  }
+  state.retry = 1000;
   connect();
 }
 
-main();
+// Leave the large view: the peer connection goes (the server's viewer slot with it).
+function closeLarge() {
+  close();
+  state.camera = null;
+  window.vigil.largeCamera = null;
+  video.srcObject = null;
+  setState("idle");
+}
+
+window.vigil.large = { open: openLarge, close: closeLarge };
