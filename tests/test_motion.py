@@ -237,3 +237,16 @@ def test_a_motion_change_in_a_reload_restarts_the_camera() -> None:
     new = camera(Path("cam.mp4"), motion={"threshold": 30, "mask": [RIGHT_HALF]})
     changes, keys = camera_changes([old], [new])
     assert changes.changed == ("t",) and keys == ["cameras.t.motion.mask", "cameras.t.motion.threshold"]
+
+
+@pytest.mark.parametrize("gain", [0.4, 2.0], ids=["darker-x0.4", "brighter-x2"])
+def test_a_mover_stays_seen_through_a_lighting_step_and_nothing_else_moves(tmp_path: Path, gain: float) -> None:
+    clip = moving_clip(tmp_path / "mover-step.mp4", seconds=4.0, lighting_step=(15, gain))
+    results = run(clip)
+    band = (0, 80 - 2 * TOLERANCE, 320, 160 + 2 * TOLERANCE)  # the rows the mover crosses (y 80..160)
+    for i, (r, obj) in enumerate(zip(results, clip.object_boxes, strict=True)):
+        if obj is None or obj[2] - obj[0] < 16 or i in (15, 16):  # the step frame and the next may be anything
+            continue
+        assert r.motion, f"frame {i}: the mover is lost"
+        assert covers(union(b for b in r.boxes if overlaps(b, obj)), obj), f"frame {i}: {obj} vs {r.boxes}"
+        assert all(overlaps(b, band) for b in r.boxes), f"frame {i}: motion away from the mover {r.boxes}"

@@ -48,6 +48,7 @@ CONTRAST_PERCENTILES = (4.0, 96.0)  # the grey levels stretched to 0 and 255
 MIN_CONTRAST_SPAN = 48  # grey levels: a flat scene is stretched at most 255/48 ~ 5x (noise grows with it)
 TONE_BINS = 32  # background grey levels are grouped 8 a bin to estimate the global tone change
 MIN_BIN_PIXELS = 16  # bins with fewer pixels take their offset from their neighbours
+_GRID = np.arange(256, dtype=np.float32)
 _DILATE_KERNEL = np.ones((3, 3), np.uint8)
 _DILATE_ITERATIONS = 2
 
@@ -145,7 +146,8 @@ class MotionDetector:
             self._learn_from(raw)
             return MotionResult(False, (), 0.0, False, True, _ms_since(t0))
         grey = self._normalised(raw)
-        diff, tone_shift = self._compensated_diff(grey, cv2.convertScaleAbs(self._bg()))
+        bg = self._bg()
+        diff, tone_shift = self._compensated_diff(grey, cv2.convertScaleAbs(bg))
         changed = cv2.threshold(diff, self.cfg.threshold, 255, cv2.THRESH_BINARY)[1]
         if self._masked:
             changed = cv2.bitwise_and(changed, self._keep)
@@ -159,7 +161,7 @@ class MotionDetector:
             # Lighting and more (a cut, a pan, an IR switch that changes textures): this frame's motion
             # counts; the next frames are compared with the new scene.
         else:
-            cv2.accumulateWeighted(grey, self._bg(), self.cfg.frame_alpha)
+            cv2.accumulateWeighted(grey, bg, self.cfg.frame_alpha)
         boxes = self._boxes(changed) if fraction > 0 else ()
         return MotionResult(bool(boxes), boxes, fraction, False, False, _ms_since(t0))
 
@@ -219,9 +221,8 @@ class MotionDetector:
         offsets = (now - before)[populated].astype(np.float32)
         weights = counts[populated]
         shift = float(np.abs(offsets) @ weights / weights.sum())
-        grid = np.arange(256, dtype=np.float32)
-        lut = np.clip(grid + np.interp(grid, before[populated], offsets), 0, 255).astype(np.uint8)
-        return cv2.absdiff(grey, cv2.LUT(bg, lut)), shift
+        curve = np.clip(np.round(_GRID + np.interp(_GRID, before[populated], offsets)), 0, 255).astype(np.uint8)
+        return cv2.absdiff(grey, cv2.LUT(bg, curve)), shift
 
     def _boxes(self, changed: np.ndarray) -> tuple[Box, ...]:
         grown = cv2.dilate(changed, _DILATE_KERNEL, iterations=_DILATE_ITERATIONS)

@@ -101,16 +101,21 @@ def moving_clip(
     object_size: tuple[int, int] | None = None,
     region: Sequence[Sequence[float]] | None = None,
     lead_frames: int = 5,
+    lighting_step: tuple[int, float] | None = None,
     seed: int = 0,
 ) -> Clip:
-    """A still bikes.mp4 frame; after `lead_frames` of it alone, a dark textured block (a person-sized mover)
-    enters at the left edge, crosses the frame at a steady pace and leaves at the right edge on the last frame.
+    """A still bikes.mp4 frame with a person-sized mover crossing it.
+
+    After `lead_frames` of the scene alone, a block of dark and light patches enters at the left edge, crosses
+    the frame at a steady pace and leaves at the right edge on the last frame.
 
     Args:
         object_size: (w, h) px of the block; about 1/8 x 1/3 of the frame when None.
         region: A polygon (0..1 of the frame): the block is seen only inside it (elsewhere the background
             shows), so motion happens only there; None: everywhere. `object_boxes` are then the parts inside
             the polygon's bounding box (None where the block is outside it).
+        lighting_step: (frame, gain): from that frame on the whole picture, mover included, is `gain` times as
+            bright (as in `lighting_step_clip`); `step_frame` says which.
     """
     rng = np.random.default_rng(seed)
     w, h = size
@@ -140,10 +145,12 @@ def moving_clip(
                 if len(xs):
                     box = (x1 + int(xs.min()), y + int(ys.min()), x1 + int(xs.max()) + 1, y + int(ys.max()) + 1)
             boxes.append(box)
+            if lighting_step is not None and i >= lighting_step[0]:
+                img *= lighting_step[1]
             yield _noisy(img, noise_sigma, rng)
 
     _write(path, frames(), size, fps)
-    return Clip(path, size, fps, n, tuple(boxes))
+    return Clip(path, size, fps, n, tuple(boxes), None if lighting_step is None else lighting_step[0])
 
 
 def lighting_step_clip(
