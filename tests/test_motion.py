@@ -250,3 +250,13 @@ def test_a_mover_stays_seen_through_a_lighting_step_and_nothing_else_moves(tmp_p
         assert r.motion, f"frame {i}: the mover is lost"
         assert covers(union(b for b in r.boxes if overlaps(b, obj)), obj), f"frame {i}: {obj} vs {r.boxes}"
         assert all(overlaps(b, band) for b in r.boxes), f"frame {i}: motion away from the mover {r.boxes}"
+
+
+def test_capture_counts_a_lighting_change(tmp_path: Path) -> None:
+    clip = lighting_step_clip(tmp_path / "step.mp4", seconds=3.0, gain=2.0)
+    metas, loop = capture(clip, camera(clip.path))
+    step = clip.step_frame
+    assert step is not None
+    assert all(step <= i < step + 2 for i, m in enumerate(metas) if m.motion), "a couple of frames at most"
+    assert loop.counters.lighting_changes >= 1
+    assert CameraStats("t", loop.counters).as_dict()["motion"]["lighting_changes"] == loop.counters.lighting_changes

@@ -108,6 +108,7 @@ class CaptureLoop(threading.Thread):
         self._backoff = Backoff(r.initial_s, r.max_s, r.factor)
         self._last_error = ""
         self._motion: MotionDetector | None = None  # built on the first frame; it follows size changes itself
+        self._motion_failed = False  # logged once
         self.counters.motion_enabled = camera.motion.enabled
 
     def stop(self) -> None:
@@ -234,9 +235,16 @@ class CaptureLoop(threading.Thread):
         """The motion detector's verdict on a frame as it goes into the ring (None when motion is off), counted."""
         if not self.camera.motion.enabled:
             return None
-        if self._motion is None:
-            self._motion = MotionDetector(self.camera.motion, (image.shape[1], image.shape[0]))
-        result = self._motion.detect(image)
+        try:
+            if self._motion is None:
+                self._motion = MotionDetector(self.camera.motion, (image.shape[1], image.shape[0]))
+            result = self._motion.detect(image)
+        except Exception:  # a motion bug must not stop the camera: the frame goes on as "motion unknown"
+            if not self._motion_failed:
+                log.exception("camera %s: motion detection failed; frames go on without it", self.camera.name)
+                self._motion_failed = True
+            self._motion = None  # start afresh on the next frame
+            return None
         c = self.counters
         c.motion_checked += 1
         c.motion_frames += result.motion
