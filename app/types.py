@@ -120,3 +120,8 @@ class CaptureCounters:
     width: int = 0  # size of the newest frame as the source delivered it (before any downscale)
     height: int = 0
     resolution_changes: int = 0
+    motion_enabled: bool = False  # the camera's `motion.enabled` (set by its capture loop)
+    motion_checked: int = 0  # frames through the motion detector
+    motion_frames: int = 0  # ... that had motion
+    lighting_changes: int = 0  # ... that were camera-level lighting changes (the background restarted)
+    motion_ms_total: float = 0.0  # time in the motion detector, ms

@@ -1,4 +1,4 @@
-"""The capture thread of one camera: source -> pacing -> timestamps -> frame ring.
+"""The capture thread of one camera: source -> pacing -> timestamps -> motion -> frame ring.
 
 It never gives up and never raises: a source that fails to open, vanishes or ends (when live) is
 reopened with exponential backoff, and every problem is counted where stats can see it. OpenCV
@@ -20,6 +20,7 @@ from app.capture.backoff import Backoff
 from app.capture.ffmpeg import fit_size
 from app.capture.sources import FrameSource, SourceError, open_source
 from app.config import CameraConfig, FaultsConfig, redact_url
+from app.motion import MotionDetector, MotionResult
 from app.ring import FrameRing
 from app.types import CaptureCounters
 
@@ -70,10 +71,10 @@ class Pacer:
 
 
 class CaptureLoop(threading.Thread):
-    """The daemon thread that keeps one camera's frames flowing into its ring.
+    """The daemon thread that keeps one camera's frames flowing into its ring, each with its motion verdict.
 
     Args:
-        camera: The camera's config (source, size bound, pacing, looping, reconnect backoff).
+        camera: The camera's config (source, size bound, pacing, looping, reconnect backoff, motion).
         ring: The ring it writes; frames larger than the ring's slots are downscaled first.
         counters: Where it counts frames, failures and the last error for stats; a fresh one when None.
         source_factory: Builds the source for ``camera.source`` on every (re)connect.
@@ -106,6 +107,9 @@ class CaptureLoop(threading.Thread):
         r = camera.reconnect
         self._backoff = Backoff(r.initial_s, r.max_s, r.factor)
         self._last_error = ""
+        self._motion: MotionDetector | None = None  # built on the first frame; it follows size changes itself
+        self._motion_failed = False  # logged once
+        self.counters.motion_enabled = camera.motion.enabled
 
     def stop(self) -> None:
         """Ask the thread to finish; it stops at the next frame or backoff wait (join it to wait)."""
@@ -181,10 +185,13 @@ class CaptureLoop(threading.Thread):
                 break
             mono_ns, wall = time.monotonic_ns(), time.time()
             image = self._fit(frame.image)
+            motion = self._detect_motion(image)
             with self.write_lock:
                 if self._abandoned.is_set():
                     return "stopped"
-                self.ring.write(image, index=frame.index, pts=frame.pts, captured_mono_ns=mono_ns, captured_wall=wall)
+                self.ring.write(image, index=frame.index, pts=frame.pts, captured_mono_ns=mono_ns, captured_wall=wall,
+                                motion=None if motion is None else motion.motion,
+                                motion_boxes=() if motion is None else motion.boxes)  # fmt: skip
             c = self.counters
             c.frames += 1
             c.last_frame_mono_ns = mono_ns
@@ -223,6 +230,27 @@ class CaptureLoop(threading.Thread):
         if size == (w, h):
             return image
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    def _detect_motion(self, image: np.ndarray) -> MotionResult | None:
+        """The motion detector's verdict on a frame as it goes into the ring (None when motion is off), counted."""
+        if not self.camera.motion.enabled:
+            return None
+        try:
+            if self._motion is None:
+                self._motion = MotionDetector(self.camera.motion, (image.shape[1], image.shape[0]))
+            result = self._motion.detect(image)
+        except Exception:  # a motion bug must not stop the camera: the frame goes on as "motion unknown"
+            if not self._motion_failed:
+                log.exception("camera %s: motion detection failed; frames go on without it", self.camera.name)
+                self._motion_failed = True
+            self._motion = None  # start afresh on the next frame
+            return None
+        c = self.counters
+        c.motion_checked += 1
+        c.motion_frames += result.motion
+        c.lighting_changes += result.lighting_change
+        c.motion_ms_total += result.ms
+        return result
 
     def _note_error(self, msg: str) -> None:
         msg = redact_url(msg)  # library errors may repeat the source URL, credentials and all

@@ -145,6 +145,13 @@ class CameraStats:
             "width": c.width or None,
             "height": c.height or None,
             "resolution_changes": c.resolution_changes,
+            "motion": {
+                "enabled": c.motion_enabled,
+                "motion_frames": c.motion_frames,
+                "active_fraction": round(c.motion_frames / c.motion_checked, 3) if c.motion_checked else None,
+                "lighting_changes": c.lighting_changes,
+                "ms_avg": round(c.motion_ms_total / c.motion_checked, 3) if c.motion_checked else None,
+            },
             "last_error": c.last_error or None,
             "preprocess_ms": self.preprocess_ms.summary(),
             "inference_ms": self.inference_ms.summary(),

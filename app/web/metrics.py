@@ -33,12 +33,22 @@ class _PipelineCollector(Collector):
         }
         families = {k: CounterMetricFamily(name, doc_, labels=["camera"]) for k, (name, doc_) in counters.items()}
         connected = GaugeMetricFamily("vigil_camera_connected", "1 while the camera delivers", labels=["camera"])
+        motion = CounterMetricFamily("vigil_motion_frames", "frames in which the motion detector saw motion",
+                                     labels=["camera"])  # fmt: skip
+        lighting = CounterMetricFamily("vigil_motion_lighting_changes", "camera-level lighting changes",
+                                       labels=["camera"])  # fmt: skip
         for cam, c in doc.get("cameras", {}).items():
             for key, fam in families.items():
                 fam.add_metric([cam], float(c.get(key) or 0))
             connected.add_metric([cam], 1.0 if c.get("connected") else 0.0)
+            m = c.get("motion") or {}
+            if m.get("enabled"):
+                motion.add_metric([cam], float(m.get("motion_frames") or 0))
+                lighting.add_metric([cam], float(m.get("lighting_changes") or 0))
         yield from families.values()
         yield connected
+        yield motion
+        yield lighting
         worker = doc.get("worker") or {}
         yield CounterMetricFamily("vigil_worker_restarts", "worker restarts", value=worker.get("restarts", 0))
         yield CounterMetricFamily("vigil_worker_recycles", "blue-green recycles", value=worker.get("recycles", 0))
