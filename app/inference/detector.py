@@ -210,6 +210,40 @@ class Detector:
         outputs = self.backend.infer_frame(tensor) if isinstance(tensor, StagedFrame) else self.backend.infer(tensor)
         return outputs, _ms_since(t0)
 
+    @property
+    def batch_capacity(self) -> int:
+        """Inputs one ``infer_batch`` call takes at most.
+
+        1 for a fixed batch of 1 or a backend that letterboxes on its device (staged frames go one at a time), the
+        backend's ``batch_capacity`` otherwise.
+        """
+        if self.backend.preprocesses_on_device:
+            return 1
+        return max(1, self.backend.batch_capacity)
+
+    def infer_batch(self, tensors: list[np.ndarray]) -> tuple[list[list[np.ndarray]], float]:
+        """Run several prepared ``(1, 3, h, w)`` tensors as one backend call.
+
+        Args:
+            tensors: What ``prepare`` returned (tensors, not staged frames), at most ``batch_capacity`` of them.
+
+        Returns:
+            ``(per_input, ms)``: for each input, the model outputs sliced to its batch item (batch dimension kept
+            1, as ``decode`` expects), and the time the call took.
+
+        Raises:
+            BackendError: The backend failed to run. ValueError: more inputs than ``batch_capacity``.
+        """
+        if len(tensors) > self.batch_capacity:
+            raise ValueError(f"{len(tensors)} inputs in one call; the model takes {self.batch_capacity} at most")
+        if len(tensors) == 1:
+            outputs, ms = self.infer(tensors[0])
+            return [outputs], ms
+        t0 = time.perf_counter()
+        outputs = self.backend.infer(np.concatenate(tensors, axis=0))
+        ms = _ms_since(t0)
+        return [[o[i : i + 1] for o in outputs] for i in range(len(tensors))], ms
+
     def decode(
         self, outputs: list[np.ndarray], geometry: LetterboxGeometry, params: DecodeParams | None = None
     ) -> tuple[Detections, float]:
