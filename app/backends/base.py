@@ -59,7 +59,7 @@ class Backend(ABC):
     @property
     @abstractmethod
     def inputs(self) -> list[TensorSpec]:
-        """The model inputs, in model order (the first is the `(1, 3, H, W)` image tensor)."""
+        """The model inputs, in model order (the first is the `(B, 3, H, W)` image tensor; see `batch_capacity`)."""
 
     @property
     @abstractmethod

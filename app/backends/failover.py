@@ -104,7 +104,7 @@ class FailoverBackend(Backend):
         return self.primary.preprocesses_on_device
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run the serving backend on a ``(1, 3, H, W)`` RGB 0..1 batch; outputs in ``outputs`` order.
+        """Run the serving backend on a ``(B, 3, H, W)`` RGB 0..1 batch; outputs in ``outputs`` order.
 
         Raises:
             Exception: The primary's error while below ``max_failures``, or any error of the fallback.
