@@ -216,7 +216,8 @@ def render_regions(results: dict) -> list[str]:
     if b:
         lines += [
             f"Batching ({b['backend']}, {b['providers']}, input {b['input_hw'][0]}x{b['input_hw'][1]}, medians of "
-            f"{b['repeats']} interleaved repeats): batch-N vs N x batch-1, inputs/s. Batching pays here: "
+            f"{b['repeats']} interleaved repeats): batch-N vs N x batch-1, inputs/s; N = 1 is the control (the same "
+            "work both ways: its ratio is the noise). Batching pays here (every N > 1 at least 1.1x): "
             f"**{'yes' if b['batching_pays'] else 'no'}**.",
             "",
             "| N | batched inputs/s | N x batch-1 inputs/s | batched / single |",
