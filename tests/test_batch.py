@@ -214,3 +214,43 @@ def test_merge_drops_duplicates_and_boxes_cut_by_a_crop() -> None:
     c = Detections(np.array([[0, 10, 499, 20]], np.float32), np.array([0.5], np.float32), np.array([1], np.int32))
     assert len(merge_regions([(c, left), (Detections.empty(), right)], (1000, 500), params)) == 1
     assert len(merge_regions([], (10, 10), params)) == 0
+
+
+def test_regions_find_small_people_the_whole_frame_misses(coco: Detector, sample_video: Path) -> None:
+    """Frames of bikes.mp4 scaled so its people are ~1/10 of a 1080p frame high, on a grey 1920x1080 canvas: crops
+    around them (where motion would be) find them; the 416 letterbox of the whole frame shrinks them away. The same
+    measurement as `vigil bench --modes small`, on two frames."""
+    from app.bench.regions_bench import matched
+    from app.inference.batch import StillFrame
+    from app.inference.regions import plan_regions
+
+    cap = cv2.VideoCapture(str(sample_video))
+    frames = []
+    while len(frames) <= 128:
+        ok, f = cap.read()
+        assert ok
+        frames.append(f)
+    cap.release()
+    for index in (115, 128):
+        f = frames[index]
+        ref = coco.detect(f)[0]
+        people = ref.xyxy[ref.class_id == 0]
+        assert len(people) >= 2
+        scale = 108 / float(np.median(people[:, 3] - people[:, 1]))
+        sw, sh = round(640 * scale), round(272 * scale)
+        canvas = np.full((1080, 1920, 3), PAD_VALUE, np.uint8)
+        x0, y0 = (1920 - sw) // 2, (1080 - sh) // 2
+        canvas[y0 : y0 + sh, x0 : x0 + sw] = cv2.resize(f, (sw, sh), interpolation=cv2.INTER_AREA)
+        mapped = people * np.array([sw / 640, sh / 272, sw / 640, sh / 272], np.float32) + np.array(
+            [x0, y0, x0, y0], np.float32
+        )
+        regions = plan_regions((1920, 1080), mapped.tolist(), [], coco.info.input_hw)
+        assert regions != full_frame(1920, 1080) and len(regions) == 1
+        crops, whole = detect_frames(
+            coco,
+            [FrameJob("a", StillFrame(canvas), regions), FrameJob("a", StillFrame(canvas), full_frame(1920, 1080))],
+        )
+        assert crops.detections is not None and whole.detections is not None
+        found = matched(mapped, crops.detections.xyxy[crops.detections.class_id == 0])
+        missed = matched(mapped, whole.detections.xyxy[whole.detections.class_id == 0])
+        assert found >= 2 and missed == 0, (index, found, missed)

@@ -100,7 +100,7 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def _found(refs: np.ndarray, got: np.ndarray) -> int:
+def matched(refs: np.ndarray, got: np.ndarray) -> int:
     """References matched one-to-one (greedy, best IoU first) by a detection at IoU >= 0.5."""
     if not len(refs) or not len(got):
         return 0
@@ -182,7 +182,7 @@ def bench_small(model: ModelConfig, source: str, n_frames: int) -> dict:
                     raise BenchError(f"detection failed: {o.error}")
                 got = o.detections.xyxy[o.detections.class_id == PERSON]
                 t = totals[name]
-                t.found += _found(mapped, got)
+                t.found += matched(mapped, got)
                 t.inputs += len(regions)
                 t.ms.append(ms)
         methods = {

@@ -22,14 +22,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     from app.engine.builder import BuildOptions, EngineBuildError, build_engine
     from app.engine.calibrate import evenly_spaced_frames
 
+    if not 1 <= args.max_batch <= 64:
+        raise UsageError(f"--max-batch must be 1..64, not {args.max_batch}")
     try:
         frames = [f for _, f in evenly_spaced_frames(args.source, args.frames)]
     except ValueError:
         frames = []
     if not frames:
         raise UsageError(f"no frames could be read from {args.source}")
-    if not 1 <= args.max_batch <= 64:
-        raise UsageError(f"--max-batch must be 1..64, not {args.max_batch}")
     legacy = Path("calibration") / args.legacy_calibrator if args.legacy_calibrator else None
     opts = BuildOptions(args.precision, args.imgsz, args.workspace_mb, args.dla_core, legacy, args.max_batch)
     try:
