@@ -117,13 +117,6 @@ def test_an_object_in_a_shifted_crop_is_found_at_the_same_place(coco: Detector, 
     np.testing.assert_array_equal(o.detections.class_id, ref.class_id)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
-
-
 def test_batched_equals_batch_one(coco: Detector, frames, rings) -> None:
     """Three frames with two crops each: six inputs as batches of 4 + 2 give the boxes of six batch-1 calls."""
     assert coco.batch_capacity > 4, "the default model has a dynamic batch axis"
