@@ -179,6 +179,9 @@ def test_dynamic_batch_engine_runs_regions_as_batches(monkeypatch, tmp_path: Pat
     try:
         assert det.backend.batch_capacity == 4 and not det.backend.runs_on_cpu
         assert batch_limit(det, 4) == (1 if gpu_preprocess else 4), "batching is on by default on a GPU"
+        emu.batches.clear()
+        det.warmup(1)
+        assert emu.batches == ([1] if gpu_preprocess else [1, 4]), "warm-up runs a full batch where it batches"
         jobs = _batch_jobs(frames)
         emu.batches.clear()
         got = detect_frames(det, jobs, max_batch=4)

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from app.backends import Backend, load_backend
-from app.backends.base import StagedFrame
+from app.backends.base import DYNAMIC_BATCH, StagedFrame
 from app.config import ModelConfig
 from app.inference.decode import DecodeParams, YoloDecoder
 from app.inference.model_info import ModelInfo, ModelShapeError
@@ -286,6 +286,8 @@ class Detector:
     def warmup(self, runs: int) -> float:
         """Run the whole pipeline ``runs`` times on a grey frame so the first real frame does not pay for lazy init.
 
+        A GPU backend with a bounded batch (a TensorRT engine's profile) also runs one full batch.
+
         Returns:
             Total time taken, in ms.
         """
@@ -294,6 +296,11 @@ class Detector:
         blank = np.full((h, w, 3), 114, np.uint8)
         for _ in range(runs):
             self.detect(blank)
+        b = self.backend
+        if runs and not b.runs_on_cpu and 1 < self.batch_capacity < DYNAMIC_BATCH:
+            # a GPU engine batches (app/inference/batch.py): its first full batch pays for shape binding here
+            tensor = self.preprocess(blank)[0]
+            self.infer_batch([tensor] * self.batch_capacity)
         return _ms_since(t0)
 
     def close(self) -> None:
