@@ -102,3 +102,26 @@ def test_bench_api_modes_write_their_own_block(tiny_model: Path, small_video: Pa
     text = md.read_text()
     assert core in text, "the core block is left alone"
     assert "Local inference service on CPU" in text and "WebSocket stream" in text
+
+
+def test_bench_batch_and_small_modes(coco_model: Path, sample_video: Path, tmp_path: Path) -> None:
+    """The regions block: batch-N vs N x batch-1 and the small-object recall, with the default model (the tiny
+    one has no batch axis); figures exist and are sane, no values asserted."""
+    from app.bench.report import BEGIN, END
+
+    md = tmp_path / "BENCH.md"
+    core = f"{BEGIN}\nold core figures\n{END}"
+    md.write_text(f"# Benchmarks\n\n{core}\n")
+    args = [sys.executable, "-m", "app", "bench", "--model", str(coco_model), "--source", str(sample_video),
+            "--modes", "batch,small", "--batch-repeats", "1", "--small-frames", "12", "--threads", "1",
+            "--json", "--markdown", str(md)]  # fmt: skip
+    res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)["modes"]
+    assert set(out["batch"]["sizes"]) == {"1", "2", "4", "8"}
+    assert all(r["batched_inputs_per_s"] > 0 and r["single_inputs_per_s"] > 0 for r in out["batch"]["sizes"].values())
+    small = out["small"]
+    assert small["reference_persons"] > 0 and set(small["methods"]) == {"regions", "full_frame"}
+    assert all(0 <= m["recall"] <= 1 for m in small["methods"].values())
+    text = md.read_text()
+    assert core in text and "Regions of interest and batching" in text and "| full frame |" in text

@@ -425,3 +425,8 @@ def test_engine_ensure_is_a_no_op_without_tensorrt_unless_tensorrt_is_required(t
     assert res.returncode == 2 and "model.backend tensorrt, but tensorrt is not installed" in res.stderr
     res = run_vigil("engine", "ensure", "--set", "model.bogus=1")
     assert res.returncode == 2 and "model.bogus" in res.stderr
+
+
+def test_engine_build_refuses_a_bad_max_batch() -> None:
+    res = run_vigil("engine", "build", "--max-batch", "0")
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == "error: --max-batch must be 1..64, not 0"

@@ -145,3 +145,57 @@ def test_gpu_failure_hands_staged_frames_to_onnxruntime(monkeypatch, tmp_path: P
 def test_zero_copy_setting() -> None:
     assert use_zero_copy("auto", integrated=True) and not use_zero_copy("auto", integrated=False)
     assert use_zero_copy("on", integrated=False) and not use_zero_copy("off", integrated=True)
+
+
+def _batch_jobs(frames: list[np.ndarray]) -> list:
+    """Three upscaled frames with two crops each: six model inputs."""
+    import cv2
+
+    from app.inference.batch import FrameJob, StillFrame
+
+    return [FrameJob("cam", StillFrame(cv2.resize(f, (1280, 544))), ((0, 0, 544, 544), (736, 0, 1280, 544)))
+            for f in frames[:3]]  # fmt: skip
+
+
+@pytest.mark.parametrize("gpu_preprocess", [False, True], ids=["cpu-letterbox-batched", "gpu-letterbox-batch-1"])
+def test_dynamic_batch_engine_runs_regions_as_batches(monkeypatch, tmp_path: Path, coco_model: Path, frames,
+                                                      host_kernel, gpu_preprocess: bool) -> None:  # fmt: skip
+    """An engine built with a profile over batch 1..4 (the default model has a dynamic batch axis): with the CPU
+    letterbox, six crops go as batches of 4 + 2 into buffers sized for 4 and give ONNX Runtime's batch-1 boxes;
+    with the GPU letterbox each staged crop goes alone (batch 1) through the same bound context."""
+    from app.inference.batch import batch_limit, detect_frames
+
+    emu = Emulator()
+    emu.install(monkeypatch)
+    monkeypatch.setattr("app.backends.gpu_preprocess.GpuLetterbox", lambda dt, **kw: HostLetterbox(host_kernel, dt))
+    meta = dict(ort.InferenceSession(str(coco_model), providers=["CPUExecutionProvider"]).get_modelmeta()
+                .custom_metadata_map)  # fmt: skip
+    engine = tmp_path / "coco.engine"
+    engine.write_bytes(with_header(Emulator.plan(coco_model, max_batch=4, imgsz=416), meta))
+    cfg = ModelConfig(path=str(engine), backend="tensorrt", max_batch=4)
+    cfg.tensorrt.gpu_preprocess = gpu_preprocess
+    det = Detector.from_config(cfg)
+    ref = Detector.from_config(ModelConfig(path=str(coco_model), threads=1))
+    try:
+        assert det.backend.batch_capacity == 4 and not det.backend.runs_on_cpu
+        assert batch_limit(det, 4) == (1 if gpu_preprocess else 4), "batching is on by default on a GPU"
+        emu.batches.clear()
+        det.warmup(1)
+        assert emu.batches == ([1] if gpu_preprocess else [1, 4]), "warm-up runs a full batch where it batches"
+        jobs = _batch_jobs(frames)
+        emu.batches.clear()
+        got = detect_frames(det, jobs, max_batch=4)
+        want = detect_frames(ref, jobs, max_batch=1)
+        assert emu.batches == ([1] * 6 if gpu_preprocess else [4, 2])
+        assert sum(len(o.detections or ()) for o in want) > 0
+        for a, b in zip(got, want):
+            assert a.error is None and a.detections is not None and b.detections is not None
+            _same(a.detections, b.detections, input_rounding=1e-4)
+        # a batch-1 call after the batched ones rebinds the context and still gives the detector's boxes
+        _same(det.detect(frames[0])[0], ref.detect(frames[0])[0], input_rounding=1e-4)
+        with pytest.raises(Exception, match="does not fit"):
+            det.backend.infer(np.zeros((5, 3, 416, 416), np.float32))
+    finally:
+        det.close()
+        ref.close()
+    assert emu.context_stack == [] and emu.contexts_alive == 0

@@ -12,9 +12,18 @@ import numpy as np
 import pytest
 
 from app.backends import BackendError, load_backend
-from app.backends.engine_cache import CacheMiss, EngineKey, Manifest, Validation, lookup, now_iso, write_manifest
+from app.backends.engine_cache import (
+    CacheMiss,
+    EngineKey,
+    Manifest,
+    Validation,
+    engine_batch,
+    lookup,
+    now_iso,
+    write_manifest,
+)
 from app.backends.plan_file import read_plan, split_plan, with_header
-from app.backends.tensorrt_io import IoTensor, bind, plan_io, set_addresses
+from app.backends.tensorrt_io import IoTensor, bind, bind_batch, plan_io, set_addresses
 from app.config import ModelConfig
 
 KEY = EngineKey("ab" * 32, "fp16", (1, 3, 640, 640), "8.7", "10.3.0")
@@ -162,6 +171,45 @@ def test_io_plan_dynamic_engine_resolves_within_the_profile() -> None:
     assert ctx.calls == [("shape", "images", (1, 3, 480, 640)), ("addr", "images", 0x1000), ("addr", "output0", 0x2000)]
     with pytest.raises(BackendError, match="outside its profile"):
         plan_io(_yolo_engine(dynamic=True), _Trt, input_hw=(2000, 2000))
+
+
+def test_io_plan_dynamic_batch_sizes_buffers_for_max_batch_and_rebinds_smaller_batches() -> None:
+    """An engine built with a profile over batch 1..8: buffers for min(model.max_batch, 8), and a smaller batch
+    rebinds the context (its outputs are a prefix of the buffers)."""
+    tensors = {"images": ("INPUT", "FLOAT", (-1, 3, 416, 416)), "output0": ("OUTPUT", "FLOAT", (-1, 84, 3549))}
+    engine = _Engine(tensors, {"images": ((1, 3, 416, 416), (8, 3, 416, 416), (8, 3, 416, 416))})
+    inputs, outputs = plan_io(engine, _Trt, max_batch=4)
+    assert inputs[0].shape == (4, 3, 416, 416)
+    assert plan_io(engine, _Trt, max_batch=32)[0][0].shape == (8, 3, 416, 416), "clamped to the profile"
+    assert plan_io(engine, _Trt)[0][0].shape == (1, 3, 416, 416), "batch 1 unless asked"
+    ctx = _Context({"output0": (4, 84, 3549)})
+    resolved = bind(ctx, inputs, outputs)
+    assert resolved[0].shape == (4, 84, 3549)
+    ctx._out = {"output0": (2, 84, 3549)}
+    assert bind_batch(ctx, inputs[0], resolved, 2) == [(2, 84, 3549)]
+    assert ctx.calls[-1] == ("shape", "images", (2, 3, 416, 416))
+    with pytest.raises(BackendError, match=r"outside 1\.\.4"):
+        bind_batch(ctx, inputs[0], resolved, 5)
+    ctx._out = {"output0": (8, 84, 3549)}  # an output larger than its buffer is refused, never written past
+    with pytest.raises(BackendError, match="its buffer is"):
+        bind_batch(ctx, inputs[0], resolved, 3)
+
+
+def test_engine_batch_and_key_follow_max_batch(tmp_path: Path, coco_model: Path, tiny_model: Path) -> None:
+    """The cache key's input shape is the profile's top: model.max_batch for a dynamic batch axis (so a changed
+    max_batch builds another engine), 1 for a model exported with batch 1."""
+    from app.engine.builder import profile_range
+
+    assert engine_batch(coco_model, 4) == 4 and engine_batch(coco_model, 1) == 1
+    assert engine_batch(tiny_model, 4) == 1
+    assert profile_range((-1, 3, -1, -1), 4, 416) == ((1, 3, 416, 416), (4, 3, 416, 416))
+    assert profile_range((1, 3, -1, -1), 4, 640) == ((1, 3, 640, 640), (1, 3, 640, 640))
+    k4 = dataclasses.replace(KEY, input_shape=(4, 3, 640, 640))
+    assert k4.filename("yolo") != KEY.filename("yolo")
+    _cached(tmp_path, k4)
+    with pytest.raises(CacheMiss, match="no engine"):
+        lookup(tmp_path, "yolo", KEY)
+    assert lookup(tmp_path, "yolo", k4).is_file()
 
 
 def test_io_plan_rejects_engines_that_are_not_single_image_detectors() -> None:

@@ -33,7 +33,8 @@ def _tensorrt(path: str | Path, cfg: ModelConfig) -> Backend:
     from app.backends.tensorrt import TensorRTBackend
 
     t = cfg.tensorrt
-    backend = TensorRTBackend(path, device=t.device, gpu_preprocess=t.gpu_preprocess, zero_copy=t.zero_copy)
+    backend = TensorRTBackend(path, device=t.device, gpu_preprocess=t.gpu_preprocess, zero_copy=t.zero_copy,
+                              max_batch=cfg.max_batch)  # fmt: skip
     backend.load()
     return backend
 

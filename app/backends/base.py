@@ -9,6 +9,8 @@ import numpy as np
 
 from app.letterbox import LetterboxGeometry, Preprocessor
 
+DYNAMIC_BATCH = 1 << 16  # `Backend.batch_capacity` of a dynamic batch axis: any batch the caller asks for
+
 
 class BackendError(RuntimeError):
     """The runtime could not load or run the model; the message says which model and why."""
@@ -57,7 +59,7 @@ class Backend(ABC):
     @property
     @abstractmethod
     def inputs(self) -> list[TensorSpec]:
-        """The model inputs, in model order (the first is the `(1, 3, H, W)` image tensor)."""
+        """The model inputs, in model order (the first is the `(B, 3, H, W)` image tensor; see `batch_capacity`)."""
 
     @property
     @abstractmethod
@@ -77,6 +79,22 @@ class Backend(ABC):
     @abstractmethod
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one batch; returns the outputs in `outputs` order."""
+
+    @property
+    def batch_capacity(self) -> int:
+        """How many images one `infer` call takes at most.
+
+        The input's batch dimension when it is fixed (usually 1), `DYNAMIC_BATCH` when it is dynamic (a symbolic or
+        negative dimension).
+        """
+        shape = self.inputs[0].shape if self.inputs else (1,)
+        dim = shape[0] if shape else 1
+        return dim if isinstance(dim, int) and dim > 0 else DYNAMIC_BATCH
+
+    @property
+    def runs_on_cpu(self) -> bool:
+        """True when the model executes on the host CPU (batching there buys little; see app/inference/batch.py)."""
+        return True
 
     @property
     def preprocesses_on_device(self) -> bool:

@@ -30,7 +30,9 @@ class EngineKey:
     Attributes:
         onnx_sha256: SHA-256 of the source ONNX file.
         precision: The build precision (fp32, fp16, int8).
-        input_shape: The static input shape the engine was built for, e.g. (1, 3, 640, 640).
+        input_shape: The input shape the engine was built for, at the top of its optimisation profile: (largest
+            batch, 3, H, W), e.g. (4, 3, 416, 416) for `model.max_batch: 4` on an ONNX with a dynamic batch axis,
+            (1, 3, 640, 640) for a fixed batch of 1. So `model.max_batch` is part of the key.
         compute_capability: The GPU's compute capability, "8.6", "8.7" (Orin), ...
         tensorrt_version: The TensorRT version that built it (engines are not portable across versions).
         dla_core: The Jetson DLA core, None for the GPU.
@@ -80,6 +82,21 @@ def engine_input_size(onnx_path: str | Path, imgsz: int | None) -> int:
         stride, size = 32, imgsz or 640
     stride = stride if 1 <= stride <= 256 else 32
     return -(-size // stride) * stride
+
+
+def engine_batch(onnx_path: str | Path, max_batch: int) -> int:
+    """The largest batch an engine of this ONNX is built and looked up for.
+
+    `max_batch` (`model.max_batch`) when the ONNX input's batch dimension is dynamic, else that fixed dimension
+    (an ONNX exported with batch 1 gives a batch-1 engine whatever `max_batch` says). Needs `onnx`.
+    """
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if dims and dims[0].dim_value > 0:
+        return int(dims[0].dim_value)
+    return max(1, max_batch)
 
 
 @dataclass
@@ -202,6 +219,7 @@ def cached_engine(cfg: ModelConfig) -> Path:
     cuda.init()
     major, minor = cuda.Device(cfg.tensorrt.device).compute_capability()
     size = engine_input_size(cfg.path, cfg.imgsz)
-    key = EngineKey(sha256_file(cfg.path), cfg.precision, (1, 3, size, size), f"{major}.{minor}", trt.__version__,
+    batch = engine_batch(cfg.path, cfg.max_batch)
+    key = EngineKey(sha256_file(cfg.path), cfg.precision, (batch, 3, size, size), f"{major}.{minor}", trt.__version__,
                     cfg.tensorrt.dla_core)  # fmt: skip
     return lookup(cfg.engine_dir, Path(cfg.path).stem, key)

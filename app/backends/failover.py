@@ -89,12 +89,22 @@ class FailoverBackend(Backend):
         return self.active.providers
 
     @property
+    def batch_capacity(self) -> int:
+        """The primary's (the fallback runs the same model, and batches that fit the primary fit an ONNX input)."""
+        return self.primary.batch_capacity
+
+    @property
+    def runs_on_cpu(self) -> bool:
+        """Whether the backend serving now runs on the CPU."""
+        return self.active.runs_on_cpu
+
+    @property
     def preprocesses_on_device(self) -> bool:
         """Whether the primary letterboxes on its device (then frames are staged even while on the fallback)."""
         return self.primary.preprocesses_on_device
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run the serving backend on a ``(1, 3, H, W)`` RGB 0..1 batch; outputs in ``outputs`` order.
+        """Run the serving backend on a ``(B, 3, H, W)`` RGB 0..1 batch; outputs in ``outputs`` order.
 
         Raises:
             Exception: The primary's error while below ``max_failures``, or any error of the fallback.

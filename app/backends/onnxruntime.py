@@ -107,11 +107,17 @@ class OnnxRuntimeBackend(Backend):
         """Execution providers of the session in priority order; empty before ``load``."""
         return list(self._session.get_providers()) if self._session is not None else []
 
+    @property
+    def runs_on_cpu(self) -> bool:
+        """True unless the session runs on a GPU execution provider (CUDA, TensorRT)."""
+        return not any(p in GPU_PROVIDERS for p in self.providers)
+
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run the session.
 
         Args:
-            batch: ``(1, 3, H, W)`` RGB 0..1 in the input's dtype (``inputs[0].dtype``).
+            batch: ``(B, 3, H, W)`` RGB 0..1 in the input's dtype (``inputs[0].dtype``); B up to
+                ``batch_capacity`` (1 for a model with a fixed batch of 1, any for a dynamic batch axis).
 
         Returns:
             Every output, in ``outputs`` order.

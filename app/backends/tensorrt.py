@@ -24,7 +24,7 @@ import numpy as np
 
 from app.backends.base import Backend, BackendError, StagedFrame, TensorSpec
 from app.backends.plan_file import read_plan
-from app.backends.tensorrt_io import IoTensor, bind, plan_io, set_addresses
+from app.backends.tensorrt_io import IoTensor, bind, bind_batch, plan_io, set_addresses
 from app.letterbox import LetterboxGeometry
 
 if TYPE_CHECKING:
@@ -61,19 +61,26 @@ class _Buffer:
     device_ptr: int
     device: Any  # pycuda DeviceAllocation (pycuda is untyped), None when mapped
 
-    def upload(self, stream: Any) -> None:
-        """Enqueue the host-to-device copy on the pycuda `stream`; a no-op for a mapped buffer."""
+    def upload(self, stream: Any, count: int | None = None) -> None:
+        """Enqueue the host-to-device copy on the pycuda `stream`; a no-op for a mapped buffer.
+
+        `count` elements from the start (a smaller batch than the buffer's); None: all of it.
+        """
         if self.device is not None:
             import pycuda.driver as cuda
 
-            cuda.memcpy_htod_async(self.device, self.host, stream)
+            cuda.memcpy_htod_async(self.device, self.prefix(count), stream)
 
-    def download(self, stream: Any) -> None:
-        """Enqueue the device-to-host copy on the pycuda `stream`; a no-op for a mapped buffer."""
+    def download(self, stream: Any, count: int | None = None) -> None:
+        """Enqueue the device-to-host copy of `count` elements (None: all) on the pycuda `stream`; no-op when mapped."""
         if self.device is not None:
             import pycuda.driver as cuda
 
-            cuda.memcpy_dtoh_async(self.host, self.device, stream)
+            cuda.memcpy_dtoh_async(self.prefix(count), self.device, stream)
+
+    def prefix(self, count: int | None) -> np.ndarray:
+        """The first `count` elements of the host array, flat (all of it, in its shape, for None)."""
+        return self.host if count is None or count == self.host.size else self.host.reshape(-1)[:count]
 
     def free(self) -> None:
         """Free the device allocation, if any (the context must be current)."""
@@ -91,15 +98,24 @@ class TensorRTBackend(Backend):
             engine's input is float32 or float16.
         zero_copy: `auto`, `on` or `off`: use mapped host memory instead of device buffers (see
             `use_zero_copy`).
+        max_batch: Largest batch per `infer` call when the engine's batch dimension is dynamic (`model.max_batch`,
+            clamped to the engine's optimisation profile); buffers are sized for it.
     """
 
     name = "tensorrt"
     MAX_SPARE_STAGING = 4  # spare page-locked frame buffers kept per frame size
 
     def __init__(
-        self, path: str | Path, *, device: int = 0, gpu_preprocess: bool = True, zero_copy: str = "auto"
+        self,
+        path: str | Path,
+        *,
+        device: int = 0,
+        gpu_preprocess: bool = True,
+        zero_copy: str = "auto",
+        max_batch: int = 1,
     ) -> None:
         self.path = Path(path)
+        self.max_batch = max_batch
         self.device = device
         self.gpu_preprocess = gpu_preprocess
         self.zero_copy = zero_copy
@@ -112,6 +128,8 @@ class TensorRTBackend(Backend):
         self._stream: Any = None
         self._inputs: list[IoTensor] = []
         self._outputs: list[IoTensor] = []
+        self._batch = 0  # the batch the context is bound at now
+        self._out_shapes: list[tuple[int, ...]] = []  # the outputs' shapes at that batch
         self._buffers: dict[str, _Buffer] = {}
         self._meta: dict[str, str] = {}
         self._letterbox: GpuLetterbox | None = None  # when preprocessing on the GPU
@@ -150,10 +168,11 @@ class TensorRTBackend(Backend):
                     f"{self.path}: TensorRT could not deserialize the engine (built for another GPU or TensorRT "
                     f"{trt.__version__}?); rebuild it with `vigil engine build`"
                 )
-            inputs, outputs = plan_io(self._engine, trt)
+            inputs, outputs = plan_io(self._engine, trt, max_batch=self.max_batch)
             self._context = self._engine.create_execution_context()
             self._outputs = bind(self._context, inputs, outputs)
             self._inputs = inputs
+            self._batch, self._out_shapes = inputs[0].shape[0], [t.shape for t in self._outputs]
             self._stream = cuda.Stream(flags=1)  # non-blocking: no implicit sync with the legacy stream
             for t in [*self._inputs, *self._outputs]:
                 self._buffers[t.name] = self._alloc(t.shape, t.dtype)
@@ -214,27 +233,44 @@ class TensorRTBackend(Backend):
         """True when the GPU letterbox kernel is loaded, so `infer_frame` takes raw frames."""
         return self._letterbox is not None
 
+    @property
+    def batch_capacity(self) -> int:
+        """The batch the buffers are sized for: min(`max_batch`, the profile's maximum), or the fixed batch."""
+        return self._inputs[0].shape[0] if self._inputs else 1
+
+    @property
+    def runs_on_cpu(self) -> bool:
+        """False: the engine runs on the GPU (or a DLA)."""
+        return False
+
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run one preprocessed batch, shaped exactly as the engine's input (e.g. `(1, 3, H, W)` float32).
+        """Run one preprocessed batch: `(B, 3, H, W)` in the engine's input dtype, B in 1..`batch_capacity`.
 
         Returns:
-            Host copies of the outputs, in engine order; FP16 outputs widened to float32.
+            Host copies of the outputs at batch B, in engine order; FP16 outputs widened to float32.
 
         Raises:
-            BackendError: the backend is not loaded, the shape differs, or execution fails.
+            BackendError: the backend is not loaded, the shape does not fit, or execution fails.
         """
         self._require_loaded()
         inp = self._inputs[0]
-        if batch.shape != inp.shape:
-            raise BackendError(f"input batch {batch.shape} does not match the engine's {inp.shape}")
+        if batch.shape[1:] != inp.shape[1:] or not 1 <= batch.shape[0] <= inp.shape[0]:
+            raise BackendError(f"input batch {batch.shape} does not fit the engine's {inp.shape}")
         self._ctx.push()
         try:
+            self._bind_batch(batch.shape[0])
             buf = self._buffers[inp.name]
-            np.copyto(buf.host, batch, casting="same_kind")
-            buf.upload(self._stream)
+            np.copyto(buf.prefix(batch.size).reshape(batch.shape), batch, casting="same_kind")
+            buf.upload(self._stream, batch.size)
             return self._execute()
         finally:
             self._ctx.pop()
+
+    def _bind_batch(self, n: int) -> None:
+        """Bind the context at batch `n` (a no-op when it already is); the context is current."""
+        if n != self._batch:
+            self._out_shapes = bind_batch(self._context, self._inputs[0], self._outputs, n)
+            self._batch = n
 
     def stage(self, image: np.ndarray, geometry: LetterboxGeometry) -> StagedFrame:
         """One host copy of the frame, into page-locked (or mapped) memory reused across frames."""
@@ -278,6 +314,7 @@ class TensorRTBackend(Backend):
                     src = self._frame_src[host.shape] = cuda.mem_alloc(host.nbytes)
                 cuda.memcpy_htod_async(src, host, self._stream)
                 src_ptr = int(src)
+            self._bind_batch(1)  # the kernel writes one image
             self._letterbox.launch(src_ptr, self._buffers[self._inputs[0].name].device_ptr, frame.geometry,
                                    self._stream)  # fmt: skip
             outputs = self._execute()
@@ -292,12 +329,17 @@ class TensorRTBackend(Backend):
         """Enqueue the engine, bring the outputs back, wait; the context is current."""
         if not self._context.execute_async_v3(self._stream.handle):
             raise BackendError("TensorRT execute_async_v3 failed")
-        for t in self._outputs:
-            self._buffers[t.name].download(self._stream)
+        sizes = [int(np.prod(shape)) for shape in self._out_shapes]
+        for t, n in zip(self._outputs, sizes):
+            self._buffers[t.name].download(self._stream, n)
         self._stream.synchronize()
         # copies: the buffers are overwritten by the next frame; FP16 outputs are widened for the decoder,
-        # integer outputs (EfficientNMS counts and classes) keep their type
-        return [_host_copy(self._buffers[t.name].host) for t in self._outputs]
+        # integer outputs (EfficientNMS counts and classes) keep their type. At a batch below the buffers' the
+        # outputs are the prefix of each buffer.
+        return [
+            _host_copy(self._buffers[t.name].prefix(n).reshape(shape))
+            for t, n, shape in zip(self._outputs, sizes, self._out_shapes)
+        ]
 
     def _require_loaded(self) -> None:
         if self._ctx is None:

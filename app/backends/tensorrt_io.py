@@ -30,13 +30,17 @@ class IoTensor:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
 
-def _input_shape(engine: Any, name: str, dims: tuple[int, ...], input_hw: tuple[int, int] | None) -> tuple[int, ...]:
+def _input_shape(
+    engine: Any, name: str, dims: tuple[int, ...], input_hw: tuple[int, int] | None, max_batch: int
+) -> tuple[int, ...]:
     if all(d > 0 for d in dims):
         return dims
     if len(dims) != 4:
         raise BackendError(f"engine input {name!r} has dynamic shape {dims}; only NCHW inputs are supported")
     lo, _opt, hi = (tuple(int(x) for x in s) for s in engine.get_tensor_profile_shape(name, 0))
-    want = [1, dims[1] if dims[1] > 0 else 3, *(input_hw or (hi[2], hi[3]))]
+    # a dynamic batch: the most the profile allows, up to model.max_batch (never below the profile's minimum)
+    batch = max(lo[0], min(max_batch, hi[0]))
+    want = [batch, dims[1] if dims[1] > 0 else 3, *(input_hw or (hi[2], hi[3]))]
     for i, d in enumerate(dims):
         if d > 0:
             want[i] = d
@@ -45,7 +49,9 @@ def _input_shape(engine: Any, name: str, dims: tuple[int, ...], input_hw: tuple[
     return tuple(want)
 
 
-def plan_io(engine: Any, trt: Any, input_hw: tuple[int, int] | None = None) -> tuple[list[IoTensor], list[IoTensor]]:
+def plan_io(
+    engine: Any, trt: Any, input_hw: tuple[int, int] | None = None, max_batch: int = 1
+) -> tuple[list[IoTensor], list[IoTensor]]:
     """List an engine's inputs with concrete shapes and its outputs with the shapes it reports.
 
     Output dims still dynamic are resolved by `bind` once inputs are set.
@@ -54,7 +60,8 @@ def plan_io(engine: Any, trt: Any, input_hw: tuple[int, int] | None = None) -> t
         engine: A deserialized ``trt.ICudaEngine``.
         trt: The ``tensorrt`` module (or a stand-in in tests).
         input_hw: ``(height, width)`` for a dynamic input; None takes the optimisation profile's maximum.
-            Inputs get batch 1.
+        max_batch: The batch a dynamic batch dimension gets, clamped to profile 0 (`model.max_batch`): the
+            largest batch the buffers are sized for; smaller batches run in the same buffers (`bind_batch`).
 
     Returns:
         ``(inputs, outputs)`` in engine order.
@@ -71,7 +78,7 @@ def plan_io(engine: Any, trt: Any, input_hw: tuple[int, int] | None = None) -> t
         dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
         dims = tuple(int(d) for d in engine.get_tensor_shape(name))
         if is_input:
-            inputs.append(IoTensor(name, True, dtype, _input_shape(engine, name, dims, input_hw)))
+            inputs.append(IoTensor(name, True, dtype, _input_shape(engine, name, dims, input_hw, max_batch)))
         else:
             outputs.append(IoTensor(name, False, dtype, dims))
     if len(inputs) != 1:
@@ -109,6 +116,35 @@ def bind(context: Any, inputs: list[IoTensor], outputs: list[IoTensor]) -> list[
             raise BackendError(f"output {t.name!r} still has a dynamic shape {shape} after the inputs were set")
         resolved.append(IoTensor(t.name, False, t.dtype, shape))
     return resolved
+
+
+def bind_batch(context: Any, inp: IoTensor, outputs: list[IoTensor], batch: int) -> list[tuple[int, ...]]:
+    """Set the input's batch dimension to `batch` and read the outputs' shapes at it.
+
+    Args:
+        context: A ``trt.IExecutionContext`` bound by `bind` (buffers sized for `inp.shape`).
+        inp: The image input at its largest batch.
+        outputs: The outputs at that batch.
+        batch: 1..inp.shape[0].
+
+    Returns:
+        Each output's concrete shape at `batch`, in `outputs` order (a prefix of its buffer).
+
+    Raises:
+        BackendError: `batch` is out of range, the context rejects the shape, or an output stays dynamic.
+    """
+    if not 1 <= batch <= inp.shape[0]:
+        raise BackendError(f"batch {batch} outside 1..{inp.shape[0]} of input {inp.name!r}")
+    shape = (batch, *inp.shape[1:])
+    if not context.set_input_shape(inp.name, shape):
+        raise BackendError(f"engine rejected input shape {shape} for {inp.name!r}")
+    shapes = []
+    for t in outputs:
+        out = tuple(int(d) for d in context.get_tensor_shape(t.name))
+        if any(d < 0 for d in out) or int(np.prod(out)) > int(np.prod(t.shape)):
+            raise BackendError(f"output {t.name!r} has shape {out} at batch {batch}; its buffer is {t.shape}")
+        shapes.append(out)
+    return shapes
 
 
 def set_addresses(context: Any, tensors: list[IoTensor], addresses: dict[str, int]) -> None:

@@ -8,6 +8,8 @@
   engine       the backend alone vs the live pipeline per frame (`--backend tensorrt` on a GPU)
   realtime     the default config live at 416 and 320 vs the bare backend of the same model, the split of
                the time per frame, and a threads x spin_wait sweep (app/bench/realtime_bench.py)
+  batch        batch-N vs N x batch-1 backend throughput (app/bench/regions_bench.py)
+  small        recall of small people on a 1080p clip made from the source: regions vs the whole frame
 
 Medians and ratios come from one run; the machine is noisy, so compare only numbers from the same run.
 """
@@ -266,6 +268,18 @@ def _bench_api_ws(model: ModelConfig, args: argparse.Namespace) -> dict:
     return bench_ws(model, args.source, args.ws_seconds)
 
 
+def _bench_batch(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.regions_bench import bench_batch
+
+    return bench_batch(model, args.source, args.batch_repeats)
+
+
+def _bench_small(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.regions_bench import bench_small
+
+    return bench_small(model, args.source, args.small_frames)
+
+
 Mode = Callable[[ModelConfig, argparse.Namespace], dict]
 """A mode run once: the model config and the `vigil bench` options in, its JSON-able result out."""
 
@@ -294,6 +308,8 @@ MODES: dict[str, Mode] = {
     "mqtt-cost": _bench_mqtt_cost,
     "api": _bench_api,
     "api-ws": _bench_api_ws,
+    "batch": _bench_batch,
+    "small": _bench_small,
 }
 """The modes run once each, in this order, before the round modes: the pipeline modes first, in a process that
 has loaded nothing else (main-process RSS is real)."""
@@ -414,5 +430,13 @@ def _print_table(results: dict) -> None:
                   f"live {row['processed_fps']} fps, backend {row['backend_fps']} fps")  # fmt: skip
         for row in rt.get("sweep", {}).get("decode_rows", []):
             print(f"realtime sweep file decode {row['file_decode']}: live {row['processed_fps']} fps")
+    for line in _regions_lines(results):
+        print(line)
     for k, v in results["ratios"].items():
         print(f"{k}: {v}x")
+
+
+def _regions_lines(results: dict) -> list[str]:
+    from app.bench.regions_bench import render_regions
+
+    return [line for line in render_regions(results) if line and not line.startswith("|---")]

@@ -57,6 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="realtime mode on a shared machine: wait up to S s for other processes to go quiet "
                         "before each measurement, and repeat disturbed ones (up to --quiet-retries)")  # fmt: skip
     p.add_argument("--quiet-retries", type=int, default=2)
+    p.add_argument("--batch-repeats", type=int, default=7, help="interleaved repeats of the batch mode (medians)")
+    p.add_argument("--small-frames", type=int, default=60, help="frames of the source the small mode's clip uses")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"), help="model.backend")
     p.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"), help="TensorRT engine precision")
     p.add_argument("--engine-dir", default="engines", help="TensorRT engine cache")

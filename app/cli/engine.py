@@ -22,6 +22,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from app.engine.builder import BuildOptions, EngineBuildError, build_engine
     from app.engine.calibrate import evenly_spaced_frames
 
+    if not 1 <= args.max_batch <= 64:
+        raise UsageError(f"--max-batch must be 1..64, not {args.max_batch}")
     try:
         frames = [f for _, f in evenly_spaced_frames(args.source, args.frames)]
     except ValueError:
@@ -29,7 +31,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not frames:
         raise UsageError(f"no frames could be read from {args.source}")
     legacy = Path("calibration") / args.legacy_calibrator if args.legacy_calibrator else None
-    opts = BuildOptions(args.precision, args.imgsz, args.workspace_mb, args.dla_core, legacy)
+    opts = BuildOptions(args.precision, args.imgsz, args.workspace_mb, args.dla_core, legacy, args.max_batch)
     try:
         engine = build_engine(Path(args.model), Path(args.engine_dir), opts, frames)
     except EngineBuildError as exc:
@@ -67,7 +69,7 @@ def cmd_ensure(args: argparse.Namespace) -> int:
     except CacheMiss as miss:
         print(f"vigil engine: building: {miss}", file=sys.stderr)
     frames = [f for _, f in evenly_spaced_frames(args.source, args.frames)]
-    opts = BuildOptions(m.precision, m.imgsz or 640, dla_core=m.tensorrt.dla_core)
+    opts = BuildOptions(m.precision, m.imgsz or 640, dla_core=m.tensorrt.dla_core, max_batch=m.max_batch)
     try:
         build_engine(Path(m.path), Path(m.engine_dir), opts, frames)
         print(f"ok: built {cached_engine(m)}")  # looked up again: only a validated engine counts
@@ -251,6 +253,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="int8 expects a Q/DQ ONNX (explicit quantization)")  # fmt: skip
     b.add_argument("--imgsz", type=int, default=640)
     b.add_argument("--workspace-mb", type=int, default=2048)
+    b.add_argument("--max-batch", type=int, default=4,
+                   help="optimisation profile over batch 1..N for a dynamic batch axis (model.max_batch; the "
+                        "runtime looks engines up by it)")  # fmt: skip
     b.add_argument("--dla-core", type=int, default=None, help="Jetson DLA core (GPU fallback on)")
     b.add_argument("--engine-dir", default="engines")
     b.add_argument("--legacy-calibrator", metavar="NAME", default=None,

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from app.assets import sha256_file
-from app.backends.engine_cache import EngineKey, Manifest, Validation, now_iso, write_manifest
+from app.backends.engine_cache import EngineKey, Manifest, Validation, engine_batch, now_iso, write_manifest
 from app.engine.agreement import agreement
 from app.engine.precision import PrecisionError, plan_precision
 
@@ -41,6 +41,8 @@ class BuildOptions:
         workspace_mb: TensorRT builder workspace limit in MiB.
         dla_core: Jetson DLA core to build for (with GPU fallback); None builds for the GPU.
         legacy_calibration_dir: Frames for the deprecated implicit INT8 calibrator (TensorRT 10 only).
+        max_batch: The optimisation profile covers batch 1..max_batch when the ONNX batch axis is dynamic
+            (`model.max_batch`; part of the cache key); a fixed batch stays what it is.
     """
 
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
@@ -48,6 +50,7 @@ class BuildOptions:
     workspace_mb: int = 2048
     dla_core: int | None = None
     legacy_calibration_dir: Path | None = None  # frames for the deprecated implicit INT8 calibrator
+    max_batch: int = 4  # ModelConfig.max_batch's default, so a default build is what a default config looks up
 
 
 def _say(msg: str) -> None:
@@ -88,7 +91,8 @@ def build_engine(onnx: Path, engine_dir: Path, opts: BuildOptions, validation_fr
     except PrecisionError as exc:
         raise EngineBuildError(str(exc)) from exc
     _say(plan.note)
-    key = EngineKey(sha256_file(onnx), opts.precision, (1, 3, opts.imgsz, opts.imgsz), f"{major}.{minor}",
+    batch = engine_batch(onnx, opts.max_batch)
+    key = EngineKey(sha256_file(onnx), opts.precision, (batch, 3, opts.imgsz, opts.imgsz), f"{major}.{minor}",
                     trt.__version__, opts.dla_core)  # fmt: skip
     engine_dir.mkdir(parents=True, exist_ok=True)
     engine_path = engine_dir / key.filename(onnx.stem)
@@ -111,11 +115,18 @@ def build_engine(onnx: Path, engine_dir: Path, opts: BuildOptions, validation_fr
         config.DLA_core = opts.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     inp = network.get_input(0)
+    profile_shapes = None
     if any(d < 0 for d in inp.shape):
         profile = builder.create_optimization_profile()
-        shape = (1, 3, opts.imgsz, opts.imgsz)
-        profile.set_shape(inp.name, shape, shape, shape)
+        # batch 1..max_batch when the batch axis is dynamic (tuned for the largest: batching is what a GPU is for)
+        lo, hi = profile_range(tuple(inp.shape), batch, opts.imgsz)
+        profile.set_shape(inp.name, lo, hi, hi)
         config.add_optimization_profile(profile)
+        profile_shapes = [list(lo), list(hi), list(hi)]
+        if plan.legacy_calibrator and hi != lo:  # the implicit calibrator feeds batches of 1
+            calibration = builder.create_optimization_profile()
+            calibration.set_shape(inp.name, lo, lo, lo)
+            config.set_calibration_profile(calibration)
     cache_file = engine_dir / f"timing-sm{major}{minor}-trt{trt.__version__}.cache"
     timing = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
@@ -142,13 +153,33 @@ def build_engine(onnx: Path, engine_dir: Path, opts: BuildOptions, validation_fr
     validation = validate(onnx, engine_path, opts, validation_frames)
     builder_info = {"workspace_mb": opts.workspace_mb, "imgsz": opts.imgsz, "tensorrt_major": trt_major,
                     "precision_plan": plan.note, "flags": list(plan.flags), "strongly_typed": plan.strongly_typed,
-                    "parsed_onnx": plan.onnx.name,
+                    "parsed_onnx": plan.onnx.name, "max_batch": batch, "profile": profile_shapes,
                     "legacy_calibration": str(opts.legacy_calibration_dir) if legacy else None}  # fmt: skip
     write_manifest(Manifest(key, engine_path.name, str(onnx), now_iso(), round(seconds, 1), builder_info, validation),
                    engine_path)  # fmt: skip
     verdict = "passed" if validation.passed else "FAILED (the engine will not be used)"
     _say(f"validation {verdict}: {validation.metric} {validation.value:.4f} (gate {validation.threshold})")
     return engine_path
+
+
+def profile_range(
+    dims: tuple[int, ...], max_batch: int, imgsz: int
+) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """The (min, max) shapes of the optimisation profile for an NCHW input with some dynamic dimension.
+
+    Args:
+        dims: The ONNX input's dimensions as the parser reports them (-1 for dynamic).
+        max_batch: The largest batch (`engine_batch`).
+        imgsz: The square input side, pixels.
+
+    Returns:
+        ``(min, max)``: batch 1 and `max_batch` when the batch axis is dynamic (else its fixed size in both), 3
+        channels, `imgsz` x `imgsz`.
+    """
+    fixed = dims[0] if dims and dims[0] > 0 else None
+    lo = (fixed or 1, 3, imgsz, imgsz)
+    hi = (fixed or max_batch, 3, imgsz, imgsz)
+    return lo, hi
 
 
 def validate(onnx: Path, engine: Path, opts: BuildOptions, frames: list[np.ndarray]) -> Validation:

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from app.backends import Backend, load_backend
-from app.backends.base import StagedFrame
+from app.backends.base import DYNAMIC_BATCH, StagedFrame
 from app.config import ModelConfig
 from app.inference.decode import DecodeParams, YoloDecoder
 from app.inference.model_info import ModelInfo, ModelShapeError
@@ -210,6 +210,40 @@ class Detector:
         outputs = self.backend.infer_frame(tensor) if isinstance(tensor, StagedFrame) else self.backend.infer(tensor)
         return outputs, _ms_since(t0)
 
+    @property
+    def batch_capacity(self) -> int:
+        """Inputs one ``infer_batch`` call takes at most.
+
+        1 for a fixed batch of 1 or a backend that letterboxes on its device (staged frames go one at a time), the
+        backend's ``batch_capacity`` otherwise.
+        """
+        if self.backend.preprocesses_on_device:
+            return 1
+        return max(1, self.backend.batch_capacity)
+
+    def infer_batch(self, tensors: list[np.ndarray]) -> tuple[list[list[np.ndarray]], float]:
+        """Run several prepared ``(1, 3, h, w)`` tensors as one backend call.
+
+        Args:
+            tensors: What ``prepare`` returned (tensors, not staged frames), at most ``batch_capacity`` of them.
+
+        Returns:
+            ``(per_input, ms)``: for each input, the model outputs sliced to its batch item (batch dimension kept
+            1, as ``decode`` expects), and the time the call took.
+
+        Raises:
+            BackendError: The backend failed to run. ValueError: more inputs than ``batch_capacity``.
+        """
+        if len(tensors) > self.batch_capacity:
+            raise ValueError(f"{len(tensors)} inputs in one call; the model takes {self.batch_capacity} at most")
+        if len(tensors) == 1:
+            outputs, ms = self.infer(tensors[0])
+            return [outputs], ms
+        t0 = time.perf_counter()
+        outputs = self.backend.infer(np.concatenate(tensors, axis=0))
+        ms = _ms_since(t0)
+        return [[o[i : i + 1] for o in outputs] for i in range(len(tensors))], ms
+
     def decode(
         self, outputs: list[np.ndarray], geometry: LetterboxGeometry, params: DecodeParams | None = None
     ) -> tuple[Detections, float]:
@@ -252,6 +286,8 @@ class Detector:
     def warmup(self, runs: int) -> float:
         """Run the whole pipeline ``runs`` times on a grey frame so the first real frame does not pay for lazy init.
 
+        A GPU backend with a bounded batch (a TensorRT engine's profile) also runs one full batch.
+
         Returns:
             Total time taken, in ms.
         """
@@ -260,6 +296,11 @@ class Detector:
         blank = np.full((h, w, 3), 114, np.uint8)
         for _ in range(runs):
             self.detect(blank)
+        b = self.backend
+        if runs and not b.runs_on_cpu and 1 < self.batch_capacity < DYNAMIC_BATCH:
+            # a GPU engine batches (app/inference/batch.py): its first full batch pays for shape binding here
+            tensor = self.preprocess(blank)[0]
+            self.infer_batch([tensor] * self.batch_capacity)
         return _ms_since(t0)
 
     def close(self) -> None:

@@ -165,3 +165,45 @@ def test_engine_time_vs_end_to_end(fp16_engine: Path, frames: list[np.ndarray]) 
           f"{statistics.median(total_ms):.2f} / p99 {t99:.2f} ms; p99/engine p50 {t99 / e50:.2f}x")  # fmt: skip
     assert statistics.median(total_ms) < 100  # sanity only: the numbers belong to `vigil bench --modes engine`
     det.close()
+
+
+def test_batched_regions_on_the_gpu_match_batch_one(
+    coco_model: Path, frames: list[np.ndarray], engine_dir: Path
+) -> None:
+    """The default model's engine has a profile over batch 1..model.max_batch (4): six crops of three frames run as
+    batches of 4 + 2 and give the boxes of six batch-1 calls on the same engine; prints batch-4 vs 4 x batch-1."""
+    import cv2
+
+    from app.inference.batch import FrameJob, StillFrame, batch_limit, detect_frames
+
+    engine = build_engine(coco_model, engine_dir, BuildOptions("fp16", imgsz=416, max_batch=4), frames[1::5])
+    m = _passed(engine)
+    assert m.key.input_shape == (4, 3, 416, 416) and m.builder["profile"][2] == [4, 3, 416, 416]
+    cfg = ModelConfig(path=str(engine), backend="tensorrt", max_batch=4)
+    cfg.tensorrt.gpu_preprocess = False
+    det = Detector.from_config(cfg)
+    try:
+        assert det.batch_capacity == 4 and batch_limit(det, 4) == 4
+        jobs = [FrameJob("cam", StillFrame(cv2.resize(f, (1280, 544))), ((0, 0, 544, 544), (736, 0, 1280, 544)))
+                for f in frames[100:130:10]]  # fmt: skip
+        batched = detect_frames(det, jobs, max_batch=4)
+        single = detect_frames(det, jobs, max_batch=1)
+        for a, b in zip(batched, single):
+            assert a.error is None and b.error is None and a.detections is not None and b.detections is not None
+            assert len(a.detections) == len(b.detections)
+            np.testing.assert_allclose(a.detections.xyxy, b.detections.xyxy, atol=0.5)
+        tensors = [det.preprocess(f)[0] for f in frames[:4]]
+        batch = np.concatenate(tensors)
+        one, four = [], []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            for t in tensors:
+                det.backend.infer(t)
+            one.append(4 / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            det.backend.infer(batch)
+            four.append(4 / (time.perf_counter() - t0))
+        print(f"COCO fp16 416: batch 4 {statistics.median(four):.0f} inputs/s, 4 x batch 1 "
+              f"{statistics.median(one):.0f} inputs/s")  # fmt: skip
+    finally:
+        det.close()

@@ -68,6 +68,7 @@ class Emulator:
         self.mapped_allocs = 0
         self.copies: list[tuple[str, int]] = []  # ("htod"/"dtoh", nbytes)
         self.executions = 0
+        self.batches: list[int] = []  # the input batch of every execution
         self.fail_executions = False
         self.driver = self._driver()
         self.trt = self._tensorrt()
@@ -150,7 +151,10 @@ class Emulator:
             return np.ndarray(shape, dtype, buffer=cls())
 
         def is_pinned(a: np.ndarray) -> bool:
-            return type(a.base).__name__ == "HostAllocation"
+            base = a.base
+            while isinstance(base, np.ndarray):  # a view (a smaller batch's prefix) of a page-locked array
+                base = base.base
+            return type(base).__name__ == "HostAllocation"
 
         def mem_alloc(nbytes: int) -> DeviceAllocation:
             current()
@@ -204,12 +208,21 @@ class Emulator:
             def __init__(self, engine: Engine) -> None:
                 self.engine = engine
                 self.addresses: dict[str, int] = {}
+                self.shapes = dict(engine.shapes)  # -1 for dynamic dimensions until the input shape is set
 
             def set_input_shape(self, name: str, shape) -> bool:
-                return tuple(shape) == self.engine.shapes[name]
+                shape = tuple(int(d) for d in shape)
+                if name not in self.engine.profile:
+                    return shape == self.engine.shapes[name]
+                lo, _, hi = self.engine.profile[name]
+                if len(shape) != len(lo) or any(not (a <= d <= b) for a, d, b in zip(lo, shape, hi)):
+                    return False
+                self.shapes[name] = shape
+                self.shapes.update(self.engine.output_shapes(shape))
+                return True
 
             def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-                return self.engine.shapes[name]
+                return self.shapes[name]
 
             def set_tensor_address(self, name: str, address: int) -> bool:
                 self.addresses[name] = int(address)
@@ -221,10 +234,11 @@ class Emulator:
                     return False
                 e = self.engine
                 feed = {}
+                assert all(d > 0 for n in e.inputs for d in self.shapes[n]), "enqueue before the input shape is set"
                 for name in e.inputs:
                     dt = np.dtype(dtypes[e.dtypes[name]])
-                    n = int(np.prod(e.shapes[name])) * dt.itemsize
-                    x = _at(self.addresses[name], n).view(dt).reshape(e.shapes[name])
+                    n = int(np.prod(self.shapes[name])) * dt.itemsize
+                    x = _at(self.addresses[name], n).view(dt).reshape(self.shapes[name])
                     feed[name] = x.astype(np.float32)
                 results = e.session.run(e.outputs, feed)
                 for name, r in zip(e.outputs, results):
@@ -232,11 +246,14 @@ class Emulator:
                     out = _at(self.addresses[name], r.size * dt.itemsize).view(dt).reshape(r.shape)
                     out[...] = r.astype(dt)
                 emu.executions += 1
+                emu.batches.append(int(self.shapes[e.inputs[0]][0]))
                 return True
 
         class Engine:
             """An ONNX model posing as a built engine: I/O names, shapes, dtypes, and the plan's precision
-            decides the dtype of the input binding (an FP16-I/O engine takes a half input)."""
+            decides the dtype of the input binding (an FP16-I/O engine takes a half input). A plan with a
+            `profile` (an ONNX with symbolic dimensions, as `vigil engine build` makes with `max_batch`) has -1
+            for those and optimisation profile 0 over batch 1..max_batch at `imgsz`."""
 
             def __init__(self, spec: dict) -> None:
                 import onnxruntime as ort
@@ -244,9 +261,17 @@ class Emulator:
                 self.session = ort.InferenceSession(spec["onnx"], providers=["CPUExecutionProvider"])
                 self.inputs = [i.name for i in self.session.get_inputs()]
                 self.outputs = [o.name for o in self.session.get_outputs()]
-                self.shapes = {
-                    i.name: tuple(i.shape) for i in [*self.session.get_inputs(), *self.session.get_outputs()]
-                }
+                io = [*self.session.get_inputs(), *self.session.get_outputs()]
+                self.profile: dict[str, tuple[tuple[int, ...], ...]] = {}
+                if spec.get("profile"):
+                    self.shapes = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape) for i in io}
+                    b, size = spec["profile"]["max_batch"], spec["profile"]["imgsz"]
+                    self.profile = {
+                        n: ((1, 3, size, size), (b, 3, size, size), (b, 3, size, size)) for n in self.inputs
+                    }
+                else:
+                    self.shapes = {i.name: tuple(i.shape) for i in io}
+                self._resolved: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}
                 self.dtypes = {n: "FLOAT" for n in [*self.inputs, *self.outputs]}
                 if spec.get("half_input"):
                     self.dtypes[self.inputs[0]] = "HALF"
@@ -270,6 +295,17 @@ class Emulator:
             def create_execution_context(self) -> Context:
                 return Context(self)
 
+            def get_tensor_profile_shape(self, name: str, profile: int) -> tuple[tuple[int, ...], ...]:
+                assert profile == 0
+                return self.profile[name]
+
+            def output_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+                """The outputs' shapes at an input shape, as TensorRT infers them (here: by running the model)."""
+                if input_shape not in self._resolved:
+                    out = self.session.run(self.outputs, {self.inputs[0]: np.zeros(input_shape, np.float32)})
+                    self._resolved[input_shape] = {n: tuple(a.shape) for n, a in zip(self.outputs, out)}
+                return self._resolved[input_shape]
+
         class Runtime:
             def __init__(self, logger: Logger) -> None:
                 pass
@@ -285,9 +321,11 @@ class Emulator:
         return t
 
     @staticmethod
-    def plan(onnx: Path, half_input: bool = False) -> bytes:
-        """The bytes of an "engine" file for `onnx`."""
-        return b"EMULATED:" + json.dumps({"onnx": str(onnx), "half_input": half_input}).encode()
+    def plan(onnx: Path, half_input: bool = False, max_batch: int | None = None, imgsz: int = 416) -> bytes:
+        """The bytes of an "engine" file for `onnx`; with `max_batch`, a profile over batch 1..max_batch at
+        `imgsz` (for an ONNX with a dynamic batch axis)."""
+        profile = {"max_batch": max_batch, "imgsz": imgsz} if max_batch else None
+        return b"EMULATED:" + json.dumps({"onnx": str(onnx), "half_input": half_input, "profile": profile}).encode()
 
 
 class HostLetterbox:
