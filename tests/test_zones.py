@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import REPO, run_driven, wait_until
+from support.onnx_models import bright_blob_model
 
 from app.config import ConfigError, VigilConfig, load_config
 from app.pipeline.live import LivePipeline
@@ -289,13 +290,14 @@ def test_a_stationary_object_does_not_end_while_the_detector_looks_elsewhere_and
     r = feed(12.0, car, ((0, 0, 640, 480),))
     assert r.tracker_id.tolist() == [1] and r.events == ()
     assert stage.hint("door").recheck_mono == 22.0
-    # a look at it that misses it: it ends once unseen for track_lost_s in looks that cover it
-    assert feed(13.0, dets(), ((0, 100, 400, 400),)).events == ()
-    (end,) = feed(14.5, dets()).events
+    # looks at it that miss it: one is not enough (a false negative), a second one over track_lost_s ends it
+    assert feed(13.0, dets(), ((400, 0, 640, 100),)).events == (), "not covered"
+    assert feed(20.0, dets(), ((0, 100, 400, 400),)).events == (), "8 s unseen, but one look missed it"
+    (end,) = feed(20.25, dets()).events
     assert (end.type, end.obj["id"], end.obj["stationary"]) == ("end", 1, True)
     assert stage.hint("door") == type(stage.hint("door"))("door", False)
     # the tracker forgot it too: a car there now is a new object
-    assert feed(15.0, car).tracker_id.tolist() == [2]
+    assert feed(21.0, car).tracker_id.tolist() == [2]
 
 
 def test_a_moving_object_ages_in_every_frame_whatever_the_regions() -> None:
@@ -420,6 +422,53 @@ class EventLog(ServiceBase):
     def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None) -> None:
         with self.lock:
             self.events.append(event)
+
+
+def crossing_clip(path: Path, frames: int = 60) -> Path:
+    """160x120, 25 fps: a bright 24 px square moving right 2 px a frame from x=8; its bottom-centre crosses the
+    middle of the frame (x=80) at frame 30."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (160, 120))
+    assert writer.isOpened()
+    for i in range(frames):
+        img = np.full((120, 160, 3), 40, np.uint8)
+        img[40:64, 8 + 2 * i : 32 + 2 * i] = 230
+        writer.write(img)
+    writer.release()
+    return path
+
+
+def test_an_object_crossing_into_a_zone_in_a_live_pipeline(tmp_path: Path) -> None:
+    model = bright_blob_model(tmp_path / "blob.onnx")
+    cam = {
+        "name": "cam", "source": str(crossing_clip(tmp_path / "cross.mp4")), "loop": True, "realtime": True,
+        "fps": 10, "zones": [{"name": "right", "polygon": [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]}],
+    }  # fmt: skip
+    cfg = VigilConfig.model_validate({
+        "cameras": [cam], "model": {"path": str(model), "threads": 1},
+        "output": {"json_lines": False, "status_interval_s": 0}, "tracking": {"min_hits": 2},
+    })  # fmt: skip
+    log = EventLog()
+    pipe = LivePipeline(cfg, [log])
+    counts: dict = {}
+
+    def crossed() -> list[ObjectEvent]:
+        with log.lock:
+            return [e for e in log.events if e.reason == "zones changed" and e.obj["current_zones"] == ["right"]]
+
+    def driver() -> None:
+        assert wait_until(lambda: len(crossed()) >= 1, 120), [(e.type, e.reason, e.obj) for e in log.events]
+        counts.update(pipe.zone_counts("cam"))
+
+    run_driven(pipe, driver)
+    entered = crossed()[0]
+    new = next(e for e in log.events if e.type == "new" and e.obj["id"] == entered.obj["id"])
+    assert new.obj["current_zones"] == [] and new.obj["box"][0] < 80, "announced on the left, outside the zone"
+    assert entered.type == "update" and entered.obj["entered_zones"] == ["right"]
+    x1, _, x2, _ = entered.obj["box"]
+    assert (x1 + x2) / 2 >= 80, "its bottom-centre is past the zone's edge"
+    assert set(counts) == {"right"} and set(counts["right"]) == {"person", "fall", "all"}, counts
 
 
 def test_object_events_of_a_live_pipeline_carry_the_zone_fields(tiny_model: Path, small_video: Path) -> None:

@@ -4,8 +4,9 @@ Subscribers must never be flooded: an object is announced once it was seen `min_
 its recent scores reaches its label's `threshold`; `update` goes out on a label change, a zone change, becoming
 stationary or moving again, loitering in a zone, or else at most every `update_interval_s`; `end` once it was
 unseen for `lost_s`. A stationary object ages only in frames whose detection regions cover it (a detector that
-did not look where it stands, because it ran on regions elsewhere or not at all, ages nothing); a moving one
-ages in every frame, as the detector is always pointed at its predicted box. Alerts fire once per object when a
+did not look where it stands, because it ran on regions elsewhere or not at all, ages nothing) and ends only after
+two such looks missed it; a moving one ages in every frame, as the detector is always pointed at its predicted
+box. Alerts fire once per object when a
 configured label was seen continuously for its minimum duration at its minimum confidence (and, with `zones`,
 inside one of them).
 """
@@ -27,6 +28,7 @@ from app.types import Box, Detections
 from app.zones.stationary import Stillness
 from app.zones.zones import CameraZones, ZonePresence
 
+STATIONARY_MISSES = 2  # looks that miss a stationary object (over `lost_s`) before it ends
 SCORE_WINDOW = 10  # recent scores whose median must reach the label's `threshold` before an object is announced
 
 
@@ -63,6 +65,7 @@ class TrackedObject:
     prev_box: list[float] | None = None
     prev_mono: float = 0.0
     last_look_mono: float = 0.0
+    misses: int = 0  # looks at where it stands that did not see it, since it was last seen
 
     @property
     def stationary(self) -> bool:
@@ -204,7 +207,10 @@ class ObjectLifecycle:
             if obj.stationary and not covered(obj.box, regions):
                 continue  # the detector did not look where it stands: nothing is known, nothing ages
             obj.last_look_mono = mono
-            if mono - obj.last_seen_mono > self.lost_s:
+            obj.misses += 1
+            # A stationary object is looked at only every `stationary_interval_s`: one missed look (a false
+            # negative) must not end a parked car, so it ends after a second missed look.
+            if mono - obj.last_seen_mono > self.lost_s and (obj.misses >= STATIONARY_MISSES or not obj.stationary):
                 del self.objects[tid]
                 self.ended.append(tid)
                 if obj.announced:
@@ -234,7 +240,7 @@ class ObjectLifecycle:
             if label != obj.label:
                 obj.label, obj.class_id = label, cid
                 reasons.append("label changed")
-        obj.last_look_mono = mono
+        obj.last_look_mono, obj.misses = mono, 0
         obj.scores.append(conf)
         if self.zones and (change := self.zones.update(obj.zones, obj.label, box, frame_wh, mono)):
             obj.current_zones = self.zones.current(obj.zones)
