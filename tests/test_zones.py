@@ -18,6 +18,7 @@ from support.onnx_models import bright_blob_model
 
 from app.config import ConfigError, VigilConfig, load_config
 from app.pipeline.live import LivePipeline
+from app.pipeline.payloads import event_payload
 from app.pipeline.records import ResultRecord
 from app.pipeline.service import ServiceBase
 from app.tracking.objects import ObjectEvent
@@ -160,6 +161,9 @@ def test_loitering_is_one_update_per_stay() -> None:
     back = 16 * 0.25 + (len(xs) - 13) * 0.25  # the frame at x=300
     loiter = [t for t, e in feed.events() if e.reason == "loitering"]
     assert loiter == [2.0, back + 2.0], "once more after leaving and coming back"
+    payload = event_payload("dev", "door", next(e for _, e in feed.events() if e.reason == "loitering"), None)
+    assert (payload["type"], payload["reason"], payload["zone"]) == ("update", "loitering", "porch")
+    assert payload["object"]["current_zones"] == ["porch"]
 
 
 def test_an_alert_with_zones_fires_only_while_the_object_is_in_one_of_them() -> None:
@@ -360,6 +364,13 @@ def test_known_labels_pass_and_the_model_file_gives_its_labels(tiny_model: Path,
     assert model_labels(cfg.model) == {0: "person", 1: "fall"}
     cfg.model.path = str(tmp_path / "model.engine")
     assert model_labels(cfg.model) == {}, "an engine: known once the worker serves"
+
+
+def test_a_served_model_without_a_configured_label_is_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    stage = TrackingStage(labelled(filters={"car": {"min_score": 0.5}}))
+    with caplog.at_level("ERROR"):
+        stage.on_model_ready(NAMES)  # a TensorRT engine or a later deployment: known only now
+    assert "config: cameras.0.filters.car: 'car' is not a label of the model (Normal, Fall)" in caplog.text
 
 
 def test_vigil_run_refuses_an_unknown_label_before_it_starts(tiny_model: Path, small_video: Path,
