@@ -329,6 +329,10 @@ class TrackingConfig(_Strict):
     stationary_interval_s: float = Field(
         10.0, gt=0, description="stationary objects are re-checked by the detector this often, s"
     )
+    stationary_iou: float = Field(
+        0.7, gt=0, le=1, description="an object has not moved while the IoU of its box with where its still "
+        "stretch began stays at or above this (detector jitter stays above; walking drops below)",
+    )  # fmt: skip
 
 
 # Keys that lived under `mqtt:` before tracking became a pipeline stage; accepted there for one release.

@@ -181,8 +181,11 @@ def test_stage_keeps_detections_out_of_every_track_out_of_the_lifecycle() -> Non
     and never become objects."""
 
     class HalfTracker:
-        def update(self, det: Detections, t: float) -> np.ndarray:
+        def update(self, det: Detections, t: float, hold: object = ()) -> np.ndarray:
             return np.array([7, 0][: len(det)], np.int64)
+
+        def forget(self, track_ids: object) -> None:
+            pass
 
     stage = TrackingStage(stage_config(min_hits=1))
     stage._trackers["door"] = HalfTracker()
@@ -192,3 +195,21 @@ def test_stage_keeps_detections_out_of_every_track_out_of_the_lifecycle() -> Non
     assert [d["track_id"] for d in r.detections_list()] == [7, None]
     assert [(e.type, e.obj["id"], e.obj["label"]) for e in r.events] == [("new", 7, "Normal")]
     assert dict(r.object_counts) == {"Normal": 1, "Fall": 0, "all": 1}
+
+
+@pytest.mark.parametrize("kind", ["iou", "bytetrack"])
+def test_both_trackers_keep_held_tracks_between_rare_looks_and_forget_on_request(kind: str) -> None:
+    """A stationary object (held by the stage) keeps its id across many frames without it; `forget` drops it."""
+    if kind == "bytetrack":
+        pytest.importorskip("trackers", reason="the optional `tracking` extra is not installed")
+    tr = make_tracker(kind, 1.0)
+    car = dets((100, 200, 300, 300, 0.9, 0))
+    ids = [int(tr.update(car, k * 0.2)[0]) for k in range(5)][1:]  # ByteTrack confirms a track on its 2nd frame
+    assert len(set(ids)) == 1 and ids[0] >= 1
+    for k in range(5, 60):  # 11 s of frames without it (the detector looked elsewhere)
+        tr.update(dets(), k * 0.2, hold=[ids[0]])
+    assert int(tr.update(car, 12.0, hold=[ids[0]])[0]) == ids[0], "the same track after the look"
+    tr.forget([ids[0]])
+    for k in range(61, 80):
+        tr.update(dets(), k * 0.2)
+    assert int(tr.update(car, 16.0)[0]) != ids[0], "forgotten: a new track"

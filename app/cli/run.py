@@ -17,6 +17,7 @@ from app.cli.common import (
 )
 from app.config import ConfigError, VigilConfig, dump_config
 from app.reload.source import ConfigSource
+from app.zones.labels import model_labels, validate_labels
 
 
 def _services(cfg: VigilConfig) -> list:
@@ -55,6 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     setup_logging(args.log_level or cfg.log_level)
     try:
+        validate_labels(cfg, model_labels(cfg.model))  # a zone, filter or alert label the model does not have
         services = _services(cfg)
     except ConfigError as exc:  # a secret file, certificate or token the services could not use
         raise UsageError(f"invalid config: {exc}") from exc
@@ -84,6 +86,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     except (BackendError, ModelShapeError) as exc:
         raise UsageError(str(exc)) from exc
     det.warmup(1)
+    try:
+        validate_labels(cfg, det.names)
+    except ConfigError as exc:
+        raise UsageError(f"invalid config: {exc}") from exc
     if cfg.mqtt.enabled:
         from app.mqtt.link import MqttConfigError, check_tls_files, read_password
 

@@ -34,7 +34,7 @@ def detections_payload(device_id: str, record: ResultRecord) -> dict:
 
 
 def event_payload(device_id: str, camera: str, event: ObjectEvent, record: ResultRecord | None) -> dict:
-    """One object event: type, object, the causing frame's capture time and latency, reason and alert rule.
+    """One object event: type, object, the causing frame's capture time and latency, reason, zone and alert rule.
 
     `captured_at` is None and `latency_ms` empty when no frame caused it (detection switched off).
     """
@@ -45,6 +45,8 @@ def event_payload(device_id: str, camera: str, event: ObjectEvent, record: Resul
     }  # fmt: skip
     if event.reason:
         fields["reason"] = event.reason
+    if event.zone:  # a `loitering` update: which zone
+        fields["zone"] = event.zone
     if event.rule is not None:
         fields["alert"] = event.rule.model_dump()
     return envelope(device_id, camera, **fields)

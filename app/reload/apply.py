@@ -28,6 +28,7 @@ from app.ring import FrameRing
 from app.supervisor.capture_watchdog import CaptureWatchdog
 from app.supervisor.policy import RecyclePolicy, RestartBudget
 from app.tracking.stage import make_tracker
+from app.zones.labels import model_labels, validate_labels
 
 if TYPE_CHECKING:
     from app.pipeline.live import LivePipeline
@@ -91,6 +92,7 @@ class ConfigApplier:
         prepared = self._prepare(new, plan)
         try:
             self._check(new, plan)
+            validate_labels(new, model_labels(new.model) or self.pipe.tracking.names)
             if "webhooks" in plan.changed:
                 prepared.webhooks = service_ops.build_webhooks(new)
             if _output_changed(self.pipe.cfg, new):
@@ -142,6 +144,7 @@ class ConfigApplier:
             _adopt(cfg, section, getattr(new, section))
         # No await from here to the services: no worker can start in between with half the cameras.
         retired = self._apply_cameras(new, plan, prepared) if "cameras" in changed else []
+        pipe.tracking.configure_cameras(cfg.cameras)  # zones, filters and masks apply from the next frame
         if "log_level" in changed:
             logging.getLogger().setLevel(cfg.log_level.upper())
         if "tracking" in changed:

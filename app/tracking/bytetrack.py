@@ -5,6 +5,8 @@ Optional (`pip install '.[tracking]'`): `trackers` pulls the GUI build of OpenCV
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
+
 import numpy as np
 
 from app.types import Detections
@@ -30,6 +32,7 @@ class ByteTrack:
                 "tracking.tracker: bytetrack needs the `tracking` extra: pip install '.[tracking]'"
             ) from exc
         self._sv = sv
+        self._last: dict[int, tuple[np.ndarray, int]] = {}  # track id -> last box, class id (for held tracks)
         # Thresholds follow this model's confidences (0.25-0.75); the package's 0.7 activation would
         # ignore most people.
         self._tracker = ByteTrackTracker(
@@ -40,27 +43,48 @@ class ByteTrack:
             minimum_consecutive_frames=1,
         )
 
-    def update(self, det: Detections, t: float) -> np.ndarray:
+    def update(self, det: Detections, t: float, hold: Collection[int] = ()) -> np.ndarray:
         """Assign a track id to every detection of one frame.
+
+        Held tracks (stationary objects the detector looks at only now and then) that no detection of this frame
+        overlaps are fed to ByteTrack at their last box, so its frame-counted loss does not drop them; those
+        stand-ins are no detections and get no id in the answer. The caller ends them with `forget`.
 
         Args:
             det: The frame's detections (``xyxy`` ``(N, 4)`` pixels, confidences, class ids).
             t: Frame time in seconds (unused: ByteTrack counts frames; kept for the tracker interface).
+            hold: Track ids kept however long unmatched (until `forget`).
 
         Returns:
             ``(N,)`` int64 track ids >= 1, in ``det``'s order; 0 where ByteTrack keeps a detection out of every
             track (for example one below its confidence thresholds).
         """
-        ids = np.zeros(len(det), np.int64)
-        if not len(det):
+        from app.tracking.iou_tracker import iou_matrix
+
+        n = len(det)
+        ids = np.zeros(n, np.int64)
+        held = [(tid, *self._last[tid]) for tid in sorted(hold) if tid in self._last]
+        if held:
+            boxes = np.stack([b for _, b, _ in held]).astype(np.float32)
+            near = np.asarray(iou_matrix(boxes, det.xyxy) >= 0.3).reshape(len(held), n)
+            overlapped = [bool(near[k].any()) for k in range(len(held))]
+            held = [h for h, o in zip(held, overlapped) if not o]  # a real detection there: ByteTrack matches it
+        xyxy = np.concatenate([det.xyxy, *[b[None].astype(np.float32) for _, b, _ in held]]) if held else det.xyxy
+        if not len(xyxy):
             self._tracker.update(self._sv.Detections.empty())
             return ids
-        d = self._sv.Detections(
-            xyxy=det.xyxy, confidence=det.confidence, class_id=det.class_id, data={"idx": np.arange(len(det))}
-        )
+        conf = np.concatenate([det.confidence, np.ones(len(held), np.float32)])
+        cls = np.concatenate([det.class_id, np.asarray([c for _, _, c in held], np.int32)])
+        d = self._sv.Detections(xyxy=xyxy, confidence=conf, class_id=cls, data={"idx": np.arange(len(xyxy))})
         out = self._tracker.update(d)
         if out.tracker_id is not None:
             for idx, tid in zip(out.data["idx"], out.tracker_id):
-                if tid is not None and tid >= 0:
+                if tid is not None and tid >= 0 and int(idx) < n:
                     ids[int(idx)] = int(tid) + 1  # 0 means "untracked" here
+                    self._last[int(tid) + 1] = (det.xyxy[int(idx)].copy(), int(det.class_id[int(idx)]))
         return ids
+
+    def forget(self, track_ids: Iterable[int]) -> None:
+        """Stop holding these tracks (their objects ended): ByteTrack loses them after its own buffer."""
+        for tid in track_ids:
+            self._last.pop(tid, None)

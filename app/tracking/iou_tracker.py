@@ -9,6 +9,7 @@ is moved by its last velocity, and matching is class-agnostic so a person whose 
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +53,9 @@ class IouTracker:
 
     Args:
         iou_threshold: Least IoU (0..1) between a track's predicted box and a detection to match them.
-        max_age_s: A track not matched for longer than this (seconds) is dropped; its id is never reused.
+        max_age_s: A track not matched for longer than this (seconds) is dropped; its id is never reused. Tracks
+            the caller holds (stationary objects, which the detector looks at only now and then) are exempt: the
+            caller drops them with `forget`.
     """
 
     def __init__(self, iou_threshold: float = 0.2, max_age_s: float = 2.0) -> None:
@@ -61,7 +64,7 @@ class IouTracker:
         self._tracks: list[_Track] = []
         self._next_id = 1
 
-    def update(self, det: Detections, t: float) -> np.ndarray:
+    def update(self, det: Detections, t: float, hold: Collection[int] = ()) -> np.ndarray:
         """Assign a track id to every detection of one frame.
 
         Pairs are taken in order of falling IoU, each track and detection at most once; unmatched detections
@@ -70,11 +73,12 @@ class IouTracker:
         Args:
             det: The frame's detections (``xyxy`` ``(N, 4)`` pixels).
             t: The frame's time in seconds on a monotonic clock; must not go backwards.
+            hold: Track ids kept however long unmatched (until `forget`).
 
         Returns:
             ``(N,)`` int64 track ids, all >= 1, in ``det``'s order.
         """
-        self._tracks = [tr for tr in self._tracks if t - tr.last_t <= self.max_age_s]
+        self._tracks = [tr for tr in self._tracks if t - tr.last_t <= self.max_age_s or tr.track_id in hold]
         ids = np.zeros(len(det), np.int64)
         if self._tracks and len(det):
             predicted = np.stack([tr.box + tr.velocity * (t - tr.last_t) for tr in self._tracks])
@@ -99,3 +103,8 @@ class IouTracker:
             self._tracks.append(tr)
             ids[j] = tr.track_id
         return ids
+
+    def forget(self, track_ids: Iterable[int]) -> None:
+        """Drop these tracks now (their objects ended); unknown ids are ignored."""
+        gone = set(track_ids)
+        self._tracks = [tr for tr in self._tracks if tr.track_id not in gone]

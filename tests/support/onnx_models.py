@@ -299,3 +299,54 @@ def yolov5_style_model(src: Path, path: Path, n_classes: int) -> Path:
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
     return path
+
+
+def bright_blob_model(path: Path, imgsz: int = 64, anchors: int = 16) -> Path:
+    """Dense head [1, 4+2, anchors] that finds the bright area of the image (red channel above 0.7 after /255):
+    anchor 0 is its bounding box as class 0 at 0.9, nothing when no pixel is bright. A moving bright square in a
+    clip becomes a moving detection, so tracking and zones see real motion through the real worker."""
+    n = imgsz
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Slice", ["images", "c0", "c1", "ax1"], ["red"]),  # [1, 1, n, n]
+        helper.make_node("Greater", ["red", "thr"], ["hot"]),
+        helper.make_node("Cast", ["hot"], ["mask"], to=f),
+        helper.make_node("ReduceMax", ["mask"], ["cols"], axes=[2], keepdims=0),  # [1, 1, n]: bright columns
+        helper.make_node("ReduceMax", ["mask"], ["rows"], axes=[3], keepdims=0),  # [1, 1, n]: bright rows
+        helper.make_node("ReduceMax", ["mask"], ["any"], keepdims=1),  # [1, 1, 1, 1]
+        helper.make_node("Reshape", ["any", "shape111"], ["any3"]),
+    ]
+    for axis, prof in (("x", "cols"), ("y", "rows")):
+        nodes += [
+            helper.make_node("ArgMax", [prof], [f"{axis}1i"], axis=2, keepdims=1),  # [1, 1, 1]: first bright
+            helper.make_node("Slice", [prof, "rev_start", "rev_end", "ax2", "rev_step"], [f"{axis}rev"]),
+            helper.make_node("ArgMax", [f"{axis}rev"], [f"{axis}2r"], axis=2, keepdims=1),  # first from the end
+            helper.make_node("Cast", [f"{axis}1i"], [f"{axis}1"], to=f),
+            helper.make_node("Cast", [f"{axis}2r"], [f"{axis}2rf"], to=f),
+            helper.make_node("Sub", ["size", f"{axis}2rf"], [f"{axis}2"]),  # one past the last bright
+            helper.make_node("Add", [f"{axis}1", f"{axis}2"], [f"{axis}sum"]),
+            helper.make_node("Mul", [f"{axis}sum", "half"], [f"c{axis}"]),
+            helper.make_node("Sub", [f"{axis}2", f"{axis}1"], [f"{axis}len"]),
+        ]
+    nodes += [
+        helper.make_node("Mul", ["any3", "s0"], ["score0"]),
+        helper.make_node("Mul", ["any3", "s1"], ["score1"]),
+        helper.make_node("Concat", ["cx", "cy", "xlen", "ylen", "score0", "score1"], ["box"], axis=1),  # [1, 6, 1]
+        helper.make_node("Concat", ["box", "pad"], ["output0"], axis=2),
+    ]
+    consts = {
+        "c0": np.array([0], np.int64), "c1": np.array([1], np.int64), "ax1": np.array([1], np.int64),
+        "ax2": np.array([2], np.int64), "rev_start": np.array([-1], np.int64),
+        "rev_end": np.array([-(n + 1)], np.int64), "rev_step": np.array([-1], np.int64),
+        "thr": np.array(0.7, np.float32), "size": np.array(float(n), np.float32), "half": np.array(0.5, np.float32),
+        "shape111": np.array([1, 1, 1], np.int64), "s0": np.array(0.9, np.float32), "s1": np.array(0.05, np.float32),
+        "pad": np.zeros((1, 6, anchors - 1), np.float32),
+    }  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "bright_blob",
+        [helper.make_tensor_value_info("images", f, [1, 3, n, n])],
+        [helper.make_tensor_value_info("output0", f, [1, 6, anchors])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    return _save(graph, path, n)
