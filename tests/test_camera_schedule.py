@@ -213,7 +213,7 @@ def test_real_worker_shares_three_cameras_by_their_detect_fps(tiny_model: Path, 
             "cameras": cams,
             "model": {"path": str(tiny_model), "threads": 1},
             "output": {"json_lines": False, "status_interval_s": 0},
-        }  # fmt: skip
+        }
     )
     sink = Collect()
     pipe = LivePipeline(cfg, [sink], duration_s=120)

@@ -32,6 +32,7 @@ from app.inference.camera_schedule import CameraDecision, CameraScheduler
 from app.inference.protocol import (
     AttachRing,
     BackendChanged,
+    BackendState,
     CanaryAnswer,
     CanaryRequest,
     CancelDetect,
@@ -232,6 +233,22 @@ def run_canary(detector: Detector, req: CanaryRequest, worker_id: int) -> Canary
     return CanaryAnswer(req.request_id, worker_id, det)
 
 
+def round_size(backend: BackendState, max_batch: int) -> int:
+    """How many cameras' frames one round takes: `model.max_batch` on a GPU, 1 on the CPU.
+
+    Every frame of a round waits for the whole round before its result goes out. On a GPU one batch of N costs
+    little more than one frame, so rounds of N multiply the throughput; on the CPU a batch costs about what its
+    frames cost one by one (the batch bench), so a round of N would only add N-1 inferences to the
+    frame age of its first frames and send results in bursts.
+
+    Args:
+        backend: What serves the frames now (a failover to the CPU changes it).
+        max_batch: `model.max_batch`.
+    """
+    gpu = "tensorrt" in backend.name or any("CUDA" in p or "Tensorrt" in p for p in backend.providers)
+    return max_batch if gpu else 1
+
+
 class _ServingLoop:
     """What a serving worker keeps between rounds.
 
@@ -398,7 +415,7 @@ class _ServingLoop:
                 last = self.last_seq[cam]
                 self.skipped[cam] += view.meta.seq - last if last else 1
                 self.last_seq[cam] = view.meta.seq
-        picked = self.schedule.choose(due, self.spec.model.max_batch)
+        picked = self.schedule.choose(due, round_size(self.backend_state, self.spec.model.max_batch))
         return [self._job(cam, *due[cam]) for cam in picked]
 
     def _job(self, cam: str, view: FrameView, decision: CameraDecision) -> FrameJob:
