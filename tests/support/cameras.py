@@ -18,12 +18,13 @@ def every_frame(camera: dict[str, Any]) -> dict[str, Any]:
     """A copy of a `cameras[]` entry that detects every frame it can (`EVERY_FRAME` under the entry's own keys).
 
     Args:
-        camera: The camera's config dict; its own `detect` / `motion` keys win over `EVERY_FRAME`'s.
+        camera: The camera's config dict (also a dumped one, which has every key): `EVERY_FRAME`'s keys win, its
+            other `detect` / `motion` keys stay.
 
     Returns:
         The new dict.
     """
     out = dict(camera)
     for key, value in EVERY_FRAME.items():
-        out[key] = {**value, **camera.get(key, {})}
+        out[key] = {**camera.get(key, {}), **value}
     return out
