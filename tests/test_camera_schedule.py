@@ -235,3 +235,104 @@ def test_real_worker_shares_three_cameras_by_their_detect_fps(tiny_model: Path, 
     records = list(sink.records)
     assert {tuple(map(tuple, r["regions"])) for r in records} == {((0, 0, 160, 120),)}  # the whole frame
     assert all(r["motion"] is None for r in records)  # motion detection off
+
+
+def test_real_worker_skips_still_frames_and_follows_hints(tiny_model: Path) -> None:
+    """A real worker on a ring the test writes, with the motion verdicts a motion detector would give."""
+    import time
+
+    import numpy as np
+
+    from app.config import ModelConfig
+    from app.inference.protocol import SetCameraDetect
+    from app.inference.worker import WorkerHandle, WorkerSpec
+    from app.ring import FrameRing
+    from app.types import FrameResult
+
+    ring = FrameRing.create(4, 120, 160)
+    spec = WorkerSpec(
+        worker_id=1,
+        model=ModelConfig(path=str(tiny_model), threads=1, warmup_runs=0),
+        rings=(("cam", ring.spec),),
+        detect=(("cam", DetectConfig(fps=None, idle_interval_s=1000)),),
+    )
+    handle = WorkerHandle(spec)
+    image = np.full((120, 160, 3), 90, np.uint8)
+    seq = 0
+
+    def write(motion: bool, boxes: tuple = ()) -> int:
+        nonlocal seq
+        seq += 1
+        ring.write(image, index=seq, pts=seq / 25, captured_mono_ns=time.monotonic_ns(), captured_wall=time.time(),
+                   motion=motion, motion_boxes=boxes)  # fmt: skip
+        return seq
+
+    def result(timeout: float = 60.0) -> FrameResult:
+        assert handle.conn.poll(timeout), "no result"
+        msg = handle.conn.recv()
+        assert isinstance(msg, FrameResult), msg
+        return msg
+
+    def settle() -> None:
+        # Give the worker (polling every few ms) time to look at what was written or sent; what it must not do
+        # is asserted below by results that never come, whatever the timing.
+        time.sleep(0.5)
+
+    try:
+        handle.start()
+        handle.wait_ready(120)
+        write(False)  # never detected before: the idle check is due at once
+        first = result()
+        assert first.frame.seq == 1 and first.regions == ((0, 0, 160, 120),)
+        assert first.frame.motion is False and first.skipped == 0
+        for _ in range(10):  # a still scene: passed over
+            write(False)
+        settle()
+        assert not handle.conn.poll(0), "a still frame was detected"
+        moving = write(True, ((10, 10, 50, 60),))
+        r = result()
+        assert (r.frame.seq, r.skipped, r.frame.motion_boxes) == (moving, 10, ((10, 10, 50, 60),))
+        # A moving tracked object keeps the camera detecting without motion.
+        handle.send(TrackHint("cam", True, ((20.0, 20.0, 60.0, 80.0),)))
+        settle()
+        n = write(False)
+        assert result().frame.seq == n
+        # Back to idle, with stationary objects due for a look now: one detection, then still frames are skipped.
+        handle.send(TrackHint("cam", False, recheck_mono=time.monotonic(), recheck_boxes=((5.0, 5.0, 40.0, 40.0),)))
+        settle()
+        n = write(False)
+        assert result().frame.seq == n
+        write(False)
+        settle()
+        assert not handle.conn.poll(0), "the re-check was served already"
+        # A new fps cap applies from the last detection on: a moving frame waits, unseen, instead of being
+        # skipped, and is taken as soon as the cap allows (here: lifted again).
+        handle.send(SetCameraDetect("cam", DetectConfig(fps=0.001, idle_interval_s=1000)))
+        settle()
+        n = write(True, ((0, 0, 10, 10),))
+        settle()
+        assert not handle.conn.poll(0), "detected within its fps interval"
+        handle.send(SetCameraDetect("cam", DetectConfig(fps=None, idle_interval_s=1000)))
+        r = result()
+        assert (r.frame.seq, r.skipped) == (n, 1)  # the still frame before it was skipped
+    finally:
+        handle.stop()
+        ring.close()
+        ring.unlink()
+
+
+def test_stats_count_skipped_frames_apart_from_drops() -> None:
+    from app.pipeline.stats import CameraStats
+    from app.types import CaptureCounters, Detections, FrameResult, StageTimings
+
+    stats = CameraStats("cam", CaptureCounters())
+
+    def res(seq: int, skipped: int) -> FrameResult:
+        meta = FrameMeta(seq, seq, 0.0, 0, 0.0, 120, 160)
+        return FrameResult("cam", meta, Detections.empty(), StageTimings(1, 1, 1), 0, 0, 1, skipped=skipped)
+
+    assert stats.record(res(1, 0), 0)[0] == 0
+    assert stats.record(res(12, 8), 0)[0] == 2  # 10 frames in between: 8 passed over, 2 overwritten unseen
+    assert stats.record(res(20, 50), 0)[0] == 0  # (never more skipped than the gap)
+    doc = stats.as_dict()
+    assert (doc["frames_dropped"], doc["frames_skipped"], doc["frames_processed"]) == (2, 15, 3)
