@@ -236,12 +236,6 @@ class CameraScheduler:
         if cam.hint is not None and 0 < cam.hint.recheck_mono <= now:
             cam.recheck_done = cam.hint.recheck_mono
 
-    def next_wake(self, now: float | None = None) -> float | None:
-        """Seconds until the earliest fps grid point still ahead (None when none is): a waiting camera's turn."""
-        now = self.clock() if now is None else now
-        ahead = [c.next_at - now for c in self._cams.values() if c.next_at > now]
-        return min(ahead) if ahead else None
-
     @staticmethod
     def _interval(cam: _Camera) -> float:
         return 0.0 if cam.detect.fps is None else 1.0 / cam.detect.fps
