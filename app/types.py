@@ -104,6 +104,9 @@ class FrameResult:
     # Where the detector looked, xyxy frame pixels: the whole frame `((0, 0, w, h),)` or crops around motion and
     # tracked objects. Detections outside them were not searched for in this frame (stationary objects keep).
     regions: tuple[Box, ...] = ()
+    # Frames of this camera the worker passed over since its previous result: no motion and no other reason to look
+    # (`cameras[].detect`). The rest of the sequence gap was overwritten unseen (`dropped`).
+    skipped: int = 0
 
 
 @dataclass(slots=True)

@@ -125,3 +125,35 @@ def test_bench_batch_and_small_modes(coco_model: Path, sample_video: Path, tmp_p
     assert all(0 <= m["recall"] <= 1 for m in small["methods"].values())
     text = md.read_text()
     assert core in text and "Regions of interest and batching" in text and "| full frame |" in text
+
+
+def test_bench_scheduling_modes_write_their_own_block(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
+    md = tmp_path / "BENCH.md"
+    from app.bench.report import BEGIN, END
+
+    core = f"{BEGIN}\nold core figures\n{END}"
+    md.write_text(f"# Benchmarks\n\n{core}\n")
+    args = [sys.executable, "-m", "app", "bench", "--model", str(tiny_model), "--source", str(small_video),
+            "--modes", "static,capacity", "--static-seconds", "2", "--static-idle-interval", "1",
+            "--capacity-seconds", "2", "--capacity-cameras", "2", "--capacity-sweep", "2",
+            "--json", "--markdown", str(md)]  # fmt: skip
+    res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)["modes"]
+    static = out["static"]
+    assert static["gating_off"]["detections"] > 0 and static["gating_off"]["cpu_worker_s"] > 0
+    assert {"detections_bound", "detections_within_bound", "cpu_ratio_off_vs_on", "cpu_goal_met"} <= set(static)
+    cap = out["capacity"]
+    assert set(cap["rates"]) == {"cam0", "cam1"} and all(r > 0 for r in cap["rates"].values())
+    assert 0 < cap["min_max_ratio"] <= 1 and cap["age_bound_ms"] > 0
+    assert [r["cameras"] for r in cap["sweep"]] == [2] and cap["sweep"][0]["moving"] == 1
+    text = md.read_text()
+    assert core in text, "the core block is left alone"
+    assert "Camera scheduling" in text and "Static scene" in text and "Half the cameras static" in text
+
+
+def test_bench_capacity_bad_sweep_is_a_clear_error(tiny_model: Path, small_video: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "app", "bench", "--modes", "capacity", "--model", str(tiny_model),
+                          "--source", str(small_video), "--capacity-sweep", "4,x"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: --capacity-sweep"), res.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_driven, wait_until
 from support.broker import Broker, Subscriber
+from support.cameras import every_frame
 
 from app.config import LATENCY_LAYERS, VigilConfig
 from app.inference.faults import FaultInjector, InjectedFrameError
@@ -219,7 +220,8 @@ def live_config(model: Path, video: Path, budget: dict, faults: dict | None = No
     return VigilConfig.model_validate(
         {
             "device_id": "dev",
-            "cameras": [{"name": "cam", "source": str(video), "loop": True, "realtime": True, "fps": 25}],
+            # every frame detected: the 3 s windows need their frames and the faults count taken frames
+            "cameras": [every_frame({"name": "cam", "source": str(video), "loop": True, "realtime": True, "fps": 25})],
             "model": {"path": str(model), "threads": 1},
             "output": {"json_lines": False, "status_interval_s": 0},
             "budget": {"window_s": WINDOW, **budget},

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -75,6 +76,18 @@ def test_plan_cameras_by_name() -> None:
     assert not budget.cameras and budget.live[0].keys == ("cameras.c.budget",), budget
     # reordering alone is no change
     assert not plan_reload(old, cfg_of(cameras=list(reversed(old.model_dump()["cameras"])))).cameras
+
+
+def test_plan_a_detect_change_restarts_no_capture() -> None:
+    old = cfg_of(cameras=[{"name": "a", "source": "a.mp4"}, {"name": "b", "source": "b.mp4"}])
+    new = cfg_of(cameras=[{"name": "a", "source": "a.mp4", "detect": {"fps": 2, "idle_interval_s": 30}},
+                          {"name": "b", "source": "x.mp4", "detect": {"fps": None}}])  # fmt: skip
+    plan = plan_reload(old, new)
+    c = plan.cameras
+    assert (c.changed, c.detect) == (("b",), ("a", "b")) and c
+    assert plan.live[0].keys == ("cameras.a.detect.fps", "cameras.a.detect.idle_interval_s", "cameras.b.detect.fps",
+                                 "cameras.b.source")  # fmt: skip
+    assert plan.live[0].action == "capture restarted: b; detection schedule applied: a, b"
 
 
 def test_plan_model_beyond_thresholds_needs_a_worker() -> None:
@@ -211,6 +224,20 @@ def test_reload_end_to_end(tmp_path: Path, tiny_model: Path, small_video: Path) 
         n = len(sink.records)
         assert wait_until(lambda: any(not r["detections"] for r in sink.since(n, "a")), 60)
         file.data["model"]["conf"] = 0.25
+        # a's detect section: applied to the worker, no capture restart; a is detected at most 0.5 times a second
+        capture_a = pipe.captures["a"]
+        file.data["cameras"][0]["detect"] = {"fps": 0.5}
+        file.write()
+        a = reload(pipe)
+        assert a["applied"]["cameras"]["action"] == "detection schedule applied: a", a
+        assert pipe.captures["a"] is capture_a
+        results_of("a", len(sink.records), 1)  # (one may already be on its way)
+        n, t0 = len(sink.records), time.monotonic()
+        results_of("b", n, 15)
+        assert len(sink.since(n, "a")) <= 0.5 * (time.monotonic() - t0) + 2
+        del file.data["cameras"][0]["detect"]
+        file.write()
+        assert reload(pipe)["applied"]["cameras"]["keys"] == ["cameras.a.detect.fps"]
         # remove b: no more results, its ring leaves /dev/shm
         ring_b = pipe.rings["b"].name
         del file.data["cameras"][1]

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import WSMsgType
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from support.cameras import every_frame
 from support.web_harness import Served, web_config
 
 from app.config import VigilConfig
@@ -27,7 +28,7 @@ from app.pipeline.service import ServiceBase
 TOKEN = "test-token-0123456789abcdef"
 # The MQTT payloads' fields (app/pipeline/payloads.py), which the stream's `data` carries unchanged.
 RESULT_FIELDS = {"schema", "device_id", "camera", "seq", "frame", "captured_at", "width", "height", "detections",
-                 "latency_ms", "published_at", "model"}  # fmt: skip
+                 "latency_ms", "published_at", "model", "motion", "regions"}  # fmt: skip
 EVENT_FIELDS = {"schema", "device_id", "camera", "type", "object", "captured_at", "latency_ms", "published_at"}
 SYSTEM_FIELDS = {"schema", "device_id", "event", "type", "reason", "at", "published_at"}
 
@@ -61,7 +62,8 @@ def stream_config(
     model: Path, video: Path, api: dict, cameras: tuple[str, ...] = ("cam",), fps: float = 20, **http
 ) -> VigilConfig:
     doc = web_config(model, video, **http).model_dump()
-    doc["cameras"] = [{**doc["cameras"][0], "name": name, "fps": fps} for name in cameras]
+    # every frame detected: the stream tests count on results at the camera's rate (a client backing up, ordering)
+    doc["cameras"] = [every_frame({**doc["cameras"][0], "name": name, "fps": fps}) for name in cameras]
     doc["api"] = {**doc["api"], **api}
     doc["tracking"]["event_update_interval_s"] = 0.5  # periodic `update` events keep events flowing
     return VigilConfig.model_validate(doc)

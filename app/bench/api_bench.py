@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from app.bench.common import percentiles, read_frames
+from app.bench.common import bench_camera, percentiles, read_frames
 from app.bench.recorders import RssSampler, SampleRecorder
 from app.config import ModelConfig, VigilConfig
 
@@ -104,7 +104,7 @@ def _served_pipeline(
     cfg = VigilConfig.model_validate(
         {
             "device_id": "bench",
-            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+            "cameras": [bench_camera("bench", source)],
             "model": model.model_dump(),
             "output": {"json_lines": False, "status_interval_s": 0},
             "http": {"port": 0},

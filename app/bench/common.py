@@ -7,7 +7,7 @@ modules import from here, never from each other.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -47,12 +47,29 @@ def read_frames(source: str, n: int) -> list[np.ndarray]:
     return frames
 
 
+# The modes that measure the detector and what follows it detect every frame they can: no motion gating and no
+# `detect.fps` cap (the defaults would measure the schedule instead). The `static` and `capacity` modes use the
+# defaults on purpose.
+EVERY_FRAME: dict[str, Any] = {"detect": {"fps": None}, "motion": {"enabled": False}}
+
+
+def bench_camera(name: str, source: str, **extra: Any) -> dict[str, Any]:
+    """A `cameras[]` entry looping `source` at its real rate that detects every frame it can (`EVERY_FRAME`).
+
+    Args:
+        name: The camera's name.
+        source: The video file.
+        **extra: More camera keys (they win).
+    """
+    return {"name": name, "source": source, "loop": True, "realtime": True, **EVERY_FRAME, **extra}
+
+
 def live_config(model: ModelConfig, source: str) -> VigilConfig:
-    """One camera `bench` on `source`, looped at its real rate, no JSON lines and no status line."""
+    """One camera `bench` on `source`, looped at its real rate, detecting every frame; no JSON lines or status."""
     return VigilConfig.model_validate(
         {
             "device_id": "bench",
-            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+            "cameras": [bench_camera("bench", source)],
             "model": model.model_dump(),
             "output": {"json_lines": False, "status_interval_s": 0},
         }

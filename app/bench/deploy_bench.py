@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from app.bench.common import bench_camera
 from app.bench.recorders import ResultTimes, SwitchTimes
 from app.config import ModelConfig, VigilConfig
 
@@ -49,7 +50,7 @@ def bench_deploy(model: ModelConfig, source: str, deployments: int) -> dict:
         cfg = VigilConfig.model_validate(
             {
                 "device_id": "bench",
-                "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+                "cameras": [bench_camera("bench", source)],
                 "model": {**model.model_dump(), "path": str(models / names[0]),
                           "deploy": {"models_dir": str(models)}},
                 "output": {"json_lines": False, "status_interval_s": 0},

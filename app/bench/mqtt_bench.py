@@ -19,6 +19,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from app.bench.common import bench_camera
 from app.config import ModelConfig, VigilConfig
 
 
@@ -89,7 +90,7 @@ def _config(model: ModelConfig, source: str, fps: float, port: int | None, max_r
     return VigilConfig.model_validate(
         {
             "device_id": "bench",
-            "cameras": [{"name": "cam", "source": source, "loop": True, "realtime": True, "fps": fps}],
+            "cameras": [bench_camera("cam", source, fps=fps)],
             "model": model.model_dump(),
             "output": {"json_lines": False, "status_interval_s": 0},
             "mqtt": mqtt,

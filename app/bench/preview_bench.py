@@ -17,6 +17,7 @@ import time
 
 import psutil
 
+from app.bench.common import bench_camera
 from app.config import ModelConfig, VigilConfig
 from app.pipeline.records import ResultRecord
 from app.pipeline.service import ServiceBase
@@ -52,7 +53,7 @@ def bench_preview(
     cfg = VigilConfig.model_validate(
         {
             "device_id": "bench",
-            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+            "cameras": [bench_camera("bench", source)],
             "model": model.model_dump(),
             "output": {"json_lines": False, "status_interval_s": 0},
             "http": {"port": 0, "preview_width": 640, "preview_fps": 15, "max_viewers": max(counts)},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 
+from app.bench.common import bench_camera
 from app.bench.recorders import ResultTimes, RssSampler, SwitchTimes
 from app.config import ModelConfig, VigilConfig
 
@@ -29,7 +30,7 @@ def bench_recycle(model: ModelConfig, source: str, seconds: float, every_s: floa
     cfg = VigilConfig.model_validate(
         {
             "device_id": "bench",
-            "cameras": [{"name": "bench", "source": source, "loop": True, "realtime": True}],
+            "cameras": [bench_camera("bench", source)],
             "model": model.model_dump(),
             "output": {"json_lines": False, "status_interval_s": 0},
             "watchdog": watchdog,

@@ -10,6 +10,8 @@
                the time per frame, and a threads x spin_wait sweep (app/bench/realtime_bench.py)
   batch        batch-N vs N x batch-1 backend throughput (app/bench/regions_bench.py)
   small        recall of small people on a 1080p clip made from the source: regions vs the whole frame
+  static       motion gating on a static scene: detections and CPU, gating on vs off (app/bench/scheduling_bench.py)
+  capacity     cameras at detect.fps 5: rates, fairness, frame age; how many hold 5/s with half static
 
 Medians and ratios come from one run; the machine is noisy, so compare only numbers from the same run.
 """
@@ -280,6 +282,31 @@ def _bench_small(model: ModelConfig, args: argparse.Namespace) -> dict:
     return bench_small(model, args.source, args.small_frames)
 
 
+def _bench_static(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.scheduling_bench import bench_static
+
+    return bench_static(model, args.source, args.static_seconds, args.static_idle_interval)
+
+
+def _bench_capacity(model: ModelConfig, args: argparse.Namespace) -> dict:
+    from app.bench.scheduling_bench import bench_capacity
+
+    return bench_capacity(model, args.source, args.capacity_seconds, args.capacity_cameras,
+                          parse_counts(args.capacity_sweep))  # fmt: skip
+
+
+def parse_counts(text: str) -> tuple[int, ...]:
+    """`"4,6,8"` -> (4, 6, 8); empty -> ().
+
+    Raises:
+        BenchError: Something that is not a comma list of integers.
+    """
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise BenchError(f"--capacity-sweep: {text!r} is not a comma list of camera counts") from exc
+
+
 Mode = Callable[[ModelConfig, argparse.Namespace], dict]
 """A mode run once: the model config and the `vigil bench` options in, its JSON-able result out."""
 
@@ -310,6 +337,8 @@ MODES: dict[str, Mode] = {
     "api-ws": _bench_api_ws,
     "batch": _bench_batch,
     "small": _bench_small,
+    "static": _bench_static,
+    "capacity": _bench_capacity,
 }
 """The modes run once each, in this order, before the round modes: the pipeline modes first, in a process that
 has loaded nothing else (main-process RSS is real)."""
@@ -326,6 +355,8 @@ def _check_args(args: argparse.Namespace, modes: list[str]) -> None:
     for p in (args.model, args.source):
         if not Path(p).is_file():
             raise BenchError(f"{p} does not exist (run `vigil assets fetch`)")
+    if "capacity" in modes:
+        parse_counts(args.capacity_sweep)
     if "realtime" in modes:
         from app.bench.realtime_bench import parse_decode_sweep, parse_sweep
 

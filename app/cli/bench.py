@@ -41,6 +41,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recycle-seconds", type=float, default=600.0, help="length of the recycle soak")
     p.add_argument("--recycle-every-s", type=float, default=60.0, help="periodic recycle interval in that soak")
     p.add_argument("--deploy-count", type=int, default=10, help="deployments of the deploy mode (model, copy, ...)")
+    p.add_argument("--static-seconds", type=float, default=30.0, help="window per run of the static mode")
+    p.add_argument("--static-idle-interval", type=float, default=10.0, help="detect.idle_interval_s (static mode)")
+    p.add_argument("--capacity-seconds", type=float, default=20.0, help="window per run of the capacity mode")
+    p.add_argument("--capacity-cameras", type=int, default=4, help="moving cameras of the capacity mode")
+    p.add_argument("--capacity-sweep", default="4,6,8",
+                   help="camera counts tried with half of them static (comma list; empty: no sweep)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None,
                    help="model.threads (default: 0 = all cores; realtime: the config's)")  # fmt: skip
     p.add_argument("--config", default=DEFAULT_CONFIG, help="the config the realtime mode runs")

@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.config import DetectConfig, FaultsConfig, ModelConfig
+from app.inference.camera_schedule import CameraDecision, CameraScheduler
 from app.inference.protocol import (
     AttachRing,
     BackendChanged,
+    BackendState,
     CanaryAnswer,
     CanaryRequest,
     CancelDetect,
@@ -39,20 +41,24 @@ from app.inference.protocol import (
     DetectNotRun,
     DetectRequest,
     ModelIdentity,
+    SetCameraDetect,
     SetDetection,
     SetThresholds,
     StartServing,
     StopWorker,
+    TrackHint,
     WorkerFailed,
     WorkerFrameError,
     WorkerReady,
 )
+from app.inference.regions import full_frame, plan_regions
 from app.inference.scheduling import DetectorShare
 from app.inference.shared_image import SharedImageGone, mapped_image
 from app.ring import FrameRing, FrameView, RingSpec
-from app.types import FrameResult, StageTimings
+from app.types import FrameMeta, FrameResult, StageTimings
 
 if TYPE_CHECKING:
+    from app.inference.batch import FrameJob
     from app.inference.detector import Detector
     from app.inference.faults import FaultInjector
 
@@ -72,9 +78,9 @@ class WorkerSpec:
     Attributes:
         worker_id: Id used in logs and in every message the worker sends.
         model: The model and backend configuration.
-        rings: (camera name, shared-memory ring) pairs, read round-robin.
+        rings: (camera name, shared-memory ring) pairs, scheduled by `CameraScheduler`.
         log_level: Python logging level name for the worker process.
-        idle_sleep_s: Poll period when no ring has a new frame, s.
+        idle_sleep_s: Poll period when no camera is due, s (a control message ends the wait at once).
         disabled_cameras: Cameras whose detection starts switched off.
         faults: Fault injection for tests and drills.
         standby: After warm-up, wait for StartServing before taking frames (blue-green replacement).
@@ -88,7 +94,7 @@ class WorkerSpec:
     model: ModelConfig
     rings: tuple[tuple[str, RingSpec], ...]  # (camera name, ring)
     log_level: str = "info"
-    idle_sleep_s: float = 0.001  # poll period when no new frame; << any inference time
+    idle_sleep_s: float = 0.002  # poll period when nothing is due; << any inference time, few wake-ups
     disabled_cameras: tuple[str, ...] = ()  # detection switched off (e.g. by an MQTT command)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     standby: bool = False  # after warm-up, wait for StartServing (blue-green replacement)
@@ -227,12 +233,29 @@ def run_canary(detector: Detector, req: CanaryRequest, worker_id: int) -> Canary
     return CanaryAnswer(req.request_id, worker_id, det)
 
 
-class _ServingLoop:
-    """What a serving worker keeps between frames.
+def round_size(backend: BackendState, max_batch: int) -> int:
+    """How many cameras' frames one round takes: `model.max_batch` on a GPU, 1 on the CPU.
 
-    Where each ring was read up to, the round-robin position, the cameras switched off, the run of consecutive errors,
-    the backend state last reported, and the detection requests waiting (in arrival order) with the share of
-    detector time they have had.
+    Every frame of a round waits for the whole round before its result goes out. On a GPU one batch of N costs
+    little more than one frame, so rounds of N multiply the throughput; on the CPU a batch costs about what its
+    frames cost one by one (the batch bench), so a round of N would only add N-1 inferences to the
+    frame age of its first frames and send results in bursts.
+
+    Args:
+        backend: What serves the frames now (a failover to the CPU changes it).
+        max_batch: `model.max_batch`.
+    """
+    gpu = "tensorrt" in backend.name or any("CUDA" in p or "Tensorrt" in p for p in backend.providers)
+    return max_batch if gpu else 1
+
+
+class _ServingLoop:
+    """What a serving worker keeps between rounds.
+
+    Where each ring was read up to, the cameras' schedule (`CameraScheduler`: fps caps, motion gating, hints,
+    fair shares), the frames skipped per camera since its last result, the cameras switched off, the run of
+    consecutive errors, the backend state last reported, and the detection requests waiting (in arrival order)
+    with the share of detector time they have had.
     """
 
     def __init__(
@@ -251,8 +274,10 @@ class _ServingLoop:
         self.faults = faults
         self.heartbeat = heartbeat
         self.last_seq = {cam: 0 for cam, _ in rings}
+        self.skipped = {cam: 0 for cam, _ in rings}
+        detect = dict(spec.detect)
+        self.schedule = CameraScheduler({cam: detect.get(cam, DetectConfig()) for cam, _ in rings})
         self.disabled: set[str] = set(spec.disabled_cameras)
-        self.next_ring = 0
         self.errors = 0
         self.backend_state = detector.backend_state()
         self.requests: dict[int, DetectRequest] = {}  # insertion order = arrival order
@@ -261,7 +286,9 @@ class _ServingLoop:
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set or the parent sends StopWorker.
 
-        Control messages go before any work; then a detection request or a camera frame, as `DetectorShare` decides.
+        Control messages go before any work; then a detection request or a round of due camera frames, as
+        `DetectorShare` decides. With nothing to do it waits on the pipe for `idle_sleep_s` (a message wakes it
+        at once; a new frame is seen at the next look).
         """
         while not stop.is_set():
             if self.conn.poll():
@@ -269,15 +296,16 @@ class _ServingLoop:
                     return
                 continue
             self._drop_expired()
-            picked = self._pick_frame()
-            kind = self.share.next_kind(bool(self.requests), picked is not None, time.monotonic())
+            now = time.monotonic()
+            jobs = self._due_jobs(now)
+            kind = self.share.next_kind(bool(self.requests), bool(jobs), now)
             t0 = time.monotonic()
             if kind == "request":
                 self._serve_request(self.requests.pop(next(iter(self.requests))))
-            elif picked is not None:
-                self._infer_one(*picked)
+            elif jobs:
+                self._detect(jobs, now)
             else:
-                time.sleep(self.spec.idle_sleep_s)
+                self.conn.poll(self.spec.idle_sleep_s)
                 continue
             now = time.monotonic()
             self.share.record(kind or "frame", now - t0, now)
@@ -287,10 +315,14 @@ class _ServingLoop:
         if isinstance(msg, StopWorker):
             log.info("stopping: %s", msg.reason)
             return False
-        if isinstance(msg, SetThresholds):
+        if isinstance(msg, TrackHint):
+            self.schedule.set_hint(msg)
+        elif isinstance(msg, SetThresholds):
             self.detector.set_thresholds(msg.conf, msg.iou)
         elif isinstance(msg, SetDetection):
             (self.disabled.discard if msg.enabled else self.disabled.add)(msg.camera)
+        elif isinstance(msg, SetCameraDetect):
+            self.schedule.set_detect(msg.camera, msg.detect)
         elif isinstance(msg, DetectRequest):
             self.requests[msg.request_id] = msg
         elif isinstance(msg, CancelDetect) and self.requests.pop(msg.request_id, None) is not None:
@@ -300,19 +332,28 @@ class _ServingLoop:
         return True
 
     def _change_rings(self, msg: AttachRing | DetachRing) -> None:
-        """A camera added, removed or given a new ring by a config reload (the round-robin restarts)."""
+        """A camera added, removed or given a new ring by a config reload.
+
+        A new ring of a known camera keeps its schedule (fps grid, share); a camera added with no SetCameraDetect
+        yet is scheduled with the default `detect` until its own arrives.
+        """
         for cam, ring in [r for r in self.rings if r[0] == msg.camera]:
             self.rings.remove((cam, ring))
             ring.close()
         self.last_seq.pop(msg.camera, None)
-        self.next_ring = 0
-        if isinstance(msg, AttachRing):
-            try:
-                self.rings.append((msg.camera, FrameRing.attach(msg.ring)))
-            except (OSError, ValueError) as exc:  # removed again before we got here: nothing to read
-                log.warning("camera %s: cannot attach its ring: %s", msg.camera, exc)
-                return
-            self.last_seq[msg.camera] = 0
+        self.skipped.pop(msg.camera, None)
+        if isinstance(msg, DetachRing):
+            self.schedule.remove(msg.camera)
+            return
+        try:
+            self.rings.append((msg.camera, FrameRing.attach(msg.ring)))
+        except (OSError, ValueError) as exc:  # removed again before we got here: nothing to read
+            log.warning("camera %s: cannot attach its ring: %s", msg.camera, exc)
+            self.schedule.remove(msg.camera)
+            return
+        self.last_seq[msg.camera] = 0
+        self.skipped[msg.camera] = 0
+        self.schedule.add(msg.camera)
 
     def _drop_expired(self) -> None:
         """Answer `expired` for every waiting request whose deadline has passed: those are never run."""
@@ -352,68 +393,131 @@ class _ServingLoop:
             self.heartbeat.value = time.monotonic()
         self.conn.send(DetectAnswer(req.request_id, wid, det, StageTimings(pre_ms, inf_ms, post_ms), picked_ns))
 
-    def _pick_frame(self) -> tuple[str, FrameView] | None:
-        """The newest unseen frame of the next camera that has one, or None when no ring has a new frame."""
-        n = len(self.rings)
-        for k in range(n):  # round-robin so one busy camera cannot starve the others
-            i = (self.next_ring + k) % n
-            cam, ring = self.rings[i]
+    def _due_jobs(self, now: float) -> list[FrameJob]:
+        """This round's frames: the due cameras' newest frames, fairly chosen, up to `model.max_batch`.
+
+        Frames with no reason to be looked at are passed over here (counted as skipped); frames of a camera
+        waiting for its fps interval stay unseen.
+        """
+        due: dict[str, tuple[FrameView, CameraDecision]] = {}
+        for cam, ring in self.rings:
             if cam in self.disabled:
                 continue
             view = ring.read_latest(self.last_seq[cam])
-            if view is not None:
-                self.next_ring = i + 1
-                return cam, view
-        return None
+            if view is None:
+                continue
+            decision = self.schedule.decide(cam, view.meta, now)
+            if decision.verdict == "due":
+                due[cam] = (view, decision)
+            elif decision.verdict == "skip":
+                # Every frame since the last one looked at: the worker saw none of them worth a look either
+                # (a fresh worker does not know what came before: it counts this frame only).
+                last = self.last_seq[cam]
+                self.skipped[cam] += view.meta.seq - last if last else 1
+                self.last_seq[cam] = view.meta.seq
+        picked = self.schedule.choose(due, round_size(self.backend_state, self.spec.model.max_batch))
+        return [self._job(cam, *due[cam]) for cam in picked]
 
-    def _infer_one(self, cam: str, view: FrameView) -> None:
-        """Prepare, infer and decode one frame and send its FrameResult (or a WorkerFrameError).
+    def _job(self, cam: str, view: FrameView, decision: CameraDecision) -> FrameJob:
+        """Where to look in a picked frame (`plan_regions`)."""
+        from app.inference.batch import FrameJob  # with the detector: imported in the worker process only
+
+        meta = view.meta
+        wh = (meta.width, meta.height)
+        if decision.whole_frame:
+            regions = full_frame(*wh)
+        else:
+            regions = plan_regions(wh, decision.motion_boxes, decision.track_boxes, self.detector.info.input_hw,
+                                   self.schedule.detect_config(cam).regions)  # fmt: skip
+        return FrameJob(cam, view, regions)
+
+    def _detect(self, jobs: list[FrameJob], picked: float) -> None:
+        """Detect on a round of frames (one batch where the model allows) and send a FrameResult per frame.
+
+        Each frame passes the fault hooks first (a frame failed on purpose is reported, not run); a frame
+        overwritten while it was read gets no result (the newer one is taken next time).
+
+        Args:
+            jobs: The frames picked this round.
+            picked: When they were picked (monotonic s): their cameras' fps intervals count from there.
 
         Raises:
             SystemExit: After MAX_CONSECUTIVE_ERRORS failed frames in a row (exit code 3), so the supervisor
                 replaces the worker.
         """
+        from app.inference.batch import detect_frames
+
         picked_ns = time.monotonic_ns()
-        meta = view.meta
-        detector = self.detector
         faults = self.faults
-        try:
-            faults.before_frame()
-            tensor, geometry, pre_ms = detector.prepare(view.image)
-            if not view.is_valid():
-                return  # overwritten while we read it: take the newer frame instead
-            pre_ms += faults.stage_delay_ms("preprocess")
-            outputs, inf_ms = detector.infer(tensor)
-            inf_ms += faults.stage_delay_ms("inference")
-            det, post_ms = detector.decode(outputs, geometry)
-            post_ms += faults.stage_delay_ms("postprocess")
-        except Exception as exc:
-            self.errors += 1
-            self.last_seq[cam] = meta.seq
-            self.conn.send(WorkerFrameError(self.spec.worker_id, cam, meta.seq, f"{type(exc).__name__}: {exc}"))
-            if self.errors >= MAX_CONSECUTIVE_ERRORS:
-                log.error("%d consecutive inference errors; exiting for a restart", self.errors)
-                raise SystemExit(3) from exc
-            return
-        self.errors = 0
-        self.last_seq[cam] = meta.seq
-        if (now_state := detector.backend_state()) != self.backend_state:
+        run: list[FrameJob] = []
+        delays: dict[int, tuple[float, float, float]] = {}
+        for job in jobs:
+            try:
+                faults.before_frame()
+            except Exception as exc:
+                self.schedule.detected(job.camera, picked)
+                self._frame_failed(job, f"{type(exc).__name__}: {exc}")
+                continue
+            # Slowed stages are slept here, before the batch, and added to this frame's stage times.
+            pre, inf, post = (faults.stage_delay_ms(s) for s in ("preprocess", "inference", "postprocess"))
+            delays[id(job)] = (pre, inf, post)
+            run.append(job)
+        outcomes = detect_frames(self.detector, run, self.spec.model.max_batch) if run else []
+        if (now_state := self.detector.backend_state()) != self.backend_state:
             self.backend_state = now_state
             self.conn.send(BackendChanged(self.spec.worker_id, now_state))
-        if self.heartbeat is not None:
-            self.heartbeat.value = time.monotonic()  # last successful inference, read by the supervisor
-        self.conn.send(
-            FrameResult(
-                camera=cam,
-                frame=meta,
-                detections=det,
-                timings=StageTimings(pre_ms, inf_ms, post_ms),
-                picked_mono_ns=picked_ns,
-                done_mono_ns=time.monotonic_ns(),
-                worker_id=self.spec.worker_id,
+        for outcome in outcomes:
+            job = outcome.job
+            if outcome.error == "overwritten":
+                continue  # take the newer frame instead
+            if outcome.detections is None:
+                self.schedule.detected(job.camera, picked)
+                self._frame_failed(job, outcome.error or "no detections")
+                continue
+            self.errors = 0
+            self.schedule.detected(job.camera, picked)
+            meta = _frame_meta(job)
+            self.last_seq[job.camera] = meta.seq
+            if self.heartbeat is not None:
+                self.heartbeat.value = time.monotonic()  # last successful inference, read by the supervisor
+            t, (d_pre, d_inf, d_post) = outcome.timings, delays[id(job)]
+            self.conn.send(
+                FrameResult(
+                    camera=job.camera,
+                    frame=meta,
+                    detections=outcome.detections,
+                    timings=StageTimings(t.preprocess_ms + d_pre, t.inference_ms + d_inf, t.postprocess_ms + d_post),
+                    picked_mono_ns=picked_ns,
+                    done_mono_ns=time.monotonic_ns(),
+                    worker_id=self.spec.worker_id,
+                    regions=job.regions,
+                    skipped=self.skipped.get(job.camera, 0),
+                )
             )
-        )
-        self.faults.after_frame()
+            self.skipped[job.camera] = 0
+            faults.after_frame()
+
+    def _frame_failed(self, job: FrameJob, error: str) -> None:
+        """Report a failed frame (it is not retried) and give up after too many in a row.
+
+        Raises:
+            SystemExit: The MAX_CONSECUTIVE_ERRORS-th failure in a row (exit code 3).
+        """
+        self.errors += 1
+        seq = _frame_meta(job).seq
+        self.last_seq[job.camera] = seq
+        self.conn.send(WorkerFrameError(self.spec.worker_id, job.camera, seq, error))
+        if self.errors >= MAX_CONSECUTIVE_ERRORS:
+            log.error("%d consecutive inference errors; exiting for a restart", self.errors)
+            raise SystemExit(3)
+
+
+def _frame_meta(job: FrameJob) -> FrameMeta:
+    """The ring metadata of a camera frame's job (the serving loop builds its jobs from ring views only)."""
+    view = job.view
+    if not isinstance(view, FrameView):
+        raise TypeError(f"camera job of {job.camera} does not hold a ring frame")
+    return view.meta
 
 
 class WorkerHandle:

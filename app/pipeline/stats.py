@@ -83,6 +83,7 @@ class CameraStats:
     capture: CaptureCounters
     processed: int = 0
     dropped: int = 0
+    skipped: int = 0  # passed over by the worker: no motion and no other reason to look (README "Scheduling")
     errors: int = 0
     last_result_mono: float = 0.0
     last_seq: int = 0
@@ -99,11 +100,14 @@ class CameraStats:
         """Returns (frames dropped since the previous result, frame age at result in ms).
 
         Drops are counted here from capture sequence numbers, not by the worker, so frames captured while
-        a worker was starting or being replaced are counted too.
+        a worker was starting or being replaced are counted too; the frames the worker says it skipped (no
+        motion, nothing due) are not drops.
         """
-        dropped = max(0, r.frame.seq - self.last_seq - 1)
+        skipped = min(r.skipped, max(0, r.frame.seq - self.last_seq - 1))
+        dropped = max(0, r.frame.seq - self.last_seq - 1 - skipped)
         self.processed += 1
         self.dropped += dropped
+        self.skipped += skipped
         self.last_seq = r.frame.seq
         now = time.monotonic()
         self.last_result_mono = now
@@ -137,6 +141,7 @@ class CameraStats:
             "frames_captured": c.frames,
             "frames_processed": self.processed,
             "frames_dropped": self.dropped,
+            "frames_skipped": self.skipped,
             "frames_corrupt": c.corrupt,
             "inference_errors": self.errors,
             "reconnects": c.reconnects,

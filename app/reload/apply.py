@@ -197,6 +197,8 @@ class ConfigApplier:
                 retired.append(old_ring)
         for name in plan.cameras.added:
             camera_ops.add_camera(pipe, cams[name], prepared.rings[name])
+        for name in plan.cameras.detect:
+            camera_ops.set_detect(pipe, cams[name])
         return retired
 
     def _rebuild_watchdogs(self) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from app.capture.loop import CaptureLoop
 from app.config import CameraConfig
-from app.inference.protocol import AttachRing, DetachRing
+from app.inference.protocol import AttachRing, DetachRing, SetCameraDetect
 from app.ring import FrameRing
 
 if TYPE_CHECKING:
@@ -33,6 +33,12 @@ def add_camera(pipe: LivePipeline, cam: CameraConfig, ring: FrameRing) -> None:
     pipe.open_camera(cam, ring)
     pipe.tracking.add_camera(cam.name)
     pipe.supervisor.send(AttachRing(cam.name, ring.spec))
+    set_detect(pipe, cam)
+
+
+def set_detect(pipe: LivePipeline, cam: CameraConfig) -> None:
+    """Tell the serving worker the camera's `detect` section (its fps cap, idle interval, regions)."""
+    pipe.supervisor.send(SetCameraDetect(cam.name, cam.detect))
 
 
 def remove_camera(pipe: LivePipeline, name: str) -> FrameRing:

@@ -34,6 +34,9 @@ LIVE_ACTION = {
 }
 THRESHOLD_KEYS = frozenset({"model.conf", "model.iou"})
 RING_KEYS = ("ring_slots", "max_width", "max_height")
+# Camera keys the running pipeline follows without restarting the capture: `budget` (the monitors reconfigure),
+# `detect` (the worker's schedule, SetCameraDetect).
+NO_CAPTURE_KEYS = ("budget", "detect")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +56,20 @@ class SectionChange:
 
 @dataclass(frozen=True, slots=True)
 class CameraChanges:
-    """Cameras by name: added, removed, changed (capture restarted), and those changed whose ring is replaced.
+    """Cameras by name: added, removed, changed (capture restarted), changed with a new ring, new `detect`.
 
-    A camera whose `budget` alone changed is in none of them: only the monitors follow it (`reconfigure`).
+    A camera whose `detect` section changed is told to the worker (no restart). A camera whose `budget` alone
+    changed is in none of them: only the monitors follow it (`reconfigure`).
     """
 
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
     new_ring: tuple[str, ...] = ()
+    detect: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.changed)
+        return bool(self.added or self.removed or self.changed or self.detect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,15 +131,19 @@ def camera_changes(old: list[CameraConfig], new: list[CameraConfig]) -> tuple[Ca
     removed = tuple(n for n in before if n not in after)
     changed: list[str] = []
     new_ring: list[str] = []
+    detect: list[str] = []
     keys = [f"cameras.{n}" for n in added + removed]
     for name in (n for n in after if n in before):
         differ = diff_keys(before[name], after[name], f"cameras.{name}")
         keys += differ
-        if any(not k.startswith(f"cameras.{name}.budget") for k in differ):  # a budget is no capture setting
+        live = tuple(f"cameras.{name}.{k}" for k in NO_CAPTURE_KEYS)
+        if any(not k.startswith(live) for k in differ):
             changed.append(name)
             if any(before[name][k] != after[name][k] for k in RING_KEYS):
                 new_ring.append(name)
-    return CameraChanges(added, removed, tuple(changed), tuple(new_ring)), sorted(keys)
+        if before[name]["detect"] != after[name]["detect"]:
+            detect.append(name)
+    return CameraChanges(added, removed, tuple(changed), tuple(new_ring), tuple(detect)), sorted(keys)
 
 
 def plan_reload(old: VigilConfig, new: VigilConfig) -> ReloadPlan:
@@ -190,4 +199,6 @@ def _camera_action(c: CameraChanges) -> str:
         parts.append(f"capture restarted: {', '.join(same_ring)}")
     if c.new_ring:
         parts.append(f"capture restarted with a new ring: {', '.join(c.new_ring)}")
+    if c.detect:
+        parts.append(f"detection schedule applied: {', '.join(c.detect)}")
     return "; ".join(parts) or "budget overrides applied"

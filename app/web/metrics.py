@@ -28,6 +28,7 @@ class _PipelineCollector(Collector):
             "frames_captured": ("vigil_frames_captured", "frames read from the camera"),
             "frames_processed": ("vigil_frames_processed", "frames the detector processed"),
             "frames_dropped": ("vigil_frames_dropped", "frames skipped to stay on the freshest frame"),
+            "frames_skipped": ("vigil_frames_skipped", "frames not detected on: no motion and nothing due"),
             "frames_corrupt": ("vigil_frames_corrupt", "unreadable frames skipped"),
             "reconnects": ("vigil_camera_reconnects", "camera reconnects"),
         }
