@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 Polygon = list[list[float]]  # [[x, y], ...], 0..1 of the frame
@@ -75,7 +76,10 @@ def to_pixels(polygon: Polygon, width: int, height: int) -> np.ndarray:
 
 
 def contains(polygon_px: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Which points lie inside a polygon (even-odd rule; points on an edge may fall either way).
+    """Which points lie inside a polygon or on its edge.
+
+    On the edge counts as inside: boxes are clipped to the frame, so an object touching the bottom of the frame
+    has its bottom-centre exactly on the bottom edge, which a zone or mask drawn to the frame's edge must hold.
 
     Args:
         polygon_px: `(K, 2)` polygon vertices, pixels (`to_pixels`).
@@ -85,15 +89,8 @@ def contains(polygon_px: np.ndarray, points: np.ndarray) -> np.ndarray:
         `(N,)` bool.
     """
     pts = np.asarray(points, np.float64).reshape(-1, 2)
-    poly = np.asarray(polygon_px, np.float64)
-    x, y = pts[:, 0:1], pts[:, 1:2]  # (N, 1) against (K,) edges
-    x1, y1 = poly[:, 0], poly[:, 1]
-    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
-    straddles = (y1 > y) != (y2 > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_cross = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
-    crossings = np.sum(straddles & (x < x_cross), axis=1)
-    return (crossings % 2) == 1
+    contour = np.asarray(polygon_px, np.float32).reshape(-1, 1, 2)
+    return np.array([cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0 for x, y in pts], dtype=bool)
 
 
 def bottom_centres(xyxy: np.ndarray) -> np.ndarray:

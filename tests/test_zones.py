@@ -76,11 +76,29 @@ class Feeder:
 # ---- zones --------------------------------------------------------------------------------------------
 
 
+def test_an_object_touching_the_bottom_of_the_frame_is_in_a_zone_and_a_mask_drawn_to_the_edge() -> None:
+    """Boxes are clipped to the frame: a person close to the camera has its bottom-centre ON the bottom edge (y = H),
+    and a zone or mask drawn to the frame's edge must hold it (field case: such objects were never in the zone)."""
+    bottom = [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]]
+    stage = stage_with({"zones": [{"name": "near", "polygon": bottom, "inertia": 1}]})
+    feed = Feeder(stage)
+    for k in range(2):
+        feed(k * 0.25, person(320, y=H - 200))  # box bottom exactly at y = 480
+    assert feed.events()[-1][1].obj["current_zones"] == ["near"]
+    assert stage.zone_counts("door")["near"]["all"] == 1
+    corner = person(W - 50, y=H - 200, w=100)  # clipped at the right edge too: bottom-centre (640, 480) is a corner
+    masked = ObjectFilter(VigilConfig.model_validate({"cameras": [{"name": "door", "source": "x.mp4",
+                                                                   "object_mask": [bottom]}]}).cameras[0], NAMES)  # fmt: skip
+    assert len(masked.apply(person(320, y=H - 200), (W, H))) == 0, "a mask to the bottom edge drops what stands on it"
+    clipped = Detections(np.clip(corner.xyxy, 0, [W, H, W, H]), corner.confidence, corner.class_id)
+    assert len(masked.apply(clipped, (W, H))) == 0
+
+
 def test_an_object_crossing_into_a_zone_counts_after_inertia_frames_and_leaves_after_inertia_frames_out() -> None:
     stage = stage_with({"zones": [{"name": "left", "polygon": LEFT_HALF, "inertia": 3}]})
     feed = Feeder(stage)
-    # walks left 20 px per frame from x=400 (bottom-centre) across the zone's edge at x=320
-    xs = [400 - 20 * k for k in range(12)]  # 400..180: inside from x=300 (k=5) on
+    # walks left 20 px per frame from x=410 (bottom-centre) across the zone's edge at x=320
+    xs = [410 - 20 * k for k in range(12)]  # 410..190: inside from x=310 (k=5) on
     for k, x in enumerate(xs):
         feed(k * 0.25, person(x))
     events = feed.events()
@@ -92,8 +110,8 @@ def test_an_object_crossing_into_a_zone_counts_after_inertia_frames_and_leaves_a
     assert upd.obj["current_zones"] == ["left"] and upd.obj["entered_zones"] == ["left"]
     assert upd.obj["stationary"] is False
     assert stage.zone_counts("door") == {"left": {"Normal": 1, "Fall": 0, "all": 1}}
-    # and back out: two frames outside (x >= 320) are not enough, the third is
-    for k, x in enumerate([200, 220, 240, 260, 280, 300, 320, 340], start=12):
+    # and back out: two frames outside (x > 320; the edge itself counts as inside) are not enough, the third is
+    for k, x in enumerate([200, 220, 240, 260, 280, 300, 330, 340], start=12):
         assert feed(k * 0.25, person(x)).events == ()
     (out,) = feed(20 * 0.25, person(360)).events
     assert (out.type, out.reason, out.obj["current_zones"], out.obj["entered_zones"]) == (
@@ -170,8 +188,8 @@ def test_an_alert_with_zones_fires_only_while_the_object_is_in_one_of_them() -> 
     rule = {"label": "Normal", "min_confidence": 0.5, "min_duration_s": 1.0, "zones": ["left"]}
     stage = stage_with({"zones": [{"name": "left", "polygon": LEFT_HALF, "inertia": 1}]}, alerts=[rule])
     feed = Feeder(stage)
-    # outside (x >= 320) for 1.25 s, in for 0.75 s, out for a frame (the stretch restarts), in from t=2.5
-    xs = [400, 380, 360, 340, 320] + [300] * 4 + [320] + [300] * 10
+    # outside (x > 320) for 1.25 s, in for 0.75 s, out for a frame (the stretch restarts), in from t=2.5
+    xs = [400, 380, 360, 340, 330] + [300] * 4 + [330] + [300] * 10
     for k, x in enumerate(xs):
         feed(k * 0.25, person(x))
     alerts = [t for t, e in feed.events() if e.type == "alert"]
