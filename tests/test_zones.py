@@ -87,8 +87,8 @@ def test_an_object_touching_the_bottom_of_the_frame_is_in_a_zone_and_a_mask_draw
     assert feed.events()[-1][1].obj["current_zones"] == ["near"]
     assert stage.zone_counts("door")["near"]["all"] == 1
     corner = person(W - 50, y=H - 200, w=100)  # clipped at the right edge too: bottom-centre (640, 480) is a corner
-    masked = ObjectFilter(VigilConfig.model_validate({"cameras": [{"name": "door", "source": "x.mp4",
-                                                                   "object_mask": [bottom]}]}).cameras[0], NAMES)  # fmt: skip
+    cam = {"name": "door", "source": "x.mp4", "object_mask": [bottom]}
+    masked = ObjectFilter(VigilConfig.model_validate({"cameras": [cam]}).cameras[0], NAMES)
     assert len(masked.apply(person(320, y=H - 200), (W, H))) == 0, "a mask to the bottom edge drops what stands on it"
     clipped = Detections(np.clip(corner.xyxy, 0, [W, H, W, H]), corner.confidence, corner.class_id)
     assert len(masked.apply(clipped, (W, H))) == 0
