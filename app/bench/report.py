@@ -61,6 +61,18 @@ def machine_info() -> dict:
     }
 
 
+def machine_line(results: dict, source: str = "source") -> str:
+    """`Machine: <cpu>, <cores> cores, <memory> GiB, <os>, Python <v>, ONNX Runtime <v>. Model `...`, source `...`.`.
+
+    The one machine line of every block (figures move 2x between machines: each block says where it ran).
+    """
+    m = results["machine"]
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB, {m['os']}, Python {m['python']}, "
+        f"ONNX Runtime {m['onnxruntime']}. Model `{results['model']}`, {source} `{results['source']}`."
+    )
+
+
 def render(results: dict) -> str:
     """Render the core modes of a bench run as the Markdown block between BEGIN and END (fps, latency in ms)."""
     m = results["machine"]
@@ -68,8 +80,7 @@ def render(results: dict) -> str:
         BEGIN,
         f"### Core pipeline on CPU — {m['date']}",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB, {m['os']}, Python {m['python']}, "
-        f"ONNX Runtime {m['onnxruntime']}. Model `{results['model']}`, source `{results['source']}`.",
+        machine_line(results),
         "",
         "| mode | frames | fps (median of rounds) | fps per round | p50 ms | p95 ms | p99 ms |",
         "|---|---|---|---|---|---|---|",
@@ -197,8 +208,7 @@ def render_api(results: dict) -> str:
         API_BEGIN,
         f"### Local inference service on CPU — {m['date']}",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB, {m['os']}, Python {m['python']}, "
-        f"ONNX Runtime {m['onnxruntime']}. Model `{results['model']}`, camera source `{results['source']}`.",
+        machine_line(results, "camera source"),
         *_render_api(modes.get("api")),
         *_render_api_ws(modes.get("api-ws")),
     ]
@@ -413,8 +423,7 @@ def render_regions_block(results: dict) -> str:
         REGIONS_BEGIN,
         f"### Regions of interest and batching — {m['date']}",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}, ONNX Runtime {m['onnxruntime']}. "
-        f"Model `{results['model']}`, source `{results['source']}`.",
+        machine_line(results),
         "",
         *render_regions(results),
     ]
@@ -438,8 +447,7 @@ def render_scheduling(results: dict) -> str:
         SCHED_BEGIN,
         f"### Camera scheduling — {m['date']}",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB, {m['os']}, Python {m['python']}, "
-        f"ONNX Runtime {m['onnxruntime']}. Model `{results['model']}`, source `{results['source']}`.",
+        machine_line(results),
     ]
     st = modes.get("static")
     if st:
