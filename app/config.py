@@ -37,7 +37,8 @@ PolygonConfig = Annotated[list[list[float]], AfterValidator(check_polygon)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/NaN are never a setting: an infinite fps weight starves other cameras, an infinite interval overflows.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ReconnectConfig(_Strict):
@@ -86,8 +87,8 @@ class DetectConfig(_Strict):
     """`cameras[].detect`: how often the detector looks at this camera, and where (README "Scheduling")."""
 
     fps: float | None = Field(
-        5.0, gt=0, description="most detections per second; null: as often as the detector can (no motion gating "
-        "of the rate, only of whether to look)",
+        5.0, gt=0, le=100, description="most detections per second (at most 100); null: as often as the detector "
+        "can (no motion gating of the rate, only of whether to look)",
     )  # fmt: skip
     idle_interval_s: float = Field(
         10.0, gt=0, description="with no motion and no moving tracked object, still detect this often, s"

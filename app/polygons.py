@@ -56,6 +56,16 @@ def check_polygon(points: Sequence[Sequence[float]]) -> Polygon:
         if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
             raise ValueError(f"point {i} [{x}, {y}] is outside 0..1 (coordinates are fractions of the frame)")
         out.append([x, y])
+    # A closed ring (last point = first, as GeoJSON writes it) and doubled points are the same polygon.
+    distinct: Polygon = []
+    for p in out:
+        if not distinct or p != distinct[-1]:
+            distinct.append(p)
+    if len(distinct) > 1 and distinct[0] == distinct[-1]:
+        distinct.pop()
+    out = distinct
+    if len(out) < 3:
+        raise ValueError(f"a polygon needs at least 3 distinct points, got {len(out)}")
     pts = np.asarray(out, np.float64)
     n = len(pts)
     for i in range(n):

@@ -92,6 +92,10 @@ def test_zone_count_topics_publish_changes_only() -> None:
         (z + "path/all/count", "0"), (z + "path/car/count", "0")], "a label gone goes back to 0"  # fmt: skip
     assert len(zc.changes("door", zones, {"porch": {"person": 2, "all": 2}}, force=True)) == 4
     assert zc.changes("door", zones[:1], {}) == [(z + "porch/all/count", "0"), (z + "porch/person/count", "0")]
+    # a zone without labels counted by a model of 80: `all` and the labels counted in it, not 80 zeros
+    fresh = ZoneCountTopics(t)
+    every = {"path": {"all": 0, **{f"label{i}": 0 for i in range(80)}}}
+    assert fresh.changes("door", zones[1:], every) == [(z + "path/all/count", "0")]
 
 
 def test_tail_rendering() -> None:

@@ -213,3 +213,25 @@ def test_both_trackers_keep_held_tracks_between_rare_looks_and_forget_on_request
     for k in range(61, 80):
         tr.update(dets(), k * 0.2)
     assert int(tr.update(car, 16.0)[0]) != ids[0], "forgotten: a new track"
+
+
+@pytest.mark.parametrize("kind", ["iou", "bytetrack"])
+def test_a_held_track_jittering_before_it_stood_still_keeps_its_id_across_rare_re_checks(kind: str) -> None:
+    """Field rule: a parked car's box jitters by a pixel or two between frames; that jitter is no velocity to carry
+    over the 10 s between stationary re-checks (it moved the predicted box ~100 px: a new id at every re-check)."""
+    if kind == "bytetrack":
+        pytest.importorskip("trackers", reason="the optional `tracking` extra is not installed")
+    tr = make_tracker(kind, 2.0)
+
+    def car(shift: float) -> Detections:
+        return dets((100 + shift, 200 + shift, 300 + shift, 300 + shift, 0.9, 0))
+
+    # 12 s at 5 detections/s: a pixel of jitter, then it settles 2 px a frame (the tracker's velocity ~10 px/s)
+    shifts = [float(k % 2) for k in range(55)] + [2.0, 4.0, 6.0, 8.0, 10.0]
+    ids = [int(tr.update(car(d), k * 0.2)[0]) for k, d in enumerate(shifts)][1:]
+    assert len(set(ids)) == 1
+    track = ids[0]
+    for look in range(1, 4):  # then one look every 10 s, nothing between (held as stationary)
+        for k in range(1, 50):
+            tr.update(dets(), 12 + (look - 1) * 10 + k * 0.2, hold=[track])
+        assert int(tr.update(car(10.0), 12 + look * 10.0, hold=[track])[0]) == track, f"re-check {look}"

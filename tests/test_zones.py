@@ -322,6 +322,34 @@ def test_a_stationary_object_does_not_end_while_the_detector_looks_elsewhere_and
     assert feed(21.0, car).tracker_id.tolist() == [2]
 
 
+def test_a_region_that_cuts_a_stationary_object_in_half_is_no_look_at_it() -> None:
+    """A passer-by's crop holding a parked car's centre but half of the car may miss it: no miss counted."""
+    stage = stage_with(stationary_after_s=1.0, track_lost_s=2.0, stationary_interval_s=10.0)
+    feed = Feeder(stage)
+    car = dets((100, 200, 400, 300, 0.9, 0))
+    for k in range(8):
+        feed(k * 0.25, car)
+    half = ((240, 0, 640, 480),)  # holds the car's centre (250, 250) but only half of its box
+    for t in (6.0, 7.0, 9.0, 11.0):
+        assert feed(t, dets(), half).events == (), f"not a look at the car at {t}"
+    assert stage.counts("door")["all"] == 1
+
+
+def test_two_alert_rules_on_one_label_keep_their_own_stretches() -> None:
+    zones = [{"name": "left", "polygon": LEFT_HALF, "inertia": 1},
+             {"name": "right", "polygon": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]], "inertia": 1}]  # fmt: skip
+    rules = [{"label": "Normal", "min_duration_s": 1.0, "zones": ["left"]},
+             {"label": "Normal", "min_duration_s": 1.0, "zones": ["right"]}]  # fmt: skip
+    feed = Feeder(stage_with({"zones": zones}, alerts=rules))
+    for k in range(12):  # in the right zone for 2.75 s: the first rule's broken stretch must not reset the second's
+        feed(k * 0.25, person(500))
+    alerts = [(t, e.rule.zones if e.rule else None) for t, e in feed.events() if e.type == "alert"]
+    assert alerts == [(1.0, ["right"])]
+    for k in range(12, 24):  # then in the left zone: the first rule fires too, once
+        feed(k * 0.25, person(100))
+    assert [e.rule.zones for _, e in feed.events() if e.type == "alert" and e.rule] == [["right"], ["left"]]
+
+
 def test_a_moving_object_ages_in_every_frame_whatever_the_regions() -> None:
     stage = stage_with(track_lost_s=1.0)
     feed = Feeder(stage)
@@ -415,6 +443,8 @@ def test_vigil_run_refuses_an_unknown_label_before_it_starts(tiny_model: Path, s
          "polygon is self-intersecting"),
         ("[{name: a, polygon: [[0, 0], [1, 0], [1, 1]]}, {name: a, polygon: [[0, 0], [1, 0], [1, 1]]}]",
          "zones.1.name: zone 'a' is defined twice"),
+        ("[{name: a, polygon: [[0, 0], [.inf, 0], [1, 1]]}]", "zones.0.polygon.1.0: Input should be a finite"),
+        ("[{name: a, polygon: [[0, 0], [1, 0], [1, 0], [0, 0]]}]", "cameras.0.zones.0.polygon: Value error, a polygon"),
     ],
 )  # fmt: skip
 def test_bad_zones_are_errors_naming_the_key(tmp_path: Path, zones: str, needle: str) -> None:
@@ -422,6 +452,31 @@ def test_bad_zones_are_errors_naming_the_key(tmp_path: Path, zones: str, needle:
     path.write_text(f"cameras: [{{name: door, source: x.mp4, zones: {zones}}}]\n")
     with pytest.raises(ConfigError) as exc:
         load_config(path)
+    assert needle in str(exc.value)
+
+
+def test_a_closed_polygon_with_its_first_point_repeated_is_accepted_as_drawn(tmp_path: Path) -> None:
+    """GeoJSON and other NVRs write a polygon closed (the last point repeats the first), and editors leave
+    doubled points: both are the same polygon, not a self-intersecting one."""
+    path = tmp_path / "c.yaml"
+    path.write_text("cameras: [{name: door, source: x.mp4, zones: [{name: a, polygon: "
+                    "[[0, 0.5], [1, 0.5], [1, 1], [1, 1], [0, 1], [0, 0.5]]}]}]\n")  # fmt: skip
+    assert load_config(path).cameras[0].zones[0].polygon == [[0, 0.5], [1, 0.5], [1, 1], [0, 1]]
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("cameras.0.detect.fps=.inf", "cameras.0.detect.fps: Input should be a finite number"),
+        ("cameras.0.detect.fps=1e6", "cameras.0.detect.fps: Input should be less than or equal to 100"),
+        ("tracking.stationary_interval_s=.inf", "tracking.stationary_interval_s: Input should be a finite number"),
+        ("cameras.0.detect.idle_interval_s=.nan", "cameras.0.detect.idle_interval_s: Input should be a finite"),
+    ],
+)
+def test_non_finite_and_out_of_range_schedule_settings_are_errors_naming_the_key(setting: str, needle: str) -> None:
+    """An infinite fps weight starved every other camera; an infinite re-check interval overflowed the hints."""
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["cameras.0.name=door", "cameras.0.source=x.mp4", setting])
     assert needle in str(exc.value)
 
 

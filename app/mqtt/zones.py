@@ -49,7 +49,9 @@ class ZoneCountTopics:
             now = counts.get(zone.name, {})
             last = last_cam.get(zone.name, {})
             labels = ["all", *(zone.labels or [])]
-            labels += sorted(k for k in {*now, *last} if k not in labels)
+            # Beyond `all` and the zone's own labels, only labels counted in it (now or before: back to 0 once).
+            seen = {k for k, v in now.items() if v} | set(last)
+            labels += sorted(k for k in seen if k not in labels)
             published = {}
             for label in labels:
                 n = int(now.get(label, 0))

@@ -81,7 +81,11 @@ class IouTracker:
         self._tracks = [tr for tr in self._tracks if t - tr.last_t <= self.max_age_s or tr.track_id in hold]
         ids = np.zeros(len(det), np.int64)
         if self._tracks and len(det):
-            predicted = np.stack([tr.box + tr.velocity * (t - tr.last_t) for tr in self._tracks])
+            # A held (stationary) track stays where it stood: its velocity is the detector's jitter, and times the
+            # seconds between re-checks it would carry the box away from the object (a new id at every re-check).
+            predicted = np.stack(
+                [tr.box if tr.track_id in hold else tr.box + tr.velocity * (t - tr.last_t) for tr in self._tracks]
+            )
             iou = iou_matrix(predicted, det.xyxy)
             pairs = sorted(((iou[i, j], i, j) for i, j in zip(*np.nonzero(iou >= self.iou_threshold))), reverse=True)
             used_t: set[int] = set()

@@ -55,8 +55,8 @@ class TrackedObject:
     hits: int = 1
     announced: bool = False
     last_update_mono: float = 0.0
-    alerted: set[str] = field(default_factory=set)
-    alert_since: dict[str, float] = field(default_factory=dict)  # rule label -> start of confident stretch
+    alerted: set[int] = field(default_factory=set)  # indexes of the alert rules that fired for it
+    alert_since: dict[int, float] = field(default_factory=dict)  # rule index -> start of its confident stretch
     scores: deque[float] = field(default_factory=lambda: deque(maxlen=SCORE_WINDOW))
     zones: dict[str, ZonePresence] = field(default_factory=dict)
     current_zones: list[str] = field(default_factory=list)
@@ -267,19 +267,20 @@ class ObjectLifecycle:
 
     def _alerts(self, obj: TrackedObject, conf: float, mono: float, frame_wh: tuple[int, int]) -> list[ObjectEvent]:
         out = []
-        for rule in self.alerts:
-            if rule.label in obj.alerted:
+        # Keyed by rule, not label: two rules on one label (in different zones, say) keep their own stretches.
+        for i, rule in enumerate(self.alerts):
+            if i in obj.alerted:
                 continue
             if (
                 rule.label != obj.label
                 or conf < rule.min_confidence
                 or (rule.zones is not None and not set(rule.zones) & set(obj.current_zones))
             ):
-                obj.alert_since.pop(rule.label, None)  # the continuous, confident stretch (in its zones) is broken
+                obj.alert_since.pop(i, None)  # the continuous, confident stretch (in its zones) is broken
                 continue
-            since = obj.alert_since.setdefault(rule.label, mono)
+            since = obj.alert_since.setdefault(i, mono)
             if mono - since >= rule.min_duration_s:
-                obj.alerted.add(rule.label)
+                obj.alerted.add(i)
                 out.append(ObjectEvent("alert", obj.as_dict(frame_wh), f"{rule.label} for {rule.min_duration_s} s",
                                        rule))  # fmt: skip
         return out
@@ -313,9 +314,21 @@ class ObjectLifecycle:
         return out
 
 
+COVERED_FRACTION = 0.8  # of a box's area inside one region for the detector to have seen the object there
+
+
 def covered(box: list[float], regions: tuple[Box, ...] | None) -> bool:
-    """Whether the detector looked where a box stands: its centre inside one of `regions` (None/empty: all)."""
+    """Whether the detector looked where a box stands (None/empty `regions`: the whole frame).
+
+    Most of the box (`COVERED_FRACTION` of its area) must lie inside one region: a crop that holds a parked car's
+    centre but cuts the car in half may well miss it, and that miss must not count towards ending it.
+    """
     if not regions:
         return True
-    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-    return any(r[0] <= cx <= r[2] and r[1] <= cy <= r[3] for r in regions)
+    area = max(box[2] - box[0], 1e-6) * max(box[3] - box[1], 1e-6)
+    for r in regions:
+        iw = min(box[2], r[2]) - max(box[0], r[0])
+        ih = min(box[3], r[3]) - max(box[1], r[1])
+        if iw > 0 and ih > 0 and iw * ih >= COVERED_FRACTION * area:
+            return True
+    return False
