@@ -559,6 +559,10 @@ class EventsConfig(_Strict):
     snapshots: bool = Field(True, description="keep a JPEG of each event's best frame, with its box")
     snapshot_max_width: int = Field(640, ge=64, le=3840, description="snapshots are scaled down to this width")
     snapshot_quality: int = Field(80, ge=10, le=100, description="JPEG quality of the snapshots")
+    snapshot_max_mb: float = Field(
+        64.0, gt=0, le=4096, description="snapshot bytes kept at most, MiB; beyond it the oldest entries lose "
+        "their snapshot (the entries stay)",
+    )  # fmt: skip
 
 
 class VigilConfig(_Strict):
@@ -622,9 +626,9 @@ class VigilConfig(_Strict):
     @model_validator(mode="after")
     def _unique_camera_names(self) -> VigilConfig:
         seen: set[str] = set()
-        for cam in self.cameras:
+        for j, cam in enumerate(self.cameras):
             if cam.name in seen:
-                raise ValueError(f"camera name {cam.name!r} is used twice")
+                raise ValueError(f"cameras.{j}.name: camera name {cam.name!r} is used twice")
             seen.add(cam.name)
         for i, hook in enumerate(self.webhooks):
             unknown = sorted(set(hook.cameras or ()) - seen)
@@ -645,14 +649,25 @@ def format_validation_error(err: ValidationError) -> str:
     """One line per pydantic error, `<dotted.key>: <message>`, with friendlier words for unknown and missing keys."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        lines.append(f"{key}: {msg}")
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            # A section-level check names the key below its section ("zones.1.name: ..."): join it to the
+            # location so every line reads `<full dotted key>: <message>`.
+            inner = _INNER_KEY.match(msg)
+            if inner:
+                key = f"{key}.{inner['key']}" if key else inner["key"]
+                msg = inner["msg"]
+        lines.append(f"{key or '<top level>'}: {msg}")
     return "; ".join(lines)
+
+
+_INNER_KEY = re.compile(r"(?P<key>[A-Za-z_][\w]*(?:\.\w+)*): (?P<msg>.+)", re.DOTALL)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -80,6 +80,27 @@ def test_bounded_newest_first_and_filtered() -> None:
     assert all("/" not in e["id"] and "?" not in e["id"] for e in entries), "ids are URL-safe"
 
 
+def test_snapshot_bytes_are_bounded_the_oldest_entries_lose_theirs_first() -> None:
+    """`events.snapshot_max_mb`: 4K snapshots at quality 100 are ~1-2 MB each; 500 of them must not all stay."""
+    store = EventStore(10, max_snapshot_bytes=2500)
+    ids = [store.on_event("door", obj_event("new", tid)).id for tid in range(1, 5)]
+    for entry_id in ids:
+        assert store.set_snapshot(entry_id, bytes(1000))
+    assert [e["has_snapshot"] for e in store.query()] == [True, True, False, False], "newest first: 2 fit"
+    stats = store.stats()
+    assert stats["snapshot_bytes"] == 2000 and stats["snapshots"] == 2 and stats["snapshots_evicted"] == 2
+    assert store.set_snapshot(ids[2], bytes(1600)), "an older entry's better frame is kept; others make room"
+    assert [e["has_snapshot"] for e in store.query()] == [False, True, False, False]
+    assert store.stats()["snapshot_bytes"] == 1600
+    assert not store.set_snapshot(ids[0], bytes(2600)), "a JPEG over the whole bound is not kept"
+    assert not store.set_snapshot("gone", bytes(10))
+    store.trim(1)
+    assert store.stats() == {"stored": 1, "active": 1, "snapshots": 0, "snapshot_bytes": 0, "snapshots_evicted": 3}
+    store.set_snapshot(ids[3], bytes(1000))
+    store.trim(1, max_snapshot_bytes=500)
+    assert store.stats()["snapshot_bytes"] == 0, "a lower bound applies at once (config reload)"
+
+
 def _frame(ring: FrameRing, shade: int) -> FrameMeta:
     image = np.full((240, 320, 3), shade, np.uint8)
     return ring.write(image, index=0, pts=0.0, captured_mono_ns=time.monotonic_ns(), captured_wall=time.time())

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from app.config import AlertRule, VigilConfig
+from app.pipeline.fanout import ResultFanout
 from app.pipeline.records import ResultRecord
+from app.pipeline.service import ServiceBase
 from app.tracking.iou_tracker import IouTracker
-from app.tracking.objects import ObjectLifecycle
+from app.tracking.objects import ObjectEvent, ObjectLifecycle
 from app.tracking.stage import TrackingStage, make_tracker
 from app.types import Detections, FrameMeta, FrameResult, StageTimings
 
@@ -174,6 +176,33 @@ def test_stage_detection_switched_off_ends_the_objects_and_tracks_nothing_until_
     assert stage.set_detection("door", True) == [] and stage.set_detection("nocam", False) == []
     (again,) = feed(stage, [(1.0, person)])
     assert [e.type for e in again.events] == ["new"] and again.object_counts["all"] == 1
+
+
+def test_a_model_with_other_labels_ends_the_objects_and_the_services_hear_it_first() -> None:
+    """A deployment that changes the labels starts tracking afresh: the objects tracked so far end (reason
+    `model labels changed`) before the services learn the new labels, so MQTT counts and zone occupancy do
+    not stay on objects no one tracks any more. The same labels again (a worker restart) keep the tracks."""
+    heard: list[tuple[str, str, str, str | None]] = []
+
+    class Recorder(ServiceBase):
+        def on_event(self, camera: str, event: ObjectEvent, record: ResultRecord | None = None) -> None:
+            heard.append((camera, event.type, event.obj["label"], event.reason))
+
+        def on_model_ready(self, names) -> None:
+            heard.append(("-", "model_ready", ",".join(names.values()), None))
+
+    stage = TrackingStage(stage_config(min_hits=1))
+    fanout = ResultFanout([Recorder()], [stage])
+    fanout.model_ready(NAMES)
+    person = dets((100, 100, 200, 300, 0.8, 0))
+    feed(stage, [(0.0, person), (0.25, person)])
+    heard.clear()
+    fanout.model_ready(dict(NAMES))
+    assert heard == [("-", "model_ready", "Normal,Fall", None)] and stage.counts("door")["all"] == 1, "kept"
+    heard.clear()
+    fanout.model_ready({0: "person", 1: "car"})
+    assert heard == [("door", "end", "Normal", "model labels changed"), ("-", "model_ready", "person,car", None)]
+    assert dict(stage.counts("door")) == {"person": 0, "car": 0, "all": 0}
 
 
 def test_stage_keeps_detections_out_of_every_track_out_of_the_lifecycle() -> None:

@@ -6,8 +6,9 @@ where its score is higher (at most once per `SNAPSHOT_MIN_INTERVAL_S` per object
 entry shows its best frame. Rendering runs on one background thread (`SnapshotWorker`); only the frame copy
 out of the ring happens on the loop.
 
-Memory: snapshot bytes live only in entries the store keeps, so at most `max_events` JPEGs (500 x ~30-60 KB
-at 640 px, quality 80: ~15-30 MB worst case), plus `SNAPSHOT_BACKLOG` full frames being rendered.
+Memory: snapshot bytes live only in entries the store keeps, at most `max_events` JPEGs (500 x ~30-60 KB at
+640 px, quality 80: ~15-30 MB) and never more than `events.snapshot_max_mb`, plus `SNAPSHOT_BACKLOG` full frames
+being rendered.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class EventsService(ServiceBase):
     def __init__(self, cfg: VigilConfig, snapshot_interval_s: float = SNAPSHOT_MIN_INTERVAL_S) -> None:
         self.cfg = cfg
         self.snapshot_interval_s = snapshot_interval_s
-        self.store = EventStore(cfg.events.max_events)
+        self.store = EventStore(cfg.events.max_events, _mib(cfg.events.snapshot_max_mb))
         self.snapshots = SnapshotWorker("vigil-snapshots", SNAPSHOT_BACKLOG)
         self._pipeline: PipelineControl | None = None
 
@@ -54,7 +55,7 @@ class EventsService(ServiceBase):
         """A reloaded `events` section: the new bound applies now; snapshots switched off are dropped."""
         self.cfg = cfg
         if "events" in changed:
-            self.store.trim(cfg.events.max_events)
+            self.store.trim(cfg.events.max_events, _mib(cfg.events.snapshot_max_mb))
             if not cfg.events.snapshots:
                 self.store.drop_snapshots()
 
@@ -100,7 +101,7 @@ class EventsService(ServiceBase):
     def _store_snapshot(self, entry_id: str, jpeg: bytes) -> None:
         entry = self.store.get(entry_id)
         if entry is not None and self.cfg.events.snapshots:  # dropped meanwhile: its snapshot goes with it
-            entry.snapshot = jpeg
+            self.store.set_snapshot(entry_id, jpeg)
 
     # ---- what the pipeline serves (PipelineControl.recent_events / event_snapshot) ------------
 
@@ -121,3 +122,8 @@ class EventsService(ServiceBase):
 
     def on_model_ready(self, names: Mapping[int, str]) -> None:
         """Nothing: entries keep the labels they were announced with."""
+
+
+def _mib(mb: float) -> int:
+    """MiB -> bytes."""
+    return int(mb * (1 << 20))

@@ -2,7 +2,9 @@
 
 An entry is created by its object's `new` event and updated by its `update`, `alert` and `end` events (and by
 the frames that track it: score and box). The oldest entries are dropped beyond `events.max_events`, their
-snapshot with them. Nothing here touches frames or the loop: `app.events.service` feeds it.
+snapshot with them, and beyond `events.snapshot_max_mb` of snapshot bytes the oldest entries lose their snapshot
+(a few large 4K snapshots must not grow the process without bound). Nothing here touches frames or the loop:
+`app.events.service` feeds it.
 """
 
 from __future__ import annotations
@@ -75,12 +77,16 @@ class EventStore:
 
     Args:
         max_events: Entries kept at most; the oldest go first (with their snapshots).
+        max_snapshot_bytes: Snapshot bytes kept at most; the oldest entries' snapshots go first.
     """
 
-    def __init__(self, max_events: int) -> None:
+    def __init__(self, max_events: int, max_snapshot_bytes: int = 64 << 20) -> None:
         self.max_events = max_events
+        self.max_snapshot_bytes = max_snapshot_bytes
         self._entries: OrderedDict[str, EventEntry] = OrderedDict()
         self._active: dict[tuple[str, int], str] = {}  # (camera, track id) -> entry id, until its `end`
+        self._snapshot_bytes = 0  # the sum of the kept entries' snapshot sizes
+        self.snapshots_evicted = 0  # snapshots dropped for the byte bound (their entries stayed)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -139,14 +145,47 @@ class EventStore:
         """An entry by id, or None when unknown or dropped."""
         return self._entries.get(entry_id)
 
-    def trim(self, max_events: int) -> None:
-        """Keep at most `max_events` entries (the newest); `max_events` becomes the bound from now on."""
+    def trim(self, max_events: int, max_snapshot_bytes: int | None = None) -> None:
+        """Keep at most `max_events` entries and `max_snapshot_bytes` of snapshots, the newest first.
+
+        Both become the bounds from now on (`max_snapshot_bytes` None: the byte bound stays).
+        """
         self.max_events = max_events
+        if max_snapshot_bytes is not None:
+            self.max_snapshot_bytes = max_snapshot_bytes
         while len(self._entries) > max_events:
             _, old = self._entries.popitem(last=False)
+            self._snapshot_bytes -= len(old.snapshot or b"")
             key = (old.camera, old.track_id)
             if self._active.get(key) == old.id:
                 del self._active[key]
+        self._evict_snapshots()
+
+    def set_snapshot(self, entry_id: str, jpeg: bytes) -> bool:
+        """Keep `jpeg` as an entry's snapshot (replacing its previous one) within the byte bound.
+
+        Returns:
+            False when the entry is gone (dropped meanwhile) or the JPEG alone exceeds the bound (not kept).
+        """
+        entry = self._entries.get(entry_id)
+        if entry is None or len(jpeg) > self.max_snapshot_bytes:
+            return False
+        self._snapshot_bytes += len(jpeg) - len(entry.snapshot or b"")
+        entry.snapshot = jpeg
+        self._evict_snapshots(keep=entry_id)
+        return True
+
+    def _evict_snapshots(self, keep: str | None = None) -> None:
+        """Drop the oldest entries' snapshots (not `keep`'s) until the kept bytes fit the bound."""
+        if self._snapshot_bytes <= self.max_snapshot_bytes:
+            return
+        for entry in self._entries.values():  # oldest first
+            if self._snapshot_bytes <= self.max_snapshot_bytes:
+                break
+            if entry.snapshot is not None and entry.id != keep:
+                self._snapshot_bytes -= len(entry.snapshot)
+                entry.snapshot = None
+                self.snapshots_evicted += 1
 
     def query(
         self, camera: str | None = None, label: str | None = None, zone: str | None = None, limit: int = 50
@@ -179,12 +218,17 @@ class EventStore:
         """Forget every snapshot (`events.snapshots` switched off)."""
         for entry in self._entries.values():
             entry.snapshot, entry.snapshot_score, entry.snapshot_mono = None, -1.0, float("-inf")
+        self._snapshot_bytes = 0
 
     def stats(self) -> dict:
-        """`{"stored", "active", "snapshots", "snapshot_bytes"}`: entries, tracked ones, snapshots and their bytes."""
-        snaps = [e.snapshot for e in self._entries.values() if e.snapshot is not None]
-        return {"stored": len(self._entries), "active": len(self._active), "snapshots": len(snaps),
-                "snapshot_bytes": sum(len(s) for s in snaps)}  # fmt: skip
+        """Entries, tracked ones, snapshots, their bytes and snapshots dropped for the byte bound.
+
+        Returns:
+            `{"stored", "active", "snapshots", "snapshot_bytes", "snapshots_evicted"}`.
+        """
+        snaps = sum(1 for e in self._entries.values() if e.snapshot is not None)
+        return {"stored": len(self._entries), "active": len(self._active), "snapshots": snaps,
+                "snapshot_bytes": self._snapshot_bytes, "snapshots_evicted": self.snapshots_evicted}  # fmt: skip
 
 
 def _compact_time(iso: str) -> str:

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 class ResultStage(Protocol):
     """A step between the worker's answer and the services (tracking, later zones and filters)."""
 
-    def on_model_ready(self, names: Mapping[int, str]) -> None:
-        """A (possibly different) model serves now."""
+    def on_model_ready(self, names: Mapping[int, str]) -> Sequence[tuple[str, ObjectEvent]]:
+        """A (possibly different) model serves now; returns the (camera, event) of the objects this ends."""
         ...
 
     def process(self, record: ResultRecord) -> ResultRecord:
@@ -49,8 +49,9 @@ class ResultFanout:
     def model_ready(self, names: Mapping[int, str]) -> None:
         """Tell stages and services which labels the serving model has."""
         self.names = dict(names)
-        for stage in self.stages:
-            stage.on_model_ready(self.names)
+        ended = [ev for stage in self.stages for ev in stage.on_model_ready(self.names)]
+        for camera, event in ended:  # before the services learn the new labels: these objects had the old ones
+            self.event(camera, event)
         self._each("on_model_ready", lambda s: s.on_model_ready(self.names))
 
     def result(

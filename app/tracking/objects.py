@@ -102,7 +102,7 @@ class ObjectEvent:
     Attributes:
         type: `new` (announced after `min_hits` sightings at its label's score threshold), `update` (label
             changed, zones changed, stationary, moving, loitering, or periodic), `end` (unseen for `lost_s`, or
-            detection switched off), `alert` (a rule held).
+            at once: detection switched off, tracking reloaded, a model with other labels), `alert` (a rule held).
         obj: The object as `TrackedObject.as_dict` gives it (JSON-ready).
         reason: Why, for `update` ("label changed", "zones changed", "stationary", "moving" -- joined with ", "
             when several hold in one frame --, "loitering", "periodic"), `end` by command and `alert`; else "".

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DETECTION_OFF_REASON = "detection switched off"
 RELOAD_REASON = "config reloaded"
+MODEL_CHANGED_REASON = "model labels changed"
 
 
 class Tracker(Protocol):
@@ -184,14 +185,21 @@ class TrackingStage:
             self._objects = {c: self._lifecycle(c) for c in self.cameras}
         return ended
 
-    def on_model_ready(self, names: Mapping[int, str]) -> None:
+    def on_model_ready(self, names: Mapping[int, str]) -> list[tuple[str, ObjectEvent]]:
         """A model with these labels serves now: with different labels every camera's objects start afresh.
 
         A label the config names that this model lacks (a zone's `labels`, a `filters` key, an alert rule) is
         logged as an error: `vigil run` refuses it before start when it can read the labels from the model file
         (`app.zones.labels`); a TensorRT engine or a model deployed later is only known here.
+
+        Returns:
+            (camera, `end` event) for every announced object when the labels changed (reason
+            `model labels changed`), so zone counts and occupancy do not stay on objects no longer tracked;
+            empty when the labels are the same (a worker restart or recycle keeps the tracks).
         """
+        ended: list[tuple[str, ObjectEvent]] = []
         if names != self.names:
+            ended = [(c, ev) for c, lc in self._objects.items() for ev in lc.end_all(MODEL_CHANGED_REASON)]
             self.names = dict(names)
             self._objects = {c: self._lifecycle(c) for c in self.cameras}
             self._filters = {c: f for c in self.cameras if (f := self._filter(c)) is not None}
@@ -199,6 +207,7 @@ class TrackingStage:
                 validate_labels(self._cfg, self.names)
             except ConfigError as exc:
                 log.error("config: %s: it never matches", exc)
+        return ended
 
     def process(self, record: ResultRecord) -> ResultRecord:
         """The record with its detections filtered, track ids, this frame's object events and the counts after it.

@@ -35,16 +35,29 @@ def validate_labels(cfg: VigilConfig, names: Mapping[int, str]) -> None:
 
     Raises:
         ConfigError: The first unknown label, naming its key, e.g.
-            `cameras.0.zones.1.labels: 'persn' is not a label of the model (person, bicycle, ...)`.
+            `cameras.0.zones.1.labels: 'persn' is not a label of the model (person, bicycle, ...)`; or a label
+            that `model.classes` leaves out, so it could never be detected.
     """
     if not names:
         return
     known = set(names.values())
+    kept = _kept_labels(cfg.model.classes, names)
     for key, label in named_labels(cfg):
         if label not in known:
             shown = list(names.values())
             listed = ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
             raise ConfigError(f"{key}: {label!r} is not a label of the model ({listed})")
+        if kept is not None and label not in kept:
+            raise ConfigError(
+                f"{key}: {label!r} is left out by model.classes ({', '.join(sorted(kept))}), so it is never detected"
+            )
+
+
+def _kept_labels(classes: list[int | str] | None, names: Mapping[int, str]) -> set[str] | None:
+    """The labels `model.classes` keeps (ids or names), or None when it keeps every label."""
+    if classes is None:
+        return None
+    return {names.get(c, str(c)) if isinstance(c, int) else c for c in classes}
 
 
 def model_labels(model: ModelConfig) -> dict[int, str]:
