@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wait_until
 from support.motion_clips import (
     Clip,
     lighting_step_clip,
@@ -231,12 +232,32 @@ def test_capture_with_motion_off_writes_none(tmp_path: Path) -> None:
                      "ms_avg": None}  # fmt: skip
 
 
-def test_a_motion_change_in_a_reload_restarts_the_camera() -> None:
-    """A fresh capture loop builds a fresh detector from the new `motion` section (restart_camera)."""
+def test_a_motion_change_in_a_reload_goes_to_the_running_capture(tmp_path: Path) -> None:
+    """A new `motion` section restarts no capture (an RTSP reconnect costs seconds of video): the plan applies it
+    live, and the capture thread rebuilds its detector at the next frame, with every frame still captured."""
     old = camera(Path("cam.mp4"))
     new = camera(Path("cam.mp4"), motion={"threshold": 30, "mask": [RIGHT_HALF]})
     changes, keys = camera_changes([old], [new])
-    assert changes.changed == ("t",) and keys == ["cameras.t.motion.mask", "cameras.t.motion.threshold"]
+    assert (changes.changed, changes.motion) == ((), ("t",))
+    assert keys == ["cameras.t.motion.mask", "cameras.t.motion.threshold"]
+    clip = moving_clip(tmp_path / "moving.mp4", seconds=3.0)
+    w, h = clip.size
+    with FrameRing.create(clip.frames + 1, h, w) as ring:
+        loop = CaptureLoop(camera(clip.path, realtime=True, fps=30), ring)
+        loop.start()
+        assert wait_until(lambda: loop.counters.frames >= 20, 60)
+        loop.set_motion(MotionConfig(enabled=False))
+        loop.join(60)
+        assert loop.finished and loop.counters.frames == clip.frames, "one capture, every frame"
+        reader = FrameRing.attach(ring.spec)
+        try:
+            views = [reader.read_seq(s) for s in range(1, clip.frames + 1)]
+            verdicts = [v is not None and v.meta.motion is not None for v in views]
+        finally:
+            reader.close()
+    switch = verdicts.index(False)
+    assert switch >= 20 and not any(verdicts[switch:]), "on until the change, off from the next frame on"
+    assert loop.counters.motion_enabled is False
 
 
 @pytest.mark.parametrize("gain", [0.4, 2.0], ids=["darker-x0.4", "brighter-x2"])

@@ -90,6 +90,21 @@ def test_plan_a_detect_change_restarts_no_capture() -> None:
     assert plan.live[0].action == "capture restarted: b; detection schedule applied: a, b"
 
 
+def test_plan_motion_zones_filters_and_masks_restart_no_capture() -> None:
+    zone = {"name": "z", "polygon": [[0, 0], [1, 0], [1, 1]]}
+    old = cfg_of(cameras=[{"name": "a", "source": "a.mp4"}, {"name": "b", "source": "b.mp4"},
+                          {"name": "c", "source": "c.mp4"}])  # fmt: skip
+    new = cfg_of(cameras=[{"name": "a", "source": "a.mp4", "motion": {"threshold": 40}, "zones": [zone]},
+                          {"name": "b", "source": "b.mp4", "filters": {"person": {"min_score": 0.5}},
+                           "object_mask": [zone["polygon"]]},
+                          {"name": "c", "source": "x.mp4", "zones": [zone]}])  # fmt: skip
+    plan = plan_reload(old, new)
+    c = plan.cameras
+    assert (c.changed, c.motion, c.objects) == (("c",), ("a",), ("a", "b")), c
+    assert plan.live[0].action == ("capture restarted: c; motion detection applied: a; zones, filters and masks "
+                                   "applied: a, b")  # fmt: skip
+
+
 def test_plan_model_beyond_thresholds_needs_a_worker() -> None:
     assert plan_reload(cfg_of(), cfg_of(model={"path": "other.onnx", "conf": 0.3})).model_worker
     assert not plan_reload(cfg_of(), cfg_of(model={"iou": 0.3, "deploy": {"canary_frames": 5}})).model_worker
@@ -238,6 +253,23 @@ def test_reload_end_to_end(tmp_path: Path, tiny_model: Path, small_video: Path) 
         del file.data["cameras"][0]["detect"]
         file.write()
         assert reload(pipe)["applied"]["cameras"]["keys"] == ["cameras.a.detect.fps"]
+        # a's motion section and zones: applied live, no capture restart (an RTSP reconnect would cost seconds of
+        # video for redrawing a zone); motion off: results carry no motion verdict, the zone is tracked at once
+        file.data["cameras"][0]["motion"] = {"enabled": False}
+        file.data["cameras"][0]["zones"] = [{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}]
+        file.write()
+        a = reload(pipe)
+        assert a["applied"]["cameras"]["action"] == ("motion detection applied: a; zones, filters and masks "
+                                                     "applied: a"), a  # fmt: skip
+        assert pipe.captures["a"] is capture_a and "left" in pipe.tracking.zone_counts("a")
+        n = len(sink.records)
+        assert wait_until(lambda: any(r["motion"] is None for r in sink.since(n, "a")), 60)
+        del file.data["cameras"][0]["motion"], file.data["cameras"][0]["zones"]
+        file.write()
+        assert reload(pipe)["applied"]["cameras"]["keys"] == ["cameras.a.motion.enabled", "cameras.a.zones"]
+        n = len(sink.records)
+        assert wait_until(lambda: any(r["motion"] is not None for r in sink.since(n + 2, "a")), 60)
+        assert pipe.captures["a"] is capture_a, "the same capture thread all along"
         # remove b: no more results, its ring leaves /dev/shm
         ring_b = pipe.rings["b"].name
         del file.data["cameras"][1]

@@ -19,7 +19,7 @@ import numpy as np
 from app.capture.backoff import Backoff
 from app.capture.ffmpeg import fit_size
 from app.capture.sources import FrameSource, SourceError, open_source
-from app.config import CameraConfig, FaultsConfig, redact_url
+from app.config import CameraConfig, FaultsConfig, MotionConfig, redact_url
 from app.motion import MotionDetector, MotionResult
 from app.ring import FrameRing
 from app.types import CaptureCounters
@@ -109,7 +109,19 @@ class CaptureLoop(threading.Thread):
         self._last_error = ""
         self._motion: MotionDetector | None = None  # built on the first frame; it follows size changes itself
         self._motion_failed = False  # logged once
+        self._new_motion: MotionConfig | None = None  # a reloaded `motion` section, taken at the next frame
+        self._new_motion_lock = threading.Lock()
         self.counters.motion_enabled = camera.motion.enabled
+
+    def set_motion(self, motion: MotionConfig) -> None:
+        """A reloaded `cameras[].motion` section: the detector is rebuilt with it at the next frame.
+
+        The capture goes on (no reconnect); the new detector learns its background afresh, as after a start.
+        Thread-safe: called on the loop, taken by the capture thread.
+        """
+        with self._new_motion_lock:
+            self._new_motion = motion
+        self.counters.motion_enabled = motion.enabled
 
     def stop(self) -> None:
         """Ask the thread to finish; it stops at the next frame or backoff wait (join it to wait)."""
@@ -233,6 +245,12 @@ class CaptureLoop(threading.Thread):
 
     def _detect_motion(self, image: np.ndarray) -> MotionResult | None:
         """The motion detector's verdict on a frame as it goes into the ring (None when motion is off), counted."""
+        if self._new_motion is not None:
+            with self._new_motion_lock:
+                motion, self._new_motion = self._new_motion, None
+            if motion is not None:
+                self.camera = self.camera.model_copy(update={"motion": motion})
+                self._motion, self._motion_failed = None, False
         if not self.camera.motion.enabled:
             return None
         try:

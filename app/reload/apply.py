@@ -199,6 +199,8 @@ class ConfigApplier:
             camera_ops.add_camera(pipe, cams[name], prepared.rings[name])
         for name in plan.cameras.detect:
             camera_ops.set_detect(pipe, cams[name])
+        for name in plan.cameras.motion:
+            pipe.captures[name].set_motion(cams[name].motion)
         return retired
 
     def _rebuild_watchdogs(self) -> None:

@@ -34,9 +34,12 @@ LIVE_ACTION = {
 }
 THRESHOLD_KEYS = frozenset({"model.conf", "model.iou"})
 RING_KEYS = ("ring_slots", "max_width", "max_height")
-# Camera keys the running pipeline follows without restarting the capture: `budget` (the monitors reconfigure),
-# `detect` (the worker's schedule, SetCameraDetect).
-NO_CAPTURE_KEYS = ("budget", "detect")
+# Camera keys the running pipeline follows without restarting the capture (an RTSP reconnect costs seconds of
+# video, too much for redrawing a zone): `budget` (the monitors reconfigure), `detect` (the worker's schedule,
+# SetCameraDetect), `motion` (the capture thread's detector is rebuilt at its next frame), `zones`, `filters`
+# and `object_mask` (the tracking stage, from the next result).
+NO_CAPTURE_KEYS = ("budget", "detect", "motion", "zones", "filters", "object_mask")
+OBJECT_KEYS = ("zones", "filters", "object_mask")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +59,10 @@ class SectionChange:
 
 @dataclass(frozen=True, slots=True)
 class CameraChanges:
-    """Cameras by name: added, removed, changed (capture restarted), changed with a new ring, new `detect`.
+    """Cameras by name: added, removed, changed (capture restarted), changed with a new ring, and the live changes.
 
-    A camera whose `detect` section changed is told to the worker (no restart). A camera whose `budget` alone
+    Live, without a capture restart: a new `detect` is told to the worker, a new `motion` to the capture thread,
+    new `zones` / `filters` / `object_mask` apply in the tracking stage (`objects`). A camera whose `budget` alone
     changed is in none of them: only the monitors follow it (`reconfigure`).
     """
 
@@ -67,9 +71,11 @@ class CameraChanges:
     changed: tuple[str, ...] = ()
     new_ring: tuple[str, ...] = ()
     detect: tuple[str, ...] = ()
+    motion: tuple[str, ...] = ()
+    objects: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.changed or self.detect)
+        return bool(self.added or self.removed or self.changed or self.detect or self.motion or self.objects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,8 @@ def camera_changes(old: list[CameraConfig], new: list[CameraConfig]) -> tuple[Ca
     changed: list[str] = []
     new_ring: list[str] = []
     detect: list[str] = []
+    motion: list[str] = []
+    objects: list[str] = []
     keys = [f"cameras.{n}" for n in added + removed]
     for name in (n for n in after if n in before):
         differ = diff_keys(before[name], after[name], f"cameras.{name}")
@@ -143,7 +151,16 @@ def camera_changes(old: list[CameraConfig], new: list[CameraConfig]) -> tuple[Ca
                 new_ring.append(name)
         if before[name]["detect"] != after[name]["detect"]:
             detect.append(name)
-    return CameraChanges(added, removed, tuple(changed), tuple(new_ring), tuple(detect)), sorted(keys)
+        if name in changed:
+            continue  # the fresh capture and the tracking stage take the new motion and object settings anyway
+        if before[name]["motion"] != after[name]["motion"]:
+            motion.append(name)
+        if any(before[name][k] != after[name][k] for k in OBJECT_KEYS):
+            objects.append(name)
+    changes = CameraChanges(
+        added, removed, tuple(changed), tuple(new_ring), tuple(detect), tuple(motion), tuple(objects)
+    )
+    return changes, sorted(keys)
 
 
 def plan_reload(old: VigilConfig, new: VigilConfig) -> ReloadPlan:
@@ -201,4 +218,8 @@ def _camera_action(c: CameraChanges) -> str:
         parts.append(f"capture restarted with a new ring: {', '.join(c.new_ring)}")
     if c.detect:
         parts.append(f"detection schedule applied: {', '.join(c.detect)}")
+    if c.motion:
+        parts.append(f"motion detection applied: {', '.join(c.motion)}")
+    if c.objects:
+        parts.append(f"zones, filters and masks applied: {', '.join(c.objects)}")
     return "; ".join(parts) or "budget overrides applied"
