@@ -266,6 +266,44 @@ return {...e, empty: !document.getElementById('events-empty').hidden,
 """
 
 
+def test_grid_follows_a_live_reload_without_a_page_reload(tiny_model: Path, small_video: Path, tmp_path: Path) -> None:
+    """A reload that removes a camera, adds one and redraws a zone reaches an open page through the stream's
+    `config_reloaded` event: the tiles follow (config order), the new zone is drawn, the new camera's frames
+    load, and the large view of the removed camera falls back to the grid."""
+    from test_reload import ConfigFile, reload
+
+    cfg = grid_config(tiny_model, small_video, cameras=2)
+    data = cfg.model_dump(mode="json", exclude_defaults=True)
+    with Served(cfg) as s:
+        file = ConfigFile(tmp_path / "vigil.yaml", data)
+        s.pipe.reloader.source = file.source()
+        driver = chromium(tmp_path / "profile")
+        try:
+            driver.get(s.url + "/")
+            poll(driver, TILES_JS, lambda g: len(g["tiles"]) == 2 and all(
+                t["loaded"] >= 1 and t["zones"] == 2 for t in g["tiles"].values()), timeout=90)  # fmt: skip
+            driver.find_element("css selector", '#grid .tile[data-camera="cam1"]').click()
+            large = poll(driver, VIDEO_JS, lambda v: v["view"] == "large" and v["camera"] == "cam1", timeout=30)
+            assert large["view"] == "large", large
+            data["cameras"][0]["zones"] = data["cameras"][0]["zones"][:1]
+            del data["cameras"][1]
+            data["cameras"].append({"name": "cam9", "source": str(small_video), "loop": True, "fps": 10})
+            file.write()
+            answer = reload(s.pipe)
+            assert answer["status"] == "applied", answer
+            after = poll(driver, TILES_JS, lambda g: g["view"] == "grid" and sorted(g["tiles"]) == ["cam0", "cam9"]
+                         and g["tiles"]["cam0"]["zones"] == 1 and g["tiles"]["cam9"]["loaded"] >= 1, 60)  # fmt: skip
+            order = driver.execute_script(
+                "return [...document.querySelectorAll('#grid .tile')].map(t => t.dataset.camera)"
+                " .concat([window.vigil.grid.syncs, document.getElementById('grid').dataset.count])"
+            )
+        finally:
+            driver.quit()
+    assert after["view"] == "grid" and sorted(after["tiles"]) == ["cam0", "cam9"], after
+    assert after["tiles"]["cam0"]["zones"] == 1 and after["tiles"]["cam9"]["natural"] > 0, after
+    assert order[:2] == ["cam0", "cam9"] and order[2] >= 1 and order[3] == "2", order
+
+
 def test_events_panel_lists_the_contract_live_with_thumbnails_and_opens_a_snapshot(
     tmp_path: Path, artifacts: Path
 ) -> None:

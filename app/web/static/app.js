@@ -174,13 +174,20 @@ function draw(msg) {
   $("boxes").textContent = String(msg.boxes.length);
 }
 
+// The camera picker's options: `cameras` (names), rebuilt only when the list changed (a live reload).
+function setCameras(cameras) {
+  const select = $("camera");
+  if ([...select.options].map((o) => o.value).join("\n") !== cameras.join("\n")) {
+    select.replaceChildren(...cameras.map((c) => new Option(c, c)));
+    select.onchange = () => { state.camera = select.value; window.vigil.largeCamera = state.camera; connect(); };
+    if (state.camera) select.value = state.camera;
+  }
+}
+
 // Show one camera large (WebRTC); `cameras` fills the camera picker.
 function openLarge(camera, cameras) {
   const select = $("camera");
-  if (select.options.length !== cameras.length) {
-    select.replaceChildren(...cameras.map((c) => new Option(c, c)));
-    select.onchange = () => { state.camera = select.value; window.vigil.largeCamera = state.camera; connect(); };
-  }
+  setCameras(cameras);
   state.camera = camera;
   window.vigil.largeCamera = camera;
   select.value = camera;
@@ -201,4 +208,4 @@ function closeLarge() {
   setState("idle");
 }
 
-window.vigil.large = { open: openLarge, close: closeLarge };
+window.vigil.large = { open: openLarge, close: closeLarge, setCameras };

@@ -3,6 +3,8 @@
 // (GET /api/cameras/{name}/latest.jpg, every 1/http.grid_fps s) and draws, on a canvas over it, the boxes
 // of that frame's result from the WebSocket stream (GET /api/ws), the camera's zones and masks and, as
 // an option, the detector's regions and a motion border. A click opens the large (WebRTC) view (app.js).
+// A live config reload (the stream's `config_reloaded` system event) or a reconnected stream makes the
+// page read the camera list again: tiles come and go, zones and masks are redrawn, no page reload.
 "use strict";
 
 (() => {
@@ -11,7 +13,7 @@
   const gridEl = byId("grid");
   const tiles = new Map();  // camera -> {root, frame, img, canvas, ctx, badge, status, seq, url, running, dirty}
   // Read by the browser tests: what the grid showed and drew, per camera.
-  v.grid = { view: "grid", ws: "idle", results: 0, events: 0, tiles: {} };
+  v.grid = { view: "grid", ws: "idle", results: 0, events: 0, tiles: {}, syncs: 0 };
   let gridFps = 1;
 
   function tileStats(name) {
@@ -61,12 +63,13 @@
     return Math.max(64, Math.min(1920, Math.ceil(px / 160) * 160));
   }
 
-  async function refresh(name) {
-    const t = tiles.get(name);
-    if (!t || v.grid.view !== "grid") { if (t) t.running = false; return; }
+  // One tile's JPEG loop; it ends when the tile is gone (its camera removed by a reload) or replaced.
+  async function refresh(name, t) {
+    if (tiles.get(name) !== t) return;
+    if (v.grid.view !== "grid") { t.running = false; return; }
     const st = tileStats(name);
     if (document.hidden) {  // a background tab: no requests, look again later
-      setTimeout(() => refresh(name), 1000 / gridFps);
+      setTimeout(() => refresh(name, t), 1000 / gridFps);
       return;
     }
     try {
@@ -95,13 +98,48 @@
       st.errors++;
       t.status.textContent = "offline";
     }
-    setTimeout(() => refresh(name), 1000 / gridFps);
+    setTimeout(() => refresh(name, t), 1000 / gridFps);
   }
 
   function startTiles() {
     for (const [name, t] of tiles) {
-      if (!t.running) { t.running = true; refresh(name); }
+      if (!t.running) { t.running = true; refresh(name, t); }
     }
+  }
+
+  // Follow the configured cameras (GET /api/cameras): new tiles, tiles of removed cameras gone, new zones
+  // and masks drawn, in config order. A large view of a removed camera falls back to the grid.
+  async function syncCameras() {
+    let info;
+    try {
+      info = await v.api("/api/cameras");
+    } catch {
+      return;  // the stream's next reconnect tries again
+    }
+    gridFps = info.grid_fps || gridFps;
+    const names = info.cameras.map((c) => c.name);
+    for (const [name, t] of tiles) {
+      if (names.includes(name)) continue;
+      t.root.remove();
+      if (t.url) URL.revokeObjectURL(t.url);
+      tiles.delete(name);
+      v.cameras.delete(name);
+      delete v.grid.tiles[name];
+    }
+    for (const cam of info.cameras) {
+      v.cameras.set(cam.name, cam);
+      gridEl.appendChild((tiles.get(cam.name) || buildTile(cam)).root);  // (re)appended: config order
+    }
+    gridEl.dataset.count = String(names.length);
+    v.grid.syncs++;
+    if (v.grid.view === "large" && !tiles.has(v.largeCamera)) {
+      showGrid();
+    } else {
+      v.large.setCameras(names);
+      setView(v.grid.view);
+      if (v.grid.view === "grid") startTiles();
+    }
+    for (const name of tiles.keys()) markDirty(name);
   }
 
   function drawTile(name) {
@@ -144,11 +182,18 @@
   // The WebSocket stream: results (boxes, regions, motion) for every tile and the large view; object
   // events wake the events panel ("vigil:event").
   let wsRetry = 1000;
+  let wsOpened = false;  // opened once already: a later open is a reconnect
   function connectStream() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${scheme}//${location.host}${v.withToken("/api/ws?types=results,events")}`);
+    const ws = new WebSocket(`${scheme}//${location.host}${v.withToken("/api/ws?types=results,events,system")}`);
     v.grid.ws = "connecting";
-    ws.onopen = () => { v.grid.ws = "open"; wsRetry = 1000; };
+    ws.onopen = () => {
+      // A reconnect may follow a service restart with another config: read the cameras again.
+      if (v.grid.ws === "connecting" && wsOpened) syncCameras();
+      v.grid.ws = "open";
+      wsOpened = true;
+      wsRetry = 1000;
+    };
     ws.onmessage = (ev) => {
       let msg;
       try { msg = JSON.parse(ev.data); } catch { return; }
@@ -159,6 +204,8 @@
       } else if (msg.type === "event" && msg.data) {
         v.grid.events++;
         window.dispatchEvent(new CustomEvent("vigil:event", { detail: msg.data }));
+      } else if (msg.type === "system" && msg.data && msg.data.event === "config_reloaded") {
+        syncCameras();
       }
     };
     ws.onclose = () => {
