@@ -560,7 +560,7 @@ class EventsConfig(_Strict):
     snapshot_max_width: int = Field(640, ge=64, le=3840, description="snapshots are scaled down to this width")
     snapshot_quality: int = Field(80, ge=10, le=100, description="JPEG quality of the snapshots")
     snapshot_max_mb: float = Field(
-        64.0, gt=0, le=4096, description="snapshot bytes kept at most, MiB; beyond it the oldest entries lose "
+        64.0, ge=1, le=4096, description="snapshot bytes kept at most, MiB; beyond it the oldest entries lose "
         "their snapshot (the entries stay)",
     )  # fmt: skip
 

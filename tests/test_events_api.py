@@ -94,6 +94,10 @@ def test_snapshot_bytes_are_bounded_the_oldest_entries_lose_theirs_first() -> No
     assert store.stats()["snapshot_bytes"] == 1600
     assert not store.set_snapshot(ids[0], bytes(2600)), "a JPEG over the whole bound is not kept"
     assert not store.set_snapshot("gone", bytes(10))
+    entry = store.get(ids[0])
+    assert entry is not None and not store.set_snapshot(ids[0], bytes(10), number=entry.number + 99), (
+        "a render for an older entry of the same id is not kept"
+    )
     store.trim(1)
     assert store.stats() == {"stored": 1, "active": 1, "snapshots": 0, "snapshot_bytes": 0, "snapshots_evicted": 3}
     store.set_snapshot(ids[3], bytes(1000))

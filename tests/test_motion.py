@@ -18,12 +18,13 @@ from support.motion_clips import (
 )
 
 from app.capture.loop import CaptureLoop
-from app.config import CameraConfig, MotionConfig
+from app.config import CameraConfig, FaultsConfig, MotionConfig
 from app.motion import MotionDetector, MotionResult
 from app.motion.detector import CALIBRATION_FRAMES, merge_boxes
 from app.pipeline.stats import CameraStats, stats_document
 from app.reload.plan import camera_changes
 from app.ring import MAX_MOTION_BOXES, FrameRing
+from app.supervisor.capture_watchdog import CaptureWatchdog
 from app.web.metrics import Metrics
 
 RIGHT_HALF = [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]
@@ -258,6 +259,32 @@ def test_a_motion_change_in_a_reload_goes_to_the_running_capture(tmp_path: Path)
     switch = verdicts.index(False)
     assert switch >= 20 and not any(verdicts[switch:]), "on until the change, off from the next frame on"
     assert loop.counters.motion_enabled is False
+
+
+def test_a_motion_change_survives_a_capture_watchdog_restart(tmp_path: Path) -> None:
+    """A reload while the capture hangs in a driver read: the watchdog's replacement loop (built from the stuck
+    loop's `camera`) starts with the reloaded motion section, not the one it was first built with."""
+    clip = moving_clip(tmp_path / "moving.mp4", seconds=3.0)
+    w, h = clip.size
+    cam = camera(clip.path, realtime=True, fps=30, loop=True)
+    with FrameRing.create(4, h, w) as ring:
+        loop = CaptureLoop(cam, ring, faults=FaultsConfig(capture_hang_after_frames=10, capture_hang_s=5.0))
+        loop.start()
+        assert wait_until(lambda: loop.counters.frames >= 10, 60)
+        loop.set_motion(MotionConfig(enabled=False))  # the hung loop never reaches another frame
+        captures = {"t": loop}
+        watchdog = CaptureWatchdog(0.01, lambda camera, reason: None)
+        assert wait_until(lambda: watchdog.check(captures, {"t": ring}) == ["t"], 30)
+        fresh = captures["t"]
+        try:
+            checked = loop.counters.motion_checked
+            assert wait_until(lambda: fresh.counters.frames >= 20, 60)
+            assert fresh.camera.motion.enabled is False and fresh.counters.motion_enabled is False
+            assert fresh.counters.motion_checked == checked, "no frame of the new loop went through motion"
+        finally:
+            fresh.stop()
+            fresh.join(10)
+            loop.join(10)
 
 
 @pytest.mark.parametrize("gain", [0.4, 2.0], ids=["darker-x0.4", "brighter-x2"])

@@ -203,6 +203,9 @@ def test_a_model_with_other_labels_ends_the_objects_and_the_services_hear_it_fir
     fanout.model_ready({0: "person", 1: "car"})
     assert heard == [("door", "end", "Normal", "model labels changed"), ("-", "model_ready", "person,car", None)]
     assert dict(stage.counts("door")) == {"person": 0, "car": 0, "all": 0}
+    (again,) = feed(stage, [(0.5, person)])
+    [new] = again.events
+    assert new.type == "new" and new.obj["label"] == "person", "tracked afresh under the new labels"
 
 
 def test_stage_keeps_detections_out_of_every_track_out_of_the_lifecycle() -> None:

@@ -413,6 +413,10 @@ def test_an_unknown_label_is_an_error_naming_its_key(cfg: VigilConfig, key: str)
 def test_known_labels_pass_and_the_model_file_gives_its_labels(tiny_model: Path, tmp_path: Path) -> None:
     validate_labels(labelled(filters={"Fall": {}}, zones=[{"name": "a", "polygon": LEFT_HALF, "labels": ["Normal"]}]),
                     NAMES)  # fmt: skip
+    for classes in (["normal"], ["NORMAL"], ["0"], [" 0"], [0], ["Normal", "car"]):  # as the worker reads them
+        cfg = labelled(zones=[{"name": "a", "polygon": LEFT_HALF, "labels": ["Normal"]}])
+        cfg.model.classes = list(classes)
+        validate_labels(cfg, NAMES)
     cfg = VigilConfig.model_validate({"cameras": [{"name": "a", "source": "x"}], "model": {"path": str(tiny_model)}})
     assert model_labels(cfg.model) == {0: "person", 1: "fall"}
     cfg.model.path = str(tmp_path / "model.engine")

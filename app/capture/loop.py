@@ -109,18 +109,18 @@ class CaptureLoop(threading.Thread):
         self._last_error = ""
         self._motion: MotionDetector | None = None  # built on the first frame; it follows size changes itself
         self._motion_failed = False  # logged once
-        self._new_motion: MotionConfig | None = None  # a reloaded `motion` section, taken at the next frame
-        self._new_motion_lock = threading.Lock()
+        self._motion_changed = threading.Event()  # a reloaded `motion` section: rebuild the detector
         self.counters.motion_enabled = camera.motion.enabled
 
     def set_motion(self, motion: MotionConfig) -> None:
         """A reloaded `cameras[].motion` section: the detector is rebuilt with it at the next frame.
 
         The capture goes on (no reconnect); the new detector learns its background afresh, as after a start.
-        Thread-safe: called on the loop, taken by the capture thread.
+        `camera` holds the new section at once, so a replacement loop (the capture watchdog's) starts with it.
+        Thread-safe: called on the loop; the capture thread reads `camera` anew for each frame.
         """
-        with self._new_motion_lock:
-            self._new_motion = motion
+        self.camera = self.camera.model_copy(update={"motion": motion})
+        self._motion_changed.set()
         self.counters.motion_enabled = motion.enabled
 
     def stop(self) -> None:
@@ -245,17 +245,15 @@ class CaptureLoop(threading.Thread):
 
     def _detect_motion(self, image: np.ndarray) -> MotionResult | None:
         """The motion detector's verdict on a frame as it goes into the ring (None when motion is off), counted."""
-        if self._new_motion is not None:
-            with self._new_motion_lock:
-                motion, self._new_motion = self._new_motion, None
-            if motion is not None:
-                self.camera = self.camera.model_copy(update={"motion": motion})
-                self._motion, self._motion_failed = None, False
-        if not self.camera.motion.enabled:
+        if self._motion_changed.is_set():
+            self._motion_changed.clear()
+            self._motion, self._motion_failed = None, False
+        motion = self.camera.motion  # one reading per frame (set_motion replaces `camera` from the loop)
+        if not motion.enabled:
             return None
         try:
             if self._motion is None:
-                self._motion = MotionDetector(self.camera.motion, (image.shape[1], image.shape[0]))
+                self._motion = MotionDetector(motion, (image.shape[1], image.shape[0]))
             result = self._motion.detect(image)
         except Exception:  # a motion bug must not stop the camera: the frame goes on as "motion unknown"
             if not self._motion_failed:

@@ -94,14 +94,13 @@ class EventsService(ServiceBase):
         if image is None:
             return
         job = SnapshotJob(image, (entry.snapshot_object(),), ecfg.snapshot_max_width, ecfg.snapshot_quality)
-        entry_id = entry.id
-        if self.snapshots.submit(job, lambda jpeg: self._store_snapshot(entry_id, jpeg)):
+        entry_id, number = entry.id, entry.number
+        if self.snapshots.submit(job, lambda jpeg: self._store_snapshot(entry_id, number, jpeg)):
             entry.snapshot_score, entry.snapshot_mono = entry.score, mono
 
-    def _store_snapshot(self, entry_id: str, jpeg: bytes) -> None:
-        entry = self.store.get(entry_id)
-        if entry is not None and self.cfg.events.snapshots:  # dropped meanwhile: its snapshot goes with it
-            self.store.set_snapshot(entry_id, jpeg)
+    def _store_snapshot(self, entry_id: str, number: int, jpeg: bytes) -> None:
+        if self.cfg.events.snapshots:  # an entry dropped meanwhile: its snapshot goes with it (set_snapshot)
+            self.store.set_snapshot(entry_id, jpeg, number)
 
     # ---- what the pipeline serves (PipelineControl.recent_events / event_snapshot) ------------
 

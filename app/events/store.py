@@ -9,6 +9,7 @@ snapshot with them, and beyond `events.snapshot_max_mb` of snapshot bytes the ol
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class EventEntry:
     snapshot: bytes | None = None
     snapshot_score: float = -1.0
     snapshot_mono: float = float("-inf")
+    number: int = 0  # creation order in its store (the byte bound evicts the lowest first)
 
     def as_json(self) -> dict:
         """The entry as the API serves it (the shared event-store contract, README "Events")."""
@@ -87,6 +89,10 @@ class EventStore:
         self._active: dict[tuple[str, int], str] = {}  # (camera, track id) -> entry id, until its `end`
         self._snapshot_bytes = 0  # the sum of the kept entries' snapshot sizes
         self.snapshots_evicted = 0  # snapshots dropped for the byte bound (their entries stayed)
+        # (entry number, id) of entries holding a snapshot, oldest first; entries dropped or evicted since are
+        # skipped when met (and compacted away), so the byte bound costs O(log n) a snapshot, not a scan
+        self._snapshot_heap: list[tuple[int, str]] = []
+        self._created = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -131,7 +137,8 @@ class EventStore:
         while entry_id in self._entries:  # a tracker restarted its ids within the same second
             n += 1
             entry_id = f"{base}-{n}"
-        entry = EventEntry(entry_id, camera, int(obj["id"]), str(obj["label"]), start)
+        entry = EventEntry(entry_id, camera, int(obj["id"]), str(obj["label"]), start, number=self._created)
+        self._created += 1
         self._entries[entry_id] = entry
         self._active[(camera, entry.track_id)] = entry_id
         self.trim(self.max_events)
@@ -161,15 +168,23 @@ class EventStore:
                 del self._active[key]
         self._evict_snapshots()
 
-    def set_snapshot(self, entry_id: str, jpeg: bytes) -> bool:
+    def set_snapshot(self, entry_id: str, jpeg: bytes, number: int | None = None) -> bool:
         """Keep `jpeg` as an entry's snapshot (replacing its previous one) within the byte bound.
+
+        Args:
+            entry_id: The entry.
+            jpeg: The snapshot.
+            number: The entry's `number` when the snapshot was asked for: an entry dropped meanwhile whose id a
+                newer entry took (same second, camera and track id) does not get the old object's snapshot.
 
         Returns:
             False when the entry is gone (dropped meanwhile) or the JPEG alone exceeds the bound (not kept).
         """
         entry = self._entries.get(entry_id)
-        if entry is None or len(jpeg) > self.max_snapshot_bytes:
+        if entry is None or (number is not None and entry.number != number) or len(jpeg) > self.max_snapshot_bytes:
             return False
+        if entry.snapshot is None:
+            heapq.heappush(self._snapshot_heap, (entry.number, entry_id))
         self._snapshot_bytes += len(jpeg) - len(entry.snapshot or b"")
         entry.snapshot = jpeg
         self._evict_snapshots(keep=entry_id)
@@ -177,15 +192,24 @@ class EventStore:
 
     def _evict_snapshots(self, keep: str | None = None) -> None:
         """Drop the oldest entries' snapshots (not `keep`'s) until the kept bytes fit the bound."""
-        if self._snapshot_bytes <= self.max_snapshot_bytes:
-            return
-        for entry in self._entries.values():  # oldest first
-            if self._snapshot_bytes <= self.max_snapshot_bytes:
-                break
-            if entry.snapshot is not None and entry.id != keep:
-                self._snapshot_bytes -= len(entry.snapshot)
-                entry.snapshot = None
-                self.snapshots_evicted += 1
+        heap = self._snapshot_heap
+        kept: tuple[int, str] | None = None
+        while self._snapshot_bytes > self.max_snapshot_bytes and heap:
+            number, entry_id = heapq.heappop(heap)
+            entry = self._entries.get(entry_id)
+            if entry is None or entry.snapshot is None or entry.number != number:
+                continue  # dropped or evicted since
+            if entry_id == keep:
+                kept = (number, entry_id)
+                continue
+            self._snapshot_bytes -= len(entry.snapshot)
+            entry.snapshot = None
+            self.snapshots_evicted += 1
+        if kept is not None:
+            heapq.heappush(heap, kept)
+        if len(heap) > 2 * len(self._entries) + 16:  # many dropped entries' items: rebuild from the live ones
+            self._snapshot_heap = [(e.number, e.id) for e in self._entries.values() if e.snapshot is not None]
+            heapq.heapify(self._snapshot_heap)
 
     def query(
         self, camera: str | None = None, label: str | None = None, zone: str | None = None, limit: int = 50
@@ -219,6 +243,7 @@ class EventStore:
         for entry in self._entries.values():
             entry.snapshot, entry.snapshot_score, entry.snapshot_mono = None, -1.0, float("-inf")
         self._snapshot_bytes = 0
+        self._snapshot_heap = []
 
     def stats(self) -> dict:
         """Entries, tracked ones, snapshots, their bytes and snapshots dropped for the byte bound.

@@ -200,6 +200,8 @@ class TrackingStage:
         ended: list[tuple[str, ObjectEvent]] = []
         if names != self.names:
             ended = [(c, ev) for c, lc in self._objects.items() for ev in lc.end_all(MODEL_CHANGED_REASON)]
+            if self.names:  # another model than before: its tracks start afresh too (the first model has none yet)
+                self._trackers = {c: make_tracker(self.tcfg.tracker, self.tcfg.track_lost_s) for c in self.cameras}
             self.names = dict(names)
             self._objects = {c: self._lifecycle(c) for c in self.cameras}
             self._filters = {c: f for c in self.cameras if (f := self._filter(c)) is not None}

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from app.config import ConfigError, ModelConfig, VigilConfig
+from app.inference.detector import match_classes
 
 
 def named_labels(cfg: VigilConfig) -> Iterator[tuple[str, str]]:
@@ -54,10 +55,15 @@ def validate_labels(cfg: VigilConfig, names: Mapping[int, str]) -> None:
 
 
 def _kept_labels(classes: list[int | str] | None, names: Mapping[int, str]) -> set[str] | None:
-    """The labels `model.classes` keeps (ids or names), or None when it keeps every label."""
+    """The labels `model.classes` keeps, or None when it keeps every label.
+
+    Read as the worker reads it (`match_classes`: labels case-insensitive, ids as ints or digit strings). None
+    too when none of its entries is a label of the model: the worker refuses that itself, naming the labels.
+    """
     if classes is None:
         return None
-    return {names.get(c, str(c)) if isinstance(c, int) else c for c in classes}
+    ids, _ = match_classes(classes, names)
+    return {names[i] for i in ids} or None
 
 
 def model_labels(model: ModelConfig) -> dict[int, str]:
