@@ -190,13 +190,19 @@ def test_floors_keep_a_zero_variance_baseline_quiet_on_noise(tmp_path: Path) -> 
     assert "detections_per_frame" in by_metric(clock.run(lambda rng: ([1], [0.82]), 60))
 
 
-def test_no_comparison_before_the_window_is_full_or_with_too_few_frames(tmp_path: Path) -> None:
+def test_no_comparison_before_the_window_is_full_or_with_too_few_frames(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     monitor = DriftMonitor(config(tmp_path, window_s=30, min_frames=400))
     clock = Clock(monitor)
     clock.run(day, 60)
-    assert clock.run(night, 120) == [], "a 30 s window at 10 fps never has 400 frames"
+    with caplog.at_level("WARNING"):
+        assert clock.run(night, 120) == [], "a 30 s window at 10 fps never has 400 frames"
     assert monitor.stats_section()["cam"]["window"]["full"] is False
     assert monitor.stats_section()["cam"]["metrics"] == {}
+    sparse = [r.getMessage() for r in caplog.records if "fewer than min_frames" in r.getMessage()]
+    assert len(sparse) == 1, "said once (at most hourly), not every second"
+    assert sparse[0].startswith("drift: camera cam: 300 frames in the last 30 s, fewer than min_frames 400")
 
 
 def test_disabled_reconfigured_and_cameras_removed(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_LEARNED_WINDOWS = 3  # sub-windows with frames a learned baseline needs (the variation is estimated from them)
+SPARSE_LOG_INTERVAL_S = 3600.0  # a camera whose windows stay under min_frames is logged at most this often
 
 
 class CameraDrift:
@@ -61,6 +62,7 @@ class CameraDrift:
         self.view: dict[str, dict] = {}
         self._last_eval = -1
         self._full = False
+        self._sparse_logged: float | None = None  # when "too few frames to compare" was last logged
 
     def restart_learning(self, cfg: DriftConfig) -> None:
         """Start learning again with `cfg` (its baseline_s or baseline_windows changed while learning)."""
@@ -100,10 +102,28 @@ class CameraDrift:
         if self.watch_start is None or int(now) == self._last_eval:
             return []
         self._last_eval = int(now)
-        self._full = now - self.watch_start >= self.cfg.window_s and self.window.frames >= self.cfg.min_frames
+        long_enough = now - self.watch_start >= self.cfg.window_s
+        self._full = long_enough and self.window.frames >= self.cfg.min_frames
+        if long_enough and not self._full:
+            self._log_sparse(now)
         if not self._full:
             return []
         return self._compare()
+
+    def _log_sparse(self, now: float) -> None:
+        """Say (at most hourly) that this camera's windows are too thin to compare.
+
+        Otherwise drift looks on while it judges nothing (a quiet, motion-gated camera is detected only every
+        `idle_interval_s`).
+        """
+        if self._sparse_logged is not None and now - self._sparse_logged < SPARSE_LOG_INTERVAL_S:
+            return
+        self._sparse_logged = now
+        log.warning(
+            "drift: camera %s: %d frames in the last %.0f s, fewer than min_frames %d: not compared (a quiet camera "
+            "with motion gating is detected rarely; README 'Scheduling and drift')",
+            self.camera, self.window.frames, self.cfg.window_s, self.cfg.min_frames,
+        )  # fmt: skip
 
     def _maybe_finish_learning(self, now: float, force: bool = False) -> None:
         if self.t0 is None:
