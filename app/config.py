@@ -83,6 +83,16 @@ class MotionConfig(_Strict):
     improve_contrast: bool = Field(True, description="normalise the small copy's contrast (dark and flat scenes)")
 
 
+def _not_empty(items: list[str] | None) -> list[str] | None:
+    if items is not None and not items:
+        raise ValueError("an empty list matches nothing (leave the key out to match any)")
+    return items
+
+
+# A list that narrows what matches (zone labels, alert zones): None = any, and an empty list is a mistake.
+NarrowingList = Annotated[list[str] | None, AfterValidator(_not_empty)]
+
+
 class DetectConfig(_Strict):
     """`cameras[].detect`: how often the detector looks at this camera, and where (README "Scheduling")."""
 
@@ -102,7 +112,7 @@ class ZoneConfig(_Strict):
     name: TopicName = Field(..., description="unique per camera; a topic level in MQTT")
     polygon: PolygonConfig = Field(..., description="[[x, y], ...] 0..1 of the frame; an object is inside when "
                                    "its bottom-centre point is")  # fmt: skip
-    labels: list[str] | None = Field(None, description="only objects of these labels enter it; None = all")
+    labels: NarrowingList = Field(None, description="only objects of these labels enter it; None = all")
     inertia: int = Field(3, ge=1, le=100, description="consecutive frames inside before an object counts as in it")
     loitering_time_s: float | None = Field(
         None, gt=0, description="an object in the zone this long raises a `loitering` update"
@@ -278,7 +288,7 @@ class AlertRule(_Strict):
     label: str = Field(..., description="class label that raises the alert, e.g. Fall")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)
     min_duration_s: float = Field(1.0, ge=0.0, description="seen continuously at least this long")
-    zones: list[str] | None = Field(None, description="only while the object is in one of these zones; None = anywhere")
+    zones: NarrowingList = Field(None, description="only while the object is in one of these zones; None = anywhere")
 
 
 class MqttConfig(_Strict):

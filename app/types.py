@@ -120,6 +120,7 @@ class CaptureCounters:
     last_frame_mono_ns: int = 0
     last_error: str = ""
     connected: bool = False
+    ended: bool = False  # a file that does not loop reached its end (not a lost camera)
     width: int = 0  # size of the newest frame as the source delivered it (before any downscale)
     height: int = 0
     resolution_changes: int = 0

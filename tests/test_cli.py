@@ -225,13 +225,13 @@ def test_classes_by_label_or_id(fall_model: Path, sample_video: Path, tmp_path: 
 
 def test_an_unexpected_failure_is_still_one_error_line(monkeypatch, capsys) -> None:
     """The last line of defence in main(): whatever a command raises ends as `error: ...`, exit 2."""
-    import app.cli
+    import app.cli.entry
 
     def boom(args) -> int:
         raise RuntimeError("disk on fire at rtsp://admin:hunter2@cam/")
 
-    parser = app.cli.build_parser()
-    monkeypatch.setattr(app.cli, "build_parser", lambda: parser)
+    parser = app.cli.entry.build_parser()
+    monkeypatch.setattr(app.cli.entry, "build_parser", lambda: parser)
     parser._subparsers._group_actions[0].choices["check"].set_defaults(func=boom)
     assert app.cli.main(["check"]) == 2
     err = capsys.readouterr().err
@@ -240,14 +240,14 @@ def test_an_unexpected_failure_is_still_one_error_line(monkeypatch, capsys) -> N
 
 def test_a_usage_error_is_one_error_line_and_exit_2(monkeypatch, capsys) -> None:
     """Commands raise UsageError; main() alone prints it as `error: <message>` and exits 2."""
-    import app.cli
+    import app.cli.entry
     from app.cli.common import UsageError
 
     def refuse(args) -> int:
         raise UsageError("no frames could be read from nowhere.mp4")
 
-    parser = app.cli.build_parser()
-    monkeypatch.setattr(app.cli, "build_parser", lambda: parser)
+    parser = app.cli.entry.build_parser()
+    monkeypatch.setattr(app.cli.entry, "build_parser", lambda: parser)
     parser._subparsers._group_actions[0].choices["check"].set_defaults(func=refuse)
     assert app.cli.main(["check"]) == 2
     assert capsys.readouterr().err == "error: no frames could be read from nowhere.mp4\n"
@@ -339,6 +339,40 @@ def test_run_signal_exits_cleanly(tiny_model: Path, small_video: Path, sig: sign
     assert "Traceback" not in err
     _gone, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, f"leaked child processes: {alive}"
+    assert not vigil_shm_segments(proc.pid), "shared memory leaked"
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler for SIGTERM (its `SigCgt` mask in /proc): Python has none by default."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_stopped_while_it_starts_exits_0_and_leaves_nothing(
+    tiny_model: Path, small_video: Path, sig: signal.Signals
+) -> None:
+    """`systemctl stop` right after a start: the signal comes while the commands load, the config is read and the
+    labels checked (about 1-2 s), before the pipeline takes the signals over. Found by a new user: exit 130 for
+    SIGINT, killed by SIGTERM (-15). Now a clean stop like a later one."""
+    proc = subprocess.Popen([*VIGIL, *run_args(tiny_model, small_video)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _catches_sigterm(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(sig)  # as soon as the handler is in place: the commands are still loading (~0.5 s)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "worker" not in err, "stopped before any worker started (else the pipeline's own handlers did it)"
     assert not vigil_shm_segments(proc.pid), "shared memory leaked"
 
 

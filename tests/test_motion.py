@@ -185,6 +185,7 @@ def capture(clip: Clip, cam: CameraConfig) -> tuple[list, CaptureLoop]:
         loop.start()
         loop.join(60)
         assert loop.finished and loop.counters.frames == clip.frames
+        assert loop.counters.ended and not loop.counters.connected, "a file's end, not a lost camera"
         reader = FrameRing.attach(ring.spec)
         try:
             views = [reader.read_seq(s) for s in range(1, clip.frames + 1)]
@@ -209,6 +210,7 @@ def test_capture_carries_motion_and_boxes_to_a_reader(tmp_path: Path) -> None:
     assert c.motion_enabled and c.motion_checked == clip.frames and c.motion_frames == len(moving)
     stats = CameraStats("t", c).as_dict()["motion"]
     assert stats["enabled"] and stats["motion_frames"] == len(moving) and stats["lighting_changes"] == 0
+    assert CameraStats("t", c).as_dict()["ended"] and "| source ended" in CameraStats("t", c).status_line()
     assert stats["active_fraction"] == round(len(moving) / clip.frames, 3) and stats["ms_avg"] > 0
     doc = stats_document("dev", 1.0, {}, None, [CameraStats("t", c)], {})
     text = Metrics(lambda: doc).render().decode()

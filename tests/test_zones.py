@@ -456,6 +456,8 @@ def test_vigil_run_refuses_an_unknown_label_before_it_starts(tiny_model: Path, s
          "cameras.0.zones.1.name: zone 'a' is defined twice"),
         ("[{name: a, polygon: [[0, 0], [.inf, 0], [1, 1]]}]", "zones.0.polygon.1.0: Input should be a finite"),
         ("[{name: a, polygon: [[0, 0], [1, 0], [1, 0], [0, 0]]}]", "cameras.0.zones.0.polygon: a polygon"),
+        ("[{name: a, polygon: [[0, 0], [1, 0], [1, 1]], labels: []}]",
+         "cameras.0.zones.0.labels: an empty list matches nothing (leave the key out to match any)"),
     ],
 )  # fmt: skip
 def test_bad_zones_are_errors_naming_the_key(tmp_path: Path, zones: str, needle: str) -> None:

@@ -162,6 +162,9 @@ class CaptureLoop(threading.Thread):
                     source.close()
                 if outcome == "finished":
                     self.finished = True
+                    self.counters.ended = True
+                    log.info("camera %s: end of file after %d frames (loop: false)", self.camera.name,
+                             self.counters.frames)  # fmt: skip
                     return
                 if outcome == "reconnect" and not self._stop_event.is_set():
                     self._stop_event.wait(self._backoff.next_delay())

@@ -147,6 +147,7 @@ class CameraStats:
             "reconnects": c.reconnects,
             "open_failures": c.open_failures,
             "connected": c.connected,
+            "ended": c.ended,
             "width": c.width or None,
             "height": c.height or None,
             "resolution_changes": c.resolution_changes,
@@ -177,7 +178,7 @@ class CameraStats:
             f"dropped {s['dropped_fps']:.1f} fps ({s['frames_dropped']} total) | "
             f"infer p50 {ms(inf['p50'])} ms p99 {ms(inf['p99'])} ms | age p99 {ms(age['p99'])} ms"
             + (f" | corrupt {s['frames_corrupt']}" if s["frames_corrupt"] else "")
-            + ("" if s["connected"] else " | source DISCONNECTED")
+            + ("" if s["connected"] else " | source ended" if s["ended"] else " | source DISCONNECTED")
         )
 
 
