@@ -665,6 +665,9 @@ def format_validation_error(err: ValidationError) -> str:
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        elif e["type"] == "model_type":  # pydantic names its class ("...instance of DetectConfig"): say it in YAML
+            got = "nothing" if e.get("input") is None else type(e.get("input")).__name__
+            msg = f"should be a mapping of keys (key: value lines), got {got}"
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
             # A section-level check names the key below its section ("zones.1.name: ..."): join it to the

@@ -62,6 +62,11 @@ def test_minimal_config_fills_defaults(tmp_path: Path) -> None:
         ("cameras: [{name: 'a/b', source: x}]", "cameras.0.name:"),
         ("cameras: [{name: a, source: x}]\nmodel: {backend: cuda}", "model.backend:"),
         ("cameras: [{name: a, source: x}]\nextra_top: 1", "extra_top: unknown key"),
+        (
+            "cameras: [{name: a, source: x, filters: {person: }}]",
+            "cameras.0.filters.person: should be a mapping of keys (key: value lines), got nothing",
+        ),
+        ("cameras: [{name: a, source: x, detect: 5}]", "cameras.0.detect: should be a mapping of keys (key: value"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> None:

@@ -441,8 +441,8 @@ def test_vigil_run_refuses_an_unknown_label_before_it_starts(tiny_model: Path, s
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().splitlines() == [
-        "error: invalid config: cameras.0.zones.0.labels: 'persn' is not a label of the model (person, fall)"
-    ]
+        f"error: invalid config: {path}: cameras.0.zones.0.labels: 'persn' is not a label of the model (person, fall)"
+    ], "one line, starting with the file as the config's other errors do"
 
 
 @pytest.mark.parametrize(
@@ -631,6 +631,6 @@ def test_a_reload_applies_zones_live_and_rejects_an_unknown_label(
     run_driven(pipe, driver)
     assert answers["zones"]["status"] == "applied", answers
     assert answers["bad"]["status"] == "rejected"
-    assert answers["bad"]["error"].startswith("cameras.0.filters.persn: 'persn' is not a label of the model")
+    assert answers["bad"]["error"].startswith(f"{file.path}: cameras.0.filters.persn: 'persn' is not a label of")
     (changed,) = [e for e in log.events if e.obj["current_zones"] == ["centre"] and e.reason == "zones changed"]
     assert changed.obj["entered_zones"] == ["centre"]

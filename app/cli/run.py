@@ -56,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     setup_logging(args.log_level or cfg.log_level)
     try:
-        validate_labels(cfg, model_labels(cfg.model))  # a zone, filter or alert label the model does not have
+        # a zone, filter or alert label the model does not have
+        validate_labels(cfg, model_labels(cfg.model), _config_source(args).path)
         services = _services(cfg)
     except ConfigError as exc:  # a secret file, certificate or token the services could not use
         raise UsageError(f"invalid config: {exc}") from exc
@@ -87,7 +88,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     det.warmup(1)
     try:
-        validate_labels(cfg, det.names)
+        validate_labels(cfg, det.names, _config_source(args).path)
     except ConfigError as exc:
         raise UsageError(f"invalid config: {exc}") from exc
     if cfg.mqtt.enabled:

@@ -301,7 +301,7 @@ class BudgetMonitor:
             c.errors.popleft()
         window = np.asarray([r for r in c.rows if r[0] >= now - cfg.window_s], np.float64).reshape(-1, _AGE + 1)
         if c.targets is None and c.learn_from is not None:
-            self._learn(c, window, now)
+            self._learn(name, c, window, now)
         events: list[SystemEvent] = []
         layers: dict[str, dict] = {}
         pcts = np.percentile(window[:, 1:_AGE], [50, 95, 99], axis=0) if len(window) else None
@@ -351,7 +351,7 @@ class BudgetMonitor:
             c.errors.append((now, corrupt - c.corrupt_seen, 0))  # corrupt frames never reach the worker
         c.corrupt_seen = corrupt
 
-    def _learn(self, c: _Camera, window: np.ndarray, now: float) -> None:
+    def _learn(self, name: str, c: _Camera, window: np.ndarray, now: float) -> None:
         """Finish learning once a whole window of results since the worker became ready is in."""
         assert c.learn_from is not None
         if now - c.learn_from < c.cfg.window_s:
@@ -366,7 +366,7 @@ class BudgetMonitor:
         if c.targets is not None:
             c.learn_from = None
             log.info(
-                "latency budget learned (model %.1f ms): %s", c.learned["inference"][0],
+                "camera %s: latency budget learned (model %.1f ms): %s", name, c.learned["inference"][0],
                 ", ".join(f"{k} {v:.1f}" for k, v in c.targets.items()),
             )  # fmt: skip
 

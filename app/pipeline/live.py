@@ -41,7 +41,7 @@ from app.inference.worker import WorkerSpec, WorkerStartError
 from app.monitoring import BudgetMonitor, build_monitors
 from app.pipeline.errors import PipelineError
 from app.pipeline.fanout import ResultFanout
-from app.pipeline.records import SystemEvent, SystemEventType
+from app.pipeline.records import ROUTINE_SYSTEM_EVENTS, SystemEvent, SystemEventType
 from app.pipeline.requests import DetectionRequests, DetectOutcome
 from app.pipeline.service import Service
 from app.pipeline.stats import CameraStats, stats_document, status_lines
@@ -355,7 +355,8 @@ class LivePipeline:
         """Log a system event, keep it as the last one for the stats, and hand it to every service."""
         self.system_events += 1
         self.last_system_event = event.as_dict()
-        log.warning("%s%s: %s", event.type, f" ({event.camera})" if event.camera else "", event.reason)
+        level = logging.INFO if event.type in ROUTINE_SYSTEM_EVENTS else logging.WARNING
+        log.log(level, "%s%s: %s", event.type, f" ({event.camera})" if event.camera else "", event.reason)
         self.fanout.system_event(event)
 
     def _check_monitors(self) -> None:

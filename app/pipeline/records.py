@@ -28,6 +28,8 @@ SystemEventType = Literal[
     "model_deployed", "model_rejected",  # deployment
     "config_reloaded", "config_rejected",  # live reload
 ]  # fmt: skip
+# What an operator asked for and got: logged at INFO (the others, something went wrong or recovered, at WARNING).
+ROUTINE_SYSTEM_EVENTS: frozenset[SystemEventType] = frozenset({"config_reloaded", "model_deployed"})
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 _NO_DETAILS: Mapping[str, Any] = MappingProxyType({})

@@ -92,7 +92,9 @@ class ConfigApplier:
         prepared = self._prepare(new, plan)
         try:
             self._check(new, plan)
-            validate_labels(new, model_labels(new.model) or self.pipe.tracking.names)
+            source = self.pipe.reloader.source
+            names = model_labels(new.model) or self.pipe.tracking.names
+            validate_labels(new, names, source.path if source is not None else None)
             if "webhooks" in plan.changed:
                 prepared.webhooks = service_ops.build_webhooks(new)
             if _output_changed(self.pipe.cfg, new):

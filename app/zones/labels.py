@@ -27,12 +27,13 @@ def named_labels(cfg: VigilConfig) -> Iterator[tuple[str, str]]:
         yield f"tracking.alerts.{i}.label", rule.label
 
 
-def validate_labels(cfg: VigilConfig, names: Mapping[int, str]) -> None:
+def validate_labels(cfg: VigilConfig, names: Mapping[int, str], source: str | None = None) -> None:
     """Check that every label the config names is one of the model's.
 
     Args:
         cfg: The config.
         names: The model's class id -> label; empty (unknown) checks nothing.
+        source: The config file, to start the message with as the config's other errors do (None: no file).
 
     Raises:
         ConfigError: The first unknown label, naming its key, e.g.
@@ -43,14 +44,16 @@ def validate_labels(cfg: VigilConfig, names: Mapping[int, str]) -> None:
         return
     known = set(names.values())
     kept = _kept_labels(cfg.model.classes, names)
+    where = f"{source}: " if source else ""
     for key, label in named_labels(cfg):
         if label not in known:
             shown = list(names.values())
             listed = ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
-            raise ConfigError(f"{key}: {label!r} is not a label of the model ({listed})")
+            raise ConfigError(f"{where}{key}: {label!r} is not a label of the model ({listed})")
         if kept is not None and label not in kept:
             raise ConfigError(
-                f"{key}: {label!r} is left out by model.classes ({', '.join(sorted(kept))}), so it is never detected"
+                f"{where}{key}: {label!r} is left out by model.classes ({', '.join(sorted(kept))}), so it is "
+                "never detected"
             )
 
 
