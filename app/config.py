@@ -485,8 +485,8 @@ class WebhookConfig(_Strict):
     events: list[WebhookEventType] = Field(
         default_factory=_default_webhook_events, min_length=1, description="object event types sent"
     )
-    labels: list[str] | None = Field(None, description="only objects of these labels; None = all")
-    cameras: list[str] | None = Field(None, description="only events of these cameras; None = all")
+    labels: NarrowingList = Field(None, description="only objects of these labels; None = all")
+    cameras: NarrowingList = Field(None, description="only events of these cameras; None = all")
     timeout_s: float = Field(5.0, gt=0, le=120, description="per delivery attempt")
     secret_file: str | None = Field(None, description="HMAC-SHA256 key for X-Vigil-Signature (never logged)")
     queue_size: int = Field(1000, ge=1, description="events waiting per webhook; the oldest are dropped when full")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -374,6 +375,81 @@ def test_run_stopped_while_it_starts_exits_0_and_leaves_nothing(
     assert "Traceback" not in err
     assert "worker" not in err, "stopped before any worker started (else the pipeline's own handlers did it)"
     assert not vigil_shm_segments(proc.pid), "shared memory leaked"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_to_the_whole_group_while_the_worker_loads_is_clean_and_does_not_wait_for_it(
+    tiny_model: Path, small_video: Path, sig: signal.Signals
+) -> None:
+    """systemd's stop signals the whole control group, a terminal's Ctrl-C the whole process group: the worker
+    gets it too, while it still imports or warms up. Found by a breaker: exit 2 "worker failed to start" (the
+    worker killed mid-import, or a KeyboardInterrupt traceback from it), or the stop waiting out the whole model
+    load (`worker.ready_timeout_s`, longer than systemd's stop timeout). Here the warm-up never ends on its own:
+    only a stop that does not wait for it returns."""
+    argv = [*VIGIL, *run_args(tiny_model, small_video, "--set", "model.warmup_runs=100000000",
+                              "--set", "worker.ready_timeout_s=3000")]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    children: list[psutil.Process] = []
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120
+        while not children and proc.poll() is None and time.monotonic() < deadline:
+            children = parent.children(recursive=True)
+            time.sleep(0.005)
+        assert children, "the worker was spawned"
+        os.killpg(proc.pid, sig)  # the worker is importing or loading its model now
+        _out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "error:" not in err, err
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"leaked child processes: {alive}"
+    assert not vigil_shm_segments(proc.pid), "shared memory leaked"
+
+
+def test_a_bench_stopped_by_sigterm_stops_too(tiny_model: Path, small_video: Path) -> None:
+    """The pipeline takes SIGTERM over while a bench runs it: the bench must stop (143), not report a cut-short
+    run as done and go on to its next mode (found by a breaker: exit 0 after printing the results)."""
+    argv = [*VIGIL, "bench", "--model", str(tiny_model), "--source", str(small_video), "--modes", "live,detect",
+            "--live-seconds", "600", "--frames", "20"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120
+        while not parent.children(recursive=True) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and not out.strip(), (out, err)
+    assert not vigil_shm_segments(proc.pid), "shared memory leaked"
+
+
+def test_a_signal_stop_is_the_commands_exit_status_and_main_gives_the_handler_back() -> None:
+    """`run` stopped by a signal is a clean stop (0); any other command reports the signal (130, 143). `main`
+    called in-process (tests, tools) puts the caller's SIGTERM handler back, also from a thread."""
+    import threading
+
+    import app.cli
+
+    assert app.cli.command_of(["--log-level", "debug", "run", "--config", "x"]) == "run"
+    assert app.cli.command_of(["drift", "baseline", "--camera", "run"]) == "drift"
+    assert app.cli.stop_status("run", signal.SIGTERM) == 0
+    assert app.cli.stop_status("detect", signal.SIGTERM) == 143 and app.cli.stop_status("bench", signal.SIGINT) == 130
+    before = signal.getsignal(signal.SIGTERM)
+    assert app.cli.main(["check", "--config", "/nonexistent.yaml"]) == 2
+    assert signal.getsignal(signal.SIGTERM) is before
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(app.cli.main(["check", "--config", "/nonexistent.yaml"])))
+    thread.start()
+    thread.join(60)
+    assert codes == [2], "no 'signal only works in main thread' from a thread"
 
 
 def test_run_print_config_and_invalid_config(tmp_path: Path) -> None:

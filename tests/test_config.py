@@ -57,6 +57,7 @@ def test_minimal_config_fills_defaults(tmp_path: Path) -> None:
             "cameras: [{name: a, source: x}]\ntracking: {alerts: [{label: person, zones: []}]}",
             "tracking.alerts.0.zones: an empty list matches nothing",
         ),
+        ("cameras: [{name: a, source: x}]\nwebhooks: [{url: 'http://h/x', labels: []}]", "webhooks.0.labels: an empty"),
         ("cameras: [{name: a, source: x}]\nwebhooks: [{url: 'http://h/x', cameras: [b]}]", "webhooks.0.cameras: b is"),
         ("cameras: [{name: a, source: x}]\nhttp: {tls_cert_file: c.pem}", "http: tls_cert_file and tls_key_file"),
         ("cameras: [{name: 'a/b', source: x}]", "cameras.0.name:"),

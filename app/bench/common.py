@@ -14,9 +14,10 @@ import numpy as np
 
 from app.bench.recorders import SampleRecorder
 from app.config import ModelConfig, VigilConfig
+from app.stop_signal import raise_stop
 
 if TYPE_CHECKING:
-    from app.pipeline.live import PipelineSummary
+    from app.pipeline.live import LivePipeline, PipelineSummary
 
 
 class BenchError(ValueError):
@@ -82,7 +83,20 @@ def live_summary(model: ModelConfig, source: str, seconds: float) -> tuple[Pipel
 
     samples = SampleRecorder()
     pipe = LivePipeline(live_config(model, source), [samples], duration_s=seconds)
-    return asyncio.run(pipe.run()), samples
+    return run_to_end(pipe), samples
+
+
+def run_to_end(pipe: LivePipeline) -> PipelineSummary:
+    """Run a bench's pipeline on this (main) thread until it ends; its summary.
+
+    Raises:
+        KeyboardInterrupt, Stopped: A signal stopped it (`app.stop_signal`): the bench stops too, rather than
+            report a cut-short run.
+    """
+    summary = asyncio.run(pipe.run())
+    if summary.stop_signal is not None:
+        raise_stop(summary.stop_signal)
+    return summary
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

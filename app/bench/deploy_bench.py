@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from app.bench.common import bench_camera
+from app.bench.common import bench_camera, run_to_end
 from app.bench.recorders import ResultTimes, SwitchTimes
 from app.config import ModelConfig, VigilConfig
 
@@ -91,7 +91,7 @@ def bench_deploy(model: ModelConfig, source: str, deployments: int) -> dict:
 
         thread = threading.Thread(target=driver, name="deploy-bench", daemon=True)
         thread.start()
-        summary = asyncio.run(pipe.run())
+        summary = run_to_end(pipe)
         thread.join(10)
     if "error" in outcome:
         raise RuntimeError(f"deploy bench: {outcome['error']}")

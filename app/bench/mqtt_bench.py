@@ -5,7 +5,6 @@ The cost is MQTT on vs off (interleaved rounds). Starts its own mosquitto on a f
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import socket
 import statistics
@@ -19,7 +18,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from app.bench.common import bench_camera
+from app.bench.common import bench_camera, run_to_end
 from app.config import ModelConfig, VigilConfig
 
 
@@ -105,7 +104,7 @@ def _run(cfg: VigilConfig, seconds: float) -> dict:
 
     services = [MqttService(cfg)] if cfg.mqtt.enabled else []
     pipe = LivePipeline(cfg, list(services), duration_s=seconds)
-    summary = asyncio.run(pipe.run())
+    summary = run_to_end(pipe)
     cam = summary.cameras["cam"]
     out = {"processed": cam["frames_processed"], "seconds": summary.duration_s}
     if services:

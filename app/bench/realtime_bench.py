@@ -18,7 +18,6 @@ model.threads / model.spin_wait of configs/default.yaml.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Any, cast
 import numpy as np
 import psutil
 
+from app.bench.common import run_to_end
 from app.config import ModelConfig, VigilConfig, load_config
 from app.pipeline.records import ResultRecord
 from app.pipeline.service import ServiceBase
@@ -275,7 +275,7 @@ def live_window(cfg: VigilConfig, seconds: float, warmup_s: float) -> dict:
     # The safety stop only matters when results never come (a broken model): the window stops the run.
     pipe = LivePipeline(cfg, [window], duration_s=cfg.worker.ready_timeout_s + warmup_s + seconds + 10)
     window.pipe = pipe
-    summary = asyncio.run(pipe.run())
+    summary = run_to_end(pipe)
     out = window.summary()
     out["worker_restarts"] = summary.worker_restarts
     return out

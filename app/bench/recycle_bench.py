@@ -7,10 +7,9 @@ main-process RSS over the whole run.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 
-from app.bench.common import bench_camera
+from app.bench.common import bench_camera, run_to_end
 from app.bench.recorders import ResultTimes, RssSampler, SwitchTimes
 from app.config import ModelConfig, VigilConfig
 
@@ -39,7 +38,7 @@ def bench_recycle(model: ModelConfig, source: str, seconds: float, every_s: floa
     )
     sink, rss, switches = ResultTimes(), RssSampler(1.0), SwitchTimes()
     pipe = LivePipeline(cfg, [sink, rss, switches], duration_s=seconds)
-    summary = asyncio.run(pipe.run())
+    summary = run_to_end(pipe)
     g = sink.gaps_around(switches.times, 5.0)
     main = rss.rss_mb["main"]
     steady = main[len(main) // 10 :]

@@ -19,7 +19,6 @@ Medians and ratios come from one run; the machine is noisy, so compare only numb
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import logging
@@ -33,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.bench.common import BenchError, live_config, live_summary, read_frames
+from app.bench.common import BenchError, live_config, live_summary, read_frames, run_to_end
 from app.bench.recorders import RssSampler, StopAfterResults
 from app.bench.report import machine_info, write_markdown
 from app.config import ModelConfig
@@ -167,7 +166,7 @@ def bench_soak(model: ModelConfig, source: str, frames: int) -> dict:
     cfg = live_config(model, source)
     rss = RssSampler(1.0)
     pipe = LivePipeline(cfg, [StopAfterResults(frames), rss])
-    summary = asyncio.run(pipe.run())
+    summary = run_to_end(pipe)
     out: dict = {
         "frames_processed": summary.cameras["bench"]["frames_processed"],
         "seconds": round(summary.duration_s, 1),

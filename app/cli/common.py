@@ -56,17 +56,21 @@ def add_config_args(parser: argparse.ArgumentParser, config_help: str | None = N
     )
 
 
+def config_path_of(args: argparse.Namespace) -> str | None:
+    """The config file a command reads, as given: `--config`, else `configs/default.yaml` when present."""
+    if args.config is None and Path(DEFAULT_CONFIG).is_file():
+        return DEFAULT_CONFIG
+    return args.config
+
+
 def load_config_args(args: argparse.Namespace) -> VigilConfig:
     """The config of `--config` (default: `configs/default.yaml` when present) with the `--set` overrides.
 
     Raises:
         UsageError: "invalid config: <key>: <problem>" for a file that cannot be read or a value that is wrong.
     """
-    config_path = args.config
-    if config_path is None and Path(DEFAULT_CONFIG).is_file():
-        config_path = DEFAULT_CONFIG
     try:
-        return load_config(config_path, args.set)
+        return load_config(config_path_of(args), args.set)
     except ConfigError as exc:
         raise UsageError(f"invalid config: {exc}") from exc
 

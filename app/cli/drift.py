@@ -21,6 +21,7 @@ from app.monitoring.drift_baseline import baseline_document, baseline_path, writ
 from app.monitoring.drift_stats import Baseline
 from app.pipeline.records import ResultRecord
 from app.pipeline.service import PipelineControl, ServiceBase
+from app.stop_signal import raise_stop
 
 STARTUP_ALLOWANCE_S = 120.0  # worker start and camera connect before the first result, at most
 
@@ -127,6 +128,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         summary = asyncio.run(pipeline.run())
     except PipelineError as exc:
         raise UsageError(str(exc)) from exc
+    if summary.stop_signal is not None:  # stopped before the duration: a cut-short baseline is not written
+        raise_stop(summary.stop_signal)
     if summary.exit_code:
         raise UsageError(f"the pipeline failed (exit status {summary.exit_code}); no baseline written")
     baseline = recorder.finish()

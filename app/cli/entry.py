@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 
 from app import __version__
-from app.cli import Stopped, assets, bench, detect, drift, engine, export, model, mqtt, reload, run
+from app.cli import assets, bench, detect, drift, engine, export, model, mqtt, reload, run
 from app.cli.common import UsageError
 from app.config import redact_url
 
@@ -38,10 +37,9 @@ def _error(msg: str) -> int:
 
 
 def dispatch(argv: list[str] | None = None) -> int:
-    """Run `vigil` with `argv` (default: the process's); its exit status.
+    """Run `vigil` with `argv` (default: the process's); its exit status: 0, or 2 for any error.
 
-    0; 2 for any error; a stop by Ctrl-C or SIGTERM before the command took the signals over: 0 for `run` (a
-    clean stop too), else 130 (SIGINT) or 143 (SIGTERM).
+    A stop by Ctrl-C or SIGTERM that the command does not handle itself goes up to `app.cli.main`.
     """
     # FFmpeg inside OpenCV prints its own errors ("moov atom not found") to stderr; ours say it better.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -52,10 +50,6 @@ def dispatch(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UsageError as exc:
         return _error(str(exc))
-    except KeyboardInterrupt:
-        return 0 if args.command == "run" else 130
-    except Stopped:  # SIGTERM before a command took the signals over (see `app.cli`)
-        return 0 if args.command == "run" else 128 + signal.SIGTERM
     except Exception as exc:  # the last line of defence: no command ends in a traceback
         log.debug("%s failed", args.command, exc_info=True)
         detail = redact_url(str(exc)) or type(exc).__name__

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from app.cli.common import (
-    DEFAULT_CONFIG,
     UsageError,
     add_config_args,
+    config_path_of,
     load_config_args,
     positive_seconds,
     setup_logging,
@@ -40,7 +40,7 @@ def _services(cfg: VigilConfig) -> list:
 
 def _config_source(args: argparse.Namespace) -> ConfigSource:
     """Where `cfg` came from, so SIGHUP and `vigil reload` re-read the same file with the same `--set`s."""
-    path = args.config if args.config is not None else (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
+    path = config_path_of(args)
     return ConfigSource(str(Path(path).resolve()) if path is not None else None, tuple(args.set))
 
 
@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or cfg.log_level)
     try:
         # a zone, filter or alert label the model does not have
-        validate_labels(cfg, model_labels(cfg.model), _config_source(args).path)
+        validate_labels(cfg, model_labels(cfg.model), config_path_of(args))
         services = _services(cfg)
     except ConfigError as exc:  # a secret file, certificate or token the services could not use
         raise UsageError(f"invalid config: {exc}") from exc
@@ -88,7 +88,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     det.warmup(1)
     try:
-        validate_labels(cfg, det.names, _config_source(args).path)
+        validate_labels(cfg, det.names, config_path_of(args))
     except ConfigError as exc:
         raise UsageError(f"invalid config: {exc}") from exc
     if cfg.mqtt.enabled:

@@ -103,6 +103,10 @@ class WorkerSpec:
     detect: tuple[tuple[str, DetectConfig], ...] = ()
 
 
+# Blocked in a worker from its spawn until its own handlers are in place (see `worker_main`).
+STARTUP_BLOCKED_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
 def worker_main(spec: WorkerSpec, conn: Connection, heartbeat: ctypes.c_double | None = None) -> None:
     """Entry point of the worker process."""
     logging.basicConfig(
@@ -115,6 +119,9 @@ def worker_main(spec: WorkerSpec, conn: Connection, heartbeat: ctypes.c_double |
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # The parent started us with these blocked (`WorkerHandle.start`), so a stop sent to the whole group while we
+    # were still importing waited for the handlers above instead of killing us mid-start.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STARTUP_BLOCKED_SIGNALS)
     os.environ.update(spec.env)
     try:
         _serve(spec, conn, stop, heartbeat)
@@ -546,9 +553,18 @@ class WorkerHandle:
         return self.spec.worker_id
 
     def start(self) -> None:
-        """Spawn the worker process; follow with `wait_ready`."""
+        """Spawn the worker process; follow with `wait_ready`.
+
+        The child inherits these signals blocked until `worker_main` has its handlers (a signal to the whole
+        process group, as systemd's stop or a terminal's Ctrl-C, would otherwise kill it while it imports); here
+        they are blocked for the spawn only, and a signal that came meanwhile is delivered right after.
+        """
         self.started_mono = time.monotonic()
-        self.process.start()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_BLOCKED_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self._child_conn.close()  # keep only the child's copy, so its death shows up as EOF here
 
     def wait_ready(self, timeout: float) -> WorkerReady:
@@ -563,6 +579,7 @@ class WorkerHandle:
                 try:
                     msg = self.conn.recv()
                 except EOFError:
+                    self.process.join(1.0)  # the pipe closes a moment before the process is gone
                     break
                 if isinstance(msg, WorkerReady):
                     self.ready = msg

@@ -120,8 +120,8 @@ class CameraDrift:
             return
         self._sparse_logged = now
         log.warning(
-            "drift: camera %s: %d frames in the last %.0f s, fewer than min_frames %d: not compared (a quiet camera "
-            "with motion gating is detected rarely; README 'Scheduling and drift')",
+            "drift: camera %s: %d frames in the last %.0f s, fewer than min_frames %d: not compared (a camera down, "
+            "or a quiet one that motion gating detects rarely: README 'Scheduling and drift')",
             self.camera, self.window.frames, self.cfg.window_s, self.cfg.min_frames,
         )  # fmt: skip
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,7 @@ class PipelineSummary:
     worker_recycles: int
     exit_code: int  # 0, or 3 when worker restarts exceeded the budget
     duration_s: float
+    stop_signal: int | None = None  # SIGINT or SIGTERM when a signal ended the run (`app.stop_signal.raise_stop`)
 
 
 class LivePipeline:
@@ -125,6 +127,8 @@ class LivePipeline:
         self.reloader = ConfigReloader(self, config_source)
         self._status_task: asyncio.Task | None = None
         self._reload_tasks: set[asyncio.Task] = set()
+        self._previous_handlers: dict[int, Any] = {}  # signal -> its handler before the pipeline took it over
+        self._stop_signal: int | None = None  # the signal that stopped the run, if one did
 
     # ---- the run, in boot order ---------------------------------------------------------------
 
@@ -141,18 +145,16 @@ class LivePipeline:
             self._open_rings_and_captures()
             for service in self.services:
                 await service.start(self)
-            try:
-                await self.supervisor.start()
-            except WorkerStartError as exc:
-                raise PipelineError(f"inference worker failed to start: {exc}") from exc
-            self.restart_status_lines()
-            tasks = [
-                asyncio.create_task(self._supervise(), name="supervise"),
-                asyncio.create_task(watchdog_pings(self.notifier, self._results_flowing), name="sd-watchdog"),
-            ]
-            if self.duration_s is not None:
-                self._loop.call_later(self.duration_s, self.request_stop, f"duration {self.duration_s} s reached")
-            await self._stop.wait()
+            tasks: list[asyncio.Task] = []
+            if await self._start_first_worker():
+                self.restart_status_lines()
+                tasks = [
+                    asyncio.create_task(self._supervise(), name="supervise"),
+                    asyncio.create_task(watchdog_pings(self.notifier, self._results_flowing), name="sd-watchdog"),
+                ]
+                if self.duration_s is not None:
+                    self._loop.call_later(self.duration_s, self.request_stop, f"duration {self.duration_s} s reached")
+                await self._stop.wait()
             tasks += [t for t in (self._status_task, *self._reload_tasks) if t is not None]
             for t in tasks:
                 t.cancel()
@@ -165,15 +167,55 @@ class LivePipeline:
             worker_recycles=self.supervisor.recycles,
             exit_code=self.exit_code,
             duration_s=time.monotonic() - self._started,
+            stop_signal=self._stop_signal,
         )
+
+    async def _start_first_worker(self) -> bool:
+        """Start the first worker unless a stop comes first; False when stopped meanwhile.
+
+        A stop while the model loads (systemd stopping a service that is still starting) does not wait for the
+        load: the starting worker is stopped with the rest (`supervisor.stop`). A start that failed because the
+        stop signal reached the worker too (systemd and a terminal signal the whole group) is a stop, not an error.
+
+        Raises:
+            PipelineError: The worker could not start, and no stop was asked for.
+        """
+        if self._stop.is_set():
+            return False
+        start = asyncio.create_task(self.supervisor.start(), name="worker-start")
+        stopped = asyncio.create_task(self._stop.wait(), name="stop-during-start")
+        await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not start.done():
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+            return False
+        try:
+            start.result()
+        except WorkerStartError as exc:
+            if self._stop.is_set():
+                log.info("the worker did not start (%s): stopping anyway", exc)
+                return False
+            raise PipelineError(f"inference worker failed to start: {exc}") from exc
+        return True
 
     def _install_signal_handlers(self) -> None:
         assert self._loop is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                self._loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            self._loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        handlers = {signal.SIGINT: self._on_stop_signal, signal.SIGTERM: self._on_stop_signal}
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous = signal.getsignal(sig)
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                if sig == signal.SIGHUP:
+                    self._loop.add_signal_handler(sig, self._on_sighup)
+                else:
+                    self._loop.add_signal_handler(sig, handlers[sig], sig)
+                self._previous_handlers[sig] = previous
+
+    def _on_stop_signal(self, sig: int) -> None:
+        """SIGINT/SIGTERM: a clean stop, remembered in the summary (`stop_signal`)."""
+        if self._stop_signal is None and not self._stop.is_set():
+            self._stop_signal = sig
+        self.request_stop(f"signal {signal.Signals(sig).name}")
 
     def _on_sighup(self) -> None:
         """SIGHUP: reload the config (a second one while a reload runs waits for it)."""
@@ -269,9 +311,14 @@ class LivePipeline:
             ring.close()
             ring.unlink()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig, previous in self._previous_handlers.items():
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
+                # asyncio leaves the default action behind; a SIGTERM from here to the exit must still be the
+                # caller's (`vigil` raises Stopped, so a bench goes on to clean up instead of being killed)
+                if previous is not None:
+                    signal.signal(sig, previous)
+        self._previous_handlers.clear()
 
     # ---- what the supervisor reports (WorkerListener) -----------------------------------------
 

@@ -79,6 +79,7 @@
       if (res.ok) {
         const seq = Number(res.headers.get("X-Frame-Seq") || 0);
         const url = URL.createObjectURL(await res.blob());
+        if (tiles.get(name) !== t) { URL.revokeObjectURL(url); return; }  // removed by a sync meanwhile
         t.img.src = url;
         await t.img.decode().catch(() => {});
         if (t.url) URL.revokeObjectURL(t.url);
@@ -109,13 +110,16 @@
 
   // Follow the configured cameras (GET /api/cameras): new tiles, tiles of removed cameras gone, new zones
   // and masks drawn, in config order. A large view of a removed camera falls back to the grid.
+  let syncSeq = 0;
   async function syncCameras() {
+    const mine = ++syncSeq;
     let info;
     try {
       info = await v.api("/api/cameras");
     } catch {
       return;  // the stream's next reconnect tries again
     }
+    if (mine !== syncSeq) return;  // a newer sync started meanwhile: its answer is the one to apply
     gridFps = info.grid_fps || gridFps;
     const names = info.cameras.map((c) => c.name);
     for (const [name, t] of tiles) {
@@ -135,7 +139,7 @@
     if (v.grid.view === "large" && !tiles.has(v.largeCamera)) {
       showGrid();
     } else {
-      v.large.setCameras(names);
+      v.large.setCameras(gridOrder());
       setView(v.grid.view);
       if (v.grid.view === "grid") startTiles();
     }
@@ -182,16 +186,15 @@
   // The WebSocket stream: results (boxes, regions, motion) for every tile and the large view; object
   // events wake the events panel ("vigil:event").
   let wsRetry = 1000;
-  let wsOpened = false;  // opened once already: a later open is a reconnect
   function connectStream() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(`${scheme}//${location.host}${v.withToken("/api/ws?types=results,events,system")}`);
     v.grid.ws = "connecting";
     ws.onopen = () => {
-      // A reconnect may follow a service restart with another config: read the cameras again.
-      if (v.grid.ws === "connecting" && wsOpened) syncCameras();
+      // A reload may have come between the page's first read and this open, and a reconnect may follow a
+      // service restart with another config: read the cameras (again).
+      syncCameras();
       v.grid.ws = "open";
-      wsOpened = true;
       wsRetry = 1000;
     };
     ws.onmessage = (ev) => {
@@ -224,9 +227,12 @@
     byId("sync").parentElement.hidden = view !== "large";
   }
 
+  // Camera names in the grid's (config) order.
+  const gridOrder = () => [...gridEl.querySelectorAll(".tile")].map((el) => el.dataset.camera);
+
   function showLarge(name) {
     setView("large");
-    v.large.open(name, [...tiles.keys()]);
+    v.large.open(name, gridOrder());
   }
 
   function showGrid() {
