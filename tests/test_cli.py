@@ -431,6 +431,20 @@ def test_a_bench_stopped_by_sigterm_stops_too(tiny_model: Path, small_video: Pat
     assert not vigil_shm_segments(proc.pid), "shared memory leaked"
 
 
+def test_a_signal_while_the_pipeline_shuts_down_still_stops_the_bench(small_video: Path) -> None:
+    """A bench's window ended (`request_stop`), and SIGTERM comes while the worker stops: the pipeline's handler
+    takes it, and it must still reach the summary, or the bench goes on to its next mode (found by a breaker)."""
+    from app.config import VigilConfig
+    from app.pipeline.live import LivePipeline
+
+    cfg = VigilConfig.model_validate({"cameras": [{"name": "cam", "source": str(small_video)}]})
+    pipe = LivePipeline(cfg, [])
+    pipe.request_stop("duration 3 s reached")
+    pipe._on_stop_signal(signal.SIGTERM)
+    pipe._on_stop_signal(signal.SIGINT)
+    assert pipe._stop_signal == signal.SIGTERM, "the first signal counts"
+
+
 def test_a_signal_stop_is_the_commands_exit_status_and_main_gives_the_handler_back() -> None:
     """`run` stopped by a signal is a clean stop (0); any other command reports the signal (130, 143). `main`
     called in-process (tests, tools) puts the caller's SIGTERM handler back, also from a thread."""

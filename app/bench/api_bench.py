@@ -25,6 +25,7 @@ import numpy as np
 from app.bench.common import bench_camera, percentiles, read_frames
 from app.bench.recorders import RssSampler, SampleRecorder
 from app.config import ModelConfig, VigilConfig
+from app.stop_signal import raise_stop
 
 if TYPE_CHECKING:
     from app.pipeline.live import LivePipeline
@@ -114,6 +115,18 @@ def _served_pipeline(
     return cfg, web, LivePipeline(cfg, [web, *extra])
 
 
+def _stopped_by_signal(run: asyncio.Task) -> None:
+    """The pipeline's run ended by SIGINT/SIGTERM (it takes them over): the bench stops too.
+
+    Raises:
+        KeyboardInterrupt, Stopped: It did (`app.stop_signal.raise_stop`).
+    """
+    if run.done() and not run.cancelled() and run.exception() is None:
+        summary = run.result()
+        if summary.stop_signal is not None:
+            raise_stop(summary.stop_signal)
+
+
 async def _start(pipe: LivePipeline, web: WebService) -> asyncio.Task:
     """Start the pipeline; return its task once the worker serves, the server listens and WARMUP_S passed."""
     run = asyncio.create_task(pipe.run())
@@ -155,6 +168,7 @@ def bench_api(model: ModelConfig, source: str, seconds: float, client_counts: tu
         camera = pipe.stats["bench"]
 
         async def window(name: str, clients: int, impatient: bool = False) -> None:
+            _stopped_by_signal(run)
             before, t0 = camera.processed, time.monotonic()
             n0 = len(samples.inference_ms)
             if clients:
@@ -178,6 +192,7 @@ def bench_api(model: ModelConfig, source: str, seconds: float, client_counts: tu
         result["api_stats"] = pipe.requests.stats()
         pipe.request_stop("bench done")
         await run
+        _stopped_by_signal(run)
 
     asyncio.run(drive())
     w = result["windows"]
@@ -261,6 +276,7 @@ def bench_ws(model: ModelConfig, source: str, seconds: float, readers: int = 9) 
         url = web.url.replace("http", "ws", 1).rstrip("/") + "/api/ws"
 
         async def window(clients: bool) -> dict:
+            _stopped_by_signal(run)
             before, t0, rss0 = camera.processed, time.monotonic(), len(rss.rss_mb["main"])
             got: dict = {}
             if clients:
@@ -279,6 +295,7 @@ def bench_ws(model: ModelConfig, source: str, seconds: float, readers: int = 9) 
         out["ws_stats"] = web.stream.stats()
         pipe.request_stop("bench done")
         await run
+        _stopped_by_signal(run)
 
     asyncio.run(drive())
     base = statistics.mean([out["no clients (before)"]["processed_fps"], out["no clients (after)"]["processed_fps"]])

@@ -213,7 +213,7 @@ class LivePipeline:
 
     def _on_stop_signal(self, sig: int) -> None:
         """SIGINT/SIGTERM: a clean stop, remembered in the summary (`stop_signal`)."""
-        if self._stop_signal is None and not self._stop.is_set():
+        if self._stop_signal is None:  # also while shutting down: a bench must not take it as "done"
             self._stop_signal = sig
         self.request_stop(f"signal {signal.Signals(sig).name}")
 
