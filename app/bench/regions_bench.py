@@ -24,6 +24,7 @@ import numpy as np
 from app.bench.common import BenchError
 from app.config import ModelConfig
 from app.letterbox import PAD_VALUE
+from app.tracking.iou_tracker import iou_matrix
 
 BATCH_SIZES = (1, 2, 4, 8)
 CANVAS_WH = (1920, 1080)
@@ -88,23 +89,11 @@ def bench_batch(model: ModelConfig, source: str, repeats: int, sizes: tuple[int,
         det.close()
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of each of ``(N, 4)`` xyxy with each of ``(M, 4)``: ``(N, M)``."""
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
 def matched(refs: np.ndarray, got: np.ndarray) -> int:
     """References matched one-to-one (greedy, best IoU first) by a detection at IoU >= 0.5."""
     if not len(refs) or not len(got):
         return 0
-    iou = _iou_matrix(refs, got)
+    iou = iou_matrix(refs, got)
     found = 0
     while iou.size and iou.max() >= 0.5:
         i, j = np.unravel_index(int(iou.argmax()), iou.shape)
